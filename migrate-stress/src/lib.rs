@@ -1,0 +1,1 @@
+//! QEMU migrate→cancel stress executor (being written).

@@ -1,0 +1,298 @@
+//! The messages of protocol version [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// What an agent sends to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// First message on every connection.
+    Hello(Hello),
+    /// Liveness; the server declares the board offline when these stop.
+    Heartbeat { running_job: Option<i64> },
+    /// The agent took the job and is starting it.
+    JobStarted { job_id: i64, epoch: i64 },
+    /// A piece of one of the job's log streams; the bytes travel as the
+    /// frame payload. `seq` counts chunks per (job, stream) from 0, so the
+    /// server can store each chunk exactly once.
+    LogChunk { job_id: i64, epoch: i64, stream: LogStream, seq: u64 },
+    /// One stress cycle finished (successfully or not).
+    CycleDone { job_id: i64, epoch: i64, record: CycleRecord },
+    /// The job reached its end on the agent's side.
+    JobFinished { job_id: i64, epoch: i64, result: JobResult },
+}
+
+/// The agent's opening message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub board: String,
+    pub facts: BoardFacts,
+}
+
+/// What the server sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome {
+        protocol_version: u32,
+        server_version: String,
+        /// How often the agent must heartbeat.
+        heartbeat_interval_ms: u64,
+    },
+    /// The server will not talk to this agent; the connection closes next.
+    Refused { reason: String },
+    /// Run this job. `epoch` fences stale agents: every message about the
+    /// job must carry it back.
+    AssignJob { job_id: i64, epoch: i64, spec: JobSpec },
+    /// Stop this job as soon as possible and report it `cancelled`.
+    CancelJob { job_id: i64, reason: String },
+}
+
+/// Facts a board reports about itself on every connect.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BoardFacts {
+    pub kernel_release: String,
+    pub kernel_version: String,
+    pub arch: String,
+    /// MIDR implementer from /proc/cpuinfo (e.g. "0x48" HiSilicon, "0x41" Arm).
+    pub cpu_implementer: Option<String>,
+    pub cpu_part: Option<String>,
+    pub cores: u32,
+    pub mem_total_kib: u64,
+    pub kvm: KvmStatus,
+    pub qemu: Vec<QemuBinary>,
+    pub hugepages: HugepageInfo,
+    /// The executor this agent runs `migrate-cancel` jobs with.
+    pub executor: ExecutorKind,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KvmStatus {
+    /// `/dev/kvm` exists.
+    pub present: bool,
+    /// `/dev/kvm` can be opened read-write by the agent.
+    pub accessible: bool,
+    /// A hardware-backed KVM that can boot stock guests (not e.g. kvm_pvm).
+    pub hardware: bool,
+    /// Why KVM is not usable, when it is not.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QemuBinary {
+    /// `aarch64` or `x86_64`.
+    pub arch: String,
+    pub path: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HugepageInfo {
+    pub size_kib: u64,
+    pub total: u64,
+    pub free: u64,
+}
+
+/// How a board executes stress jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// Real QEMU guests (KVM or TCG).
+    Qemu,
+    /// A simulated board replaying recorded logs. Everything it produces is
+    /// labelled simulated.
+    #[default]
+    Replay,
+}
+
+impl ExecutorKind {
+    pub fn is_simulated(self) -> bool {
+        matches!(self, ExecutorKind::Replay)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Qemu => "qemu",
+            ExecutorKind::Replay => "replay",
+        }
+    }
+}
+
+/// The log streams a job produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    GuestConsole,
+    HostDmesg,
+    Qmp,
+    QemuStderr,
+    Agent,
+}
+
+impl LogStream {
+    pub const ALL: [LogStream; 5] = [
+        LogStream::GuestConsole,
+        LogStream::HostDmesg,
+        LogStream::Qmp,
+        LogStream::QemuStderr,
+        LogStream::Agent,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::GuestConsole => "guest_console",
+            LogStream::HostDmesg => "host_dmesg",
+            LogStream::Qmp => "qmp",
+            LogStream::QemuStderr => "qemu_stderr",
+            LogStream::Agent => "agent",
+        }
+    }
+    pub fn parse(s: &str) -> Option<LogStream> {
+        LogStream::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// Everything an agent needs to run one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub kernel: KernelRef,
+    pub plan: String,
+    pub timeout_s: u64,
+    pub task: Task,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelRef {
+    pub tree: String,
+    pub branch: String,
+    pub commit: String,
+}
+
+/// The job types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Task {
+    MigrateCancel(MigrateCancelParams),
+}
+
+/// Parameters of a `migrate-cancel` stress job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrateCancelParams {
+    pub cycles: u32,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Back guest RAM with 2 MiB hugepages (what makes stage 2 use blocks).
+    pub hugepages: bool,
+    pub cancel_delay_ms_min: u64,
+    pub cancel_delay_ms_max: u64,
+    /// Migration bandwidth cap, MiB/s; low enough that migration cannot converge.
+    pub bandwidth_mib_s: u64,
+    pub downtime_limit_ms: u64,
+    /// Guest architecture: `arm64` or `x86_64`.
+    pub guest_arch: String,
+    /// `kvm`, `tcg`, or `auto` (KVM when the host has hardware KVM).
+    pub accel: String,
+    /// Share of guest RAM the workload keeps dirtying, percent.
+    pub dirty_percent: u32,
+    /// Every Nth cycle lets the migration complete instead of cancelling
+    /// (0: never).
+    pub complete_every: u32,
+    /// Eager page-split chunk size for KVM (`-accel kvm,eager-split-size=`).
+    pub eager_split_size: Option<String>,
+    /// Guest kernel and initramfs paths on the board; default: the agent's
+    /// built-in guest for `guest_arch`.
+    pub guest_kernel: Option<String>,
+    pub guest_initrd: Option<String>,
+    /// Fault injection for tests: the guest panics (sysrq-c) after this many
+    /// cycles.
+    pub inject_guest_panic_after: Option<u32>,
+    /// Replay executor only: per-cycle probability that this kernel's guest
+    /// takes a TLB conflict abort (set by the plan for kernels it marks buggy).
+    pub replay_abort_probability: f64,
+    /// Replay executor only: simulated time per cycle, milliseconds.
+    pub replay_cycle_ms: u64,
+    /// Seed for delays and replay decisions, for reproducible runs.
+    pub seed: u64,
+}
+
+impl Default for MigrateCancelParams {
+    fn default() -> Self {
+        MigrateCancelParams {
+            cycles: 20,
+            memory_mib: 512,
+            vcpus: 1,
+            hugepages: false,
+            cancel_delay_ms_min: 300,
+            cancel_delay_ms_max: 700,
+            bandwidth_mib_s: 128,
+            downtime_limit_ms: 1,
+            guest_arch: "arm64".into(),
+            accel: "auto".into(),
+            dirty_percent: 50,
+            complete_every: 0,
+            eager_split_size: None,
+            guest_kernel: None,
+            guest_initrd: None,
+            inject_guest_panic_after: None,
+            replay_abort_probability: 0.0,
+            replay_cycle_ms: 50,
+            seed: 0,
+        }
+    }
+}
+
+/// What happened in one migrate→cancel cycle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CycleRecord {
+    /// 1-based cycle number.
+    pub cycle: u32,
+    /// `cancel`, `complete` or `pingpong`.
+    pub action: String,
+    pub delay_ms: u64,
+    /// Last migration status seen before acting (`active`, `completed`, ...).
+    pub state_reached: String,
+    /// Final status (`cancelled`, `completed`, `failed`).
+    pub final_state: String,
+    pub bytes_transferred: u64,
+    pub dirty_pages_rate: Option<u64>,
+    pub cancel_to_cancelled_ms: Option<f64>,
+    /// Time from the end of the cycle until the guest heartbeat advanced.
+    pub guest_progress_ms: Option<f64>,
+    pub guest_alive: bool,
+    /// The source was left paused and the agent resumed it (`cont`).
+    pub resumed_paused_source: bool,
+    pub events: Vec<String>,
+    pub wall_ms: f64,
+}
+
+/// How a job ended, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum JobResult {
+    Passed { cycles_completed: u32 },
+    /// The kernel under test misbehaved.
+    Failed {
+        cycles_completed: u32,
+        failed_cycle: Option<u32>,
+        reason: String,
+        /// The log lines that prove it (e.g. the abort lines).
+        evidence: Vec<String>,
+    },
+    /// The lab misbehaved (QEMU missing, no KVM, ...); not a kernel verdict.
+    InfraError { cycles_completed: u32, reason: String },
+    Cancelled { cycles_completed: u32, reason: String },
+    TimedOut { cycles_completed: u32 },
+}
+
+impl JobResult {
+    pub fn cycles_completed(&self) -> u32 {
+        match self {
+            JobResult::Passed { cycles_completed }
+            | JobResult::Failed { cycles_completed, .. }
+            | JobResult::InfraError { cycles_completed, .. }
+            | JobResult::Cancelled { cycles_completed, .. }
+            | JobResult::TimedOut { cycles_completed } => *cycles_completed,
+        }
+    }
+}

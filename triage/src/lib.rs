@@ -1,0 +1,1 @@
+//! Kernel log triage (being written).
