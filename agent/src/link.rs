@@ -1,0 +1,225 @@
+//! The agent's link to the server: dial, authenticate, handshake, then
+//! serve jobs and heartbeat until the connection ends; reconnect forever
+//! with jittered, capped exponential back-off.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use armfleet_protocol::{
+    AgentMessage, Frame, FrameError, Hello, PROTOCOL_VERSION, ServerMessage, read_frame, write_frame,
+};
+use russh::client;
+use russh::keys::PrivateKeyWithHashAlg;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::{self, HostKeyError, HostKeyPolicy};
+use crate::runner::JobRunner;
+use crate::{Config, facts};
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Why a session ended, which decides whether and how soon to retry.
+enum SessionEnd {
+    /// The connection dropped after working for a while: retry at once-ish.
+    Dropped(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error(transparent)]
+    HostKey(#[from] HostKeyError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+pub async fn run_forever(config: Config) -> anyhow::Result<()> {
+    let key = Arc::new(keys::load(&config.key_path)?);
+    let policy = match &config.server_key {
+        Some(fp) => HostKeyPolicy::Pinned(fp.clone()),
+        None => HostKeyPolicy::KnownHosts { file: config.state_dir.join("known_hosts"), server: config.server.clone() },
+    };
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    let shutdown = CancellationToken::new();
+    {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            token.cancel();
+        });
+    }
+    let mut backoff = BACKOFF_START;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = session(&config, key.clone(), &policy, &shutdown) => r,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        match outcome {
+            Ok(SessionEnd::Dropped(why)) => tracing::warn!("connection to {} ended: {why}", config.server),
+            Err(LinkError::HostKey(e @ HostKeyError::Mismatch { .. })) => {
+                tracing::error!("{e}");
+                return Err(e.into());
+            }
+            Err(e) => tracing::warn!("cannot connect to {}: {e}", config.server),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = BACKOFF_START;
+        }
+        let jitter = rand::random_range(0.5..1.5);
+        let wait = backoff.mul_f64(jitter);
+        tracing::info!("reconnecting in {:.1} s", wait.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+struct ClientHandler {
+    policy: HostKeyPolicy,
+    rejection: Arc<Mutex<Option<HostKeyError>>>,
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        match self.policy.check(&keys::fingerprint(key)) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                *self.rejection.lock().unwrap() = Some(e);
+                Ok(false)
+            }
+        }
+    }
+}
+
+async fn session(
+    config: &Config,
+    key: Arc<russh::keys::PrivateKey>,
+    policy: &HostKeyPolicy,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, LinkError> {
+    let ssh_config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    });
+    let rejection = Arc::new(Mutex::new(None));
+    let handler = ClientHandler { policy: policy.clone(), rejection: rejection.clone() };
+    let connect = client::connect(ssh_config, config.server.as_str(), handler);
+    let mut handle = match tokio::time::timeout(Duration::from_secs(20), connect).await {
+        Err(_) => return Err(anyhow::anyhow!("SSH handshake timed out").into()),
+        Ok(Err(e)) => {
+            if let Some(e) = rejection.lock().unwrap().take() {
+                return Err(e.into());
+            }
+            return Err(anyhow::anyhow!("SSH connection failed: {e}").into());
+        }
+        Ok(Ok(h)) => h,
+    };
+    let auth = handle
+        .authenticate_publickey(config.board.clone(), PrivateKeyWithHashAlg::new(key, None))
+        .await
+        .context("SSH authentication")?;
+    if !auth.success() {
+        return Err(anyhow::anyhow!(
+            "the server refused this board's key for board `{}` (is the key in fleet.toml, bound to this board name?)",
+            config.board
+        )
+        .into());
+    }
+    let channel = handle.channel_open_session().await.context("opening the agent channel")?;
+    let (mut reader, mut writer) = tokio::io::split(channel.into_stream());
+
+    let facts = tokio::task::spawn_blocking({
+        let choice = config.executor;
+        move || facts::gather(choice)
+    })
+    .await
+    .context("gathering facts")?;
+    let executor = facts.executor;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        board: config.board.clone(),
+        facts,
+    });
+    write_frame(&mut writer, &Frame::new(hello)).await.context("sending hello")?;
+    let welcome = tokio::time::timeout(Duration::from_secs(15), read_frame::<ServerMessage, _>(&mut reader))
+        .await
+        .map_err(|_| anyhow::anyhow!("no welcome from the server within 15 s"))?
+        .context("reading welcome")?;
+    let heartbeat_every = match welcome.message {
+        ServerMessage::Welcome { protocol_version, heartbeat_interval_ms, .. } if protocol_version == PROTOCOL_VERSION => {
+            Duration::from_millis(heartbeat_interval_ms.max(100))
+        }
+        ServerMessage::Refused { reason } => {
+            return Err(anyhow::anyhow!("the server refused this agent: {reason}").into());
+        }
+        other => return Err(anyhow::anyhow!("unexpected handshake answer: {other:?}").into()),
+    };
+    tracing::info!(board = %config.board, server = %config.server, executor = executor.as_str(), "connected");
+
+    let (out_tx, mut out_rx) = mpsc::channel::<Frame<AgentMessage>>(256);
+    let session_token = shutdown.child_token();
+    let mut runner = JobRunner::new(config.clone(), executor, out_tx.clone(), session_token.clone());
+
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame<ServerMessage>, FrameError>>(16);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let f = read_frame::<ServerMessage, _>(&mut reader).await;
+            let end = f.is_err();
+            if in_tx.send(f).await.is_err() || end {
+                return;
+            }
+        }
+    });
+
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    let end = loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                let msg = AgentMessage::Heartbeat { running_job: runner.running_jobs().first().copied() };
+                if let Err(e) = write_frame(&mut writer, &Frame::new(msg)).await {
+                    break SessionEnd::Dropped(format!("writing heartbeat: {e}"));
+                }
+            }
+            Some(frame) = out_rx.recv() => {
+                if let Err(e) = write_frame(&mut writer, &frame).await {
+                    break SessionEnd::Dropped(format!("writing: {e}"));
+                }
+            }
+            incoming = in_rx.recv() => match incoming {
+                None | Some(Err(FrameError::Closed)) => break SessionEnd::Dropped("server closed the connection".into()),
+                Some(Err(e)) => break SessionEnd::Dropped(format!("protocol error: {e}")),
+                Some(Ok(frame)) => match frame.message {
+                    ServerMessage::AssignJob { job_id, epoch, spec } => runner.start(job_id, epoch, spec),
+                    ServerMessage::CancelJob { job_id, reason } => runner.cancel(job_id, &reason),
+                    ServerMessage::Refused { reason } => break SessionEnd::Dropped(format!("server refused: {reason}")),
+                    ServerMessage::Welcome { .. } => tracing::warn!("ignoring a second welcome"),
+                },
+            },
+            _ = runner.reap(), if runner.has_jobs() => {}
+        }
+    };
+    reader_task.abort();
+    // The server declares our jobs lost when the link drops; stop them.
+    runner.shutdown("the connection to the server was lost").await;
+    let _ = handle.disconnect(russh::Disconnect::ByApplication, "bye", "en").await;
+    Ok(end)
+}

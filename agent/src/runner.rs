@@ -1,0 +1,177 @@
+//! Runs jobs: one task per job, owned by the [`JobRunner`] of the current
+//! connection, turning executor events into protocol frames.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use armfleet_migrate_stress::{StressEnv, StressEvent};
+use armfleet_protocol::{AgentMessage, ExecutorKind, Frame, JobResult, JobSpec, LogStream, Task};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+
+/// Log payloads are cut to this size so a frame never nears the limit.
+const CHUNK_BYTES: usize = 48 * 1024;
+
+pub struct JobRunner {
+    config: Config,
+    executor: ExecutorKind,
+    out: mpsc::Sender<Frame<AgentMessage>>,
+    parent: CancellationToken,
+    running: HashMap<i64, CancellationToken>,
+    tasks: JoinSet<i64>,
+}
+
+impl JobRunner {
+    pub fn new(
+        config: Config,
+        executor: ExecutorKind,
+        out: mpsc::Sender<Frame<AgentMessage>>,
+        parent: CancellationToken,
+    ) -> JobRunner {
+        JobRunner { config, executor, out, parent, running: HashMap::new(), tasks: JoinSet::new() }
+    }
+
+    pub fn running_jobs(&self) -> Vec<i64> {
+        self.running.keys().copied().collect()
+    }
+
+    pub fn has_jobs(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+
+    pub fn start(&mut self, job_id: i64, epoch: i64, spec: JobSpec) {
+        if self.running.contains_key(&job_id) {
+            tracing::warn!(job_id, "job already running; ignoring duplicate assignment");
+            return;
+        }
+        tracing::info!(job_id, epoch, plan = %spec.plan, commit = %spec.kernel.commit, "job assigned");
+        let cancel = self.parent.child_token();
+        self.running.insert(job_id, cancel.clone());
+        let ctx = JobContext {
+            job_id,
+            epoch,
+            out: self.out.clone(),
+            executor: self.executor,
+            work_dir: self.config.state_dir.join("work"),
+        };
+        self.tasks.spawn(async move {
+            run_job(ctx, spec, cancel).await;
+            job_id
+        });
+    }
+
+    pub fn cancel(&mut self, job_id: i64, reason: &str) {
+        if let Some(token) = self.running.get(&job_id) {
+            tracing::warn!(job_id, reason, "cancelling job");
+            token.cancel();
+        }
+    }
+
+    /// Waits for the next job task to end and forgets it.
+    pub async fn reap(&mut self) {
+        if let Some(done) = self.tasks.join_next().await {
+            match done {
+                Ok(job) => {
+                    self.running.remove(&job);
+                }
+                Err(e) => tracing::error!("job task failed: {e}"),
+            }
+        }
+    }
+
+    /// Cancels every job and waits for their tasks (which kill their QEMUs).
+    pub async fn shutdown(mut self, reason: &str) {
+        for (job, token) in &self.running {
+            tracing::warn!(job, reason, "stopping job");
+            token.cancel();
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct JobContext {
+    job_id: i64,
+    epoch: i64,
+    out: mpsc::Sender<Frame<AgentMessage>>,
+    executor: ExecutorKind,
+    work_dir: std::path::PathBuf,
+}
+
+async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
+    let JobContext { job_id, epoch, out, executor, work_dir } = ctx;
+    let _ = out.send(Frame::new(AgentMessage::JobStarted { job_id, epoch })).await;
+    let Task::MigrateCancel(params) = spec.task.clone();
+    let (ev_tx, mut ev_rx) = mpsc::channel::<StressEvent>(256);
+
+    let banner = match executor {
+        ExecutorKind::Replay => format!(
+            "armfleet-agent: job {job_id} on a SIMULATED board (replay executor: recorded logs, no real guest)\n"
+        ),
+        ExecutorKind::Qemu => format!("armfleet-agent: job {job_id} with the QEMU executor\n"),
+    };
+    let _ = ev_tx.send(StressEvent::Log { stream: LogStream::Agent, data: banner.into_bytes() }).await;
+
+    let timeout = Duration::from_secs(spec.timeout_s.max(1));
+    let exec = async move {
+        match executor {
+            ExecutorKind::Replay => {
+                match tokio::time::timeout(timeout, crate::replay::run(&spec, &params, ev_tx, cancel)).await {
+                    Ok(r) => r,
+                    Err(_) => JobResult::TimedOut { cycles_completed: 0 },
+                }
+            }
+            ExecutorKind::Qemu => {
+                let mut env = StressEnv::new(StressEnv::default_guest_dir(), work_dir);
+                env.job_timeout = Some(timeout);
+                env.fatal_detector = crate::replay::fatal_detector();
+                // The QEMU executor runs on a runtime of its own thread so
+                // that a busy guest's I/O never competes with the link's
+                // heartbeats, and its futures need not be Send.
+                let worker = tokio::task::spawn_blocking(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    match rt {
+                        Ok(rt) => rt.block_on(armfleet_migrate_stress::run_migrate_cancel(&env, &params, ev_tx, cancel)),
+                        Err(e) => JobResult::InfraError {
+                            cycles_completed: 0,
+                            reason: format!("cannot start the executor runtime: {e}"),
+                        },
+                    }
+                });
+                worker.await.unwrap_or_else(|e| JobResult::InfraError {
+                    cycles_completed: 0,
+                    reason: format!("the QEMU executor crashed: {e}"),
+                })
+            }
+        }
+    };
+    let forward = {
+        let out = out.clone();
+        async move {
+            let mut seq: HashMap<LogStream, u64> = HashMap::new();
+            let mut last_cycle = 0;
+            while let Some(event) = ev_rx.recv().await {
+                match event {
+                    StressEvent::Log { stream, data } => {
+                        for piece in data.chunks(CHUNK_BYTES) {
+                            let n = seq.entry(stream).or_insert(0);
+                            let msg = AgentMessage::LogChunk { job_id, epoch, stream, seq: *n };
+                            *n += 1;
+                            let _ = out.send(Frame::with_payload(msg, piece.to_vec())).await;
+                        }
+                    }
+                    StressEvent::Cycle(record) => {
+                        last_cycle = record.cycle;
+                        let _ = out.send(Frame::new(AgentMessage::CycleDone { job_id, epoch, record })).await;
+                    }
+                }
+            }
+            last_cycle
+        }
+    };
+    let (result, _) = tokio::join!(exec, forward);
+    tracing::info!(job_id, ?result, "job finished");
+    let _ = out.send(Frame::new(AgentMessage::JobFinished { job_id, epoch, result })).await;
+}

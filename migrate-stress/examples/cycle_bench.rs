@@ -1,0 +1,2 @@
+// placeholder created by the lead so the workspace parses; overwrite freely.
+fn main() {}

@@ -1,0 +1,1248 @@
+//! The migrate→cancel driver.
+//!
+//! ## One job
+//! 1. Checks (all lab problems → `InfraError`, never a kernel verdict):
+//!    parameters, QEMU binary, accelerator (`kvm` needs a same-arch host
+//!    with hardware KVM; `auto` picks KVM only then, else TCG, and says so on
+//!    the `agent` stream), guest images, free hugepages (2× guest RAM: the
+//!    source and the destination hold their RAM at the same time).
+//! 2. Opens the host `/dev/kmsg` window, boots the source guest, waits for
+//!    `ARMFLEET-GUEST-READY` and for the workload's first full fill
+//!    (`ARMFLEET-DIRTY-READY`; zero pages would migrate for free).
+//! 3. Runs the cycles.
+//!
+//! ## One `cancel` cycle
+//! destination QEMU (`-incoming defer`, `migrate-incoming tcp:127.0.0.1:PORT`
+//! on a free port) → `migrate` → poll `query-migrate` until `active` → hold
+//! a seeded-random delay from `[cancel_delay_ms_min, cancel_delay_ms_max]`
+//! → `query-migrate` (state, bytes, dirty rate) → `migrate_cancel` → poll
+//! until `cancelled` → `query-status` and `cont` when the source was left
+//! paused (trap 2; checked again if the heartbeat does not move within
+//! 1 s) → wait for the guest heartbeat to advance (`guest_progress_ms`) →
+//! destination killed (process group).
+//!
+//! ## `complete_every = N`: ping-pong
+//! Every Nth cycle the migration is allowed to complete (bandwidth cap
+//! lifted, downtime limit raised; if it has not converged after 10 s the
+//! source is paused, which forces the final stop-and-copy, and the
+//! destination is resumed). The destination then *is* the guest: it becomes
+//! the source of the next cycles and the old source is shut down. The guest
+//! keeps running across the switch, so the dirtied working set and the
+//! heartbeat counter continue. Recorded as action `pingpong`.
+//! A migration that completes on its own in a `cancel` cycle (the cancel
+//! came too late) is handled the same way and recorded with final state
+//! `completed`.
+//!
+//! ## Destination trouble
+//! A destination that fails to start (spawn error, dies before its QMP
+//! answers, `migrate-incoming` fails) → `InfraError`. A destination that
+//! dies *during* a migration makes the migration fail on the source: the
+//! cycle is recorded (`final_state: failed`, an event naming the exit), the
+//! source is checked to be running and making progress, and the job goes
+//! on; three such cycles in a row end the job as `InfraError`.
+//!
+//! ## Fatal findings → `Failed`
+//! A line the [`crate::FatalDetector`] flags on the guest console, QEMU
+//! stderr or host dmesg; QEMU stderr `kvm run failed`; a `GUEST_PANICKED`
+//! event; the source QEMU exiting; the guest making no progress after a
+//! cycle. The job then waits a grace period (1.5 s) so the rest of the
+//! oops/panic reaches the logs, kills everything and reports the cycle in
+//! progress (`failed_cycle`; `None` when it happened while booting) with
+//! the lines around the finding as evidence, and sends the interrupted
+//! cycle's record with `guest_alive: false`.
+//!
+//! ## Hygiene
+//! Every QEMU runs in its own process group with `PR_SET_PDEATHSIG`; all
+//! groups are SIGKILLed and reaped when the job ends, is cancelled, times
+//! out, or its future is dropped; the job's scratch directory is removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use armfleet_protocol::{CycleRecord, JobResult, LogStream, MigrateCancelParams};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::kmsg::{KmsgItem, KmsgReader};
+use crate::logs::{LineSplitter, Logs};
+use crate::probe;
+use crate::proc::{QemuProc, ROLE_DEST, ROLE_RETIRED, ROLE_SOURCE, Registry};
+use crate::profile::{Accel, GuestArch, Instance, VmProfile};
+use crate::qmp::{Dir, Qmp, QmpError, QmpEvent, Transcript};
+use crate::{FatalDetector, StressEnv, StressEvent};
+
+const MIB: u64 = 1024 * 1024;
+const GRACE_AFTER_FINDING: Duration = Duration::from_millis(1500);
+const MAX_DEST_FAILURES_IN_A_ROW: u32 = 3;
+
+/// Something that ends the job as a kernel verdict.
+#[derive(Debug, Clone)]
+pub(crate) struct Finding {
+    pub stream: LogStream,
+    pub reason: String,
+    pub line: String,
+    /// Index of `line` in its stream's ring (for context).
+    pub idx: Option<u64>,
+    pub kind: FindingKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FindingKind {
+    Line,
+    GuestPanicked,
+    SourceExited,
+}
+
+/// State shared by the job's tasks.
+pub(crate) struct Shared {
+    pub logs: Logs,
+    pub detector: FatalDetector,
+    pub fatal_tx: mpsc::UnboundedSender<Finding>,
+    pub registry: Arc<Registry>,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// What the outer job needs to know about the driver's progress.
+#[derive(Default)]
+struct Progress {
+    /// Cycle in progress (0: booting).
+    current: AtomicU32,
+    completed: AtomicU32,
+    partial: Mutex<Option<CycleRecord>>,
+}
+
+enum Stop {
+    Infra(String),
+    Failed { reason: String, evidence: Vec<String> },
+}
+
+/// Everything decided before the first QEMU starts.
+struct Plan {
+    binary: PathBuf,
+    profile: VmProfile,
+    boot_timeout: Duration,
+    progress_timeout: Duration,
+    qmp_timeout: Duration,
+}
+
+/// Runs one `migrate-cancel` job to its end. Never panics on lab problems;
+/// all QEMUs it started are gone when it returns.
+pub async fn run_migrate_cancel(
+    env: &StressEnv,
+    params: &MigrateCancelParams,
+    events: mpsc::Sender<StressEvent>,
+    cancel: CancellationToken,
+) -> JobResult {
+    let (logs, _log_task) = Logs::spawn(events);
+    logs.agent(format!(
+        "migrate-cancel job: {} cycles, {} MiB, {} vCPU, arch {}, accel {}, hugepages {}, delay {}..{} ms, bandwidth {} MiB/s, downtime {} ms, dirty {}%, complete_every {}, seed {}",
+        params.cycles,
+        params.memory_mib,
+        params.vcpus,
+        params.guest_arch,
+        params.accel,
+        params.hugepages,
+        params.cancel_delay_ms_min,
+        params.cancel_delay_ms_max,
+        params.bandwidth_mib_s,
+        params.downtime_limit_ms,
+        params.dirty_percent,
+        params.complete_every,
+        params.seed
+    ));
+    let result = run_job(env, params, &logs, cancel).await;
+    logs.agent(format!("job result: {result:?}"));
+    logs.flush().await;
+    result
+}
+
+/// Kills every QEMU of the job and removes its scratch dir if the job
+/// future is dropped before it cleaned up.
+struct Guard {
+    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    kmsg_stop: CancellationToken,
+    armed: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.shutting_down.store(true, Ordering::SeqCst);
+            self.registry.kill_all();
+            self.kmsg_stop.cancel();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+enum Outcome {
+    Driver(Result<u32, Stop>),
+    Cancelled,
+    TimedOut,
+    Fatal(Finding),
+}
+
+async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, cancel: CancellationToken) -> JobResult {
+    let plan = match prepare(env, params, logs) {
+        Ok(p) => p,
+        Err(reason) => {
+            logs.agent(format!("infra error: {reason}"));
+            return JobResult::InfraError { cycles_completed: 0, reason };
+        }
+    };
+    if cancel.is_cancelled() {
+        return JobResult::Cancelled { cycles_completed: 0, reason: "cancelled before start".into() };
+    }
+    let dir = match make_job_dir(&env.work_dir) {
+        Ok(d) => d,
+        Err(reason) => return JobResult::InfraError { cycles_completed: 0, reason },
+    };
+    logs.agent(format!("scratch dir {}", dir.display()));
+
+    let registry = Arc::new(Registry::default());
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        logs: logs.clone(),
+        detector: env.fatal_detector.clone(),
+        fatal_tx,
+        registry: registry.clone(),
+        tasks: Mutex::new(vec![]),
+        shutting_down: AtomicBool::new(false),
+    });
+    let kmsg_stop = CancellationToken::new();
+    let mut guard =
+        Guard { registry: registry.clone(), shared: shared.clone(), dir: dir.clone(), kmsg_stop: kmsg_stop.clone(), armed: true };
+    let kmsg_task = start_kmsg(&shared, kmsg_stop.clone());
+    let progress = Arc::new(Progress::default());
+
+    let driver = Driver {
+        params: params.clone(),
+        plan: &plan,
+        shared: shared.clone(),
+        progress: progress.clone(),
+        dir: dir.clone(),
+        rng: SplitMix64(params.seed),
+        vm_counter: 0,
+        dest_failures_in_a_row: 0,
+    };
+    let timeout = env.job_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let outcome = tokio::select! {
+        r = driver.run() => Outcome::Driver(r),
+        _ = cancel.cancelled() => Outcome::Cancelled,
+        Some(f) = fatal_rx.recv() => Outcome::Fatal(f),
+        _ = tokio::time::sleep(timeout) => Outcome::TimedOut,
+    };
+    // The driver future is gone here; its QEMUs are still running (killing
+    // is explicit, below) so a panic can finish printing.
+
+    // A driver error may be the consequence of a finding still in flight
+    // (e.g. QMP closed because the source died): prefer the finding.
+    let outcome = match outcome {
+        Outcome::Driver(Err(Stop::Infra(reason))) => {
+            match tokio::time::timeout(Duration::from_millis(700), fatal_rx.recv()).await {
+                Ok(Some(f)) => {
+                    logs.agent(format!("driver stopped ({reason}); a fatal finding explains it"));
+                    Outcome::Fatal(f)
+                }
+                _ => Outcome::Driver(Err(Stop::Infra(reason))),
+            }
+        }
+        o => o,
+    };
+
+    let mut findings = vec![];
+    if let Outcome::Fatal(f) = &outcome {
+        logs.agent(format!("FATAL: {} — {}", f.reason, f.line));
+        findings.push(f.clone());
+        let deadline = tokio::time::Instant::now() + GRACE_AFTER_FINDING;
+        loop {
+            tokio::select! {
+                Some(f) = fatal_rx.recv() => findings.push(f),
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = cancel.cancelled() => break,
+            }
+        }
+    }
+
+    // Teardown.
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    registry.kill_all();
+    if !registry.wait_empty(Duration::from_secs(10)).await {
+        logs.agent(format!("WARNING: QEMU processes not reaped after SIGKILL: {:?}", registry.live()));
+    }
+    let tasks: Vec<_> = std::mem::take(&mut *shared.tasks.lock().unwrap());
+    for t in tasks {
+        let abort = t.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), t).await.is_err() {
+            abort.abort();
+        }
+    }
+    kmsg_stop.cancel();
+    if let Some(t) = kmsg_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    while let Ok(f) = fatal_rx.try_recv() {
+        if matches!(outcome, Outcome::Fatal(_)) {
+            findings.push(f);
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        logs.agent(format!("WARNING: could not remove {}: {e}", dir.display()));
+    }
+    guard.armed = false;
+
+    let completed = progress.completed.load(Ordering::SeqCst);
+    let current = progress.current.load(Ordering::SeqCst);
+    let partial = progress.partial.lock().unwrap().take();
+    match outcome {
+        Outcome::Driver(Ok(n)) => JobResult::Passed { cycles_completed: n },
+        Outcome::Driver(Err(Stop::Infra(reason))) => {
+            logs.agent(format!("infra error: {reason}"));
+            JobResult::InfraError { cycles_completed: completed, reason }
+        }
+        Outcome::Driver(Err(Stop::Failed { reason, evidence })) => {
+            if let Some(mut rec) = partial {
+                rec.guest_alive = false;
+                rec.events.push(format!("fatal: {reason}"));
+                logs.cycle(rec);
+            }
+            JobResult::Failed {
+                cycles_completed: completed,
+                failed_cycle: (current > 0).then_some(current),
+                reason,
+                evidence,
+            }
+        }
+        Outcome::Cancelled => {
+            JobResult::Cancelled { cycles_completed: completed, reason: "cancelled by the agent".into() }
+        }
+        Outcome::TimedOut => JobResult::TimedOut { cycles_completed: completed },
+        Outcome::Fatal(_) => {
+            let (reason, evidence) = judge(&findings, logs);
+            if let Some(mut rec) = partial {
+                rec.guest_alive = false;
+                rec.events.push(format!("fatal: {reason}"));
+                logs.cycle(rec);
+            }
+            JobResult::Failed {
+                cycles_completed: completed,
+                failed_cycle: (current > 0).then_some(current),
+                reason,
+                evidence,
+            }
+        }
+    }
+}
+
+/// Picks the finding that explains the failure and gathers its evidence.
+fn judge(findings: &[Finding], logs: &Logs) -> (String, Vec<String>) {
+    let primary = findings
+        .iter()
+        .find(|f| f.kind == FindingKind::Line)
+        .or_else(|| findings.iter().find(|f| f.kind == FindingKind::GuestPanicked))
+        .or_else(|| findings.first())
+        .expect("at least one finding");
+    let reason = format!("{} — {}", primary.reason, primary.line.trim());
+    let mut ev = vec![];
+    match (primary.kind, primary.idx) {
+        (FindingKind::Line, Some(idx)) => {
+            ev.extend(logs.rings.range(primary.stream, idx.saturating_sub(20), idx + 60));
+        }
+        _ => {
+            ev.push(primary.line.clone());
+            ev.extend(logs.rings.tail(LogStream::GuestConsole, 40));
+            ev.extend(logs.rings.tail(LogStream::QemuStderr, 10).into_iter().map(|l| format!("[qemu_stderr] {l}")));
+        }
+    }
+    for f in findings {
+        if std::ptr::eq(f, primary) {
+            continue;
+        }
+        let l = format!("[{}] {}", f.stream.as_str(), f.line);
+        if !ev.contains(&f.line) && !ev.contains(&l) && ev.len() < 120 {
+            ev.push(l);
+        }
+    }
+    (reason, ev)
+}
+
+fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result<Plan, String> {
+    let arch = GuestArch::parse(&params.guest_arch)
+        .ok_or_else(|| format!("invalid parameters: guest_arch '{}' (arm64 | x86_64)", params.guest_arch))?;
+    if params.cancel_delay_ms_min > params.cancel_delay_ms_max {
+        return Err(format!(
+            "invalid parameters: cancel_delay_ms_min {} > cancel_delay_ms_max {}",
+            params.cancel_delay_ms_min, params.cancel_delay_ms_max
+        ));
+    }
+    if params.memory_mib < 64 {
+        return Err(format!("invalid parameters: memory_mib {} < 64", params.memory_mib));
+    }
+
+    // QEMU binary.
+    let qemu_name = format!("qemu-system-{}", arch.qemu());
+    let binary = match env.qemu_binary.clone().or_else(|| probe::find_qemu(arch.qemu())) {
+        Some(b) => b,
+        None => {
+            return Err(format!(
+                "{qemu_name} not installed (not in PATH; install qemu-system-{})",
+                if arch == GuestArch::Arm64 { "arm" } else { "x86" }
+            ));
+        }
+    };
+    if !probe::is_executable(&binary) {
+        return Err(format!("QEMU binary {} ({qemu_name}) does not exist or is not executable", binary.display()));
+    }
+    let version = probe::qemu_version(&binary).unwrap_or_else(|| "unknown version".into());
+    logs.agent(format!("qemu: {} ({version})", binary.display()));
+
+    // Accelerator.
+    let host = std::env::consts::ARCH;
+    let kvm = probe::probe_kvm();
+    let same_arch = host == arch.qemu();
+    let accel = match params.accel.as_str() {
+        "kvm" => {
+            if !same_arch {
+                return Err(format!("accel=kvm: a {} guest needs a {} host; this host is {host}", arch.dir(), arch.qemu()));
+            }
+            if !kvm.present {
+                return Err("accel=kvm but /dev/kvm does not exist (KVM not enabled on this host)".into());
+            }
+            if !kvm.accessible {
+                return Err("accel=kvm but /dev/kvm is not accessible read-write (permissions / kvm group)".into());
+            }
+            if !kvm.hardware {
+                return Err(format!(
+                    "accel=kvm but /dev/kvm is not hardware KVM: {}",
+                    kvm.note.clone().unwrap_or_default()
+                ));
+            }
+            Accel::Kvm
+        }
+        "tcg" => Accel::Tcg,
+        "auto" => {
+            if same_arch && kvm.hardware {
+                logs.agent("accel=auto: hardware KVM available, using KVM");
+                Accel::Kvm
+            } else {
+                let why = if !same_arch {
+                    format!("host is {host}, guest is {}", arch.qemu())
+                } else {
+                    kvm.note.clone().unwrap_or_else(|| "no hardware KVM".into())
+                };
+                logs.agent(format!(
+                    "accel=auto: using TCG ({why}) — this run does NOT exercise KVM stage-2 dirty logging"
+                ));
+                Accel::Tcg
+            }
+        }
+        other => return Err(format!("invalid parameters: accel '{other}' (kvm | tcg | auto)")),
+    };
+    if accel == Accel::Tcg && params.eager_split_size.is_some() {
+        logs.agent("eager_split_size ignored: it is a KVM option and this run uses TCG");
+    }
+
+    // Guest images.
+    let kernel = params
+        .guest_kernel
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env.guest_dir.join(arch.dir()).join("vmlinuz"));
+    let initrd = params
+        .guest_initrd
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env.guest_dir.join(arch.dir()).join("initrd.gz"));
+    for p in [&kernel, &initrd] {
+        if !p.is_file() {
+            return Err(format!(
+                "guest image missing: {} — run `agent/guest/build.sh {}` (as root; ARMFLEET_GUEST_DIR={})",
+                p.display(),
+                arch.dir(),
+                env.guest_dir.display()
+            ));
+        }
+    }
+    if let Ok(stamp) = std::fs::read_to_string(env.guest_dir.join(arch.dir()).join("stamp")) {
+        logs.agent(format!("guest: {} ({})", kernel.display(), stamp.trim().replace('\n', ", ")));
+    }
+
+    // Hugepages: source and destination hold their RAM at the same time.
+    if params.hugepages {
+        let per_vm = (params.memory_mib as u64).div_ceil(2);
+        let need = per_vm * 2;
+        let free = probe::free_2m_hugepages();
+        if free < need {
+            return Err(format!(
+                "hugepages requested but only {free} free 2 MiB hugepages; need {need} (2 × {} MiB guest: source + destination). e.g. echo {} > /proc/sys/vm/nr_hugepages",
+                params.memory_mib,
+                need + probe::hugepages().total.saturating_sub(free)
+            ));
+        }
+        logs.agent(format!("hugepages: {free} free 2 MiB pages, {need} needed"));
+    }
+
+    let profile = VmProfile {
+        arch,
+        accel,
+        memory_mib: params.memory_mib,
+        vcpus: params.vcpus.max(1),
+        hugepages: params.hugepages,
+        eager_split_size: if accel == Accel::Kvm { params.eager_split_size.clone() } else { None },
+        kernel,
+        initrd,
+        dirty_percent: params.dirty_percent.min(95),
+        heartbeat_ms: 100,
+    };
+    logs.agent(format!("profile: {}", profile.describe()));
+    let boot_timeout = match (accel, arch) {
+        (Accel::Kvm, _) => Duration::from_secs(60),
+        (Accel::Tcg, GuestArch::Arm64) => Duration::from_secs(90),
+        (Accel::Tcg, GuestArch::X86_64) => Duration::from_secs(150),
+    };
+    Ok(Plan {
+        binary,
+        profile,
+        boot_timeout,
+        progress_timeout: Duration::from_secs(15),
+        qmp_timeout: Duration::from_secs(10),
+    })
+}
+
+fn make_job_dir(work_dir: &Path) -> Result<PathBuf, String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    std::fs::create_dir_all(work_dir).map_err(|e| format!("cannot create work dir {}: {e}", work_dir.display()))?;
+    let dir = work_dir.join(format!("ms{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // UNIX socket paths are limited to 107 bytes.
+    if dir.join("q999.sock").as_os_str().len() > 100 {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(format!("work dir path too long for UNIX sockets: {}", dir.display()));
+    }
+    Ok(dir)
+}
+
+fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandle<()>> {
+    let logs = shared.logs.clone();
+    let mut reader = match KmsgReader::open() {
+        Ok(r) => r,
+        Err(e) => {
+            logs.agent(format!("host dmesg window unavailable: cannot read /dev/kmsg: {e} (host_dmesg stream stays empty)"));
+            return None;
+        }
+    };
+    logs.agent(format!("host dmesg window opened at kernel sequence {}", reader.base_seq));
+    let shared = shared.clone();
+    Some(tokio::spawn(async move {
+        let base = reader.base_seq;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.cancelled() => true,
+            };
+            match reader.read_available() {
+                Ok(items) => {
+                    for it in items {
+                        match it {
+                            KmsgItem::Record(r) => {
+                                let line = r.format(base);
+                                shared.logs.write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
+                                let idx = shared.logs.rings.push(LogStream::HostDmesg, line.clone());
+                                if let Some(reason) = (shared.detector)(LogStream::HostDmesg, &r.text) {
+                                    let _ = shared.fatal_tx.send(Finding {
+                                        stream: LogStream::HostDmesg,
+                                        reason,
+                                        line,
+                                        idx: Some(idx),
+                                        kind: FindingKind::Line,
+                                    });
+                                }
+                            }
+                            KmsgItem::Missed { from, to } => {
+                                let line = format!(
+                                    "MISSED {} records (#{}..#{}): overwritten in the kernel ring before they were read",
+                                    to - from + 1,
+                                    from - base,
+                                    to - base
+                                );
+                                shared.logs.write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
+                                shared.logs.agent(format!("host dmesg: {line}"));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    shared.logs.agent(format!("host dmesg window: read error {e}; window closed"));
+                    return;
+                }
+            }
+            if last {
+                return;
+            }
+        }
+    }))
+}
+
+/// Heartbeat and markers seen on one VM's console.
+#[derive(Debug, Clone, Default)]
+struct ConsoleStatus {
+    ready: bool,
+    dirty_ready: bool,
+    heartbeats: u64,
+    last_hb: Option<u64>,
+}
+
+/// One QEMU with its QMP session and console.
+struct Vm {
+    name: String,
+    proc: QemuProc,
+    qmp: Qmp,
+    console_w: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    console: watch::Receiver<ConsoleStatus>,
+    events: Arc<Mutex<Vec<String>>>,
+    /// `tcp:127.0.0.1:PORT` for a destination.
+    uri: Option<String>,
+}
+
+impl Vm {
+    async fn send_console(&self, text: &str) -> std::io::Result<()> {
+        let mut w = self.console_w.lock().await;
+        w.write_all(text.as_bytes()).await?;
+        w.flush().await
+    }
+    fn take_events(&self) -> Vec<String> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+}
+
+struct SplitMix64(u64);
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn range_inclusive(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo { lo } else { lo + self.next() % (hi - lo + 1) }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn status_of(v: &Value) -> String {
+    v.get("status").and_then(Value::as_str).unwrap_or("none").to_string()
+}
+
+struct Driver<'a> {
+    params: MigrateCancelParams,
+    plan: &'a Plan,
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    dir: PathBuf,
+    rng: SplitMix64,
+    vm_counter: u32,
+    dest_failures_in_a_row: u32,
+}
+
+impl Driver<'_> {
+    fn logs(&self) -> &Logs {
+        &self.shared.logs
+    }
+
+    fn snap(&self, rec: &CycleRecord) {
+        *self.progress.partial.lock().unwrap() = Some(rec.clone());
+    }
+
+    async fn run(mut self) -> Result<u32, Stop> {
+        let boot_t0 = Instant::now();
+        let mut src = self.start_vm(false).await.map_err(|e| Stop::Infra(format!("source QEMU failed to start: {e}")))?;
+        self.wait_boot(&src).await?;
+        self.logs().agent(format!(
+            "{}: guest ready, workload filled, after {:.0} ms",
+            src.name,
+            ms(boot_t0.elapsed())
+        ));
+        for n in 1..=self.params.cycles {
+            self.progress.current.store(n, Ordering::SeqCst);
+            let pingpong = self.params.complete_every > 0 && n % self.params.complete_every == 0;
+            let rec = if pingpong { self.pingpong_cycle(n, &mut src).await? } else { self.cancel_cycle(n, &mut src).await? };
+            self.logs().agent(format!(
+                "cycle {n}: {} delay {} ms, reached {}, final {}, {} MiB sent, cancel->cancelled {}, progress {}, wall {:.0} ms{}",
+                rec.action,
+                rec.delay_ms,
+                rec.state_reached,
+                rec.final_state,
+                rec.bytes_transferred / MIB,
+                rec.cancel_to_cancelled_ms.map(|v| format!("{v:.1} ms")).unwrap_or("-".into()),
+                rec.guest_progress_ms.map(|v| format!("{v:.0} ms")).unwrap_or("-".into()),
+                rec.wall_ms,
+                if rec.resumed_paused_source { ", RESUMED PAUSED SOURCE" } else { "" }
+            ));
+            self.logs().cycle(rec);
+            self.progress.completed.store(n, Ordering::SeqCst);
+            *self.progress.partial.lock().unwrap() = None;
+        }
+        // Orderly end: the source is torn down by the job's cleanup.
+        src.proc.set_role(ROLE_RETIRED);
+        Ok(self.params.cycles)
+    }
+
+    async fn qmp(&self, vm: &Vm, cmd: &str, args: Option<Value>) -> Result<Value, Stop> {
+        vm.qmp
+            .execute(cmd, args, self.plan.qmp_timeout)
+            .await
+            .map_err(|e| Stop::Infra(format!("{}: {e}", vm.name)))
+    }
+
+    async fn query_migrate(&self, vm: &Vm) -> Result<Value, Stop> {
+        self.qmp(vm, "query-migrate", None).await
+    }
+
+    /// Spawns a QEMU, connects its console and QMP, configures migration.
+    async fn start_vm(&mut self, incoming: bool) -> Result<Vm, String> {
+        self.vm_counter += 1;
+        let name = format!("vm{}", self.vm_counter);
+        let qmp_sock = self.dir.join(format!("q{}.sock", self.vm_counter));
+        let con_sock = self.dir.join(format!("c{}.sock", self.vm_counter));
+        let args = self.plan.profile.args(&Instance {
+            name: &name,
+            qmp_socket: &qmp_sock,
+            console_socket: &con_sock,
+            incoming,
+        });
+        let role = if incoming { ROLE_DEST } else { ROLE_SOURCE };
+        let t0 = Instant::now();
+        self.logs().agent(format!(
+            "{name}: starting {} {}",
+            if incoming { "destination" } else { "source" },
+            std::iter::once(self.plan.binary.display().to_string())
+                .chain(args.iter().map(|a| shell_quote(&a.to_string_lossy())))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let proc = QemuProc::spawn(&self.plan.binary, &args, &name, role, &self.shared)
+            .map_err(|e| format!("cannot execute {}: {e}", self.plan.binary.display()))?;
+        let died = |proc: &QemuProc, what: &str| {
+            format!(
+                "{name} exited before {what} ({}); stderr: {}",
+                proc.exited().unwrap_or_default(),
+                proc.stderr_tail(8).join(" | ")
+            )
+        };
+
+        // Console first: QEMU waits for it (wait=on) before doing anything else.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match UnixStream::connect(&con_sock).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    if proc.exited().is_some() {
+                        // let stderr drain
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Err(died(&proc, "its console socket appeared"));
+                    }
+                    if Instant::now() >= deadline {
+                        proc.kill();
+                        return Err(format!("{name}: console socket {} not connectable: {e}", con_sock.display()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let (rd, wr) = stream.into_split();
+        let (st_tx, st_rx) = watch::channel(ConsoleStatus::default());
+        let h = tokio::spawn(console_reader(rd, self.shared.clone(), st_tx));
+        self.shared.tasks.lock().unwrap().push(h);
+
+        let logs = self.logs().clone();
+        let n2 = name.clone();
+        let transcript: Transcript = Arc::new(move |dir: Dir, line: &str| {
+            logs.write(LogStream::Qmp, format!("+{:.3} {n2} {} {line}\n", logs.rel(), dir.arrow()).into_bytes());
+        });
+        let mut exit_w = proc.exit_watch();
+        let (qmp, ev_rx) = tokio::select! {
+            r = Qmp::connect(&qmp_sock, transcript, Duration::from_secs(20)) => match r {
+                Ok(x) => x,
+                Err(e) => { proc.kill(); return Err(format!("{name}: {e}")); }
+            },
+            _ = exit_w.wait_for(|e| e.is_some()) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(died(&proc, "QMP answered"));
+            }
+        };
+        let events = Arc::new(Mutex::new(vec![]));
+        let h = tokio::spawn(event_forwarder(ev_rx, name.clone(), self.shared.clone(), events.clone()));
+        self.shared.tasks.lock().unwrap().push(h);
+
+        let vm = Vm {
+            name: name.clone(),
+            proc,
+            qmp,
+            console_w: Arc::new(tokio::sync::Mutex::new(wr)),
+            console: st_rx,
+            events,
+            uri: None,
+        };
+        let setup = async {
+            vm.qmp
+                .execute(
+                    "migrate-set-capabilities",
+                    Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
+                    self.plan.qmp_timeout,
+                )
+                .await?;
+            self.set_cycle_params(&vm.qmp).await
+        };
+        if let Err(e) = setup.await {
+            vm.proc.kill();
+            return Err(format!("{name}: configuring migration: {e}"));
+        }
+        self.logs().agent(format!("{name}: pid {}, QMP ready after {:.0} ms", vm.proc.pid, ms(t0.elapsed())));
+        Ok(vm)
+    }
+
+    /// Migration parameters that keep a cancel cycle in the dirty-logging
+    /// (pre-copy) phase: capped bandwidth, tiny downtime limit.
+    async fn set_cycle_params(&self, qmp: &Qmp) -> Result<Value, QmpError> {
+        let mut p = json!({ "downtime-limit": self.params.downtime_limit_ms });
+        if self.params.bandwidth_mib_s > 0 {
+            p["max-bandwidth"] = json!(self.params.bandwidth_mib_s * MIB);
+        }
+        qmp.execute("migrate-set-parameters", Some(p), self.plan.qmp_timeout).await
+    }
+
+    async fn start_dest(&mut self) -> Result<Vm, Stop> {
+        let mut vm = self.start_vm(true).await.map_err(|e| Stop::Infra(format!("destination failed to start: {e}")))?;
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let port = free_port().map_err(|e| Stop::Infra(format!("no free TCP port: {e}")))?;
+            let uri = format!("tcp:127.0.0.1:{port}");
+            match vm.qmp.execute("migrate-incoming", Some(json!({ "uri": uri })), self.plan.qmp_timeout).await {
+                Ok(_) => {
+                    vm.uri = Some(uri);
+                    return Ok(vm);
+                }
+                Err(e @ QmpError::Command { .. }) => last_err = e.to_string(),
+                Err(e) => {
+                    last_err = e.to_string();
+                    break;
+                }
+            }
+        }
+        vm.proc.set_role(ROLE_RETIRED);
+        vm.proc.kill();
+        Err(Stop::Infra(format!("destination failed to start: {}: migrate-incoming: {last_err}", vm.name)))
+    }
+
+    async fn wait_boot(&self, vm: &Vm) -> Result<(), Stop> {
+        let mut rx = vm.console.clone();
+        let t = self.plan.boot_timeout;
+        let tail = || self.logs().rings.tail(LogStream::GuestConsole, 15).join(" | ");
+        if tokio::time::timeout(t, rx.wait_for(|s| s.ready)).await.is_err() {
+            return Err(Stop::Infra(format!(
+                "guest on {} did not print ARMFLEET-GUEST-READY within {} s (is the initrd an armfleet guest?); console tail: {}",
+                vm.name,
+                t.as_secs(),
+                tail()
+            )));
+        }
+        if self.params.dirty_percent > 0
+            && tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|s| s.dirty_ready)).await.is_err()
+        {
+            return Err(Stop::Infra(format!(
+                "guest workload on {} did not finish its first fill (ARMFLEET-DIRTY-READY) within 120 s; console tail: {}",
+                vm.name,
+                tail()
+            )));
+        }
+        if tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.heartbeats > 0)).await.is_err() {
+            return Err(Stop::Infra(format!("guest on {} prints no heartbeat; console tail: {}", vm.name, tail())));
+        }
+        Ok(())
+    }
+
+    /// Polls `query-migrate` every `every` until `done(status)`.
+    async fn poll_migrate(
+        &self,
+        vm: &Vm,
+        every: Duration,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<(Value, bool), Stop> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let q = self.query_migrate(vm).await?;
+            if done(&status_of(&q)) {
+                return Ok((q, true));
+            }
+            if Instant::now() >= deadline {
+                return Ok((q, false));
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn fill_stats(rec: &mut CycleRecord, q: &Value) {
+        let ram = &q["ram"];
+        if let Some(b) = ram.get("transferred").and_then(Value::as_u64) {
+            rec.bytes_transferred = b;
+        }
+        // QEMU reports 0 until its first dirty-rate measurement (~1 s in).
+        rec.dirty_pages_rate = ram.get("dirty-pages-rate").and_then(Value::as_u64).filter(|r| *r > 0);
+    }
+
+    async fn maybe_inject_panic(&self, n: u32, src: &Vm, rec: &mut CycleRecord) {
+        if self.params.inject_guest_panic_after == Some(n - 1) {
+            self.logs().agent(format!(
+                "fault injection: asking the guest on {} to panic (cycle {n}, after {} completed cycles)",
+                src.name,
+                n - 1
+            ));
+            match src.send_console("ARMFLEET-PANIC\n").await {
+                Ok(()) => rec.events.push("fault injection: ARMFLEET-PANIC sent to the guest console".into()),
+                Err(e) => rec.events.push(format!("fault injection failed: console write: {e}")),
+            }
+        }
+    }
+
+    async fn cancel_cycle(&mut self, n: u32, src: &mut Vm) -> Result<CycleRecord, Stop> {
+        let t0 = Instant::now();
+        let mut rec = CycleRecord {
+            cycle: n,
+            action: "cancel".into(),
+            delay_ms: self.rng.range_inclusive(self.params.cancel_delay_ms_min, self.params.cancel_delay_ms_max),
+            ..Default::default()
+        };
+        self.snap(&rec);
+        let dst = self.start_dest().await?;
+        let uri = dst.uri.clone().unwrap_or_default();
+        rec.events.push(format!("{} -> {} via {uri}", src.name, dst.name));
+        self.qmp(src, "migrate", Some(json!({ "uri": uri }))).await?;
+        let (q, _) = self
+            .poll_migrate(src, Duration::from_millis(5), Duration::from_secs(20), |s| s != "setup" && s != "none")
+            .await?;
+        rec.state_reached = status_of(&q);
+        self.snap(&rec);
+
+        let mut status = rec.state_reached.clone();
+        if is_in_progress(&status) {
+            self.maybe_inject_panic(n, src, &mut rec).await;
+            self.snap(&rec);
+            tokio::time::sleep(Duration::from_millis(rec.delay_ms)).await;
+            let q = self.query_migrate(src).await?;
+            status = status_of(&q);
+            rec.state_reached = status.clone();
+            Self::fill_stats(&mut rec, &q);
+        }
+
+        let completed;
+        if is_in_progress(&status) {
+            let tc = Instant::now();
+            self.qmp(src, "migrate_cancel", None).await?;
+            let (q, done) = self
+                .poll_migrate(src, Duration::from_millis(2), Duration::from_secs(15), |s| {
+                    matches!(s, "cancelled" | "failed" | "completed")
+                })
+                .await?;
+            let s = status_of(&q);
+            if !done {
+                return Err(Stop::Infra(format!("{}: migration still '{s}' 15 s after migrate_cancel", src.name)));
+            }
+            rec.cancel_to_cancelled_ms = Some(ms(tc.elapsed()));
+            if let Some(b) = q["ram"].get("transferred").and_then(Value::as_u64) {
+                rec.bytes_transferred = rec.bytes_transferred.max(b);
+            }
+            rec.final_state = s.clone();
+            completed = s == "completed";
+        } else {
+            rec.final_state = status.clone();
+            completed = status == "completed";
+        }
+        self.snap(&rec);
+
+        if rec.final_state == "failed" {
+            // Most likely the destination died mid-migration.
+            let why = match dst.proc.wait_exit(Duration::from_millis(300)).await {
+                Some(exit) => format!("destination {} exited during the migration ({exit})", dst.name),
+                None => format!("migration failed; destination {} still running", dst.name),
+            };
+            rec.events.push(why.clone());
+            self.logs().agent(format!("cycle {n}: {why}"));
+            self.dest_failures_in_a_row += 1;
+            if self.dest_failures_in_a_row >= MAX_DEST_FAILURES_IN_A_ROW {
+                return Err(Stop::Infra(format!(
+                    "{} migrations in a row failed on the destination side (last: {why})",
+                    self.dest_failures_in_a_row
+                )));
+            }
+        } else {
+            self.dest_failures_in_a_row = 0;
+        }
+
+        let mut dst = dst;
+        if completed {
+            rec.events.push(format!("migration completed before the cancel took effect; {} is now the source", dst.name));
+            self.logs().agent(format!("cycle {n}: migration completed (cancel too late); switching source to {}", dst.name));
+            std::mem::swap(src, &mut dst);
+            src.proc.set_role(ROLE_SOURCE);
+            self.ensure_dest_running(src, &mut rec).await?;
+        }
+        // The (old) destination goes away now, in the background.
+        self.retire(dst, &mut rec);
+
+        let mark = Instant::now();
+        self.ensure_running(src, &mut rec).await?;
+        self.check_progress(src, &mut rec, mark).await?;
+        rec.events.extend(src.take_events());
+        rec.wall_ms = ms(t0.elapsed());
+        Ok(rec)
+    }
+
+    async fn pingpong_cycle(&mut self, n: u32, src: &mut Vm) -> Result<CycleRecord, Stop> {
+        let t0 = Instant::now();
+        let mut rec = CycleRecord { cycle: n, action: "pingpong".into(), ..Default::default() };
+        self.snap(&rec);
+        let dst = self.start_dest().await?;
+        let uri = dst.uri.clone().unwrap_or_default();
+        rec.events.push(format!("{} -> {} via {uri} (complete, ping-pong)", src.name, dst.name));
+        // Let it converge: no bandwidth cap, generous downtime.
+        self.qmp(src, "migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 2000})))
+            .await?;
+        self.maybe_inject_panic(n, src, &mut rec).await;
+        self.qmp(src, "migrate", Some(json!({ "uri": uri }))).await?;
+        let (q, _) = self
+            .poll_migrate(src, Duration::from_millis(5), Duration::from_secs(20), |s| s != "setup" && s != "none")
+            .await?;
+        rec.state_reached = status_of(&q);
+        let (mut q, mut done) = self
+            .poll_migrate(src, Duration::from_millis(20), Duration::from_secs(10), |s| {
+                matches!(s, "completed" | "failed" | "cancelled")
+            })
+            .await?;
+        if !done {
+            rec.events.push("did not converge in 10 s: paused the source to force completion".into());
+            self.qmp(src, "stop", None).await?;
+            (q, done) = self
+                .poll_migrate(src, Duration::from_millis(20), Duration::from_secs(30), |s| {
+                    matches!(s, "completed" | "failed" | "cancelled")
+                })
+                .await?;
+            if !done {
+                return Err(Stop::Infra(format!("{}: forced migration did not complete in 30 s", src.name)));
+            }
+        }
+        Self::fill_stats(&mut rec, &q);
+        rec.final_state = status_of(&q);
+        self.snap(&rec);
+        let mut dst = dst;
+        let mark;
+        if rec.final_state == "completed" {
+            self.dest_failures_in_a_row = 0;
+            std::mem::swap(src, &mut dst);
+            src.proc.set_role(ROLE_SOURCE);
+            // `dst` is now the old source (postmigrate).
+            dst.proc.set_role(ROLE_RETIRED);
+            let _ = dst.qmp.execute("quit", None, Duration::from_secs(2)).await;
+            self.retire(dst, &mut rec);
+            mark = Instant::now();
+            self.ensure_dest_running(src, &mut rec).await?;
+        } else {
+            let why = match dst.proc.wait_exit(Duration::from_millis(300)).await {
+                Some(exit) => format!("destination {} exited during the migration ({exit})", dst.name),
+                None => format!("migration {}; destination {} still running", rec.final_state, dst.name),
+            };
+            rec.events.push(why);
+            self.dest_failures_in_a_row += 1;
+            self.retire(dst, &mut rec);
+            // Restore the cycle parameters on the source we keep.
+            self.set_cycle_params(&src.qmp).await.map_err(|e| Stop::Infra(e.to_string()))?;
+            mark = Instant::now();
+            self.ensure_running(src, &mut rec).await?;
+        }
+        self.check_progress(src, &mut rec, mark).await?;
+        rec.events.extend(src.take_events());
+        rec.wall_ms = ms(t0.elapsed());
+        Ok(rec)
+    }
+
+    /// After a completed migration the destination should run by itself
+    /// (the source was running); resume it if it did not.
+    async fn ensure_dest_running(&self, vm: &Vm, rec: &mut CycleRecord) -> Result<(), Stop> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = self.qmp(vm, "query-status", None).await?;
+            let s = status_of(&st);
+            if s == "running" {
+                return Ok(());
+            }
+            if s == "paused" || Instant::now() >= deadline {
+                rec.events.push(format!("new source {} was '{s}' after completion; sent cont", vm.name));
+                self.qmp(vm, "cont", None).await?;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Trap 2: a cancel that lands while the migration completes leaves the
+    /// source paused. Resume it.
+    async fn ensure_running(&self, vm: &Vm, rec: &mut CycleRecord) -> Result<(), Stop> {
+        let st = self.qmp(vm, "query-status", None).await?;
+        let s = status_of(&st);
+        if s != "running" {
+            self.resume(vm, rec, &s).await?;
+        }
+        Ok(())
+    }
+
+    async fn resume(&self, vm: &Vm, rec: &mut CycleRecord, state: &str) -> Result<(), Stop> {
+        self.logs().agent(format!("cycle {}: source {} is '{state}' after the migration; sending cont", rec.cycle, vm.name));
+        rec.events.push(format!("source {} was '{state}'; resumed with cont", vm.name));
+        self.qmp(vm, "cont", None).await?;
+        rec.resumed_paused_source = true;
+        Ok(())
+    }
+
+    /// Waits for the guest heartbeat to advance past what was seen at `mark`.
+    async fn check_progress(&self, vm: &Vm, rec: &mut CycleRecord, mark: Instant) -> Result<(), Stop> {
+        let mut rx = vm.console.clone();
+        let seen = rx.borrow().heartbeats;
+        let advanced = |s: &ConsoleStatus| s.heartbeats > seen;
+        let first_ok = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(advanced)).await.is_ok();
+        if !first_ok {
+            // Trap 2 again: query-status may have said "running" too early.
+            let st = self.qmp(vm, "query-status", None).await?;
+            let s = status_of(&st);
+            if s != "running" {
+                self.resume(vm, rec, &s).await?;
+            }
+            let left = self.plan.progress_timeout.saturating_sub(mark.elapsed());
+            if tokio::time::timeout(left, rx.wait_for(advanced)).await.is_err() {
+                let st = self.qmp(vm, "query-status", None).await.map(|v| status_of(&v)).unwrap_or_default();
+                let reason = format!(
+                    "guest on {} made no progress for {} s after cycle {} (no new ARMFLEET-HB; QEMU status '{st}')",
+                    vm.name,
+                    self.plan.progress_timeout.as_secs(),
+                    rec.cycle
+                );
+                rec.guest_alive = false;
+                self.snap(rec);
+                return Err(Stop::Failed { reason, evidence: self.logs().rings.tail(LogStream::GuestConsole, 40) });
+            }
+        }
+        rec.guest_progress_ms = Some(ms(mark.elapsed()));
+        rec.guest_alive = true;
+        Ok(())
+    }
+
+    /// Tears a VM down in the background (kill the group; the waiter reaps).
+    fn retire(&self, vm: Vm, rec: &mut CycleRecord) {
+        vm.proc.set_role(ROLE_RETIRED);
+        rec.events.extend(vm.take_events());
+        vm.proc.kill();
+    }
+}
+
+fn is_in_progress(s: &str) -> bool {
+    matches!(s, "active" | "setup" | "pre-switchover" | "device" | "postcopy-active" | "wait-unplug")
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+async fn console_reader(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    shared: Arc<Shared>,
+    status: watch::Sender<ConsoleStatus>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut split = LineSplitter::default();
+    let mut handle = |line: String| console_line(&shared, &status, line);
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                shared.logs.write(LogStream::GuestConsole, buf[..n].to_vec());
+                split.push(&buf[..n], &mut handle);
+            }
+        }
+    }
+    split.finish(&mut handle);
+}
+
+fn console_line(shared: &Arc<Shared>, status: &watch::Sender<ConsoleStatus>, line: String) {
+    let idx = shared.logs.rings.push(LogStream::GuestConsole, line.clone());
+    if let Some(pos) = line.find("ARMFLEET-HB ") {
+        let n = line[pos + 12..].split_whitespace().next().and_then(|v| v.parse().ok());
+        status.send_modify(|s| {
+            s.heartbeats += 1;
+            s.last_hb = n;
+        });
+    } else if line.contains("ARMFLEET-GUEST-READY") {
+        status.send_modify(|s| s.ready = true);
+    } else if line.contains("ARMFLEET-DIRTY-READY") {
+        status.send_modify(|s| s.dirty_ready = true);
+    }
+    if let Some(reason) = (shared.detector)(LogStream::GuestConsole, &line) {
+        let _ = shared.fatal_tx.send(Finding {
+            stream: LogStream::GuestConsole,
+            reason,
+            line,
+            idx: Some(idx),
+            kind: FindingKind::Line,
+        });
+    }
+}
+
+async fn event_forwarder(
+    mut rx: mpsc::UnboundedReceiver<QmpEvent>,
+    name: String,
+    shared: Arc<Shared>,
+    out: Arc<Mutex<Vec<String>>>,
+) {
+    while let Some(ev) = rx.recv().await {
+        let text = format!("+{:.3}s {name} {} {}", shared.logs.rel(), ev.name, ev.data);
+        out.lock().unwrap().push(text.clone());
+        if ev.name == "GUEST_PANICKED" {
+            let _ = shared.fatal_tx.send(Finding {
+                stream: LogStream::Qmp,
+                reason: "GUEST_PANICKED event (pvpanic)".into(),
+                line: text,
+                idx: None,
+                kind: FindingKind::GuestPanicked,
+            });
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Real-QEMU tests of the migrate→cancel executor (TCG: this machine has
+//! no hardware KVM). They need `qemu-system-aarch64`/`qemu-system-x86_64`
+//! and the guests from `agent/guest/build.sh`; see `common` for the
+//! skip/require policy (`ARMFLEET_REQUIRE_QEMU=1` turns skips into failures).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use armfleet_migrate_stress::StressEnv;
+use armfleet_protocol::JobResult;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+fn assert_all_cancelled_and_alive(c: &Collected, n: usize) {
+    assert_eq!(c.cycles.len(), n, "{}", c.dump());
+    for (i, r) in c.cycles.iter().enumerate() {
+        assert_eq!(r.cycle as usize, i + 1);
+        assert_eq!(r.action, "cancel");
+        assert_eq!(r.final_state, "cancelled", "cycle {}: {r:?}", r.cycle);
+        assert_eq!(r.state_reached, "active", "cycle {}: {r:?}", r.cycle);
+        assert!(r.guest_alive, "cycle {}: {r:?}", r.cycle);
+        assert!(r.guest_progress_ms.is_some());
+        assert!(r.cancel_to_cancelled_ms.is_some());
+        assert!(r.bytes_transferred > 0, "cycle {}: {r:?}", r.cycle);
+        assert!(r.wall_ms >= r.delay_ms as f64);
+    }
+}
+
+fn assert_logs(c: &Collected) {
+    assert!(c.console.contains("ARMFLEET-GUEST-READY"), "no boot marker: {}", c.dump());
+    assert!(c.console.contains("ARMFLEET-DIRTY-READY"));
+    assert!(c.console.matches("ARMFLEET-HB ").count() > 20);
+    assert!(c.qmp.contains("\"execute\":\"migrate_cancel\""));
+    assert!(c.qmp.contains("\"execute\":\"migrate-incoming\""));
+    assert!(c.qmp.contains("<- {\"QMP\""), "greeting in transcript");
+    assert!(c.qmp.contains("\"status\": \"cancelled\""));
+    assert!(c.agent.contains("does NOT exercise KVM") || c.agent.contains("TCG"));
+    assert!(c.max_chunk <= 64 * 1024);
+    // Host dmesg window: either records or an explicit note why not.
+    assert!(
+        c.agent.contains("host dmesg window opened") || c.agent.contains("host dmesg window unavailable"),
+        "{}",
+        c.agent
+    );
+}
+
+fn assert_no_leftovers(env: &StressEnv) {
+    let needle = env.work_dir.display().to_string();
+    let left = procs_mentioning(&needle);
+    assert!(left.is_empty(), "QEMU processes left: {left:?}");
+    assert!(dir_is_empty(&env.work_dir), "scratch left in {}", env.work_dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm64_tcg_20_cycles() {
+    let _s = serial();
+    let Some(env) = env_for("arm64", "arm64-20") else { return };
+    let params = tcg_params("arm64", 20);
+    let t0 = Instant::now();
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    eprintln!("arm64 TCG 20 cycles: {:?} in {:.1} s", r, t0.elapsed().as_secs_f64());
+    assert_eq!(r, JobResult::Passed { cycles_completed: 20 }, "{}", c.dump());
+    assert_all_cancelled_and_alive(&c, 20);
+    assert_logs(&c);
+    // Reproducible delays from the seed, within bounds, not all equal.
+    let delays: Vec<u64> = c.cycles.iter().map(|r| r.delay_ms).collect();
+    assert!(delays.iter().all(|d| (200..=400).contains(d)));
+    assert!(delays.iter().any(|d| *d != delays[0]));
+    assert_no_leftovers(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm64_tcg_hugepages() {
+    let _s = serial();
+    let Some(env) = env_for("arm64", "arm64-huge") else { return };
+    if !is_root() {
+        skip_or_fail("hugepage test needs root to reserve /proc/sys/vm/nr_hugepages");
+        return;
+    }
+    let mut params = tcg_params("arm64", 8);
+    params.memory_mib = 192;
+    params.hugepages = true;
+    // source + destination: 2 × 96 pages
+    let _g = HugepageGuard::reserve(2 * 96 + 4).expect("reserve hugepages");
+    let before = armfleet_migrate_stress::probe::free_2m_hugepages();
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    assert_eq!(r, JobResult::Passed { cycles_completed: 8 }, "{}", c.dump());
+    assert_all_cancelled_and_alive(&c, 8);
+    assert_logs(&c);
+    assert!(c.agent.contains("hugetlb 2M"), "{}", c.agent);
+    assert_no_leftovers(&env);
+    // every hugepage came back (memfd: no files left)
+    let after = armfleet_migrate_stress::probe::free_2m_hugepages();
+    assert_eq!(before, after, "hugepages leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hugepages_missing_is_infra_error() {
+    let Some(env) = env_for("arm64", "huge-missing") else { return };
+    let mut params = tcg_params("arm64", 1);
+    params.hugepages = true;
+    params.memory_mib = 1 << 20; // 1 TiB: never enough
+    let (r, _c) = run_job(&env, &params, CancellationToken::new()).await;
+    match r {
+        JobResult::InfraError { reason, .. } => assert!(reason.contains("hugepages"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x86_64_tcg_few_cycles() {
+    let _s = serial();
+    let Some(env) = env_for("x86_64", "x86-3") else { return };
+    let params = tcg_params("x86_64", 3);
+    let t0 = Instant::now();
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    eprintln!("x86_64 TCG 3 cycles: {:?} in {:.1} s", r, t0.elapsed().as_secs_f64());
+    assert_eq!(r, JobResult::Passed { cycles_completed: 3 }, "{}", c.dump());
+    assert_all_cancelled_and_alive(&c, 3);
+    assert!(c.console.contains("arch=x86_64"));
+    assert_no_leftovers(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_guest_panic_fails_the_right_cycle() {
+    let _s = serial();
+    let Some(env) = env_for("arm64", "panic") else { return };
+    let mut params = tcg_params("arm64", 6);
+    params.inject_guest_panic_after = Some(2);
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    match &r {
+        JobResult::Failed { cycles_completed, failed_cycle, reason, evidence } => {
+            assert_eq!(*cycles_completed, 2, "{}", c.dump());
+            assert_eq!(*failed_cycle, Some(3));
+            assert!(reason.contains("Kernel panic"), "{reason}");
+            assert!(evidence.iter().any(|l| l.contains("Kernel panic - not syncing: sysrq triggered crash")), "{evidence:#?}");
+            // the grace period captured the trace after the panic line
+            assert!(evidence.iter().any(|l| l.contains("sysrq")), "{evidence:#?}");
+        }
+        other => panic!("expected Failed, got {other:?}\n{}", c.dump()),
+    }
+    // cycles 1, 2 complete; cycle 3 reported as interrupted
+    assert_eq!(c.cycles.len(), 3, "{}", c.dump());
+    assert!(c.cycles[..2].iter().all(|r| r.guest_alive));
+    assert!(!c.cycles[2].guest_alive);
+    assert!(c.cycles[2].events.iter().any(|e| e.contains("ARMFLEET-PANIC")));
+    assert_no_leftovers(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_qemu_is_infra_error_naming_the_binary() {
+    let mut env = StressEnv::new(StressEnv::default_guest_dir(), work_dir("noqemu"));
+    env.qemu_binary = Some("/nonexistent/bin/qemu-system-aarch64".into());
+    let (r, c) = run_job(&env, &tcg_params("arm64", 1), CancellationToken::new()).await;
+    match r {
+        JobResult::InfraError { cycles_completed: 0, reason } => {
+            assert!(reason.contains("/nonexistent/bin/qemu-system-aarch64"), "{reason}")
+        }
+        other => panic!("{other:?}\n{}", c.agent),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_guest_is_infra_error() {
+    let Some(mut env) = env_for("arm64", "noguest") else { return };
+    env.guest_dir = "/nonexistent/guest".into();
+    let (r, _) = run_job(&env, &tcg_params("arm64", 1), CancellationToken::new()).await;
+    match r {
+        JobResult::InfraError { reason, .. } => assert!(reason.contains("build.sh"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvm_without_hardware_kvm_is_infra_error() {
+    let probe = armfleet_migrate_stress::probe_host();
+    let host_arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "x86_64" };
+    if probe.kvm.hardware {
+        eprintln!("SKIPPED (not passing): this host has hardware KVM; nothing to refuse");
+        return;
+    }
+    let Some(env) = env_for(host_arch, "nokvm") else { return };
+    let mut params = tcg_params(host_arch, 1);
+    params.accel = "kvm".into();
+    let (r, _) = run_job(&env, &params, CancellationToken::new()).await;
+    match r {
+        JobResult::InfraError { reason, .. } => assert!(reason.contains("kvm"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_killed_mid_migration_is_recorded() {
+    let _s = serial();
+    let Some(env) = env_for("arm64", "dstkill") else { return };
+    let mut params = tcg_params("arm64", 3);
+    params.cancel_delay_ms_min = 1500;
+    params.cancel_delay_ms_max = 1500;
+    // Kill the first destination 600 ms after it appears (mid-hold).
+    let needle = env.work_dir.display().to_string();
+    let killer = tokio::spawn(async move {
+        let mut first_seen: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let dests: Vec<_> = procs_mentioning(&needle)
+                .into_iter()
+                .filter(|(_, c)| c.contains("qemu-system") && c.contains("-incoming"))
+                .collect();
+            if let Some((pid, _)) = dests.first() {
+                let t = *first_seen.get_or_insert_with(Instant::now);
+                if t.elapsed() >= Duration::from_millis(600) {
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                    return Some(*pid);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    });
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    let killed = killer.await.unwrap();
+    assert!(killed.is_some(), "never saw a destination");
+    assert_eq!(r, JobResult::Passed { cycles_completed: 3 }, "{}", c.dump());
+    assert_eq!(c.cycles.len(), 3);
+    let first = &c.cycles[0];
+    assert_eq!(first.final_state, "failed", "{first:?}");
+    assert!(
+        first.events.iter().any(|e| e.contains("exited during the migration") && e.contains("signal 9")),
+        "{first:?}"
+    );
+    assert!(first.guest_alive);
+    for r in &c.cycles[1..] {
+        assert_eq!(r.final_state, "cancelled", "{r:?}");
+        assert!(r.guest_alive);
+    }
+    assert_no_leftovers(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_kills_everything() {
+    let _s = serial();
+    let Some(env) = env_for("arm64", "cancel") else { return };
+    let params = tcg_params("arm64", 1000);
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let needle = env.work_dir.display().to_string();
+    // Cancel once two QEMUs (source + destination) are up, i.e. mid-cycle.
+    let watcher = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let q: Vec<_> =
+                procs_mentioning(&needle).into_iter().filter(|(_, c)| c.contains("qemu-system")).collect();
+            if q.len() >= 2 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                c2.cancel();
+                return q.len();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c2.cancel();
+        0
+    });
+    let t0 = Instant::now();
+    let (r, c) = run_job(&env, &params, cancel).await;
+    let seen = watcher.await.unwrap();
+    assert!(seen >= 2, "never saw source + destination");
+    assert!(matches!(r, JobResult::Cancelled { .. }), "{r:?}\n{}", c.dump());
+    assert!(t0.elapsed() < Duration::from_secs(120));
+    assert_no_leftovers(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_every_ping_pongs() {
+    let _s = serial();
+    let Some(env) = env_for("arm64", "pingpong") else { return };
+    let mut params = tcg_params("arm64", 4);
+    params.complete_every = 2;
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    assert_eq!(r, JobResult::Passed { cycles_completed: 4 }, "{}", c.dump());
+    let actions: Vec<_> = c.cycles.iter().map(|r| (r.action.as_str(), r.final_state.as_str())).collect();
+    assert_eq!(
+        actions,
+        vec![("cancel", "cancelled"), ("pingpong", "completed"), ("cancel", "cancelled"), ("pingpong", "completed")],
+        "{}",
+        c.dump()
+    );
+    assert!(c.cycles.iter().all(|r| r.guest_alive));
+    assert_no_leftovers(&env);
+}

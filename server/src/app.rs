@@ -1,0 +1,135 @@
+//! Putting the server together: [`Server::prepare`] loads the fleet, brings
+//! up the database and keys; [`Server::run`] serves SSH and HTTP until the
+//! shutdown token fires, then leaves nothing in flight.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Fleet;
+use crate::db::{self, embedded::EmbeddedPostgres};
+use crate::dispatch::Dispatcher;
+use crate::state::{AppState, SharedFleet};
+use crate::{boards, jobs, ssh};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub fleet_path: PathBuf,
+    pub data_dir: PathBuf,
+    /// Use this database instead of the private cluster.
+    pub database_url: Option<String>,
+}
+
+pub struct Server {
+    pub state: AppState,
+    pub api_token: String,
+    pub fingerprint: String,
+    host_key: russh::keys::PrivateKey,
+    postgres: Option<EmbeddedPostgres>,
+}
+
+impl Server {
+    pub async fn prepare(settings: Settings) -> anyhow::Result<Server> {
+        let fleet = Fleet::load(&settings.fleet_path)?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+        let (options, postgres) = match &settings.database_url {
+            Some(url) => (db::options_from_url(url)?, None),
+            None => {
+                let dir = settings.data_dir.join("postgres");
+                let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir)).await??;
+                (pg.connect_options(), Some(pg))
+            }
+        };
+        let pool = db::connect(options).await?;
+        let host_key = ssh::load_or_create_host_key(&settings.data_dir)?;
+        let fingerprint = ssh::fingerprint(&host_key);
+        let api_token = match &fleet.server.api_token {
+            Some(t) => t.clone(),
+            None => load_or_create_token(&settings.data_dir)?,
+        };
+        boards::sync_with_fleet(&pool, &fleet).await?;
+        boards::all_offline(&pool, "server started; waiting for the agent").await?;
+        let lost = jobs::resolve_after_restart(&pool).await?;
+        if !lost.is_empty() {
+            tracing::warn!(?lost, "jobs in flight when the previous server stopped are now lost");
+        }
+        let shared = SharedFleet::new(fleet);
+        let dispatcher = Dispatcher::new(pool.clone(), shared.clone());
+        let state = AppState {
+            pool,
+            fleet: shared,
+            dispatcher,
+            api_token: Arc::from(api_token.as_str()),
+            host_key_fingerprint: Arc::from(fingerprint.as_str()),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Server { state, api_token, fingerprint, host_key, postgres })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops every task it
+    /// started, ends in-flight jobs and stops the private database.
+    pub async fn run(mut self, http: TcpListener, ssh_listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = AppState { shutdown: shutdown.clone(), ..self.state.clone() };
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(ssh::serve(state.clone(), self.host_key.clone(), ssh_listener, shutdown.clone()));
+        let watcher = state.dispatcher.clone();
+        let watch_token = shutdown.clone();
+        tasks.spawn(async move {
+            watcher.watch(watch_token).await;
+            Ok(())
+        });
+        let app = crate::http::app(state.clone());
+        let http_token = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move { http_token.cancelled().await })
+                .await
+                .context("HTTP server failed")
+        });
+        // Any task ending early (an error) brings the whole server down.
+        let mut first_error = None;
+        while let Some(done) = tasks.join_next().await {
+            let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = outcome {
+                tracing::error!("server task failed: {e:#}");
+                first_error.get_or_insert(e);
+            }
+            shutdown.cancel();
+        }
+        // Sessions are gone; make sure nothing is left `running`.
+        for board in state.fleet.current().boards.iter() {
+            let _ = jobs::lose_board_jobs(&state.pool, &board.name, "the server shut down").await;
+        }
+        let _ = boards::all_offline(&state.pool, "server stopped").await;
+        state.pool.close().await;
+        if let Some(mut pg) = self.postgres.take() {
+            tokio::task::spawn_blocking(move || pg.stop()).await.ok();
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn load_or_create_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("api-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_owned());
+        }
+    }
+    let bytes: [u8; 24] = rand::random();
+    let token = hex::encode(bytes);
+    ssh::write_private_file(&path, format!("{token}\n").as_bytes())?;
+    Ok(token)
+}

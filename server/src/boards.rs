@@ -1,0 +1,140 @@
+//! Boards as PostgreSQL knows them: their rows mirror fleet.toml plus what
+//! the agents report (facts, heartbeats, state).
+
+use armfleet_protocol::BoardFacts;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::config::Fleet;
+
+/// Board states shown in the API and on the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoardState {
+    Offline,
+    Idle,
+    Busy,
+    /// Removed from fleet.toml; kept for history.
+    Retired,
+}
+
+impl BoardState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoardState::Offline => "offline",
+            BoardState::Idle => "idle",
+            BoardState::Busy => "busy",
+            BoardState::Retired => "retired",
+        }
+    }
+}
+
+/// Makes the `boards` table match fleet.toml: new boards appear offline,
+/// boards no longer listed are retired.
+pub async fn sync_with_fleet(pool: &PgPool, fleet: &Fleet) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for b in &fleet.boards {
+        sqlx::query(
+            "INSERT INTO boards (name, family, arch, labels) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET family = $2, arch = $3, labels = $4,
+                 state = CASE WHEN boards.state = 'retired' THEN 'offline' ELSE boards.state END,
+                 updated_at = now()",
+        )
+        .bind(&b.name)
+        .bind(b.family.as_str())
+        .bind(&b.arch)
+        .bind(&b.labels)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let names: Vec<String> = fleet.boards.iter().map(|b| b.name.clone()).collect();
+    sqlx::query("UPDATE boards SET state = 'retired', updated_at = now() WHERE NOT (name = ANY($1))")
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// At start-up nobody is connected yet.
+pub async fn all_offline(pool: &PgPool, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE boards SET state = 'offline', offline_reason = $1, updated_at = now() WHERE state <> 'retired'")
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn set_online(
+    pool: &PgPool,
+    board: &str,
+    facts: &BoardFacts,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE boards SET state = 'idle', facts = $2, executor = $3, simulated = $4,
+            connected_at = now(), last_heartbeat = now(), offline_reason = NULL, updated_at = now()
+         WHERE name = $1",
+    )
+    .bind(board)
+    .bind(serde_json::to_value(facts).unwrap_or_default())
+    .bind(facts.executor.as_str())
+    .bind(facts.executor.is_simulated())
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn heartbeat(pool: &PgPool, board: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE boards SET last_heartbeat = now() WHERE name = $1")
+        .bind(board)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn set_offline(pool: &PgPool, board: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE boards SET state = 'offline', offline_reason = $2, updated_at = now() WHERE name = $1 AND state <> 'retired'")
+        .bind(board)
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// For a connected board: busy while it has active jobs, idle otherwise.
+pub async fn refresh_busy(pool: &PgPool, board: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE boards SET state = CASE WHEN EXISTS (
+                SELECT 1 FROM jobs WHERE board = $1 AND state IN ('assigned', 'running'))
+             THEN 'busy' ELSE 'idle' END, updated_at = now()
+         WHERE name = $1 AND state IN ('idle', 'busy')",
+    )
+    .bind(board)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BoardRow {
+    pub name: String,
+    pub family: String,
+    pub arch: String,
+    pub labels: Vec<String>,
+    pub state: String,
+    pub facts: Option<serde_json::Value>,
+    pub executor: Option<String>,
+    pub simulated: bool,
+    pub connected_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    pub offline_reason: Option<String>,
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<BoardRow>, sqlx::Error> {
+    sqlx::query_as::<_, BoardRow>(
+        "SELECT name, family, arch, labels, state, facts, executor, simulated, connected_at,
+                last_heartbeat, offline_reason
+         FROM boards WHERE state <> 'retired' ORDER BY family, name",
+    )
+    .fetch_all(pool)
+    .await
+}

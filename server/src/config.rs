@@ -1,0 +1,413 @@
+//! `fleet.toml`: the lab's boards, test plans and server settings.
+//!
+//! Loading is all-or-nothing: a file that fails any check is refused with
+//! the file, line and field named, and the previously loaded fleet (if any)
+//! stays in force.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use armfleet_protocol::MigrateCancelParams;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Board families armfleet knows. An unknown family is a configuration error,
+/// so that per-family verdicts never split over a typo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    Kunpeng920,
+    AmpereAltra,
+    AmpereOne,
+    NvidiaGrace,
+    Rpi4,
+    Rpi5,
+    /// Any other arm64 server or dev board.
+    GenericArm64,
+    /// QEMU's `virt` machine standing in for a board (development).
+    QemuVirt,
+    /// x86-64 hosts (the executor is not arm64-only).
+    X86_64,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Kunpeng920 => "kunpeng920",
+            Family::AmpereAltra => "ampere-altra",
+            Family::AmpereOne => "ampere-one",
+            Family::NvidiaGrace => "nvidia-grace",
+            Family::Rpi4 => "rpi4",
+            Family::Rpi5 => "rpi5",
+            Family::GenericArm64 => "generic-arm64",
+            Family::QemuVirt => "qemu-virt",
+            Family::X86_64 => "x86-64",
+        }
+    }
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Family::Kunpeng920 => "HiSilicon Kunpeng 920",
+            Family::AmpereAltra => "Ampere Altra",
+            Family::AmpereOne => "AmpereOne",
+            Family::NvidiaGrace => "NVIDIA Grace",
+            Family::Rpi4 => "Raspberry Pi 4",
+            Family::Rpi5 => "Raspberry Pi 5",
+            Family::GenericArm64 => "Generic arm64",
+            Family::QemuVirt => "QEMU virt",
+            Family::X86_64 => "x86-64",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The validated fleet.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub boards: Vec<Board>,
+    pub plans: Vec<Plan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub api_token: Option<String>,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_deadline_ms: u64,
+    /// Jobs not started within this many seconds after assignment are lost.
+    pub assign_deadline_s: u64,
+}
+
+#[derive(Clone)]
+pub struct Board {
+    pub name: String,
+    pub family: Family,
+    pub arch: String,
+    pub labels: Vec<String>,
+    /// Authorised agent keys (OpenSSH public key lines, parsed).
+    pub keys: Vec<russh::keys::PublicKey>,
+    pub power_cycle: Option<Vec<String>>,
+    pub max_jobs: u32,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Board")
+            .field("name", &self.name)
+            .field("family", &self.family)
+            .field("labels", &self.labels)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// A test plan: a job type with parameters, and the boards it targets.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub boards: Vec<String>,
+    pub params: MigrateCancelParams,
+    pub timeout_s: u64,
+    /// Replay executor only: kernels (commit prefixes) that the simulated
+    /// boards treat as buggy, and how likely the abort is per cycle.
+    pub replay_buggy_commits: Vec<String>,
+    pub replay_abort_probability: f64,
+}
+
+impl Plan {
+    /// The parameters of this plan for one kernel.
+    pub fn params_for(&self, commit: &str) -> MigrateCancelParams {
+        let mut params = self.params.clone();
+        let buggy = self
+            .replay_buggy_commits
+            .iter()
+            .any(|prefix| !prefix.is_empty() && commit.starts_with(prefix.as_str()));
+        params.replay_abort_probability = if buggy { self.replay_abort_probability } else { 0.0 };
+        params
+    }
+}
+
+impl Fleet {
+    pub fn board(&self, name: &str) -> Option<&Board> {
+        self.boards.iter().find(|b| b.name == name)
+    }
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name == name)
+    }
+
+    pub fn load(path: &Path) -> Result<Fleet, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Fleet::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Fleet, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        let raw: RawFleet = toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let at = |span: std::ops::Range<usize>, field: &str, msg: String| {
+            invalid(format!("line {}, field `{field}`: {msg}", line_of(text, span.start)))
+        };
+
+        let server = raw.server.unwrap_or_default();
+        if server.heartbeat_deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)
+            <= server.heartbeat_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS)
+        {
+            return Err(invalid(
+                "[server] heartbeat_deadline_ms must be larger than heartbeat_interval_ms".into(),
+            ));
+        }
+        let settings = ServerSettings {
+            api_token: server.api_token,
+            heartbeat_interval_ms: server.heartbeat_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS),
+            heartbeat_deadline_ms: server.heartbeat_deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
+            assign_deadline_s: server.assign_deadline_s.unwrap_or(60),
+        };
+
+        let mut boards = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut key_owner: HashMap<Vec<u8>, String> = HashMap::new();
+        for raw_board in raw.board {
+            let name = raw_board.name.get_ref().clone();
+            let name_span = raw_board.name.span();
+            if !valid_name(&name) {
+                return Err(at(name_span, "board.name", format!(
+                    "`{name}` is not a valid board name (letters, digits, `-`, `_`, `.`; at most 64)"
+                )));
+            }
+            if let Some(first) = names.insert(name.clone(), line_of(text, name_span.start)) {
+                return Err(at(name_span, "board.name", format!(
+                    "duplicate board `{name}` (first defined on line {first})"
+                )));
+            }
+            let mut keys = Vec::new();
+            let mut key_sources: Vec<(String, std::ops::Range<usize>, &str)> = Vec::new();
+            for k in raw_board.keys.iter() {
+                key_sources.push((k.get_ref().clone(), k.span(), "board.keys"));
+            }
+            if let Some(k) = &raw_board.key {
+                key_sources.push((k.get_ref().clone(), k.span(), "board.key"));
+            }
+            if let Some(f) = &raw_board.key_file {
+                let file = base_dir.join(f.get_ref());
+                let line = std::fs::read_to_string(&file).map_err(|e| {
+                    at(f.span(), "board.key_file", format!("cannot read {}: {e}", file.display()))
+                })?;
+                key_sources.push((line.trim().to_owned(), f.span(), "board.key_file"));
+            }
+            if key_sources.is_empty() {
+                return Err(at(name_span, "board.key", format!(
+                    "board `{name}` has no agent key (set `key = \"ssh-ed25519 …\"` or `key_file`)"
+                )));
+            }
+            for (line, span, field) in key_sources {
+                let key = russh::keys::PublicKey::from_openssh(line.trim()).map_err(|e| {
+                    at(span.clone(), field, format!("not an OpenSSH public key: {e}"))
+                })?;
+                if key.algorithm() != russh::keys::Algorithm::Ed25519 {
+                    return Err(at(span, field, format!(
+                        "agent keys must be ed25519, this one is {}", key.algorithm()
+                    )));
+                }
+                let bytes = key_bytes(&key);
+                if let Some(owner) = key_owner.insert(bytes, name.clone()) {
+                    return Err(at(span, field, format!(
+                        "duplicate key: board `{name}` uses the key of board `{owner}`"
+                    )));
+                }
+                keys.push(key);
+            }
+            let power_cycle = match raw_board.power_cycle {
+                None => None,
+                Some(cmd) if cmd.get_ref().is_empty() => {
+                    return Err(at(cmd.span(), "board.power_cycle", "empty command".into()));
+                }
+                Some(cmd) => Some(cmd.into_inner()),
+            };
+            boards.push(Board {
+                name,
+                family: raw_board.family,
+                arch: raw_board.arch.unwrap_or_else(|| "arm64".into()),
+                labels: raw_board.labels,
+                keys,
+                power_cycle,
+                max_jobs: raw_board.max_jobs.unwrap_or(1).max(1),
+            });
+        }
+
+        let mut plans: Vec<Plan> = Vec::new();
+        for raw_plan in raw.plan {
+            let name = raw_plan.name.get_ref().clone();
+            let span = raw_plan.name.span();
+            if !valid_name(&name) {
+                return Err(at(span, "plan.name", format!("`{name}` is not a valid plan name")));
+            }
+            if plans.iter().any(|p| p.name == name) {
+                return Err(at(span, "plan.name", format!("duplicate plan `{name}`")));
+            }
+            if raw_plan.r#type != "migrate-cancel" {
+                return Err(at(span, "plan.type", format!(
+                    "plan `{name}`: unknown job type `{}` (known: migrate-cancel)", raw_plan.r#type
+                )));
+            }
+            let params = raw_plan.params.unwrap_or_default();
+            if params.cycles == 0 {
+                return Err(at(span, "plan.params.cycles", format!("plan `{name}`: cycles must be at least 1")));
+            }
+            if params.cancel_delay_ms_min > params.cancel_delay_ms_max {
+                return Err(at(span, "plan.params.cancel_delay_ms_min", format!(
+                    "plan `{name}`: cancel_delay_ms_min is larger than cancel_delay_ms_max"
+                )));
+            }
+            if !["kvm", "tcg", "auto"].contains(&params.accel.as_str()) {
+                return Err(at(span, "plan.params.accel", format!(
+                    "plan `{name}`: accel must be kvm, tcg or auto, not `{}`", params.accel
+                )));
+            }
+            let replay = raw_plan.replay.unwrap_or_default();
+            if !(0.0..=1.0).contains(&replay.abort_probability) {
+                return Err(at(span, "plan.replay.abort_probability", format!(
+                    "plan `{name}`: abort_probability must be within 0..1"
+                )));
+            }
+            let selected: Vec<String> = boards
+                .iter()
+                .filter(|b| {
+                    let by_name = raw_plan.boards.is_empty()
+                        || raw_plan.boards.iter().any(|p| p == "*" || *p == b.name);
+                    let by_family = raw_plan.families.is_empty()
+                        || raw_plan.families.contains(&b.family);
+                    let by_label = raw_plan.labels.iter().all(|l| b.labels.contains(l));
+                    by_name && by_family && by_label
+                })
+                .map(|b| b.name.clone())
+                .collect();
+            if selected.is_empty() {
+                return Err(at(span, "plan.boards", format!(
+                    "plan `{name}` matches no board (boards {:?}, families {:?}, labels {:?})",
+                    raw_plan.boards, raw_plan.families, raw_plan.labels
+                )));
+            }
+            plans.push(Plan {
+                name,
+                boards: selected,
+                params,
+                timeout_s: raw_plan.timeout_s.unwrap_or(3600),
+                replay_buggy_commits: replay.buggy_commits,
+                replay_abort_probability: replay.abort_probability,
+            });
+        }
+        if boards.is_empty() {
+            return Err(invalid("no [[board]] defined".into()));
+        }
+        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans })
+    }
+}
+
+const DEFAULT_INTERVAL_MS: u64 = 2_000;
+const DEFAULT_DEADLINE_MS: u64 = 10_000;
+
+/// The raw public key bytes, used to compare keys regardless of comment.
+pub fn key_bytes(key: &russh::keys::PublicKey) -> Vec<u8> {
+    key.to_bytes().unwrap_or_default()
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// toml's own message already shows line, column and the offending text;
+/// this adds the dotted field path when the parser knows it.
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let line = err.span().map(|s| line_of(text, s.start));
+    let msg = err.message().trim().to_owned();
+    match line {
+        Some(line) => {
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {msg} (in `{source}`)")
+        }
+        None => msg,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    server: Option<RawServer>,
+    #[serde(default)]
+    board: Vec<RawBoard>,
+    #[serde(default)]
+    plan: Vec<RawPlan>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    api_token: Option<String>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_deadline_ms: Option<u64>,
+    assign_deadline_s: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBoard {
+    name: Spanned<String>,
+    family: Family,
+    arch: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    keys: Vec<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    power_cycle: Option<Spanned<Vec<String>>>,
+    max_jobs: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    name: Spanned<String>,
+    r#type: String,
+    #[serde(default)]
+    boards: Vec<String>,
+    #[serde(default)]
+    families: Vec<Family>,
+    #[serde(default)]
+    labels: Vec<String>,
+    timeout_s: Option<u64>,
+    params: Option<MigrateCancelParams>,
+    replay: Option<RawReplay>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReplay {
+    #[serde(default)]
+    buggy_commits: Vec<String>,
+    #[serde(default)]
+    abort_probability: f64,
+}
+
+/// For listings: the fleet's boards keyed by family.
+pub fn boards_by_family(fleet: &Fleet) -> BTreeMap<Family, Vec<&Board>> {
+    let mut map: BTreeMap<Family, Vec<&Board>> = BTreeMap::new();
+    for b in &fleet.boards {
+        map.entry(b.family).or_default().push(b);
+    }
+    map
+}

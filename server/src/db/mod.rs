@@ -1,0 +1,31 @@
+//! PostgreSQL: where the database comes from and how the schema gets there.
+//!
+//! SQL itself lives next to the domain it serves (`jobs`, `boards`, `runs`,
+//! `logs`); this module only owns the pool and the migrations.
+
+pub mod embedded;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connects to `options` and brings the schema up to date.
+pub async fn connect(options: PgConnectOptions) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    MIGRATOR.run(&pool).await.context("running database migrations")?;
+    Ok(pool)
+}
+
+pub fn options_from_url(url: &str) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")
+}

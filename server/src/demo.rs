@@ -1,0 +1,256 @@
+//! `armfleet demo`: a whole local lab in one command.
+//!
+//! It starts the server on a private PostgreSQL, makes a key pair per board
+//! of the embedded fleet (the root `fleet.toml`), starts one agent process
+//! per board, and tests two kernels: a clean parent and a child that the
+//! demo plan marks buggy. Boards without real QEMU guests run the replay
+//! executor and everything they produce is labelled simulated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Server, Settings};
+use crate::runs::{self, TriggerRequest};
+use crate::{boards, jobs};
+
+/// The example lab, compiled in so the demo needs no files.
+pub const EMBEDDED_FLEET: &str = include_str!("../../fleet.toml");
+
+pub const DEMO_TREE: &str = "https://git.kernel.org/pub/scm/linux/kernel/git/kvmarm/kvmarm.git";
+pub const DEMO_BRANCH: &str = "next";
+/// The clean parent kernel of the demo.
+pub const DEMO_PARENT: &str = "5d2f0c8a7e4b19d3c6a0f1e2b3c4d5e6f7a8b9c0";
+/// The child that the embedded replay plan marks buggy.
+pub const DEMO_CHILD: &str = "9e41b7c3d2a1f0e9d8c7b6a5f4e3d2c1b0a99887";
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: String,
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    pub ssh: String,
+    #[arg(long, default_value = ".armfleet-demo")]
+    pub data_dir: PathBuf,
+    /// Executor for the agents: auto (QEMU where usable, else replay), qemu, replay.
+    #[arg(long, default_value = "auto")]
+    pub executor: String,
+    /// Exit once both kernels are tested instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit_when_done: bool,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let agent_exe = find_agent_binary()?;
+    std::fs::create_dir_all(&args.data_dir)?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let keys_dir = data_dir.join("agent-keys");
+    std::fs::create_dir_all(&keys_dir)?;
+
+    // The embedded fleet with freshly made keys for the local agents.
+    let mut fleet: toml::Table = EMBEDDED_FLEET.parse().context("parsing the embedded fleet.toml")?;
+    let mut board_names = Vec::new();
+    if let Some(toml::Value::Array(boards)) = fleet.get_mut("board") {
+        for board in boards.iter_mut().filter_map(|b| b.as_table_mut()) {
+            let name = board.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let key_path = keys_dir.join(&name);
+            let public = make_agent_key(&agent_exe, &key_path).await?;
+            board.remove("key_file");
+            board.remove("keys");
+            board.insert("key".into(), toml::Value::String(public));
+            board_names.push(name);
+        }
+    }
+    let server_section = fleet.entry("server").or_insert(toml::Value::Table(Default::default()));
+    if let Some(t) = server_section.as_table_mut() {
+        t.insert("heartbeat_interval_ms".into(), toml::Value::Integer(1000));
+        t.insert("heartbeat_deadline_ms".into(), toml::Value::Integer(5000));
+    }
+    let fleet_path = data_dir.join("demo-fleet.toml");
+    std::fs::write(&fleet_path, toml::to_string(&fleet)?)?;
+
+    let http = tokio::net::TcpListener::bind(&args.http).await.with_context(|| format!("binding {}", args.http))?;
+    let ssh = tokio::net::TcpListener::bind(&args.ssh).await.with_context(|| format!("binding {}", args.ssh))?;
+    let http_addr = http.local_addr()?;
+    let ssh_addr = ssh.local_addr()?;
+    println!("armfleet demo: starting the server (private PostgreSQL under {})", data_dir.display());
+    let server = Server::prepare(Settings {
+        fleet_path: fleet_path.clone(),
+        data_dir: data_dir.clone(),
+        database_url: std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()),
+    })
+    .await?;
+    let pool = server.pool().clone();
+    let state = server.state.clone();
+    let fingerprint = server.fingerprint.clone();
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(server.run(http, ssh, shutdown.clone()));
+
+    let mut agents: BTreeMap<String, Child> = BTreeMap::new();
+    for name in &board_names {
+        let child = Command::new(&agent_exe)
+            .arg("--server").arg(ssh_addr.to_string())
+            .arg("--board").arg(name)
+            .arg("--key").arg(keys_dir.join(name))
+            .arg("--server-key").arg(&fingerprint)
+            .arg("--executor").arg(&args.executor)
+            .arg("--state-dir").arg(data_dir.join("agents").join(name))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data_dir.join(format!("agent-{name}.log")))?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", agent_exe.display()))?;
+        agents.insert(name.clone(), child);
+    }
+    println!("armfleet demo: {} agents started (logs: {}/agent-*.log)", agents.len(), data_dir.display());
+
+    // Wait for the boards, then test both kernels.
+    let started = Instant::now();
+    loop {
+        let online = boards::list(&pool).await?.iter().filter(|b| b.state != "offline").count();
+        println!("  [{:>4.1}s] boards online: {online}/{}", started.elapsed().as_secs_f64(), board_names.len());
+        if online == board_names.len() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the demo agents did not come online within 60 s; see {}/agent-*.log", data_dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fleet_now = state.fleet.current();
+    let mut run_ids = Vec::new();
+    for (label, commit) in [("parent (clean)", DEMO_PARENT), ("child (buggy in the replay plan)", DEMO_CHILD)] {
+        let req = TriggerRequest {
+            tree: DEMO_TREE.into(),
+            branch: DEMO_BRANCH.into(),
+            commit: commit.into(),
+            plan: None,
+        };
+        let planned = runs::create(&pool, &fleet_now, &req, "demo").await?;
+        println!("armfleet demo: kernel {} {label}: run #{} with {} jobs", &commit[..12], planned.run_id, planned.jobs.len());
+        for b in &planned.boards {
+            state.dispatcher.kick(b).await;
+        }
+        run_ids.push(planned.run_id);
+    }
+
+    // Progress until every job is terminal.
+    let mut last_line = String::new();
+    loop {
+        let mut all_done = true;
+        let mut parts = Vec::new();
+        for run in &run_ids {
+            for j in jobs::for_run(&pool, *run).await? {
+                let done = crate::jobs::JobState::parse(&j.state).is_some_and(|s| s.is_terminal());
+                all_done &= done;
+                parts.push(format!("{}:{}@{} {}/{}", &j.commit_sha[..7], j.board, j.state, j.cycles_completed, j.cycles_total));
+            }
+        }
+        let line = parts.join("  ");
+        if line != last_line {
+            println!("  [{:>5.1}s] {line}", started.elapsed().as_secs_f64());
+            last_line = line;
+        }
+        if all_done {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(700)) => {}
+            _ = crate::shutdown_signal() => {
+                shutdown.cancel();
+                break;
+            }
+        }
+    }
+
+    print_summary(&pool, &run_ids).await?;
+    println!();
+    println!("armfleet demo: dashboard at http://{http_addr}/");
+    println!("armfleet demo: API at http://{http_addr}/api/v1/runs (token in {}/api-token)", data_dir.display());
+    if !args.exit_when_done && !shutdown.is_cancelled() {
+        println!("armfleet demo: serving until Ctrl-C");
+        tokio::select! {
+            _ = crate::shutdown_signal() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    println!("armfleet demo: stopping agents and server");
+    for (_, mut child) in agents {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    shutdown.cancel();
+    server_task.await.context("server task panicked")??;
+    Ok(())
+}
+
+async fn print_summary(pool: &sqlx::PgPool, runs: &[i64]) -> anyhow::Result<()> {
+    println!();
+    println!("{:<14} {:<16} {:<12} {:>9} {:>8}  {}", "kernel", "board", "result", "cycles", "failed@", "evidence");
+    for run in runs {
+        for j in jobs::for_run(pool, *run).await? {
+            let evidence = j
+                .evidence
+                .as_array()
+                .and_then(|a| a.iter().find_map(|v| v.as_str()))
+                .unwrap_or("")
+                .chars()
+                .take(70)
+                .collect::<String>();
+            let sim = if j.simulated { " (sim)" } else { "" };
+            println!(
+                "{:<14} {:<16} {:<12} {:>4}/{:<4} {:>8}  {}",
+                &j.commit_sha[..12],
+                j.board,
+                format!("{}{sim}", j.state),
+                j.cycles_completed,
+                j.cycles_total,
+                j.failed_cycle.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                evidence
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `armfleet-agent keygen` writes the key pair and prints the public line.
+async fn make_agent_key(agent: &Path, path: &Path) -> anyhow::Result<String> {
+    if !path.exists() {
+        let out = Command::new(agent).arg("keygen").arg("--out").arg(path).output().await?;
+        if !out.status.success() {
+            bail!("armfleet-agent keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let public = std::fs::read_to_string(path.with_extension("pub"))
+        .with_context(|| format!("reading {}.pub", path.display()))?;
+    Ok(public.trim().to_owned())
+}
+
+/// The agent binary sits next to `armfleet` in the same target directory.
+pub fn find_agent_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("ARMFLEET_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let mut dir = me.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        let candidate = d.join("armfleet-agent");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+        if dir.as_ref().is_some_and(|p| !p.join("deps").exists() && !p.ends_with("target")) && d.ends_with("deps") {
+            continue;
+        }
+    }
+    bail!(
+        "armfleet-agent was not found next to {} — build it with `cargo build --release --workspace` \
+         (or set ARMFLEET_AGENT_BIN)",
+        me.display()
+    )
+}

@@ -1,0 +1,223 @@
+//! The dispatcher: the one owner of live agent sessions and of handing
+//! queued jobs to them.
+//!
+//! Architecture invariant: a board has at most one live session; when a
+//! session ends (closed, broken, or heartbeat deadline missed) the board goes
+//! `offline` and its in-flight jobs become `lost`, through
+//! [`Dispatcher::session_ended`] and nowhere else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use armfleet_protocol::ServerMessage;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::boards;
+use crate::config::Fleet;
+use crate::jobs;
+use crate::state::SharedFleet;
+
+/// How the dispatcher reaches one connected agent.
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<ServerMessage>,
+    last_seen: Instant,
+    executor: &'static str,
+    simulated: bool,
+    /// Cancelled to close the connection from the server side.
+    close: CancellationToken,
+}
+
+pub struct Dispatcher {
+    pool: PgPool,
+    fleet: SharedFleet,
+    sessions: Mutex<HashMap<String, Session>>,
+    next_id: AtomicU64,
+    /// Serialises claims per process; SKIP LOCKED makes them safe across
+    /// processes.
+    claim_lock: tokio::sync::Mutex<()>,
+}
+
+/// Returned to a session task on registration.
+pub struct SessionTicket {
+    pub id: u64,
+    pub close: CancellationToken,
+}
+
+impl Dispatcher {
+    pub fn new(pool: PgPool, fleet: SharedFleet) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            pool,
+            fleet,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            claim_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.current()
+    }
+
+    /// A board's agent completed its handshake. An older session of the
+    /// same board (a half-dead connection) is closed.
+    pub fn register(
+        &self,
+        board: &str,
+        tx: mpsc::Sender<ServerMessage>,
+        executor: &'static str,
+        simulated: bool,
+        shutdown: &CancellationToken,
+    ) -> SessionTicket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let close = shutdown.child_token();
+        let old = self.sessions.lock().unwrap().insert(board.to_owned(), Session {
+            id,
+            tx,
+            last_seen: Instant::now(),
+            executor,
+            simulated,
+            close: close.clone(),
+        });
+        if let Some(old) = old {
+            tracing::warn!(board, "a new connection replaces the board's previous one");
+            old.close.cancel();
+        }
+        SessionTicket { id, close }
+    }
+
+    pub fn touch(&self, board: &str, id: u64) {
+        if let Some(s) = self.sessions.lock().unwrap().get_mut(board) {
+            if s.id == id {
+                s.last_seen = Instant::now();
+            }
+        }
+    }
+
+    pub fn is_connected(&self, board: &str) -> bool {
+        self.sessions.lock().unwrap().contains_key(board)
+    }
+
+    pub fn connected_boards(&self) -> Vec<String> {
+        self.sessions.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// The session task of `board` ended. Only the session that is still
+    /// registered may mark the board offline (a replaced one must not).
+    pub async fn session_ended(&self, board: &str, id: u64, reason: &str) {
+        let was_current = {
+            let mut sessions = self.sessions.lock().unwrap();
+            match sessions.get(board) {
+                Some(s) if s.id == id => {
+                    sessions.remove(board);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !was_current {
+            return;
+        }
+        tracing::warn!(board, reason, "board offline");
+        if let Err(e) = boards::set_offline(&self.pool, board, reason).await {
+            tracing::error!(board, "recording board offline: {e}");
+        }
+        match jobs::lose_board_jobs(&self.pool, board, &format!("board went offline: {reason}")).await {
+            Ok(lost) if !lost.is_empty() => tracing::warn!(board, ?lost, "jobs lost with their board"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(board, "marking jobs lost: {e}"),
+        }
+    }
+
+    /// Hands queued jobs to `board` while it has room. Safe to call any time.
+    pub async fn kick(&self, board: &str) {
+        let _guard = self.claim_lock.lock().await;
+        let Some(max_jobs) = self.fleet().board(board).map(|b| b.max_jobs) else { return };
+        loop {
+            let (tx, executor, simulated) = {
+                let sessions = self.sessions.lock().unwrap();
+                match sessions.get(board) {
+                    Some(s) => (s.tx.clone(), s.executor, s.simulated),
+                    None => return,
+                }
+            };
+            let deadline = self.fleet().server.assign_deadline_s;
+            match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await {
+                Ok(Some(a)) => {
+                    tracing::info!(board, job = a.job_id, epoch = a.epoch, "job assigned");
+                    let _ = boards::refresh_busy(&self.pool, board).await;
+                    let msg = ServerMessage::AssignJob { job_id: a.job_id, epoch: a.epoch, spec: a.spec };
+                    if tx.send(msg).await.is_err() {
+                        // The session is going away; its end marks the job lost.
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = boards::refresh_busy(&self.pool, board).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(board, "claiming a job: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub async fn kick_all(&self) {
+        for board in self.connected_boards() {
+            self.kick(&board).await;
+        }
+    }
+
+    /// Tells a board to stop a job (best effort: the board may be gone).
+    pub async fn send(&self, board: &str, msg: ServerMessage) {
+        let tx = self.sessions.lock().unwrap().get(board).map(|s| s.tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send(msg).await;
+        }
+    }
+
+    /// The watchdog: closes sessions whose heartbeats stopped and ends jobs
+    /// past their deadlines. Runs until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let interval = Duration::from_millis(self.fleet().server.heartbeat_interval_ms.max(100) / 2);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let deadline = Duration::from_millis(self.fleet().server.heartbeat_deadline_ms);
+            let silent: Vec<(String, CancellationToken)> = self
+                .sessions
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, s)| s.last_seen.elapsed() > deadline)
+                .map(|(b, s)| (b.clone(), s.close.clone()))
+                .collect();
+            for (board, close) in silent {
+                tracing::warn!(board, ?deadline, "heartbeat deadline missed; closing the session");
+                close.cancel();
+            }
+            match jobs::expire_deadlines(&self.pool).await {
+                Ok(expired) => {
+                    for (job, board, state) in expired {
+                        tracing::warn!(job, board, state = state.as_str(), "job deadline passed");
+                        self.send(&board, ServerMessage::CancelJob {
+                            job_id: job,
+                            reason: format!("the server ended the job as {}", state.as_str()),
+                        })
+                        .await;
+                        self.kick(&board).await;
+                    }
+                }
+                Err(e) => tracing::error!("expiring job deadlines: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The JSON API. Reads are open; writes need the bearer token.
+
+use armfleet_protocol::{LogStream, ServerMessage};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::jobs::{self, JobState};
+use crate::runs::{self, TriggerRequest};
+use crate::state::AppState;
+use crate::{boards, logs};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/boards", get(list_boards))
+        .route("/runs", get(list_runs).post(create_run))
+        .route("/runs/{id}", get(get_run))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/log", get(get_job_log))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+}
+
+/// Proof that the request carried the API token.
+pub struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        if constant_time_eq(given.trim().as_bytes(), state.api_token.as_bytes()) {
+            Ok(Authorized)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    raw.parse().map_err(|_| ApiError::BadRequest(format!("`{raw}` is not a valid {what} id")))
+}
+
+async fn list_boards(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let rows = boards::list(&state.pool).await?;
+    Ok(Json(serde_json::json!({ "boards": rows })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+async fn list_runs(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    Ok(Json(serde_json::json!({ "runs": runs::list(&state.pool, limit).await? })))
+}
+
+async fn create_run(
+    _auth: Authorized,
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let req: TriggerRequest = serde_path_to_error::deserialize(de)
+        .map_err(|e| ApiError::BadRequest(format!("invalid run request at `{}`: {}", e.path(), e.inner())))?;
+    let fleet = state.fleet.current();
+    let planned = runs::create(&state.pool, &fleet, &req, "api").await?;
+    tracing::info!(run = planned.run_id, jobs = planned.jobs.len(), commit = %req.commit, "run planned");
+    for board in &planned.boards {
+        state.dispatcher.kick(board).await;
+    }
+    Ok((StatusCode::CREATED, Json(serde_json::json!({
+        "run_id": planned.run_id,
+        "kernel_id": planned.kernel_id,
+        "jobs": planned.jobs,
+    }))))
+}
+
+async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "run")?;
+    let run = runs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
+    let jobs = jobs::for_run(&state.pool, id).await?;
+    let mut value = serde_json::to_value(&run).map_err(|e| ApiError::Internal(e.to_string()))?;
+    value["jobs"] = serde_json::to_value(&jobs).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(value))
+}
+
+async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job")?;
+    let job = jobs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let events = jobs::events(&state.pool, id).await?;
+    let cycles = jobs::cycles(&state.pool, id).await?;
+    let sizes = logs::sizes(&state.pool, id).await?;
+    let mut value = serde_json::to_value(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
+    value["events"] = serde_json::to_value(events).unwrap_or_default();
+    value["cycles"] = serde_json::Value::Array(cycles);
+    value["logs"] = sizes
+        .into_iter()
+        .map(|(stream, raw, stored)| serde_json::json!({
+            "stream": stream, "bytes": raw, "stored_bytes": stored,
+            "url": format!("/api/v1/jobs/{id}/log?stream={stream}"),
+        }))
+        .collect();
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    stream: Option<String>,
+}
+
+async fn get_job_log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job")?;
+    jobs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let streams: Vec<LogStream> = match q.stream.as_deref() {
+        Some(s) => vec![LogStream::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown log stream `{s}` (known: {})",
+                LogStream::ALL.map(|l| l.as_str()).join(", ")
+            ))
+        })?],
+        None => LogStream::ALL.to_vec(),
+    };
+    let mut body = Vec::new();
+    let single = streams.len() == 1;
+    for stream in streams {
+        let data = logs::read_stream(&state.pool, id, stream).await?;
+        if single {
+            body = data;
+        } else if !data.is_empty() {
+            body.extend_from_slice(format!("==> {} <==\n", stream.as_str()).as_bytes());
+            body.extend_from_slice(&data);
+            if !data.ends_with(b"\n") {
+                body.push(b'\n');
+            }
+        }
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().unwrap());
+    Ok((headers, body))
+}
+
+#[derive(Deserialize, Default)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+async fn cancel_job(
+    _auth: Authorized,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<CancelBody>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job")?;
+    let reason = body.and_then(|b| b.0.reason).unwrap_or_else(|| "cancelled through the API".into());
+    let (from, board) = jobs::cancel(&state.pool, id, &reason).await?;
+    if matches!(from, JobState::Assigned | JobState::Running) {
+        state.dispatcher.send(&board, ServerMessage::CancelJob { job_id: id, reason: reason.clone() }).await;
+        state.dispatcher.kick(&board).await;
+    }
+    Ok(Json(serde_json::json!({ "job": id, "state": "cancelled", "was": from.as_str() })))
+}

@@ -1,0 +1,524 @@
+//! The job state machine and the job queue.
+//!
+//! Architecture invariant: every change of `jobs.state` goes through
+//! [`transition`] in this module, which checks the move against
+//! [`JobState::can_move_to`], enforces the epoch fence, and records the move
+//! in `job_events`. Nothing else writes `jobs.state`.
+//!
+//! ```text
+//! queued ──► assigned ──► running ──► passed | failed | infra_error | timed_out
+//!   │           │            │
+//!   └───────────┴────────────┴──────► lost | cancelled
+//! ```
+
+use armfleet_protocol::{CycleRecord, JobResult, JobSpec};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Assigned,
+    Running,
+    Passed,
+    Failed,
+    InfraError,
+    TimedOut,
+    Lost,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 9] = [
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Passed,
+        JobState::Failed,
+        JobState::InfraError,
+        JobState::TimedOut,
+        JobState::Lost,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Passed => "passed",
+            JobState::Failed => "failed",
+            JobState::InfraError => "infra_error",
+            JobState::TimedOut => "timed_out",
+            JobState::Lost => "lost",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Assigned | JobState::Running)
+    }
+
+    /// The edges of the state machine.
+    pub fn can_move_to(self, to: JobState) -> bool {
+        use JobState::*;
+        match (self, to) {
+            (Queued, Assigned | Cancelled | Lost) => true,
+            (Assigned, Running | Lost | Cancelled | TimedOut | InfraError) => true,
+            // An agent may finish a job whose start message raced its end.
+            (Assigned, Passed | Failed) => true,
+            (Running, Passed | Failed | InfraError | TimedOut | Lost | Cancelled) => true,
+            _ => false,
+        }
+    }
+
+    pub fn from_result(result: &JobResult) -> JobState {
+        match result {
+            JobResult::Passed { .. } => JobState::Passed,
+            JobResult::Failed { .. } => JobState::Failed,
+            JobResult::InfraError { .. } => JobState::InfraError,
+            JobResult::Cancelled { .. } => JobState::Cancelled,
+            JobResult::TimedOut { .. } => JobState::TimedOut,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job {0} does not exist")]
+    NotFound(i64),
+    #[error("job {job} cannot move from {from} to {to}")]
+    IllegalTransition { job: i64, from: &'static str, to: &'static str },
+    #[error("job {job}: stale epoch {got} (current {current}); message refused")]
+    StaleEpoch { job: i64, got: i64, current: i64 },
+    #[error("job {job} does not belong to board {board}")]
+    WrongBoard { job: i64, board: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Extra columns a transition sets along with the state.
+#[derive(Default)]
+pub struct TransitionEffects<'a> {
+    pub reason: Option<&'a str>,
+    pub result: Option<&'a JobResult>,
+    /// For `assigned`: seconds until the assignment expires.
+    pub assign_deadline_s: Option<u64>,
+}
+
+/// Moves `job` to `to`, if the state machine allows it and `epoch` (when
+/// given) is the job's current one. Returns the previous state.
+pub async fn transition(
+    tx: &mut Transaction<'_, Postgres>,
+    job: i64,
+    to: JobState,
+    epoch: Option<i64>,
+    effects: TransitionEffects<'_>,
+) -> Result<JobState, JobError> {
+    let row = sqlx::query("SELECT state, epoch FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(job)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(JobError::NotFound(job))?;
+    let from = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Lost);
+    let current_epoch: i64 = row.get("epoch");
+    if let Some(got) = epoch {
+        if got != current_epoch {
+            return Err(JobError::StaleEpoch { job, got, current: current_epoch });
+        }
+    }
+    if !from.can_move_to(to) {
+        return Err(JobError::IllegalTransition { job, from: from.as_str(), to: to.as_str() });
+    }
+    let (cycles_completed, failed_cycle, evidence, result_reason) = match effects.result {
+        Some(JobResult::Failed { cycles_completed, failed_cycle, reason, evidence }) => (
+            Some(*cycles_completed as i32),
+            failed_cycle.map(|c| c as i32),
+            Some(serde_json::json!(evidence)),
+            Some(reason.clone()),
+        ),
+        Some(JobResult::InfraError { cycles_completed, reason })
+        | Some(JobResult::Cancelled { cycles_completed, reason }) => {
+            (Some(*cycles_completed as i32), None, None, Some(reason.clone()))
+        }
+        Some(r) => (Some(r.cycles_completed() as i32), None, None, None),
+        None => (None, None, None, None),
+    };
+    let reason = effects.reason.map(str::to_owned).or(result_reason);
+    sqlx::query(
+        "UPDATE jobs SET
+            state = $2,
+            epoch = CASE WHEN $2 = 'assigned' THEN epoch + 1 ELSE epoch END,
+            deadline = CASE WHEN $2 = 'assigned' THEN now() + make_interval(secs => $3)
+                            WHEN $2 = 'running' THEN now() + make_interval(secs => (spec->>'timeout_s')::float8)
+                            ELSE NULL END,
+            started_at = CASE WHEN $2 = 'running' THEN now() ELSE started_at END,
+            finished_at = CASE WHEN $4 THEN now() ELSE finished_at END,
+            cycles_completed = GREATEST(cycles_completed, COALESCE($5, 0)),
+            failed_cycle = COALESCE($6, failed_cycle),
+            evidence = COALESCE($7, evidence),
+            reason = COALESCE($8, reason),
+            updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job)
+    .bind(to.as_str())
+    .bind(effects.assign_deadline_s.unwrap_or(60) as f64)
+    .bind(to.is_terminal())
+    .bind(cycles_completed)
+    .bind(failed_cycle)
+    .bind(evidence)
+    .bind(reason.as_deref())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO job_events (job_id, from_state, to_state, reason) VALUES ($1, $2, $3, $4)")
+        .bind(job)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(reason.as_deref())
+        .execute(&mut **tx)
+        .await?;
+    Ok(from)
+}
+
+/// A job handed to a board.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub job_id: i64,
+    pub epoch: i64,
+    pub spec: JobSpec,
+}
+
+/// Claims the oldest queued job of `board`, if the board has room for it.
+/// `SKIP LOCKED` lets several dispatchers (or servers) claim concurrently
+/// without ever handing one job out twice.
+pub async fn claim_next(
+    pool: &PgPool,
+    board: &str,
+    max_active: u32,
+    executor: &str,
+    simulated: bool,
+    assign_deadline_s: u64,
+) -> Result<Option<Assignment>, JobError> {
+    let mut tx = pool.begin().await?;
+    // Serialise claims per board so `max_active` holds across servers.
+    sqlx::query("SELECT name FROM boards WHERE name = $1 FOR UPDATE")
+        .bind(board)
+        .execute(&mut *tx)
+        .await?;
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE board = $1 AND state IN ('assigned', 'running')",
+    )
+    .bind(board)
+    .fetch_one(&mut *tx)
+    .await?;
+    if active >= max_active as i64 {
+        return Ok(None);
+    }
+    let Some(row) = sqlx::query(
+        "SELECT id, spec FROM jobs WHERE board = $1 AND state = 'queued'
+         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(board)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let job_id: i64 = row.get("id");
+    let spec: serde_json::Value = row.get("spec");
+    let spec: JobSpec = serde_json::from_value(spec).map_err(|e| {
+        sqlx::Error::Decode(format!("job {job_id} has an unreadable spec: {e}").into())
+    })?;
+    transition(&mut tx, job_id, JobState::Assigned, None, TransitionEffects {
+        assign_deadline_s: Some(assign_deadline_s),
+        ..Default::default()
+    })
+    .await?;
+    let epoch: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET executor = $2, simulated = $3 WHERE id = $1 RETURNING epoch",
+    )
+    .bind(job_id)
+    .bind(executor)
+    .bind(simulated)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Assignment { job_id, epoch, spec }))
+}
+
+/// Checks that a message about `job` comes from its board with its epoch.
+pub async fn check_owner(pool: &PgPool, job: i64, board: &str, epoch: i64) -> Result<(), JobError> {
+    let row = sqlx::query("SELECT board, epoch FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(JobError::NotFound(job))?;
+    let owner: String = row.get("board");
+    let current: i64 = row.get("epoch");
+    if owner != board {
+        return Err(JobError::WrongBoard { job, board: board.to_owned() });
+    }
+    if current != epoch {
+        return Err(JobError::StaleEpoch { job, got: epoch, current });
+    }
+    Ok(())
+}
+
+pub async fn mark_running(pool: &PgPool, job: i64, board: &str, epoch: i64) -> Result<(), JobError> {
+    check_owner(pool, job, board, epoch).await?;
+    let mut tx = pool.begin().await?;
+    transition(&mut tx, job, JobState::Running, Some(epoch), TransitionEffects::default()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn finish(
+    pool: &PgPool,
+    job: i64,
+    board: &str,
+    epoch: i64,
+    result: &JobResult,
+) -> Result<JobState, JobError> {
+    check_owner(pool, job, board, epoch).await?;
+    let to = JobState::from_result(result);
+    let mut tx = pool.begin().await?;
+    transition(&mut tx, job, to, Some(epoch), TransitionEffects {
+        result: Some(result),
+        ..Default::default()
+    })
+    .await?;
+    tx.commit().await?;
+    Ok(to)
+}
+
+/// Stores one cycle record (idempotent: a resent record is ignored).
+pub async fn record_cycle(
+    pool: &PgPool,
+    job: i64,
+    board: &str,
+    epoch: i64,
+    record: &CycleRecord,
+) -> Result<(), JobError> {
+    check_owner(pool, job, board, epoch).await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO job_cycles (job_id, cycle, record) VALUES ($1, $2, $3)
+         ON CONFLICT (job_id, cycle) DO NOTHING",
+    )
+    .bind(job)
+    .bind(record.cycle as i32)
+    .bind(serde_json::to_value(record).unwrap_or_default())
+    .execute(&mut *tx)
+    .await?;
+    let completed = if record.guest_alive { record.cycle } else { record.cycle.saturating_sub(1) };
+    sqlx::query("UPDATE jobs SET cycles_completed = GREATEST(cycles_completed, $2), updated_at = now() WHERE id = $1")
+        .bind(job)
+        .bind(completed as i32)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Ends every unfinished job matching `filter` as `to` with `reason`.
+/// Returns the ids moved.
+async fn end_where(pool: &PgPool, filter: &'static str, bind: Option<&str>, to: JobState, reason: &str) -> Result<Vec<i64>, JobError> {
+    let sql = format!("SELECT id FROM jobs WHERE {filter} ORDER BY id");
+    let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+    if let Some(b) = bind {
+        q = q.bind(b);
+    }
+    let ids = q.fetch_all(pool).await?;
+    let mut moved = Vec::new();
+    for id in ids {
+        let mut tx = pool.begin().await?;
+        match transition(&mut tx, id, to, None, TransitionEffects { reason: Some(reason), ..Default::default() }).await {
+            Ok(_) => {
+                tx.commit().await?;
+                moved.push(id);
+            }
+            // Raced with a legitimate end; nothing to do.
+            Err(JobError::IllegalTransition { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(moved)
+}
+
+/// The board's connection is gone: none of its jobs can still be running.
+pub async fn lose_board_jobs(pool: &PgPool, board: &str, reason: &str) -> Result<Vec<i64>, JobError> {
+    end_where(pool, "board = $1 AND state IN ('assigned', 'running')", Some(board), JobState::Lost, reason).await
+}
+
+/// At start-up: whatever a previous server process left in flight is lost.
+pub async fn resolve_after_restart(pool: &PgPool) -> Result<Vec<i64>, JobError> {
+    end_where(
+        pool,
+        "state IN ('assigned', 'running')",
+        None,
+        JobState::Lost,
+        "the server stopped while the job was in flight",
+    )
+    .await
+}
+
+/// Jobs whose deadline passed: assigned but never started, or running past
+/// their timeout. Returns (job, board, new state).
+pub async fn expire_deadlines(pool: &PgPool) -> Result<Vec<(i64, String, JobState)>, JobError> {
+    let rows = sqlx::query(
+        "SELECT id, board, state FROM jobs
+         WHERE state IN ('assigned', 'running') AND deadline IS NOT NULL AND deadline < now()",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let id: i64 = row.get("id");
+        let board: String = row.get("board");
+        let state = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Running);
+        let (to, reason) = match state {
+            JobState::Assigned => (JobState::Lost, "the board never started the job"),
+            _ => (JobState::TimedOut, "the job ran past its timeout"),
+        };
+        let mut tx = pool.begin().await?;
+        match transition(&mut tx, id, to, None, TransitionEffects { reason: Some(reason), ..Default::default() }).await {
+            Ok(_) => {
+                tx.commit().await?;
+                out.push((id, board, to));
+            }
+            Err(JobError::IllegalTransition { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Cancels a job at the user's request. Returns the state it was in, so
+/// the caller knows whether an agent must be told.
+pub async fn cancel(pool: &PgPool, job: i64, reason: &str) -> Result<(JobState, String), JobError> {
+    let mut tx = pool.begin().await?;
+    let from = transition(&mut tx, job, JobState::Cancelled, None, TransitionEffects {
+        reason: Some(reason),
+        ..Default::default()
+    })
+    .await?;
+    let board: String = sqlx::query_scalar("SELECT board FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((from, board))
+}
+
+// ---- reading ----
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub board: String,
+    pub plan: String,
+    pub state: String,
+    pub epoch: i64,
+    pub executor: Option<String>,
+    pub simulated: bool,
+    pub cycles_total: i32,
+    pub cycles_completed: i32,
+    pub failed_cycle: Option<i32>,
+    pub reason: Option<String>,
+    pub evidence: serde_json::Value,
+    pub tree: String,
+    pub branch: String,
+    pub commit_sha: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const JOB_SELECT: &str = "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
+        j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
+        k.tree, k.branch, k.commit_sha, j.created_at, j.started_at, j.finished_at
+     FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
+
+pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!("{JOB_SELECT} WHERE j.id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn for_run(pool: &PgPool, run: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!("{JOB_SELECT} WHERE j.run_id = $1 ORDER BY j.id")))
+        .bind(run)
+        .fetch_all(pool)
+        .await
+}
+
+/// The job each board is busy with (newest active one).
+pub async fn active_by_board(pool: &PgPool) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+        "{JOB_SELECT} WHERE j.state IN ('assigned', 'running') ORDER BY j.id"
+    )))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!("{JOB_SELECT} ORDER BY j.id DESC LIMIT $1")))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobEvent {
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub reason: Option<String>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn events(pool: &PgPool, job: i64) -> Result<Vec<JobEvent>, sqlx::Error> {
+    sqlx::query_as::<_, JobEvent>(
+        "SELECT from_state, to_state, reason, at FROM job_events WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn cycles(pool: &PgPool, job: i64) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT record FROM job_cycles WHERE job_id = $1 ORDER BY cycle")
+        .bind(job)
+        .fetch_all(pool)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobState::*;
+
+    #[test]
+    fn terminal_states_have_no_way_out() {
+        for from in super::JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in super::JobState::ALL {
+                assert!(!from.can_move_to(to), "{from:?} -> {to:?} must be illegal");
+            }
+        }
+    }
+
+    #[test]
+    fn every_live_state_can_be_lost_or_cancelled() {
+        for from in [Queued, Assigned, Running] {
+            assert!(from.can_move_to(Lost) && from.can_move_to(Cancelled), "{from:?}");
+        }
+        assert!(!Queued.can_move_to(Running), "a job must be assigned before it runs");
+        assert!(!Queued.can_move_to(Passed));
+    }
+}

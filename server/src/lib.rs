@@ -1,0 +1,24 @@
+//! The armfleet server. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod boards;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod dispatch;
+pub mod http;
+pub mod jobs;
+pub mod logs;
+pub mod runs;
+pub mod ssh;
+pub mod state;
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,63 @@
+//! Job logs: chunks as agents stream them, stored gzip-compressed and
+//! exactly once per (job, stream, seq).
+
+use std::io::{Read, Write};
+
+use armfleet_protocol::LogStream;
+use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use sqlx::{PgPool, Row};
+
+/// Stores one chunk; a chunk already stored (a resend) is ignored.
+/// Returns whether it was new.
+pub async fn store_chunk(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+    seq: u64,
+    data: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 3 + 64), Compression::fast());
+    enc.write_all(data).map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
+    let compressed = enc.finish().map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
+    let result = sqlx::query(
+        "INSERT INTO log_chunks (job_id, stream, seq, raw_len, data) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (job_id, stream, seq) DO NOTHING",
+    )
+    .bind(job)
+    .bind(stream.as_str())
+    .bind(seq as i64)
+    .bind(data.len() as i32)
+    .bind(compressed)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The whole stream as stored, chunks in order.
+pub async fn read_stream(pool: &PgPool, job: i64, stream: LogStream) -> Result<Vec<u8>, sqlx::Error> {
+    let rows = sqlx::query("SELECT data FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq")
+        .bind(job)
+        .bind(stream.as_str())
+        .fetch_all(pool)
+        .await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let data: Vec<u8> = row.get("data");
+        GzDecoder::new(&data[..])
+            .read_to_end(&mut out)
+            .map_err(|e| sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// Raw and stored byte counts per stream.
+pub async fn sizes(pool: &PgPool, job: i64) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT stream, sum(raw_len)::int8 AS raw, sum(length(data))::int8 AS stored
+         FROM log_chunks WHERE job_id = $1 GROUP BY stream ORDER BY stream",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get("stream"), r.get("raw"), r.get("stored"))).collect())
+}

@@ -1,0 +1,310 @@
+//! The SSH endpoint agents dial into, and the per-connection session loop.
+//!
+//! Authentication binds a connection to one board: the SSH user name is the
+//! board name, and the offered ed25519 key must be one fleet.toml lists for
+//! that board. After that the agent opens one session channel and speaks
+//! [`armfleet_protocol`] frames on it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use armfleet_protocol::{
+    AgentMessage, Frame, FrameError, LogStream, PROTOCOL_VERSION, ServerMessage, read_frame, write_frame,
+};
+use russh::keys::{HashAlg, PrivateKey};
+use russh::server::{Auth, Msg, Server as _, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::key_bytes;
+use crate::state::AppState;
+use crate::{boards, jobs, logs};
+
+/// Loads the server's host key, creating it on first start.
+pub fn load_or_create_host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
+    let path = data_dir.join("ssh_host_ed25519_key");
+    if path.exists() {
+        return russh::keys::load_secret_key(&path, None)
+            .with_context(|| format!("loading SSH host key {}", path.display()));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let key = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+        .context("generating the SSH host key")?;
+    let text = key.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
+    write_private_file(&path, text.as_bytes())?;
+    std::fs::write(path.with_extension("pub"), format!("{}\n", key.public_key().to_openssh()?))?;
+    Ok(key)
+}
+
+pub fn write_private_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+pub fn fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Serves SSH on `listener` until `shutdown`.
+pub async fn serve(
+    state: AppState,
+    host_key: PrivateKey,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(russh::server::Config {
+        keys: vec![host_key],
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::from_millis(0)),
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
+        ..Default::default()
+    });
+    let tasks = TaskTracker::new();
+    let mut server = AgentServer { state, tasks: tasks.clone(), shutdown: shutdown.clone() };
+    let running = server.run_on_socket(config, &listener);
+    let handle = running.handle();
+    tokio::select! {
+        r = running => r.context("SSH server failed")?,
+        _ = shutdown.cancelled() => {
+            handle.shutdown("server shutting down".into());
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+struct AgentServer {
+    state: AppState,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl russh::server::Server for AgentServer {
+    type Handler = AgentConnection;
+    fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> AgentConnection {
+        AgentConnection {
+            state: self.state.clone(),
+            tasks: self.tasks.clone(),
+            shutdown: self.shutdown.clone(),
+            peer,
+            board: None,
+            channel_taken: false,
+        }
+    }
+}
+
+struct AgentConnection {
+    state: AppState,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    peer: Option<std::net::SocketAddr>,
+    /// Set once authentication bound this connection to a board.
+    board: Option<String>,
+    channel_taken: bool,
+}
+
+impl russh::server::Handler for AgentConnection {
+    type Error = russh::Error;
+
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        let fleet = self.state.fleet.current();
+        let offered = key_bytes(key.public_key);
+        let owner = fleet
+            .boards
+            .iter()
+            .find(|b| b.keys.iter().any(|k| key_bytes(k) == offered));
+        let fp = key.public_key.fingerprint(HashAlg::Sha256);
+        match owner {
+            Some(b) if b.name == user => {
+                tracing::info!(board = user, peer = ?self.peer, "agent authenticated");
+                self.board = Some(user.to_owned());
+                Ok(Auth::Accept)
+            }
+            Some(b) => {
+                tracing::warn!(
+                    peer = ?self.peer, claimed = user, owner = %b.name, key = %fp,
+                    "refused: a valid key of one board claims another board's name"
+                );
+                Ok(Auth::reject())
+            }
+            None => {
+                tracing::warn!(peer = ?self.peer, claimed = user, key = %fp, "refused: unknown agent key");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(board) = self.board.clone() else { return Ok(()) };
+        if self.channel_taken {
+            tracing::warn!(board, "second channel refused");
+            return Ok(());
+        }
+        self.channel_taken = true;
+        reply.accept().await;
+        let state = self.state.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            agent_session(state, board, channel, shutdown).await;
+        });
+        Ok(())
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+}
+
+/// One agent's conversation, from Hello to the end of the connection.
+async fn agent_session(state: AppState, board: String, channel: Channel<Msg>, shutdown: CancellationToken) {
+    let stream = channel.into_stream();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+
+    let hello = tokio::time::timeout(Duration::from_secs(15), read_frame::<AgentMessage, _>(&mut reader)).await;
+    let hello = match hello {
+        Ok(Ok(Frame { message: AgentMessage::Hello(h), .. })) => h,
+        Ok(Ok(other)) => {
+            return refuse(&mut writer, &board, format!("expected hello, got {:?}", other.message)).await;
+        }
+        Ok(Err(e)) => {
+            // The version may be the only thing we can read of a newer agent.
+            return refuse(&mut writer, &board, format!("bad hello: {e}")).await;
+        }
+        Err(_) => return refuse(&mut writer, &board, "no hello within 15 s".into()).await,
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return refuse(&mut writer, &board, format!(
+            "protocol version mismatch: agent speaks v{}, server speaks v{PROTOCOL_VERSION}; upgrade the older side",
+            hello.protocol_version
+        ))
+        .await;
+    }
+    if hello.board != board {
+        return refuse(&mut writer, &board, format!(
+            "hello names board `{}` but the connection authenticated as `{board}`", hello.board
+        ))
+        .await;
+    }
+
+    let (tx, mut rx) = mpsc::channel::<ServerMessage>(64);
+    let executor = hello.facts.executor;
+    let ticket = state.dispatcher.register(&board, tx, executor.as_str(), executor.is_simulated(), &shutdown);
+    if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts).await {
+        tracing::error!(board, "recording board online: {e}");
+    }
+    let welcome = ServerMessage::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        server_version: env!("CARGO_PKG_VERSION").into(),
+        heartbeat_interval_ms: state.fleet.current().server.heartbeat_interval_ms,
+    };
+    if let Err(e) = write_frame(&mut writer, &Frame::new(welcome)).await {
+        state.dispatcher.session_ended(&board, ticket.id, &format!("writing welcome: {e}")).await;
+        return;
+    }
+    tracing::info!(board, agent = %hello.agent_version, executor = executor.as_str(), "board online");
+    state.dispatcher.kick(&board).await;
+
+    // Frames are read in their own task so that a slow database write never
+    // stalls reading (and a half-read frame is never dropped by select!).
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame<AgentMessage>, FrameError>>(256);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<AgentMessage, _>(&mut reader).await;
+            let end = frame.is_err();
+            if in_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+
+    let reason = loop {
+        tokio::select! {
+            _ = ticket.close.cancelled() => {
+                break if shutdown.is_cancelled() { "server shutting down".to_owned() }
+                      else { "heartbeat deadline missed or connection replaced".to_owned() };
+            }
+            out = rx.recv() => {
+                let Some(msg) = out else { break "dispatcher dropped the session".into() };
+                if let Err(e) = write_frame(&mut writer, &Frame::new(msg)).await {
+                    break format!("connection broken: {e}");
+                }
+            }
+            incoming = in_rx.recv() => {
+                match incoming {
+                    None | Some(Err(FrameError::Closed)) => break "agent disconnected".into(),
+                    Some(Err(e)) => {
+                        tracing::warn!(board, "protocol error, closing this connection: {e}");
+                        let _ = write_frame(&mut writer, &Frame::new(ServerMessage::Refused {
+                            reason: format!("protocol error: {e}"),
+                        })).await;
+                        break format!("protocol error: {e}");
+                    }
+                    Some(Ok(frame)) => {
+                        state.dispatcher.touch(&board, ticket.id);
+                        if let Err(e) = handle_frame(&state, &board, frame).await {
+                            tracing::warn!(board, "message refused: {e:#}");
+                        }
+                    }
+                }
+            }
+        }
+    };
+    read_task.abort();
+    state.dispatcher.session_ended(&board, ticket.id, &reason).await;
+}
+
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, board: &str, reason: String) {
+    tracing::warn!(board, "refusing agent: {reason}");
+    let _ = write_frame(writer, &Frame::new(ServerMessage::Refused { reason })).await;
+}
+
+async fn handle_frame(state: &AppState, board: &str, frame: Frame<AgentMessage>) -> anyhow::Result<()> {
+    let pool = &state.pool;
+    match frame.message {
+        AgentMessage::Hello(_) => anyhow::bail!("duplicate hello"),
+        AgentMessage::Heartbeat { .. } => {
+            boards::heartbeat(pool, board).await?;
+        }
+        AgentMessage::JobStarted { job_id, epoch } => {
+            jobs::mark_running(pool, job_id, board, epoch).await?;
+        }
+        AgentMessage::LogChunk { job_id, epoch, stream, seq } => {
+            jobs::check_owner(pool, job_id, board, epoch).await?;
+            logs::store_chunk(pool, job_id, stream, seq, &frame.payload).await?;
+            let _ = stream == LogStream::Agent;
+        }
+        AgentMessage::CycleDone { job_id, epoch, record } => {
+            jobs::record_cycle(pool, job_id, board, epoch, &record).await?;
+        }
+        AgentMessage::JobFinished { job_id, epoch, result } => {
+            let to = jobs::finish(pool, job_id, board, epoch, &result).await?;
+            tracing::info!(board, job = job_id, state = to.as_str(), "job finished");
+            state.dispatcher.kick(board).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! State shared by the server's parts.
+
+use std::sync::{Arc, RwLock};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Fleet;
+use crate::dispatch::Dispatcher;
+
+/// The fleet in force; replaced whole on reload, read without holding a lock
+/// across awaits.
+#[derive(Clone)]
+pub struct SharedFleet(Arc<RwLock<Arc<Fleet>>>);
+
+impl SharedFleet {
+    pub fn new(fleet: Fleet) -> SharedFleet {
+        SharedFleet(Arc::new(RwLock::new(Arc::new(fleet))))
+    }
+    pub fn current(&self) -> Arc<Fleet> {
+        self.0.read().unwrap().clone()
+    }
+    pub fn replace(&self, fleet: Fleet) {
+        *self.0.write().unwrap() = Arc::new(fleet);
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub fleet: SharedFleet,
+    pub dispatcher: Arc<Dispatcher>,
+    pub api_token: Arc<str>,
+    pub host_key_fingerprint: Arc<str>,
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,269 @@
+//! Test helpers: a real PostgreSQL, a real server, real agent processes
+//! over real SSH, each in a line or two.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use armfleet_server::app::{Server, Settings};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// The admin URL of the PostgreSQL the tests use: `$DATABASE_URL`, or a
+/// private throwaway cluster started once per test binary and stopped by a
+/// reaper process when the binary exits.
+fn admin_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                return url;
+            }
+        }
+        let dir = PathBuf::from(format!("/tmp/armfleet-testpg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pg = armfleet_server::db::embedded::EmbeddedPostgres::start(&dir)
+            .expect("starting a private PostgreSQL for the tests (set DATABASE_URL to use another)");
+        let socket = pg.socket_dir().display().to_string();
+        let stop = pg.detach();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            stop = stop.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(" "),
+            dir = dir.display()
+        );
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the PostgreSQL reaper");
+        format!("postgres://postgres@localhost/postgres?host={socket}&port=5432")
+    })
+}
+
+use std::os::unix::process::CommandExt;
+
+/// A fresh, empty database for one test.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("armfleet_t{}_{}", std::process::id(), rand::random::<u32>());
+    let pool = PgPool::connect(admin).await.expect("connecting to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("creating a test database");
+    pool.close().await;
+    replace_db(admin, &name)
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map(|(b, q)| (b, Some(q))).unwrap_or((url, None));
+    let base = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// Binaries built by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let target = me.parent().unwrap().parent().unwrap();
+    let path = target.join(name);
+    assert!(
+        path.is_file(),
+        "{} not built: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+pub struct AgentKey {
+    pub path: PathBuf,
+    pub public: String,
+}
+
+/// `armfleet-agent keygen`, for real.
+pub async fn keygen(dir: &Path, name: &str) -> AgentKey {
+    let path = dir.join(format!("{name}.key"));
+    let out = Command::new(bin("armfleet-agent")).arg("keygen").arg("--out").arg(&path).output().await.unwrap();
+    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    AgentKey { path, public }
+}
+
+/// A fleet.toml for `boards` (name, family, public key line).
+pub fn fleet_toml(boards: &[(&str, &str, &str)], plan_extra: &str) -> String {
+    let mut s = String::from("[server]\nheartbeat_interval_ms = 300\nheartbeat_deadline_ms = 1500\nassign_deadline_s = 30\napi_token = \"test-token\"\n\n");
+    for (name, family, key) in boards {
+        s.push_str(&format!(
+            "[[board]]\nname = \"{name}\"\nfamily = \"{family}\"\nlabels = [\"kvm\"]\nkey = \"{key}\"\n\n"
+        ));
+    }
+    s.push_str(&format!(
+        "[[plan]]\nname = \"smoke\"\ntype = \"migrate-cancel\"\nlabels = [\"kvm\"]\ntimeout_s = 600\n{plan_extra}\n"
+    ));
+    s
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub http: String,
+    pub ssh: String,
+    pub fingerprint: String,
+    pub token: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// A real server on loopback ports with its own database.
+    pub async fn start(fleet: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, fleet).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, fleet: &str) -> TestServer {
+        let fleet_path = dir.path().join("fleet.toml");
+        std::fs::write(&fleet_path, fleet).unwrap();
+        let db = fresh_database().await;
+        let server = Server::prepare(Settings {
+            fleet_path,
+            data_dir: dir.path().join("data"),
+            database_url: Some(db.clone()),
+        })
+        .await
+        .expect("server prepares");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ssh = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = format!("http://{}", http.local_addr().unwrap());
+        let ssh_addr = ssh.local_addr().unwrap().to_string();
+        let fingerprint = server.fingerprint.clone();
+        let token = server.api_token.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(http, ssh, shutdown.clone()));
+        let pool = PgPool::connect(&db).await.unwrap();
+        TestServer {
+            dir,
+            http: http_addr,
+            ssh: ssh_addr,
+            fingerprint,
+            token,
+            pool,
+            client: reqwest::Client::new(),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    /// `POST /api/v1/runs` with the token; returns the run id.
+    pub async fn trigger(&self, commit: &str) -> i64 {
+        let resp = self
+            .client
+            .post(self.url("/api/v1/runs"))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"tree": "https://example.org/linux.git", "branch": "master", "commit": commit}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "trigger: {}", resp.text().await.unwrap_or_default());
+        resp.json::<serde_json::Value>().await.unwrap()["run_id"].as_i64().unwrap()
+    }
+
+    pub async fn board_state(&self, board: &str) -> String {
+        sqlx::query_scalar("SELECT state FROM boards WHERE name = $1")
+            .bind(board)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Starts an agent process for `board` with `key`.
+    pub fn agent(&self, board: &str, key: &Path, extra: &[&str]) -> TestAgent {
+        let state_dir = self.dir.path().join(format!("agent-{board}-{}", rand::random::<u16>()));
+        let log = state_dir.with_extension("log");
+        let child = Command::new(bin("armfleet-agent"))
+            .arg("--server").arg(&self.ssh)
+            .arg("--board").arg(board)
+            .arg("--key").arg(key)
+            .arg("--server-key").arg(&self.fingerprint)
+            .arg("--state-dir").arg(&state_dir)
+            .args(extra)
+            .env("ARMFLEET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting armfleet-agent");
+        TestAgent { child, log }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().expect("server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct TestAgent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl TestAgent {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn kill9(&mut self) {
+        let pid = self.child.id().expect("agent running") as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,202 @@
+//! The walking skeleton, end to end: a real server on a real PostgreSQL,
+//! real agent processes dialing it over real SSH on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const CLEAN: &str = "1111111111111111111111111111111111111111";
+const BUGGY: &str = "badbadbadbadbadbadbadbadbadbadbadbadbad0";
+
+/// Replay plan: 8 fast cycles; the BUGGY kernel aborts in its first cycle.
+const PLAN: &str = "[plan.params]\ncycles = 8\nreplay_cycle_ms = 40\n\
+                    [plan.replay]\nbuggy_commits = [\"badbad\"]\nabort_probability = 1.0\n";
+
+async fn three_board_lab() -> (TestServer, Vec<AgentKey>) {
+    let keys_dir = tempfile::tempdir().unwrap().keep();
+    let mut keys = Vec::new();
+    for name in ["kunpeng-01", "altra-01", "rpi4-01"] {
+        keys.push(keygen(&keys_dir, name).await);
+    }
+    let fleet = fleet_toml(
+        &[
+            ("kunpeng-01", "kunpeng920", &keys[0].public),
+            ("altra-01", "ampere-altra", &keys[1].public),
+            ("rpi4-01", "rpi4", &keys[2].public),
+        ],
+        PLAN,
+    );
+    (TestServer::start(&fleet).await, keys)
+}
+
+async fn wait_state(server: &TestServer, board: &str, state: &str, timeout: Duration) {
+    wait_for(&format!("{board} to be {state}"), timeout, || async {
+        (server.board_state(board).await == state).then_some(())
+    })
+    .await
+}
+
+async fn wait_job_terminal(server: &TestServer, job: i64) -> serde_json::Value {
+    wait_for(&format!("job {job} to end"), Duration::from_secs(60), || async {
+        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
+        let s = j["state"].as_str().unwrap_or_default().to_owned();
+        (!["queued", "assigned", "running"].contains(&s.as_str())).then_some(j)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdicts() {
+    let (server, keys) = three_board_lab().await;
+    let boards = ["kunpeng-01", "altra-01", "rpi4-01"];
+    let _agents: Vec<_> = boards
+        .iter()
+        .zip(&keys)
+        .map(|(b, k)| server.agent(b, &k.path, &["--executor", "replay"]))
+        .collect();
+    for b in boards {
+        wait_state(&server, b, "idle", Duration::from_secs(20)).await;
+    }
+    let listed = server.get_json("/api/v1/boards").await;
+    let listed = listed["boards"].as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    for b in listed {
+        assert_eq!(b["state"], "idle", "{b}");
+        let facts = &b["facts"];
+        assert!(!facts["kernel_release"].as_str().unwrap().is_empty(), "kernel release reported: {facts}");
+        assert!(facts["cores"].as_u64().unwrap() >= 1);
+        assert!(facts["mem_total_kib"].as_u64().unwrap() > 0);
+        assert!(facts["kvm"].is_object() && facts["hugepages"].is_object());
+        assert_eq!(b["simulated"], true, "replay boards are labelled simulated");
+    }
+
+    // A clean kernel passes everywhere, a buggy one fails everywhere.
+    let clean = server.trigger(CLEAN).await;
+    let buggy = server.trigger(BUGGY).await;
+    for (run, expect) in [(clean, "passed"), (buggy, "failed")] {
+        let jobs = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"].as_array().unwrap().clone();
+        assert_eq!(jobs.len(), 3, "one job per board");
+        for j in jobs {
+            let done = wait_job_terminal(&server, j["id"].as_i64().unwrap()).await;
+            assert_eq!(done["state"], expect, "{done}");
+            assert_eq!(done["simulated"], true);
+            if expect == "failed" {
+                assert_eq!(done["failed_cycle"], 1);
+                let evidence = done["evidence"].to_string();
+                assert!(evidence.contains("TLB conflict abort"), "abort lines kept: {evidence}");
+            } else {
+                assert_eq!(done["cycles_completed"], 8);
+                assert_eq!(done["cycles"].as_array().unwrap().len(), 8, "cycle table stored");
+            }
+            let states: Vec<_> = done["events"].as_array().unwrap().iter().map(|e| e["to_state"].as_str().unwrap().to_owned()).collect();
+            assert_eq!(states, ["queued", "assigned", "running", expect], "every transition recorded");
+        }
+    }
+    // Rows in PostgreSQL, and the logs readable through the API.
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'failed'").fetch_one(&server.pool).await.unwrap();
+    let passed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'passed'").fetch_one(&server.pool).await.unwrap();
+    assert_eq!((passed, failed), (3, 3));
+    let job = server.get_json(&format!("/api/v1/runs/{buggy}")).await["jobs"][0]["id"].as_i64().unwrap();
+    let console = server.client.get(server.url(&format!("/api/v1/jobs/{job}/log?stream=guest_console"))).send().await.unwrap().text().await.unwrap();
+    assert!(console.contains("ARMFLEET-GUEST-READY") && console.contains("Unable to handle kernel TLB conflict abort"));
+    // The page lists the fleet and the finished runs, labelled simulated.
+    let page = server.client.get(server.url("/")).send().await.unwrap().text().await.unwrap();
+    for b in boards {
+        assert!(page.contains(b), "fleet page lists {b}");
+    }
+    assert!(page.contains("simulated") && page.contains("failed") && page.contains("passed"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_keys_and_keys_claiming_another_board_are_refused() {
+    let (server, keys) = three_board_lab().await;
+    let stranger = keygen(server.dir.path(), "stranger").await;
+    let mut unknown = server.agent("kunpeng-01", &stranger.path, &["--executor", "replay"]);
+    // altra's valid key, claiming to be the kunpeng.
+    let mut impostor = server.agent("kunpeng-01", &keys[1].path, &["--executor", "replay"]);
+    wait_for("both agents to be refused", Duration::from_secs(20), || async {
+        let refused = "the server refused this board's key";
+        (unknown.log_text().contains(refused) && impostor.log_text().contains(refused)).then_some(())
+    })
+    .await;
+    assert_eq!(server.board_state("kunpeng-01").await, "offline");
+    assert_eq!(server.board_state("altra-01").await, "offline");
+    unknown.kill9();
+    impostor.kill9();
+    // The rightful key still gets in.
+    let _ok = server.agent("kunpeng-01", &keys[0].path, &["--executor", "replay"]);
+    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_job_loses_the_job_and_its_restart_brings_the_board_back() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key = keygen(keys_dir.path(), "kunpeng-01").await;
+    // Slow cycles so the job is surely mid-way when the agent dies.
+    let fleet = fleet_toml(&[("kunpeng-01", "kunpeng920", &key.public)], "[plan.params]\ncycles = 500\nreplay_cycle_ms = 100\n");
+    let server = TestServer::start(&fleet).await;
+    let mut agent = server.agent("kunpeng-01", &key.path, &["--executor", "replay"]);
+    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    let run = server.trigger(CLEAN).await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"].as_i64().unwrap();
+    wait_for("the job to run some cycles", Duration::from_secs(20), || async {
+        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
+        (j["state"] == "running" && j["cycles_completed"].as_i64().unwrap_or(0) >= 2).then_some(())
+    })
+    .await;
+    agent.kill9();
+    let killed_at = std::time::Instant::now();
+    let done = wait_job_terminal(&server, job).await;
+    let took = killed_at.elapsed();
+    assert_eq!(done["state"], "lost", "{done}");
+    assert!(done["reason"].as_str().unwrap().contains("offline"), "{done}");
+    assert_eq!(server.board_state("kunpeng-01").await, "offline");
+    // heartbeat deadline is 1.5 s; allow scheduling slack, but not a minute.
+    assert!(took < Duration::from_secs(10), "lost after {took:?}");
+    let _restarted = server.agent("kunpeng-01", &key.path, &["--executor", "replay"]);
+    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_writes_need_the_token_and_bad_requests_are_explained() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key = keygen(keys_dir.path(), "rpi4-01").await;
+    let server = TestServer::start(&fleet_toml(&[("rpi4-01", "rpi4", &key.public)], "")).await;
+    let body = serde_json::json!({"tree": "t", "branch": "master", "commit": CLEAN});
+    let none = server.client.post(server.url("/api/v1/runs")).json(&body).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let wrong = server.client.post(server.url("/api/v1/runs")).bearer_auth("nope").json(&body).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs").fetch_one(&server.pool).await.unwrap();
+    assert_eq!(runs, 0, "nothing created without the token");
+    let bad = server
+        .client
+        .post(server.url("/api/v1/runs"))
+        .bearer_auth(&server.token)
+        .json(&serde_json::json!({"tree": "t", "branch": "master", "commit": "not-hex"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("commit"));
+    let unknown_field = server
+        .client
+        .post(server.url("/api/v1/runs"))
+        .bearer_auth(&server.token)
+        .json(&serde_json::json!({"tree": "t", "branch": "master", "commit": CLEAN, "bogus": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_field.status(), 400);
+    assert_eq!(server.client.get(server.url("/api/v1/jobs/999")).send().await.unwrap().status(), 404);
+    assert_eq!(server.client.get(server.url("/api/v1/jobs/abc")).send().await.unwrap().status(), 400);
+    // Reads are open.
+    assert_eq!(server.client.get(server.url("/api/v1/runs")).send().await.unwrap().status(), 200);
+    assert_eq!(server.client.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    server.stop().await;
+}
