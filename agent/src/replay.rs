@@ -29,22 +29,23 @@ pub fn fatal_detector() -> FatalDetector {
     })
 }
 
-fn seed_for(spec: &JobSpec, params: &MigrateCancelParams) -> u64 {
-    // Reproducible per (kernel, plan, seed) yet different across kernels.
+fn seed_for(spec: &JobSpec, params: &MigrateCancelParams, board: &str) -> u64 {
+    // Reproducible per (kernel, plan, board, seed), different across them.
     let mut h: u64 = 0xcbf29ce484222325 ^ params.seed;
-    for b in spec.kernel.commit.bytes().chain(spec.plan.bytes()) {
+    for b in spec.kernel.commit.bytes().chain(spec.plan.bytes()).chain(board.bytes()) {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
     h
 }
 
 pub async fn run(
+    board: &str,
     spec: &JobSpec,
     params: &MigrateCancelParams,
     events: mpsc::Sender<StressEvent>,
     cancel: CancellationToken,
 ) -> JobResult {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_for(spec, params));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_for(spec, params, board));
     let started = Instant::now();
     let log = |stream: LogStream, text: String| StressEvent::Log { stream, data: text.into_bytes() };
     let stamp = |t: Instant| format!("{:>8.6}", t.duration_since(started).as_secs_f64() + 0.42);

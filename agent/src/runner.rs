@@ -56,6 +56,7 @@ impl JobRunner {
             out: self.out.clone(),
             executor: self.executor,
             work_dir: self.config.state_dir.join("work"),
+            board: self.config.board.clone(),
         };
         self.tasks.spawn(async move {
             run_job(ctx, spec, cancel).await;
@@ -98,10 +99,11 @@ struct JobContext {
     out: mpsc::Sender<Frame<AgentMessage>>,
     executor: ExecutorKind,
     work_dir: std::path::PathBuf,
+    board: String,
 }
 
 async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
-    let JobContext { job_id, epoch, out, executor, work_dir } = ctx;
+    let JobContext { job_id, epoch, out, executor, work_dir, board } = ctx;
     let _ = out.send(Frame::new(AgentMessage::JobStarted { job_id, epoch })).await;
     let Task::MigrateCancel(params) = spec.task.clone();
     let (ev_tx, mut ev_rx) = mpsc::channel::<StressEvent>(256);
@@ -118,7 +120,7 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
     let exec = async move {
         match executor {
             ExecutorKind::Replay => {
-                match tokio::time::timeout(timeout, crate::replay::run(&spec, &params, ev_tx, cancel)).await {
+                match tokio::time::timeout(timeout, crate::replay::run(&board, &spec, &params, ev_tx, cancel)).await {
                     Ok(r) => r,
                     Err(_) => JobResult::TimedOut { cycles_completed: 0 },
                 }

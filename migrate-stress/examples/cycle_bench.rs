@@ -1,2 +1,177 @@
-// placeholder created by the lead so the workspace parses; overwrite freely.
-fn main() {}
+//! Measures migrate→cancel cycle throughput and the executor's overhead.
+//!
+//!   cargo run --release -p armfleet-migrate-stress --example cycle_bench -- \
+//!       [--arch arm64] [--cycles 30] [--memory 256] [--delay-min 300] [--delay-max 700] \
+//!       [--accel auto] [--hugepages] [--dump DIR]
+//!
+//! Definitions (per cycle, from the CycleRecords):
+//! * wall        = the whole cycle as the executor saw it
+//! * qemu work   = hold delay + cancel→cancelled (the time the migration
+//!                 itself needs: the dirty-logging window we ask for, and
+//!                 QEMU's cancel)
+//! * overhead    = wall − qemu work: everything the executor adds on top:
+//!                 destination QEMU start-up (spawn → QMP ready, reported
+//!                 separately), migrate-incoming/migrate/setup→active
+//!                 polling, stats queries, query-status, and waiting for
+//!                 the next guest heartbeat (`guest_progress_ms`, reported
+//!                 separately; bounded below by the 100 ms heartbeat period).
+//! * pure orchestration = overhead − destination start − heartbeat wait.
+//!
+//! `--dump DIR` writes each log stream to DIR/<stream>.log and the records
+//! to DIR/cycles.json.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use armfleet_migrate_stress::{StressEnv, StressEvent, run_migrate_cancel};
+use armfleet_protocol::{LogStream, MigrateCancelParams};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn stats(name: &str, v: &[f64]) {
+    if v.is_empty() {
+        println!("  {name:<28} n/a");
+        return;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mean = s.iter().sum::<f64>() / s.len() as f64;
+    let p = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "  {name:<28} mean {mean:8.1} ms   p50 {:8.1}   p90 {:8.1}   min {:8.1}   max {:8.1}",
+        p(0.5),
+        p(0.9),
+        s[0],
+        s[s.len() - 1]
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut params = MigrateCancelParams { cycles: 30, memory_mib: 256, ..Default::default() };
+    let mut dump: Option<std::path::PathBuf> = None;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let val = || args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--arch" => params.guest_arch = val(),
+            "--cycles" => params.cycles = val().parse().unwrap(),
+            "--memory" => params.memory_mib = val().parse().unwrap(),
+            "--delay-min" => params.cancel_delay_ms_min = val().parse().unwrap(),
+            "--delay-max" => params.cancel_delay_ms_max = val().parse().unwrap(),
+            "--accel" => params.accel = val(),
+            "--bandwidth" => params.bandwidth_mib_s = val().parse().unwrap(),
+            "--dirty" => params.dirty_percent = val().parse().unwrap(),
+            "--complete-every" => params.complete_every = val().parse().unwrap(),
+            "--dump" => dump = Some(val().into()),
+            "--hugepages" => {
+                params.hugepages = true;
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    let env = StressEnv::new(StressEnv::default_guest_dir(), std::env::temp_dir().join("afms-bench"));
+    let (tx, mut rx) = mpsc::channel(256);
+    let collector = tokio::spawn(async move {
+        let mut logs: BTreeMap<LogStream, Vec<u8>> = BTreeMap::new();
+        let mut recs = vec![];
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                StressEvent::Log { stream, data } => logs.entry(stream).or_default().extend(data),
+                StressEvent::Cycle(r) => {
+                    println!(
+                        "cycle {:>3} {:<8} delay {:>4} ms  {:<9} {:>4} MiB  cancel {:>6}  progress {:>6}  wall {:>6.0} ms{}",
+                        r.cycle,
+                        r.action,
+                        r.delay_ms,
+                        r.final_state,
+                        r.bytes_transferred >> 20,
+                        r.cancel_to_cancelled_ms.map(|v| format!("{v:.1}")).unwrap_or("-".into()),
+                        r.guest_progress_ms.map(|v| format!("{v:.0}")).unwrap_or("-".into()),
+                        r.wall_ms,
+                        if r.resumed_paused_source { "  RESUMED" } else { "" }
+                    );
+                    recs.push(r);
+                }
+            }
+        }
+        (logs, recs)
+    });
+    let t0 = Instant::now();
+    let result = run_migrate_cancel(&env, &params, tx, CancellationToken::new()).await;
+    let total = t0.elapsed();
+    let (logs, recs) = collector.await.unwrap();
+    let agent = String::from_utf8_lossy(logs.get(&LogStream::Agent).map(|v| &v[..]).unwrap_or(b"")).to_string();
+
+    // "vmN: guest ready ... after X ms" and "vmN: pid P, QMP ready after Y ms"
+    let mut boot_ms = None;
+    let mut dest_start = vec![];
+    for l in agent.lines() {
+        if let Some(p) = l.find("guest ready, workload filled, after ") {
+            boot_ms = l[p + 36..].split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
+        }
+        if let Some(p) = l.find("QMP ready after ") {
+            if !l.contains(": vm1:") {
+                if let Some(v) = l[p + 16..].split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
+                    dest_start.push(v);
+                }
+            }
+        }
+    }
+
+    println!("\nresult: {result:?}");
+    let accel = agent.lines().find(|l| l.contains("profile:")).unwrap_or("").to_string();
+    println!("{}", accel.trim());
+    let cycles_time: f64 = recs.iter().map(|r| r.wall_ms).sum();
+    println!(
+        "total {:.1} s (boot + fill {:.1} s, {} cycles {:.1} s)",
+        total.as_secs_f64(),
+        boot_ms.unwrap_or(0.0) / 1000.0,
+        recs.len(),
+        cycles_time / 1000.0
+    );
+    if !recs.is_empty() {
+        println!("cycles per minute (cycle loop only): {:.1}", recs.len() as f64 * 60_000.0 / cycles_time);
+        println!("cycles per minute (whole job):       {:.1}", recs.len() as f64 * 60.0 / total.as_secs_f64());
+    }
+    let cancel: Vec<_> = recs.iter().filter(|r| r.action == "cancel").collect();
+    let wall: Vec<f64> = cancel.iter().map(|r| r.wall_ms).collect();
+    let delay: Vec<f64> = cancel.iter().map(|r| r.delay_ms as f64).collect();
+    let c2c: Vec<f64> = cancel.iter().filter_map(|r| r.cancel_to_cancelled_ms).collect();
+    let overhead: Vec<f64> = cancel
+        .iter()
+        .map(|r| r.wall_ms - r.delay_ms as f64 - r.cancel_to_cancelled_ms.unwrap_or(0.0))
+        .collect();
+    let progress: Vec<f64> = cancel.iter().filter_map(|r| r.guest_progress_ms).collect();
+    let pure: Vec<f64> = overhead
+        .iter()
+        .zip(cancel.iter())
+        .zip(dest_start.iter())
+        .map(|((o, r), d)| o - d - r.guest_progress_ms.unwrap_or(0.0))
+        .collect();
+    println!("per cancel cycle:");
+    stats("wall", &wall);
+    stats("hold delay", &delay);
+    stats("cancel->cancelled", &c2c);
+    stats("OVERHEAD (wall-delay-c2c)", &overhead);
+    stats("  of which dest QEMU start", &dest_start);
+    stats("  of which heartbeat wait", &progress);
+    stats("  of which pure orchestration", &pure);
+    let total_overhead: f64 = overhead.iter().sum();
+    if !wall.is_empty() {
+        println!("overhead share of cycle time: {:.1} %", 100.0 * total_overhead / wall.iter().sum::<f64>());
+    }
+
+    if let Some(dir) = dump {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (s, data) in &logs {
+            std::fs::write(dir.join(format!("{}.log", s.as_str())), data).unwrap();
+        }
+        std::fs::write(dir.join("cycles.json"), serde_json::to_string_pretty(&recs).unwrap()).unwrap();
+        println!("logs written to {}", dir.display());
+    }
+}

@@ -37,7 +37,8 @@ pub struct DemoArgs {
     pub ssh: String,
     #[arg(long, default_value = ".armfleet-demo")]
     pub data_dir: PathBuf,
-    /// Executor for the agents: auto (QEMU where usable, else replay), qemu, replay.
+    /// Executor for the agents: `auto` (the first board runs real QEMU
+    /// guests where this host can, the others replay), `qemu` (all), `replay` (all).
     #[arg(long, default_value = "auto")]
     pub executor: String,
     /// Exit once both kernels are tested instead of serving until Ctrl-C.
@@ -92,13 +93,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let server_task = tokio::spawn(server.run(http, ssh, shutdown.clone()));
 
     let mut agents: BTreeMap<String, Child> = BTreeMap::new();
-    for name in &board_names {
+    for (i, name) in board_names.iter().enumerate() {
+        // `auto`: the first board runs real QEMU guests when this host can,
+        // the others are simulated, so the demo shows both a real stress job
+        // and the replayed abort of the buggy child kernel.
+        let executor = match args.executor.as_str() {
+            "auto" if i > 0 => "replay",
+            other => other,
+        };
         let child = Command::new(&agent_exe)
             .arg("--server").arg(ssh_addr.to_string())
             .arg("--board").arg(name)
             .arg("--key").arg(keys_dir.join(name))
             .arg("--server-key").arg(&fingerprint)
-            .arg("--executor").arg(&args.executor)
+            .arg("--executor").arg(executor)
             .arg("--state-dir").arg(data_dir.join("agents").join(name))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data_dir.join(format!("agent-{name}.log")))?)

@@ -1,0 +1,1 @@
+//! Rare-event statistics (being written).
