@@ -240,6 +240,10 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
         rng: SplitMix64(params.seed),
         vm_counter: 0,
         dest_failures_in_a_row: 0,
+        // Needs a third guest's worth of RAM; not with hugepages.
+        prespawn: !params.hugepages,
+        next_dest: None,
+        hooks: env.fault_hooks.clone(),
     };
     let timeout = env.job_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let outcome = tokio::select! {
@@ -664,6 +668,10 @@ struct Driver<'a> {
     rng: SplitMix64,
     vm_counter: u32,
     dest_failures_in_a_row: u32,
+    /// Start the next cycle's destination during this cycle's hold.
+    prespawn: bool,
+    next_dest: Option<Vm>,
+    hooks: crate::FaultHooks,
 }
 
 impl Driver<'_> {
@@ -687,7 +695,9 @@ impl Driver<'_> {
         for n in 1..=self.params.cycles {
             self.progress.current.store(n, Ordering::SeqCst);
             let pingpong = self.params.complete_every > 0 && n % self.params.complete_every == 0;
-            let rec = if pingpong { self.pingpong_cycle(n, &mut src).await? } else { self.cancel_cycle(n, &mut src).await? };
+            let mut rec =
+                if pingpong { self.pingpong_cycle(n, &mut src).await? } else { self.cancel_cycle(n, &mut src).await? };
+            sort_events(&mut rec.events);
             self.logs().agent(format!(
                 "cycle {n}: {} delay {} ms, reached {}, final {}, {} MiB sent, cancel->cancelled {}, progress {}, wall {:.0} ms{}",
                 rec.action,
@@ -856,6 +866,20 @@ impl Driver<'_> {
         Err(Stop::Infra(format!("destination failed to start: {}: migrate-incoming: {last_err}", vm.name)))
     }
 
+    /// The pre-started destination if it is still alive, else a new one.
+    async fn take_dest(&mut self, rec: &mut CycleRecord) -> Result<Vm, Stop> {
+        if let Some(d) = self.next_dest.take() {
+            match d.proc.exited() {
+                None => return Ok(d),
+                Some(exit) => {
+                    note(&self.shared, rec, format!("pre-started destination {} had exited ({exit}); starting another", d.name));
+                    self.retire(d, rec);
+                }
+            }
+        }
+        self.start_dest().await
+    }
+
     async fn wait_boot(&self, vm: &Vm) -> Result<(), Stop> {
         let mut rx = vm.console.clone();
         let t = self.plan.boot_timeout;
@@ -921,8 +945,8 @@ impl Driver<'_> {
                 n - 1
             ));
             match src.send_console("ARMFLEET-PANIC\n").await {
-                Ok(()) => rec.events.push("fault injection: ARMFLEET-PANIC sent to the guest console".into()),
-                Err(e) => rec.events.push(format!("fault injection failed: console write: {e}")),
+                Ok(()) => note(&self.shared, rec, "fault injection: ARMFLEET-PANIC sent to the guest console"),
+                Err(e) => note(&self.shared, rec, format!("fault injection failed: console write: {e}")),
             }
         }
     }
@@ -936,9 +960,9 @@ impl Driver<'_> {
             ..Default::default()
         };
         self.snap(&rec);
-        let dst = self.start_dest().await?;
+        let dst = self.take_dest(&mut rec).await?;
         let uri = dst.uri.clone().unwrap_or_default();
-        rec.events.push(format!("{} -> {} via {uri}", src.name, dst.name));
+        note(&self.shared, &mut rec, format!("{} -> {} via {uri}", src.name, dst.name));
         self.qmp(src, "migrate", Some(json!({ "uri": uri }))).await?;
         let (q, _) = self
             .poll_migrate(src, Duration::from_millis(5), Duration::from_secs(20), |s| s != "setup" && s != "none")
@@ -950,7 +974,18 @@ impl Driver<'_> {
         if is_in_progress(&status) {
             self.maybe_inject_panic(n, src, &mut rec).await;
             self.snap(&rec);
-            tokio::time::sleep(Duration::from_millis(rec.delay_ms)).await;
+            let hold = tokio::time::sleep(Duration::from_millis(rec.delay_ms));
+            if self.prespawn && n < self.params.cycles && self.next_dest.is_none() {
+                // The next destination starts while this migration is held.
+                let (_, next) = tokio::join!(hold, self.start_dest());
+                self.next_dest = Some(next?);
+            } else {
+                hold.await;
+            }
+            if self.hooks.pause_source_before_cancel.contains(&n) {
+                note(&self.shared, &mut rec, format!("fault hook: stopping source {} before the cancel (trap 2)", src.name));
+                self.qmp(src, "stop", None).await?;
+            }
             let q = self.query_migrate(src).await?;
             status = status_of(&q);
             rec.state_reached = status.clone();
@@ -988,7 +1023,7 @@ impl Driver<'_> {
                 Some(exit) => format!("destination {} exited during the migration ({exit})", dst.name),
                 None => format!("migration failed; destination {} still running", dst.name),
             };
-            rec.events.push(why.clone());
+            note(&self.shared, &mut rec, why.clone());
             self.logs().agent(format!("cycle {n}: {why}"));
             self.dest_failures_in_a_row += 1;
             if self.dest_failures_in_a_row >= MAX_DEST_FAILURES_IN_A_ROW {
@@ -1003,7 +1038,7 @@ impl Driver<'_> {
 
         let mut dst = dst;
         if completed {
-            rec.events.push(format!("migration completed before the cancel took effect; {} is now the source", dst.name));
+            note(&self.shared, &mut rec, format!("migration completed before the cancel took effect; {} is now the source", dst.name));
             self.logs().agent(format!("cycle {n}: migration completed (cancel too late); switching source to {}", dst.name));
             std::mem::swap(src, &mut dst);
             src.proc.set_role(ROLE_SOURCE);
@@ -1024,9 +1059,9 @@ impl Driver<'_> {
         let t0 = Instant::now();
         let mut rec = CycleRecord { cycle: n, action: "pingpong".into(), ..Default::default() };
         self.snap(&rec);
-        let dst = self.start_dest().await?;
+        let dst = self.take_dest(&mut rec).await?;
         let uri = dst.uri.clone().unwrap_or_default();
-        rec.events.push(format!("{} -> {} via {uri} (complete, ping-pong)", src.name, dst.name));
+        note(&self.shared, &mut rec, format!("{} -> {} via {uri} (complete, ping-pong)", src.name, dst.name));
         // Let it converge: no bandwidth cap, generous downtime.
         self.qmp(src, "migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 2000})))
             .await?;
@@ -1042,7 +1077,7 @@ impl Driver<'_> {
             })
             .await?;
         if !done {
-            rec.events.push("did not converge in 10 s: paused the source to force completion".into());
+            note(&self.shared, &mut rec, "did not converge in 10 s: paused the source to force completion");
             self.qmp(src, "stop", None).await?;
             (q, done) = self
                 .poll_migrate(src, Duration::from_millis(20), Duration::from_secs(30), |s| {
@@ -1073,7 +1108,7 @@ impl Driver<'_> {
                 Some(exit) => format!("destination {} exited during the migration ({exit})", dst.name),
                 None => format!("migration {}; destination {} still running", rec.final_state, dst.name),
             };
-            rec.events.push(why);
+            note(&self.shared, &mut rec, why);
             self.dest_failures_in_a_row += 1;
             self.retire(dst, &mut rec);
             // Restore the cycle parameters on the source we keep.
@@ -1098,7 +1133,7 @@ impl Driver<'_> {
                 return Ok(());
             }
             if s == "paused" || Instant::now() >= deadline {
-                rec.events.push(format!("new source {} was '{s}' after completion; sent cont", vm.name));
+                note(&self.shared, rec, format!("new source {} was '{s}' after completion; sent cont", vm.name));
                 self.qmp(vm, "cont", None).await?;
                 return Ok(());
             }
@@ -1119,7 +1154,7 @@ impl Driver<'_> {
 
     async fn resume(&self, vm: &Vm, rec: &mut CycleRecord, state: &str) -> Result<(), Stop> {
         self.logs().agent(format!("cycle {}: source {} is '{state}' after the migration; sending cont", rec.cycle, vm.name));
-        rec.events.push(format!("source {} was '{state}'; resumed with cont", vm.name));
+        note(&self.shared, rec, format!("source {} was '{state}'; resumed with cont", vm.name));
         self.qmp(vm, "cont", None).await?;
         rec.resumed_paused_source = true;
         Ok(())
@@ -1163,6 +1198,20 @@ impl Driver<'_> {
         rec.events.extend(vm.take_events());
         vm.proc.kill();
     }
+}
+
+/// A driver note in a cycle record: `+<seconds since job start>s text`,
+/// the same clock as the QMP event entries.
+fn note(shared: &Shared, rec: &mut CycleRecord, text: impl AsRef<str>) {
+    rec.events.push(format!("+{:.3}s {}", shared.logs.rel(), text.as_ref()));
+}
+
+/// Orders entries by their `+<seconds>s` prefix (stable for equal times).
+fn sort_events(ev: &mut [String]) {
+    let key = |e: &String| -> f64 {
+        e.strip_prefix('+').and_then(|r| r.split('s').next()).and_then(|v| v.parse().ok()).unwrap_or(f64::MAX)
+    };
+    ev.sort_by(|a, b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal));
 }
 
 fn is_in_progress(s: &str) -> bool {

@@ -59,6 +59,18 @@ pub struct StressEnv {
     /// Whole-job limit; reaching it kills everything and yields
     /// [`JobResult::TimedOut`]. `None`: no limit (the agent may cancel).
     pub job_timeout: Option<Duration>,
+    /// Lab-side fault injection for tests of the executor itself.
+    pub fault_hooks: FaultHooks,
+}
+
+/// Faults the executor can inject on the host side (tests). Guest-side
+/// faults are `MigrateCancelParams::inject_guest_panic_after`.
+#[derive(Debug, Clone, Default)]
+pub struct FaultHooks {
+    /// In these cycles, `stop` the source right before `migrate_cancel`:
+    /// reproduces trap 2 (source left paused after a cancel that raced
+    /// with completion), so the `cont` recovery path is exercised.
+    pub pause_source_before_cancel: Vec<u32>,
 }
 
 impl StressEnv {
@@ -69,6 +81,7 @@ impl StressEnv {
             fatal_detector: default_fatal_detector(),
             qemu_binary: None,
             job_timeout: None,
+            fault_hooks: FaultHooks::default(),
         }
     }
 

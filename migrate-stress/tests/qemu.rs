@@ -288,3 +288,18 @@ async fn complete_every_ping_pongs() {
     assert!(c.cycles.iter().all(|r| r.guest_alive));
     assert_no_leftovers(&env);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_source_after_cancel_is_resumed() {
+    let _s = serial();
+    let Some(mut env) = env_for("arm64", "trap2") else { return };
+    env.fault_hooks.pause_source_before_cancel = vec![2];
+    let params = tcg_params("arm64", 3);
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    assert_eq!(r, JobResult::Passed { cycles_completed: 3 }, "{}", c.dump());
+    let resumed: Vec<bool> = c.cycles.iter().map(|r| r.resumed_paused_source).collect();
+    assert_eq!(resumed, vec![false, true, false], "{}", c.dump());
+    assert!(c.cycles.iter().all(|r| r.guest_alive && r.final_state == "cancelled"));
+    assert!(c.qmp.contains("\"execute\":\"cont\""));
+    assert_no_leftovers(&env);
+}

@@ -200,3 +200,34 @@ async fn api_writes_need_the_token_and_bad_requests_are_explained() {
     assert_eq!(server.client.get(server.url("/healthz")).send().await.unwrap().status(), 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_command_plans_a_run_and_a_server_stop_leaves_no_job_running() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key = keygen(keys_dir.path(), "altra-01").await;
+    let fleet = fleet_toml(&[("altra-01", "ampere-altra", &key.public)], "[plan.params]\ncycles = 1000\nreplay_cycle_ms = 100\n");
+    let server = TestServer::start(&fleet).await;
+    let _agent = server.agent("altra-01", &key.path, &["--executor", "replay"]);
+    wait_state(&server, "altra-01", "idle", Duration::from_secs(20)).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_armfleet"))
+        .args(["trigger", "--tree", "https://example.org/l.git", "--branch", "next", "--commit", "abcdef1234567"])
+        .args(["--server", &server.http, "--token", &server.token])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("run 1 planned"));
+    let job: i64 = sqlx::query_scalar("SELECT id FROM jobs").fetch_one(&server.pool).await.unwrap();
+    wait_for("the job to run", Duration::from_secs(20), || async {
+        let s: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1").bind(job).fetch_one(&server.pool).await.unwrap();
+        (s == "running").then_some(())
+    })
+    .await;
+    let pool = server.pool.clone();
+    server.stop().await;
+    let (state, reason): (String, String) = sqlx::query_as("SELECT state, reason FROM jobs WHERE id = $1").bind(job).fetch_one(&pool).await.unwrap();
+    assert_eq!(state, "lost");
+    assert!(reason.contains("shut down") || reason.contains("offline"), "{reason}");
+    let board: String = sqlx::query_scalar("SELECT state FROM boards WHERE name = 'altra-01'").fetch_one(&pool).await.unwrap();
+    assert_eq!(board, "offline");
+}

@@ -122,6 +122,8 @@ const GENERIC_FRAMES: &[&str] = &[
     "logic_in", "logic_out",
     // VFS reference helpers.
     "^iput$", "^iput_final$", "^ihold$", "drop_nlink", "fast_dput", "dput", "ida_free",
+    // Buffer-head helper whose WARN always blames its caller.
+    "^mark_buffer_dirty$",
 ];
 
 fn generic_rules() -> &'static [Rule] {

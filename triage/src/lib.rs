@@ -45,6 +45,7 @@
 //! `Kernel panic - not syncing` (e.g. `panic_on_warn`).
 
 mod cli;
+mod demangle;
 mod esr;
 mod frames;
 mod lines;

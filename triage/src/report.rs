@@ -233,15 +233,15 @@ fn belongs(line: &Line, ctx: Context, cpu_traceback: bool) -> bool {
     line.context == ctx || (cpu_traceback && matches!(line.context, Context::Cpu(_)))
 }
 
-/// A `WARNING: ... at` header that a mail client wrapped: glue the
-/// continuation (`arch/arm64/kvm/hyp/pgtable.c:123 func+0x..`) back on.
-/// Returns the position after the consumed lines.
+/// A report header that got split over two lines — by a mail client
+/// (`WARNING: ... at` + `arch/arm64/kvm/hyp/pgtable.c:123 func+0x..`) or by
+/// serial garbage (`INFO: task \xff\xfe` + `...:123 blocked for more than`):
+/// glue the continuation back on.  Returns the position after the consumed
+/// lines.
 fn join_wrapped_header(hay: &[u8], first: &mut Line, mut pos: usize) -> usize {
-    if !first.text.contains("WARNING:") {
-        return pos;
-    }
     for _ in 0..2 {
-        if !header_wants_more(&first.text) || pos >= hay.len() {
+        let Some(kind) = split_header_kind(&first.text) else { break };
+        if pos >= hay.len() {
             break;
         }
         let le = line_end(hay, pos);
@@ -250,7 +250,11 @@ fn join_wrapped_header(hay: &[u8], first: &mut Line, mut pos: usize) -> usize {
         if next.context.has_prefix() && next.context != first.context {
             break;
         }
-        if t.is_empty() || !looks_like_continuation(t) {
+        let fits = match kind {
+            SplitHeader::Warning => looks_like_warning_tail(t),
+            SplitHeader::HungTask => t.contains(" for more than ") && !t.contains("INFO:"),
+        };
+        if t.is_empty() || !fits {
             break;
         }
         first.text.push(' ');
@@ -260,18 +264,38 @@ fn join_wrapped_header(hay: &[u8], first: &mut Line, mut pos: usize) -> usize {
     pos
 }
 
-/// `... at` or `... at path/file.c:123` with nothing after.
-fn header_wants_more(t: &str) -> bool {
-    let t = t.trim_end();
-    if t.ends_with(" at") {
-        return true;
-    }
-    let last = t.rsplit(' ').next().unwrap_or("");
-    let Some((file, line)) = last.rsplit_once(':') else { return false };
-    t.contains(" at ") && file.contains('.') && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+enum SplitHeader {
+    Warning,
+    HungTask,
 }
 
-fn looks_like_continuation(t: &str) -> bool {
+/// Is this header visibly cut short?
+fn split_header_kind(t: &str) -> Option<SplitHeader> {
+    let t = t.trim_end();
+    if let Some(pos) = t.find("WARNING:") {
+        let rest = &t[pos..];
+        if rest.ends_with(" at") {
+            return Some(SplitHeader::Warning);
+        }
+        let last = rest.rsplit(' ').next().unwrap_or("");
+        let cut_after_src = last.rsplit_once(':').is_some_and(|(file, line)| {
+            file.contains('.') && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+        });
+        if cut_after_src && rest.contains(" at ") {
+            return Some(SplitHeader::Warning);
+        }
+        return None;
+    }
+    if let Some(pos) = t.find("INFO: task ") {
+        let rest = &t[pos..];
+        if !rest.contains(" for more than ") {
+            return Some(SplitHeader::HungTask);
+        }
+    }
+    None
+}
+
+fn looks_like_warning_tail(t: &str) -> bool {
     if t.starts_with("at ") {
         return true;
     }
@@ -503,9 +527,11 @@ mod tests {
 
     #[test]
     fn wrapped_header_detection() {
-        assert!(header_wants_more("WARNING: CPU: 1 PID: 2 at"));
-        assert!(header_wants_more("WARNING: CPU: 1 PID: 2 at arch/arm64/kvm/mmu.c:12"));
-        assert!(!header_wants_more("WARNING: CPU: 1 PID: 2 at arch/arm64/kvm/mmu.c:12 foo+0x1/0x2"));
+        assert!(split_header_kind("WARNING: CPU: 1 PID: 2 at").is_some());
+        assert!(split_header_kind("WARNING: CPU: 1 PID: 2 at arch/arm64/kvm/mmu.c:12").is_some());
+        assert!(split_header_kind("WARNING: CPU: 1 PID: 2 at arch/arm64/kvm/mmu.c:12 foo+0x1/0x2").is_none());
+        assert!(split_header_kind("INFO: task \u{fffd}\u{fffd}").is_some());
+        assert!(split_header_kind("INFO: task a:1 blocked for more than 143 seconds.").is_none());
     }
 
     #[test]

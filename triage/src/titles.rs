@@ -784,8 +784,9 @@ fn run_steps(steps: &[Step], text: &str, skip: &dyn Fn(&str) -> bool, pick: Pick
     let mut traces = 0;
     let mut si = 0;
     let push = |raw: &mut Vec<String>, name: &str| {
-        if !skip(name) {
-            raw.push(name.to_string());
+        let name = crate::demangle::demangle(name).unwrap_or_else(|| name.to_string());
+        if !skip(&name) {
+            raw.push(name);
         }
     };
     loop {

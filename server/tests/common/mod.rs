@@ -267,3 +267,34 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A raw SSH channel to the server, authenticated as `board` with `key`,
+/// for tests that speak (or mangle) the protocol by hand.
+pub async fn raw_channel(server: &TestServer, board: &str, key: &Path) -> russh::ChannelStream<russh::client::Msg> {
+    struct AcceptPinned(String);
+    impl russh::client::Handler for AcceptPinned {
+        type Error = russh::Error;
+        async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+            Ok(match key {
+                russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                    key.fingerprint(russh::keys::HashAlg::Sha256).to_string() == self.0
+                }
+                _ => false,
+            })
+        }
+    }
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut handle = russh::client::connect(config, server.ssh.as_str(), AcceptPinned(server.fingerprint.clone()))
+        .await
+        .expect("ssh connect");
+    let key = russh::keys::load_secret_key(key, None).unwrap();
+    let auth = handle
+        .authenticate_publickey(board, russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None))
+        .await
+        .unwrap();
+    assert!(auth.success(), "authentication as {board}");
+    let channel = handle.channel_open_session().await.unwrap();
+    // Keep the connection alive for as long as the test holds the stream.
+    std::mem::forget(handle);
+    channel.into_stream()
+}
