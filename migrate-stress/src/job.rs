@@ -121,6 +121,7 @@ impl Shared {
 struct Progress {
     /// Cycle in progress (0: booting).
     current: AtomicU32,
+    current_started: Mutex<Option<Instant>>,
     completed: AtomicU32,
     partial: Mutex<Option<CycleRecord>>,
 }
@@ -313,7 +314,15 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
 
     let completed = progress.completed.load(Ordering::SeqCst);
     let current = progress.current.load(Ordering::SeqCst);
-    let partial = progress.partial.lock().unwrap().take();
+    let started = *progress.current_started.lock().unwrap();
+    // The record of the cycle a fatal finding interrupted.
+    let partial = progress.partial.lock().unwrap().take().map(|mut r| {
+        if r.final_state.is_empty() {
+            r.final_state = "interrupted".into();
+        }
+        r.wall_ms = started.map(|t| ms(t.elapsed())).unwrap_or(0.0);
+        r
+    });
     match outcome {
         Outcome::Driver(Ok(n)) => JobResult::Passed { cycles_completed: n },
         Outcome::Driver(Err(Stop::Infra(reason))) => {
@@ -366,7 +375,16 @@ fn judge(findings: &[Finding], logs: &Logs) -> (String, Vec<String>) {
     let mut ev = vec![];
     match (primary.kind, primary.idx) {
         (FindingKind::Line, Some(idx)) => {
-            ev.extend(logs.rings.range(primary.stream, idx.saturating_sub(20), idx + 60));
+            // Context before the finding (heartbeats are noise), the finding,
+            // and what followed it (the rest of an oops/panic).
+            let before: Vec<String> = logs
+                .rings
+                .range(primary.stream, idx.saturating_sub(60), idx.saturating_sub(1))
+                .into_iter()
+                .filter(|l| !l.contains("ARMFLEET-HB "))
+                .collect();
+            ev.extend(before[before.len().saturating_sub(12)..].iter().cloned());
+            ev.extend(logs.rings.range(primary.stream, idx, idx + 80));
         }
         _ => {
             ev.push(primary.line.clone());
@@ -694,6 +712,7 @@ impl Driver<'_> {
         ));
         for n in 1..=self.params.cycles {
             self.progress.current.store(n, Ordering::SeqCst);
+            *self.progress.current_started.lock().unwrap() = Some(Instant::now());
             let pingpong = self.params.complete_every > 0 && n % self.params.complete_every == 0;
             let mut rec =
                 if pingpong { self.pingpong_cycle(n, &mut src).await? } else { self.cancel_cycle(n, &mut src).await? };
@@ -782,8 +801,9 @@ impl Driver<'_> {
             }
         };
         let (rd, wr) = stream.into_split();
+        let console_w = Arc::new(tokio::sync::Mutex::new(wr));
         let (st_tx, st_rx) = watch::channel(ConsoleStatus::default());
-        let h = tokio::spawn(console_reader(rd, self.shared.clone(), st_tx));
+        let h = tokio::spawn(console_reader(rd, console_w.clone(), self.shared.clone(), st_tx));
         self.shared.tasks.lock().unwrap().push(h);
 
         let logs = self.logs().clone();
@@ -810,7 +830,7 @@ impl Driver<'_> {
             name: name.clone(),
             proc,
             qmp,
-            console_w: Arc::new(tokio::sync::Mutex::new(wr)),
+            console_w,
             console: st_rx,
             events,
             uri: None,
@@ -1231,8 +1251,13 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Reads one VM's console until QEMU closes it. Holds a reference to the
+/// write half: dropping the last one shuts the socket down for writing,
+/// and QEMU then drops the whole connection — losing the rest of e.g. a
+/// panic trace. So the write half lives exactly as long as the reader.
 async fn console_reader(
     mut rd: tokio::net::unix::OwnedReadHalf,
+    _keep_writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     shared: Arc<Shared>,
     status: watch::Sender<ConsoleStatus>,
 ) {

@@ -168,7 +168,11 @@ impl VmProfile {
             push(s);
         }
         // A guest panic becomes a QMP GUEST_PANICKED event when the guest
-        // kernel has the pvpanic driver.
+        // kernel has the pvpanic driver. `panic=none`: QEMU only reports it;
+        // the guest keeps printing its panic trace, then resets, and
+        // -no-reboot turns the reset into a QEMU exit.
+        push("-action");
+        push("panic=none");
         push("-device");
         push(match self.arch {
             GuestArch::Arm64 => "pvpanic-pci",

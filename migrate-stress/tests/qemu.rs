@@ -129,6 +129,8 @@ async fn injected_guest_panic_fails_the_right_cycle() {
     let mut params = tcg_params("arm64", 6);
     params.inject_guest_panic_after = Some(2);
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    eprintln!("panic job result: {r:#?}\ninterrupted cycle: {:#?}", c.cycles.last());
+    eprintln!("console tail:\n{}", tail(&c.console, 30));
     match &r {
         JobResult::Failed { cycles_completed, failed_cycle, reason, evidence } => {
             assert_eq!(*cycles_completed, 2, "{}", c.dump());
@@ -220,6 +222,7 @@ async fn destination_killed_mid_migration_is_recorded() {
     });
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
     let killed = killer.await.unwrap();
+    eprintln!("destination-kill cycle: {:#?}", c.cycles.first());
     assert!(killed.is_some(), "never saw a destination");
     assert_eq!(r, JobResult::Passed { cycles_completed: 3 }, "{}", c.dump());
     assert_eq!(c.cycles.len(), 3);
@@ -301,5 +304,24 @@ async fn paused_source_after_cancel_is_resumed() {
     assert_eq!(resumed, vec![false, true, false], "{}", c.dump());
     assert!(c.cycles.iter().all(|r| r.guest_alive && r.final_state == "cancelled"));
     assert!(c.qmp.contains("\"execute\":\"cont\""));
+    assert_no_leftovers(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x86_64_guest_panic_raises_guest_panicked() {
+    let _s = serial();
+    let Some(env) = env_for("x86_64", "x86-panic") else { return };
+    let mut params = tcg_params("x86_64", 3);
+    params.inject_guest_panic_after = Some(1);
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    eprintln!("x86 panic: {r:#?}");
+    match &r {
+        JobResult::Failed { cycles_completed: 1, failed_cycle: Some(2), evidence, .. } => {
+            assert!(evidence.iter().any(|l| l.contains("Kernel panic")), "{evidence:#?}");
+        }
+        other => panic!("{other:?}\n{}", c.dump()),
+    }
+    // Debian's amd64 kernel has the pvpanic driver (the guest loads it).
+    assert!(c.qmp.contains("GUEST_PANICKED"), "{}", tail(&c.qmp, 30));
     assert_no_leftovers(&env);
 }

@@ -59,11 +59,13 @@ impl Server {
             tracing::warn!(?lost, "jobs in flight when the previous server stopped are now lost");
         }
         let shared = SharedFleet::new(fleet);
-        let dispatcher = Dispatcher::new(pool.clone(), shared.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let dispatcher = Dispatcher::new(pool.clone(), shared.clone(), metrics.clone());
         let state = AppState {
             pool,
             fleet: shared,
             dispatcher,
+            metrics,
             api_token: Arc::from(api_token.as_str()),
             host_key_fingerprint: Arc::from(fingerprint.as_str()),
             shutdown: CancellationToken::new(),

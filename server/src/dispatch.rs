@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::boards;
 use crate::config::Fleet;
 use crate::jobs;
+use crate::metrics::Metrics;
 use crate::state::SharedFleet;
 
 /// How the dispatcher reaches one connected agent.
@@ -35,6 +36,7 @@ struct Session {
 pub struct Dispatcher {
     pool: PgPool,
     fleet: SharedFleet,
+    metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Session>>,
     next_id: AtomicU64,
     /// Serialises claims per process; SKIP LOCKED makes them safe across
@@ -49,10 +51,11 @@ pub struct SessionTicket {
 }
 
 impl Dispatcher {
-    pub fn new(pool: PgPool, fleet: SharedFleet) -> Arc<Dispatcher> {
+    pub fn new(pool: PgPool, fleet: SharedFleet, metrics: Arc<Metrics>) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             pool,
             fleet,
+            metrics,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             claim_lock: tokio::sync::Mutex::new(()),
@@ -83,10 +86,15 @@ impl Dispatcher {
             simulated,
             close: close.clone(),
         });
-        if let Some(old) = old {
-            tracing::warn!(board, "a new connection replaces the board's previous one");
-            old.close.cancel();
-        }
+        match old {
+            Some(old) => {
+                tracing::warn!(board, "a new connection replaces the board's previous one");
+                old.close.cancel();
+            }
+            None => {
+                self.metrics.sessions.inc();
+            }
+        };
         SessionTicket { id, close }
     }
 
@@ -114,6 +122,7 @@ impl Dispatcher {
             match sessions.get(board) {
                 Some(s) if s.id == id => {
                     sessions.remove(board);
+                    self.metrics.sessions.dec();
                     true
                 }
                 _ => false,
@@ -148,6 +157,8 @@ impl Dispatcher {
             let deadline = self.fleet().server.assign_deadline_s;
             match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await {
                 Ok(Some(a)) => {
+                    let waited = (chrono::Utc::now() - a.queued_at).num_microseconds().unwrap_or(0);
+                    self.metrics.dispatch_latency.observe(waited.max(0) as f64 / 1e6);
                     tracing::info!(board, job = a.job_id, epoch = a.epoch, "job assigned");
                     let _ = boards::refresh_busy(&self.pool, board).await;
                     let msg = ServerMessage::AssignJob { job_id: a.job_id, epoch: a.epoch, spec: a.spec };

@@ -192,6 +192,7 @@ pub struct Assignment {
     pub job_id: i64,
     pub epoch: i64,
     pub spec: JobSpec,
+    pub queued_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Claims the oldest queued job of `board`, if the board has room for it.
@@ -221,7 +222,7 @@ pub async fn claim_next(
         return Ok(None);
     }
     let Some(row) = sqlx::query(
-        "SELECT id, spec FROM jobs WHERE board = $1 AND state = 'queued'
+        "SELECT id, spec, created_at FROM jobs WHERE board = $1 AND state = 'queued'
          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .bind(board)
@@ -231,6 +232,7 @@ pub async fn claim_next(
         return Ok(None);
     };
     let job_id: i64 = row.get("id");
+    let queued_at: chrono::DateTime<chrono::Utc> = row.get("created_at");
     let spec: serde_json::Value = row.get("spec");
     let spec: JobSpec = serde_json::from_value(spec).map_err(|e| {
         sqlx::Error::Decode(format!("job {job_id} has an unreadable spec: {e}").into())
@@ -249,7 +251,7 @@ pub async fn claim_next(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(Assignment { job_id, epoch, spec }))
+    Ok(Some(Assignment { job_id, epoch, spec, queued_at }))
 }
 
 /// Checks that a message about `job` comes from its board with its epoch.

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod http;
 pub mod jobs;
 pub mod logs;
+pub mod metrics;
 pub mod runs;
 pub mod ssh;
 pub mod state;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use armfleet_protocol::{
-    AgentMessage, Frame, FrameError, LogStream, PROTOCOL_VERSION, ServerMessage, read_frame, write_frame,
+    AgentMessage, Frame, FrameError, PROTOCOL_VERSION, ServerMessage, read_frame, write_frame,
 };
 use russh::keys::{HashAlg, PrivateKey};
 use russh::server::{Auth, Msg, Server as _, Session, VerifiedPublicKey};
@@ -100,6 +100,7 @@ struct AgentServer {
 impl russh::server::Server for AgentServer {
     type Handler = AgentConnection;
     fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> AgentConnection {
+        self.state.metrics.ssh_connections.inc();
         AgentConnection {
             state: self.state.clone(),
             tasks: self.tasks.clone(),
@@ -143,10 +144,12 @@ impl russh::server::Handler for AgentConnection {
                     peer = ?self.peer, claimed = user, owner = %b.name, key = %fp,
                     "refused: a valid key of one board claims another board's name"
                 );
+                self.state.metrics.ssh_auth_failures.inc();
                 Ok(Auth::reject())
             }
             None => {
                 tracing::warn!(peer = ?self.peer, claimed = user, key = %fp, "refused: unknown agent key");
+                self.state.metrics.ssh_auth_failures.inc();
                 Ok(Auth::reject())
             }
         }
@@ -294,8 +297,11 @@ async fn handle_frame(state: &AppState, board: &str, frame: Frame<AgentMessage>)
         }
         AgentMessage::LogChunk { job_id, epoch, stream, seq } => {
             jobs::check_owner(pool, job_id, board, epoch).await?;
-            logs::store_chunk(pool, job_id, stream, seq, &frame.payload).await?;
-            let _ = stream == LogStream::Agent;
+            if logs::store_chunk(pool, job_id, stream, seq, &frame.payload).await? {
+                state.metrics.log_bytes.inc_by(frame.payload.len() as u64);
+            } else {
+                state.metrics.log_chunks_duplicate.inc();
+            }
         }
         AgentMessage::CycleDone { job_id, epoch, record } => {
             jobs::record_cycle(pool, job_id, board, epoch, &record).await?;

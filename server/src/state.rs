@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Fleet;
 use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
 
 /// The fleet in force; replaced whole on reload, read without holding a lock
 /// across awaits.
@@ -30,6 +31,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub fleet: SharedFleet,
     pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Arc<Metrics>,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,

@@ -186,6 +186,10 @@ pub(crate) fn find_esr_in_line(line: &str) -> Option<u64> {
         if let Some(hash) = rest.find(" [#") {
             let head = &rest[..hash];
             let token = head.rsplit(' ').next().unwrap_or("");
+            // arm64 prints 8 or 16 hex digits; shorter codes are arm32 FSRs.
+            if token.len() < 8 {
+                return None;
+            }
             if let Some(v) = parse_hex(token, false) {
                 return Some(v);
             }

@@ -31,7 +31,7 @@
 //! | `kernel-panic` | `kernel panic: ...` not explained by an earlier report | yes |
 //! | `oops` | BUG/paging request/NULL deref/Internal error/GPF/kernel BUG/Unhandled fault/double fault... | yes |
 //! | `serror` | arm64 SError interrupt, titled by where it hit | yes |
-//! | `kvm-error` | other host `kvm [PID]:` errors, QEMU `kvm run failed`, `KVM internal error` | yes |
+//! | `kvm-error` | QEMU `kvm run failed`, `KVM internal error` (fatal); other host `kvm [PID]:` errors (not fatal: KVM reports them and the guest goes on) | see left |
 //! | `hang` | no output at all | yes |
 //! | `warning` | WARNING, sleeping in atomic, bad page state... | no* |
 //! | `sanitizer` | KASAN, KMSAN, KCSAN, UBSAN, KFENCE | no* |
@@ -78,7 +78,8 @@ pub enum FindingClass {
 }
 
 impl FindingClass {
-    /// Classes that stop a stress job on their own.
+    /// Classes that stop a stress job on their own (`kvm-error` findings are
+    /// fatal only for QEMU's run failures, see [`Finding::fatal`]).
     pub fn is_fatal(self) -> bool {
         matches!(
             self,
@@ -86,7 +87,6 @@ impl FindingClass {
                 | FindingClass::KernelPanic
                 | FindingClass::Oops
                 | FindingClass::Serror
-                | FindingClass::KvmError
                 | FindingClass::Hang
         )
     }

@@ -375,7 +375,8 @@ fn finding_from(w: &Window, family_idx: usize, hint: Source) -> Finding {
         (h, _) => h,
     };
     let class = classify(&title, source);
-    let fatal = class.is_fatal() || w.panicked;
+    let vmm_stopped = title.starts_with("KVM: run failed") || title.starts_with("KVM: internal error");
+    let fatal = class.is_fatal() || vmm_stopped || w.panicked;
     Finding {
         signature: signature_of(&title),
         title,

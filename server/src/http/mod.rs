@@ -7,6 +7,8 @@ pub mod pages;
 use axum::Router;
 use axum::routing::get;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
 
@@ -16,13 +18,28 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api::routes())
         .merge(pages::routes())
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
         .with_state(state)
 }
 
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<&'static str, error::ApiError> {
     sqlx::query("SELECT 1").execute(&state.pool).await?;
     Ok("ok\n")
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Result<impl axum::response::IntoResponse, error::ApiError> {
+    let body = state.metrics.render(&state.pool).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body))
 }
