@@ -25,7 +25,7 @@ pub fn fatal_detector() -> FatalDetector {
         if matches!(stream, LogStream::Qmp | LogStream::Agent) {
             return None;
         }
-        (armfleet_migrate_stress::default_fatal_detector())(stream, line) // TODO-TRIAGE armfleet_triage::first_fatal_line(line).then(|| line.trim().to_owned())
+        armfleet_triage::first_fatal_line(line).then(|| line.trim().to_owned())
     })
 }
 

@@ -245,6 +245,15 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
         prespawn: !params.hugepages,
         next_dest: None,
         hooks: env.fault_hooks.clone(),
+        launcher: Launcher {
+            binary: plan.binary.clone(),
+            profile: plan.profile.clone(),
+            qmp_timeout: plan.qmp_timeout,
+            shared: shared.clone(),
+            dir: dir.clone(),
+            bandwidth_mib_s: params.bandwidth_mib_s,
+            downtime_limit_ms: params.downtime_limit_ms,
+        },
     };
     let timeout = env.job_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let outcome = tokio::select! {
@@ -677,6 +686,161 @@ fn status_of(v: &Value) -> String {
     v.get("status").and_then(Value::as_str).unwrap_or("none").to_string()
 }
 
+/// Starts QEMUs; cheap to clone into a task (destinations are pre-started
+/// in the background while the previous cycle holds its migration).
+#[derive(Clone)]
+struct Launcher {
+    binary: PathBuf,
+    profile: VmProfile,
+    qmp_timeout: Duration,
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    bandwidth_mib_s: u64,
+    downtime_limit_ms: u64,
+}
+
+impl Launcher {
+    /// Spawns a QEMU, connects its console and QMP, configures migration.
+    async fn start_vm(&self, index: u32, incoming: bool) -> Result<Vm, String> {
+        let name = format!("vm{index}");
+        let qmp_sock = self.dir.join(format!("q{index}.sock"));
+        let con_sock = self.dir.join(format!("c{index}.sock"));
+        let args = self.profile.args(&Instance {
+            name: &name,
+            qmp_socket: &qmp_sock,
+            console_socket: &con_sock,
+            incoming,
+        });
+        let role = if incoming { ROLE_DEST } else { ROLE_SOURCE };
+        let t0 = Instant::now();
+        self.shared.logs.agent(format!(
+            "{name}: starting {} {}",
+            if incoming { "destination" } else { "source" },
+            std::iter::once(self.binary.display().to_string())
+                .chain(args.iter().map(|a| shell_quote(&a.to_string_lossy())))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let proc = QemuProc::spawn(&self.binary, &args, &name, role, &self.shared)
+            .map_err(|e| format!("cannot execute {}: {e}", self.binary.display()))?;
+        let died = |proc: &QemuProc, what: &str| {
+            format!(
+                "{name} exited before {what} ({}); stderr: {}",
+                proc.exited().unwrap_or_default(),
+                proc.stderr_tail(8).join(" | ")
+            )
+        };
+
+        // Console first: QEMU waits for it (wait=on) before doing anything else.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match UnixStream::connect(&con_sock).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    if proc.exited().is_some() {
+                        // let stderr drain
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Err(died(&proc, "its console socket appeared"));
+                    }
+                    if Instant::now() >= deadline {
+                        proc.kill();
+                        return Err(format!("{name}: console socket {} not connectable: {e}", con_sock.display()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let (rd, wr) = stream.into_split();
+        let console_w = Arc::new(tokio::sync::Mutex::new(wr));
+        let (st_tx, st_rx) = watch::channel(ConsoleStatus::default());
+        let h = tokio::spawn(console_reader(rd, console_w.clone(), self.shared.clone(), st_tx));
+        self.shared.tasks.lock().unwrap().push(h);
+
+        let logs = self.shared.logs.clone();
+        let n2 = name.clone();
+        let transcript: Transcript = Arc::new(move |dir: Dir, line: &str| {
+            logs.write(LogStream::Qmp, format!("+{:.3} {n2} {} {line}\n", logs.rel(), dir.arrow()).into_bytes());
+        });
+        let mut exit_w = proc.exit_watch();
+        let (qmp, ev_rx) = tokio::select! {
+            r = Qmp::connect(&qmp_sock, transcript, Duration::from_secs(20)) => match r {
+                Ok(x) => x,
+                Err(e) => { proc.kill(); return Err(format!("{name}: {e}")); }
+            },
+            _ = async { let _ = exit_w.wait_for(|e| e.is_some()).await; } => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(died(&proc, "QMP answered"));
+            }
+        };
+        let events = Arc::new(Mutex::new(vec![]));
+        let h = tokio::spawn(event_forwarder(ev_rx, name.clone(), self.shared.clone(), events.clone()));
+        self.shared.tasks.lock().unwrap().push(h);
+
+        let vm = Vm {
+            name: name.clone(),
+            proc,
+            qmp,
+            console_w,
+            console: st_rx,
+            events,
+            uri: None,
+        };
+        let setup = async {
+            vm.qmp
+                .execute(
+                    "migrate-set-capabilities",
+                    Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
+                    self.qmp_timeout,
+                )
+                .await?;
+            self.set_cycle_params(&vm.qmp).await
+        };
+        if let Err(e) = setup.await {
+            vm.proc.kill();
+            return Err(format!("{name}: configuring migration: {e}"));
+        }
+        self.shared.logs.agent(format!("{name}: pid {}, QMP ready after {:.0} ms", vm.proc.pid, ms(t0.elapsed())));
+        Ok(vm)
+    }
+
+    /// Migration parameters that keep a cancel cycle in the dirty-logging
+    /// (pre-copy) phase: capped bandwidth, tiny downtime limit.
+    async fn set_cycle_params(&self, qmp: &Qmp) -> Result<Value, QmpError> {
+        let mut p = json!({ "downtime-limit": self.downtime_limit_ms });
+        if self.bandwidth_mib_s > 0 {
+            p["max-bandwidth"] = json!(self.bandwidth_mib_s * MIB);
+        }
+        qmp.execute("migrate-set-parameters", Some(p), self.qmp_timeout).await
+    }
+
+    async fn start_dest(&self, index: u32) -> Result<Vm, Stop> {
+        let mut vm = self
+            .start_vm(index, true)
+            .await
+            .map_err(|e| Stop::Infra(format!("destination failed to start: {e}")))?;
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let port = free_port().map_err(|e| Stop::Infra(format!("no free TCP port: {e}")))?;
+            let uri = format!("tcp:127.0.0.1:{port}");
+            match vm.qmp.execute("migrate-incoming", Some(json!({ "uri": uri })), self.qmp_timeout).await {
+                Ok(_) => {
+                    vm.uri = Some(uri);
+                    return Ok(vm);
+                }
+                Err(e @ QmpError::Command { .. }) => last_err = e.to_string(),
+                Err(e) => {
+                    last_err = e.to_string();
+                    break;
+                }
+            }
+        }
+        vm.proc.set_role(ROLE_RETIRED);
+        vm.proc.kill();
+        Err(Stop::Infra(format!("destination failed to start: {}: migrate-incoming: {last_err}", vm.name)))
+    }
+
+}
+
 struct Driver<'a> {
     params: MigrateCancelParams,
     plan: &'a Plan,
@@ -688,7 +852,8 @@ struct Driver<'a> {
     dest_failures_in_a_row: u32,
     /// Start the next cycle's destination during this cycle's hold.
     prespawn: bool,
-    next_dest: Option<Vm>,
+    next_dest: Option<JoinHandle<Result<Vm, Stop>>>,
+    launcher: Launcher,
     hooks: crate::FaultHooks,
 }
 
@@ -749,146 +914,32 @@ impl Driver<'_> {
         self.qmp(vm, "query-migrate", None).await
     }
 
-    /// Spawns a QEMU, connects its console and QMP, configures migration.
     async fn start_vm(&mut self, incoming: bool) -> Result<Vm, String> {
         self.vm_counter += 1;
-        let name = format!("vm{}", self.vm_counter);
-        let qmp_sock = self.dir.join(format!("q{}.sock", self.vm_counter));
-        let con_sock = self.dir.join(format!("c{}.sock", self.vm_counter));
-        let args = self.plan.profile.args(&Instance {
-            name: &name,
-            qmp_socket: &qmp_sock,
-            console_socket: &con_sock,
-            incoming,
-        });
-        let role = if incoming { ROLE_DEST } else { ROLE_SOURCE };
-        let t0 = Instant::now();
-        self.logs().agent(format!(
-            "{name}: starting {} {}",
-            if incoming { "destination" } else { "source" },
-            std::iter::once(self.plan.binary.display().to_string())
-                .chain(args.iter().map(|a| shell_quote(&a.to_string_lossy())))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-        let proc = QemuProc::spawn(&self.plan.binary, &args, &name, role, &self.shared)
-            .map_err(|e| format!("cannot execute {}: {e}", self.plan.binary.display()))?;
-        let died = |proc: &QemuProc, what: &str| {
-            format!(
-                "{name} exited before {what} ({}); stderr: {}",
-                proc.exited().unwrap_or_default(),
-                proc.stderr_tail(8).join(" | ")
-            )
-        };
-
-        // Console first: QEMU waits for it (wait=on) before doing anything else.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let stream = loop {
-            match UnixStream::connect(&con_sock).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    if proc.exited().is_some() {
-                        // let stderr drain
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        return Err(died(&proc, "its console socket appeared"));
-                    }
-                    if Instant::now() >= deadline {
-                        proc.kill();
-                        return Err(format!("{name}: console socket {} not connectable: {e}", con_sock.display()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        };
-        let (rd, wr) = stream.into_split();
-        let console_w = Arc::new(tokio::sync::Mutex::new(wr));
-        let (st_tx, st_rx) = watch::channel(ConsoleStatus::default());
-        let h = tokio::spawn(console_reader(rd, console_w.clone(), self.shared.clone(), st_tx));
-        self.shared.tasks.lock().unwrap().push(h);
-
-        let logs = self.logs().clone();
-        let n2 = name.clone();
-        let transcript: Transcript = Arc::new(move |dir: Dir, line: &str| {
-            logs.write(LogStream::Qmp, format!("+{:.3} {n2} {} {line}\n", logs.rel(), dir.arrow()).into_bytes());
-        });
-        let mut exit_w = proc.exit_watch();
-        let (qmp, ev_rx) = tokio::select! {
-            r = Qmp::connect(&qmp_sock, transcript, Duration::from_secs(20)) => match r {
-                Ok(x) => x,
-                Err(e) => { proc.kill(); return Err(format!("{name}: {e}")); }
-            },
-            _ = exit_w.wait_for(|e| e.is_some()) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(died(&proc, "QMP answered"));
-            }
-        };
-        let events = Arc::new(Mutex::new(vec![]));
-        let h = tokio::spawn(event_forwarder(ev_rx, name.clone(), self.shared.clone(), events.clone()));
-        self.shared.tasks.lock().unwrap().push(h);
-
-        let vm = Vm {
-            name: name.clone(),
-            proc,
-            qmp,
-            console_w,
-            console: st_rx,
-            events,
-            uri: None,
-        };
-        let setup = async {
-            vm.qmp
-                .execute(
-                    "migrate-set-capabilities",
-                    Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
-                    self.plan.qmp_timeout,
-                )
-                .await?;
-            self.set_cycle_params(&vm.qmp).await
-        };
-        if let Err(e) = setup.await {
-            vm.proc.kill();
-            return Err(format!("{name}: configuring migration: {e}"));
-        }
-        self.logs().agent(format!("{name}: pid {}, QMP ready after {:.0} ms", vm.proc.pid, ms(t0.elapsed())));
-        Ok(vm)
-    }
-
-    /// Migration parameters that keep a cancel cycle in the dirty-logging
-    /// (pre-copy) phase: capped bandwidth, tiny downtime limit.
-    async fn set_cycle_params(&self, qmp: &Qmp) -> Result<Value, QmpError> {
-        let mut p = json!({ "downtime-limit": self.params.downtime_limit_ms });
-        if self.params.bandwidth_mib_s > 0 {
-            p["max-bandwidth"] = json!(self.params.bandwidth_mib_s * MIB);
-        }
-        qmp.execute("migrate-set-parameters", Some(p), self.plan.qmp_timeout).await
+        self.launcher.start_vm(self.vm_counter, incoming).await
     }
 
     async fn start_dest(&mut self) -> Result<Vm, Stop> {
-        let mut vm = self.start_vm(true).await.map_err(|e| Stop::Infra(format!("destination failed to start: {e}")))?;
-        let mut last_err = String::new();
-        for _ in 0..3 {
-            let port = free_port().map_err(|e| Stop::Infra(format!("no free TCP port: {e}")))?;
-            let uri = format!("tcp:127.0.0.1:{port}");
-            match vm.qmp.execute("migrate-incoming", Some(json!({ "uri": uri })), self.plan.qmp_timeout).await {
-                Ok(_) => {
-                    vm.uri = Some(uri);
-                    return Ok(vm);
-                }
-                Err(e @ QmpError::Command { .. }) => last_err = e.to_string(),
-                Err(e) => {
-                    last_err = e.to_string();
-                    break;
-                }
-            }
-        }
-        vm.proc.set_role(ROLE_RETIRED);
-        vm.proc.kill();
-        Err(Stop::Infra(format!("destination failed to start: {}: migrate-incoming: {last_err}", vm.name)))
+        self.vm_counter += 1;
+        self.launcher.start_dest(self.vm_counter).await
+    }
+
+    /// Starts the next destination in the background.
+    fn prestart_dest(&mut self) {
+        self.vm_counter += 1;
+        let l = self.launcher.clone();
+        let index = self.vm_counter;
+        self.next_dest = Some(tokio::spawn(async move { l.start_dest(index).await }));
+    }
+
+    async fn set_cycle_params(&self, qmp: &Qmp) -> Result<Value, QmpError> {
+        self.launcher.set_cycle_params(qmp).await
     }
 
     /// The pre-started destination if it is still alive, else a new one.
     async fn take_dest(&mut self, rec: &mut CycleRecord) -> Result<Vm, Stop> {
-        if let Some(d) = self.next_dest.take() {
+        if let Some(h) = self.next_dest.take() {
+            let d = h.await.map_err(|e| Stop::Infra(format!("destination start task: {e}")))??;
             match d.proc.exited() {
                 None => return Ok(d),
                 Some(exit) => {
@@ -994,14 +1045,12 @@ impl Driver<'_> {
         if is_in_progress(&status) {
             self.maybe_inject_panic(n, src, &mut rec).await;
             self.snap(&rec);
-            let hold = tokio::time::sleep(Duration::from_millis(rec.delay_ms));
             if self.prespawn && n < self.params.cycles && self.next_dest.is_none() {
-                // The next destination starts while this migration is held.
-                let (_, next) = tokio::join!(hold, self.start_dest());
-                self.next_dest = Some(next?);
-            } else {
-                hold.await;
+                // The next destination starts while this migration is held
+                // (in the background: the hold stays exactly delay_ms).
+                self.prestart_dest();
             }
+            tokio::time::sleep(Duration::from_millis(rec.delay_ms)).await;
             if self.hooks.pause_source_before_cancel.contains(&n) {
                 note(&self.shared, &mut rec, format!("fault hook: stopping source {} before the cancel (trap 2)", src.name));
                 self.qmp(src, "stop", None).await?;

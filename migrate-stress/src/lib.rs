@@ -177,3 +177,12 @@ mod tests {
         assert!(d(LogStream::Agent, "Kernel panic").is_none());
     }
 }
+
+/// The agent spawns jobs on a multi-threaded runtime: the job future must
+/// be `Send`.
+#[allow(dead_code)]
+fn _job_future_is_send(env: &StressEnv, p: &MigrateCancelParams) {
+    fn is_send<T: Send>(_: T) {}
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    is_send(run_migrate_cancel(env, p, tx, tokio_util::sync::CancellationToken::new()));
+}

@@ -108,6 +108,11 @@ impl QemuProc {
         // Register under the lock before anyone could try to kill_all.
         let mut child = {
             let mut pids = registry.pids.lock().unwrap();
+            // Teardown sets the flag before kill_all takes this lock: a
+            // late (background) spawn either gets killed or never happens.
+            if shared.shutting_down() {
+                return Err(std::io::Error::other("job is shutting down"));
+            }
             let child = cmd.spawn()?;
             if let Some(pid) = child.id() {
                 pids.insert(pid);

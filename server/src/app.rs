@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures::FutureExt;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ pub struct Server {
     pub api_token: String,
     pub fingerprint: String,
     host_key: russh::keys::PrivateKey,
+    analysis_rx: Option<tokio::sync::mpsc::UnboundedReceiver<i64>>,
     postgres: Option<EmbeddedPostgres>,
 }
 
@@ -61,7 +63,9 @@ impl Server {
         let shared = SharedFleet::new(fleet);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let dispatcher = Dispatcher::new(pool.clone(), shared.clone(), metrics.clone());
+        let (analysis, analysis_rx) = crate::analysis::AnalysisQueue::new();
         let state = AppState {
+            analysis,
             pool,
             fleet: shared,
             dispatcher,
@@ -70,7 +74,7 @@ impl Server {
             host_key_fingerprint: Arc::from(fingerprint.as_str()),
             shutdown: CancellationToken::new(),
         };
-        Ok(Server { state, api_token, fingerprint, host_key, postgres })
+        Ok(Server { state, api_token, fingerprint, host_key, analysis_rx: Some(analysis_rx), postgres })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -89,6 +93,9 @@ impl Server {
             watcher.watch(watch_token).await;
             Ok(())
         });
+        if let Some(rx) = self.analysis_rx.take() {
+            tasks.spawn(crate::analysis::run(state.pool.clone(), rx, shutdown.clone()).map(Ok));
+        }
         let app = crate::http::app(state.clone());
         let http_token = shutdown.clone();
         tasks.spawn(async move {

@@ -1,15 +1,18 @@
 //! The armfleet server. See ARCHITECTURE.md for the map.
 
+pub mod analysis;
 pub mod app;
 pub mod boards;
 pub mod config;
 pub mod db;
 pub mod demo;
 pub mod dispatch;
+pub mod findings;
 pub mod http;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;
+pub mod results;
 pub mod runs;
 pub mod ssh;
 pub mod state;

@@ -78,7 +78,7 @@ fn init_tracing() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Triage { json, files } = &cli.command {
-        let code = { let _ = (json, files); 2 }; // TODO-TRIAGE armfleet_triage::run_cli(*json, files, &mut std::io::stdout().lock());
+        let code = armfleet_triage::run_cli(*json, files, &mut std::io::stdout().lock());
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
     init_tracing();

@@ -309,6 +309,7 @@ async fn handle_frame(state: &AppState, board: &str, frame: Frame<AgentMessage>)
         AgentMessage::JobFinished { job_id, epoch, result } => {
             let to = jobs::finish(pool, job_id, board, epoch, &result).await?;
             tracing::info!(board, job = job_id, state = to.as_str(), "job finished");
+            state.analysis.push(job_id);
             state.dispatcher.kick(board).await;
         }
     }

@@ -32,6 +32,7 @@ pub struct AppState {
     pub fleet: SharedFleet,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
+    pub analysis: crate::analysis::AnalysisQueue,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,

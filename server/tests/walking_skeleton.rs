@@ -101,6 +101,25 @@ async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdict
     let job = server.get_json(&format!("/api/v1/runs/{buggy}")).await["jobs"][0]["id"].as_i64().unwrap();
     let console = server.client.get(server.url(&format!("/api/v1/jobs/{job}/log?stream=guest_console"))).send().await.unwrap().text().await.unwrap();
     assert!(console.contains("ARMFLEET-GUEST-READY") && console.contains("Unable to handle kernel TLB conflict abort"));
+    // Triage turns the console into a finding with a stable title, and the
+    // three boards' aborts collapse into one signature.
+    let findings = wait_for("the failed job's findings", Duration::from_secs(20), || async {
+        let f = server.get_json(&format!("/api/v1/jobs/{job}/findings")).await;
+        (f["analysed"] == true).then_some(f)
+    })
+    .await;
+    let first = &findings["findings"][0];
+    assert_eq!(first["class"], "guest-abort", "{findings}");
+    assert!(first["title"].as_str().unwrap().starts_with("TLB conflict abort in "), "{findings}");
+    assert_eq!(first["esr"]["fsc"], 0x30);
+    assert!(first["excerpt"].as_str().unwrap().contains("FSC = 0x30: TLB conflict abort"));
+    let sigs = wait_for("three findings under one signature", Duration::from_secs(20), || async {
+        let s = server.get_json("/api/v1/signatures").await;
+        (s["signatures"][0]["count"] == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(sigs["signatures"].as_array().unwrap().len(), 1, "{sigs}");
+    assert_eq!(sigs["signatures"][0]["boards"].as_array().unwrap().len(), 3);
     // The page lists the fleet and the finished runs, labelled simulated.
     let page = server.client.get(server.url("/")).send().await.unwrap().text().await.unwrap();
     for b in boards {

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use crate::jobs::{self, JobState};
 use crate::runs::{self, TriggerRequest};
 use crate::state::AppState;
-use crate::{boards, logs};
+use crate::{boards, findings, logs};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -23,6 +23,8 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/log", get(get_job_log))
         .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/findings", get(job_findings))
+        .route("/signatures", get(list_signatures))
 }
 
 /// Proof that the request carried the API token.
@@ -179,4 +181,27 @@ async fn cancel_job(
         state.dispatcher.kick(&board).await;
     }
     Ok(Json(serde_json::json!({ "job": id, "state": "cancelled", "was": from.as_str() })))
+}
+
+async fn job_findings(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job")?;
+    let job = jobs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let analysed: bool = sqlx::query_scalar("SELECT analyzed_at IS NOT NULL FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&state.pool)
+        .await?;
+    let rows = findings::for_job(&state.pool, id).await?;
+    Ok(Json(serde_json::json!({ "job": id, "state": job.state, "analysed": analysed, "findings": rows })))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list_signatures(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let offset = q.offset.unwrap_or(0).max(0);
+    Ok(Json(serde_json::json!({ "signatures": findings::signatures(&state.pool, limit, offset).await? })))
 }

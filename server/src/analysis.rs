@@ -1,0 +1,88 @@
+//! The analysis worker: after a job ends, triage its logs into findings and
+//! refresh its kernel's record.
+//!
+//! Jobs are queued by id; at start-up every ended job without `analyzed_at`
+//! is queued again, so a crash between "job ended" and "job analysed" loses
+//! nothing.
+
+use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::findings::{self, TRIAGED};
+use crate::{logs, results};
+
+#[derive(Clone)]
+pub struct AnalysisQueue {
+    tx: mpsc::UnboundedSender<i64>,
+}
+
+impl AnalysisQueue {
+    pub fn new() -> (AnalysisQueue, mpsc::UnboundedReceiver<i64>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (AnalysisQueue { tx }, rx)
+    }
+
+    pub fn push(&self, job: i64) {
+        let _ = self.tx.send(job);
+    }
+}
+
+/// Runs until `shutdown`. Besides the queue it sweeps for ended jobs that
+/// were never analysed (lost or timed out by the watchdog, or left over from
+/// a crash). A failure is logged and retried at the next sweep.
+pub async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, shutdown: CancellationToken) {
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        let jobs: Vec<i64> = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            job = rx.recv() => match job { Some(j) => vec![j], None => return },
+            _ = sweep.tick() => match unanalysed(&pool).await {
+                Ok(jobs) => jobs,
+                Err(e) => { tracing::error!("listing unanalysed jobs: {e}"); continue; }
+            },
+        };
+        for job in jobs {
+            if let Err(e) = analyse(&pool, job).await {
+                tracing::error!(job, "analysing job: {e:#}");
+            }
+        }
+    }
+}
+
+async fn unanalysed(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE analyzed_at IS NULL
+           AND state IN ('passed', 'failed', 'infra_error', 'timed_out', 'lost', 'cancelled')
+         ORDER BY id LIMIT 500",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<()> {
+    let row = sqlx::query("SELECT kernel_id, plan FROM jobs WHERE id = $1").bind(job).fetch_one(pool).await?;
+    let kernel: i64 = row.get("kernel_id");
+    let plan: String = row.get("plan");
+    let mut found = Vec::new();
+    for (stream, source) in TRIAGED {
+        let log = logs::read_stream(pool, job, stream).await?;
+        if log.is_empty() {
+            continue;
+        }
+        let mut f = tokio::task::spawn_blocking(move || findings::triage_stream(stream, source, &log)).await?;
+        found.append(&mut f);
+    }
+    let mut tx = pool.begin().await?;
+    let done: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE").bind(job).fetch_one(&mut *tx).await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    findings::store(&mut tx, job, &found).await?;
+    results::recompute(&mut tx, kernel, &plan).await?;
+    sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = $1").bind(job).execute(&mut *tx).await?;
+    tx.commit().await?;
+    tracing::info!(job, findings = found.len(), "job analysed");
+    Ok(())
+}
