@@ -4,20 +4,19 @@
 //!       [--arch arm64] [--cycles 30] [--memory 256] [--delay-min 300] [--delay-max 700] \
 //!       [--accel auto] [--hugepages] [--dump DIR]
 //!
-//! Definitions (per cycle, from the CycleRecords):
-//! * wall        = the whole cycle as the executor saw it
-//! * qemu work   = hold delay + cancel→cancelled (the time the migration
-//!                 itself needs: the dirty-logging window we ask for, and
-//!                 QEMU's cancel)
-//! * overhead    = wall − qemu work: everything the executor adds on top:
-//!                 destination QEMU start-up (spawn → QMP ready, reported
-//!                 separately), migrate-incoming/migrate/setup→active
-//!                 polling, stats queries, query-status, and waiting for
-//!                 the next guest heartbeat (`guest_progress_ms`, reported
-//!                 separately; bounded by the 100 ms heartbeat period).
-//!                 Destinations are pre-started during the previous cycle's
-//!                 hold (not with hugepages), so their start-up is mostly
-//!                 hidden; it is reported separately.
+//! Definitions (per cancel cycle, from the CycleRecords):
+//!
+//! - wall: the whole cycle as the executor saw it.
+//! - qemu work: hold delay + cancel→cancelled (the dirty-logging window we
+//!   ask for, and QEMU's own cancel).
+//! - overhead: wall − qemu work, i.e. everything the executor adds on top:
+//!   migrate-incoming/migrate, setup→active polling, stats queries,
+//!   query-status, destination teardown, waiting for the next guest heartbeat
+//!   (`guest_progress_ms`, reported separately; bounded by the 100 ms
+//!   heartbeat period), and destination start-up when it was not pre-started.
+//! - Destinations are pre-started during the previous cycle's hold (with
+//!   hugepages only when 3 × guest RAM is free), so their start-up
+//!   (spawn → QMP ready, reported separately) is mostly hidden.
 //!
 //! `--dump DIR` writes each log stream to DIR/<stream>.log and the records
 //! to DIR/cycles.json.
@@ -116,12 +115,11 @@ async fn main() {
         if let Some(p) = l.find("guest ready, workload filled, after ") {
             boot_ms = l[p + 36..].split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
         }
-        if let Some(p) = l.find("QMP ready after ") {
-            if !l.contains(" vm1:") {
-                if let Some(v) = l[p + 16..].split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
-                    dest_start.push(v);
-                }
-            }
+        if let Some(p) = l.find("QMP ready after ")
+            && !l.contains(" vm1:")
+            && let Some(v) = l[p + 16..].split_whitespace().next().and_then(|v| v.parse::<f64>().ok())
+        {
+            dest_start.push(v);
         }
     }
 

@@ -138,6 +138,8 @@ struct Plan {
     boot_timeout: Duration,
     progress_timeout: Duration,
     qmp_timeout: Duration,
+    /// Start each destination during the previous cycle's hold.
+    prespawn: bool,
 }
 
 /// Runs one `migrate-cancel` job to its end. Never panics on lab problems;
@@ -237,12 +239,10 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
         plan: &plan,
         shared: shared.clone(),
         progress: progress.clone(),
-        dir: dir.clone(),
         rng: SplitMix64(params.seed),
         vm_counter: 0,
         dest_failures_in_a_row: 0,
-        // Needs a third guest's worth of RAM; not with hugepages.
-        prespawn: !params.hugepages,
+        prespawn: plan.prespawn,
         next_dest: None,
         hooks: env.fault_hooks.clone(),
         launcher: Launcher {
@@ -528,6 +528,18 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
         }
         logs.agent(format!("hugepages: {free} free 2 MiB pages, {need} needed"));
     }
+    // Pre-starting the next destination needs a third guest's worth of RAM
+    // at times; with hugepages only when that many pages are free.
+    let prespawn = if params.hugepages {
+        let per_vm = (params.memory_mib as u64).div_ceil(2);
+        let ok = probe::free_2m_hugepages() >= 3 * per_vm;
+        if !ok {
+            logs.agent("not pre-starting destinations: fewer than 3 × guest RAM in free hugepages");
+        }
+        ok
+    } else {
+        true
+    };
 
     let profile = VmProfile {
         arch,
@@ -553,6 +565,7 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
         boot_timeout,
         progress_timeout: Duration::from_secs(15),
         qmp_timeout: Duration::from_secs(10),
+        prespawn,
     })
 }
 
@@ -846,7 +859,6 @@ struct Driver<'a> {
     plan: &'a Plan,
     shared: Arc<Shared>,
     progress: Arc<Progress>,
-    dir: PathBuf,
     rng: SplitMix64,
     vm_counter: u32,
     dest_failures_in_a_row: u32,
@@ -1008,18 +1020,26 @@ impl Driver<'_> {
         rec.dirty_pages_rate = ram.get("dirty-pages-rate").and_then(Value::as_u64).filter(|r| *r > 0);
     }
 
-    async fn maybe_inject_panic(&self, n: u32, src: &Vm, rec: &mut CycleRecord) {
-        if self.params.inject_guest_panic_after == Some(n - 1) {
-            self.logs().agent(format!(
-                "fault injection: asking the guest on {} to panic (cycle {n}, after {} completed cycles)",
-                src.name,
-                n - 1
-            ));
-            match src.send_console("ARMFLEET-PANIC\n").await {
-                Ok(()) => note(&self.shared, rec, "fault injection: ARMFLEET-PANIC sent to the guest console"),
-                Err(e) => note(&self.shared, rec, format!("fault injection failed: console write: {e}")),
-            }
+    /// Fault injection (`inject_guest_panic_after = N`): in cycle N+1, while
+    /// the migration is active, the guest is told to panic (sysrq-c). The
+    /// cycle then waits for the panic, so the failure is attributed to
+    /// exactly this cycle (the job ends through the fatal-finding path).
+    async fn maybe_inject_panic(&self, n: u32, src: &Vm, rec: &mut CycleRecord) -> Result<(), Stop> {
+        if self.params.inject_guest_panic_after != Some(n - 1) {
+            return Ok(());
         }
+        self.logs().agent(format!(
+            "fault injection: asking the guest on {} to panic (cycle {n}, after {} completed cycles)",
+            src.name,
+            n - 1
+        ));
+        if let Err(e) = src.send_console("ARMFLEET-PANIC\n").await {
+            return Err(Stop::Infra(format!("fault injection: console write to {}: {e}", src.name)));
+        }
+        note(&self.shared, rec, "fault injection: ARMFLEET-PANIC sent to the guest console");
+        self.snap(rec);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Err(Stop::Infra(format!("fault injection: the guest on {} did not panic within 60 s of ARMFLEET-PANIC", src.name)))
     }
 
     async fn cancel_cycle(&mut self, n: u32, src: &mut Vm) -> Result<CycleRecord, Stop> {
@@ -1043,7 +1063,7 @@ impl Driver<'_> {
 
         let mut status = rec.state_reached.clone();
         if is_in_progress(&status) {
-            self.maybe_inject_panic(n, src, &mut rec).await;
+            self.maybe_inject_panic(n, src, &mut rec).await?;
             self.snap(&rec);
             if self.prespawn && n < self.params.cycles && self.next_dest.is_none() {
                 // The next destination starts while this migration is held
@@ -1134,7 +1154,7 @@ impl Driver<'_> {
         // Let it converge: no bandwidth cap, generous downtime.
         self.qmp(src, "migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 2000})))
             .await?;
-        self.maybe_inject_panic(n, src, &mut rec).await;
+        self.maybe_inject_panic(n, src, &mut rec).await?;
         self.qmp(src, "migrate", Some(json!({ "uri": uri }))).await?;
         let (q, _) = self
             .poll_migrate(src, Duration::from_millis(5), Duration::from_secs(20), |s| s != "setup" && s != "none")
@@ -1177,9 +1197,15 @@ impl Driver<'_> {
                 Some(exit) => format!("destination {} exited during the migration ({exit})", dst.name),
                 None => format!("migration {}; destination {} still running", rec.final_state, dst.name),
             };
-            note(&self.shared, &mut rec, why);
+            note(&self.shared, &mut rec, why.clone());
             self.dest_failures_in_a_row += 1;
             self.retire(dst, &mut rec);
+            if self.dest_failures_in_a_row >= MAX_DEST_FAILURES_IN_A_ROW {
+                return Err(Stop::Infra(format!(
+                    "{} migrations in a row failed on the destination side (last: {why})",
+                    self.dest_failures_in_a_row
+                )));
+            }
             // Restore the cycle parameters on the source we keep.
             self.set_cycle_params(&src.qmp).await.map_err(|e| Stop::Infra(e.to_string()))?;
             mark = Instant::now();

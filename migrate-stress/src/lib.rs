@@ -158,6 +158,15 @@ pub fn default_fatal_detector() -> FatalDetector {
     })
 }
 
+/// The agent spawns jobs on a multi-threaded runtime: the job future must
+/// be `Send`.
+#[allow(dead_code)]
+fn _job_future_is_send(env: &StressEnv, p: &MigrateCancelParams) {
+    fn is_send<T: Send>(_: T) {}
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    is_send(run_migrate_cancel(env, p, tx, tokio_util::sync::CancellationToken::new()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,11 +187,3 @@ mod tests {
     }
 }
 
-/// The agent spawns jobs on a multi-threaded runtime: the job future must
-/// be `Send`.
-#[allow(dead_code)]
-fn _job_future_is_send(env: &StressEnv, p: &MigrateCancelParams) {
-    fn is_send<T: Send>(_: T) {}
-    let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    is_send(run_migrate_cancel(env, p, tx, tokio_util::sync::CancellationToken::new()));
-}

@@ -31,7 +31,8 @@ impl AnalysisQueue {
 /// Runs until `shutdown`. Besides the queue it sweeps for ended jobs that
 /// were never analysed (lost or timed out by the watchdog, or left over from
 /// a crash). A failure is logged and retried at the next sweep.
-pub async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, shutdown: CancellationToken) {
+pub async fn run(state: crate::state::AppState, mut rx: mpsc::UnboundedReceiver<i64>, shutdown: CancellationToken) {
+    let pool = state.pool.clone();
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         let jobs: Vec<i64> = tokio::select! {
@@ -43,8 +44,14 @@ pub async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, shutdown: C
             },
         };
         for job in jobs {
-            if let Err(e) = analyse(&pool, job).await {
-                tracing::error!(job, "analysing job: {e:#}");
+            match analyse(&pool, job).await {
+                Ok(true) => {
+                    if let Err(e) = crate::verdicts::after_job(&state, job).await {
+                        tracing::error!(job, "deciding verdicts: {e:#}");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(job, "analysing job: {e:#}"),
             }
         }
     }
@@ -60,7 +67,8 @@ async fn unanalysed(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
     .await
 }
 
-pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<()> {
+/// Returns whether the job was analysed now (false: it already was).
+pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<bool> {
     let row = sqlx::query("SELECT kernel_id, plan FROM jobs WHERE id = $1").bind(job).fetch_one(pool).await?;
     let kernel: i64 = row.get("kernel_id");
     let plan: String = row.get("plan");
@@ -77,12 +85,12 @@ pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<()> {
     let done: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE").bind(job).fetch_one(&mut *tx).await?;
     if done.is_some() {
-        return Ok(());
+        return Ok(false);
     }
     findings::store(&mut tx, job, &found).await?;
     results::recompute(&mut tx, kernel, &plan).await?;
     sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = $1").bind(job).execute(&mut *tx).await?;
     tx.commit().await?;
     tracing::info!(job, findings = found.len(), "job analysed");
-    Ok(())
+    Ok(true)
 }

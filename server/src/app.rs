@@ -65,6 +65,7 @@ impl Server {
         let dispatcher = Dispatcher::new(pool.clone(), shared.clone(), metrics.clone());
         let (analysis, analysis_rx) = crate::analysis::AnalysisQueue::new();
         let state = AppState {
+            data_dir: Arc::new(settings.data_dir.clone()),
             analysis,
             pool,
             fleet: shared,
@@ -94,7 +95,7 @@ impl Server {
             Ok(())
         });
         if let Some(rx) = self.analysis_rx.take() {
-            tasks.spawn(crate::analysis::run(state.pool.clone(), rx, shutdown.clone()).map(Ok));
+            tasks.spawn(crate::analysis::run(state.clone(), rx, shutdown.clone()).map(Ok));
         }
         let app = crate::http::app(state.clone());
         let http_token = shutdown.clone();

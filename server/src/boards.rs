@@ -138,3 +138,17 @@ pub async fn list(pool: &PgPool) -> Result<Vec<BoardRow>, sqlx::Error> {
     .fetch_all(pool)
     .await
 }
+
+// ---- dashboard reads (appended for the web pages; read-only) ----
+
+/// One board, retired or not.
+pub async fn get(pool: &PgPool, name: &str) -> Result<Option<BoardRow>, sqlx::Error> {
+    sqlx::query_as::<_, BoardRow>(
+        "SELECT name, family, arch, labels, state, facts, executor, simulated, connected_at,
+                last_heartbeat, offline_reason
+         FROM boards WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}

@@ -74,6 +74,90 @@ pub struct Fleet {
     pub server: ServerSettings,
     pub boards: Vec<Board>,
     pub plans: Vec<Plan>,
+    pub trees: Vec<Tree>,
+}
+
+/// A watched kernel tree: pushes to its branches start runs.
+#[derive(Clone)]
+pub struct Tree {
+    pub name: String,
+    pub url: String,
+    /// Other URLs the forges may use for the same repository.
+    pub aliases: Vec<String>,
+    pub branches: Vec<String>,
+    /// Plans run on a push; empty: every plan.
+    pub plans: Vec<String>,
+    /// Shared secret for webhook signatures.
+    pub secret: Option<String>,
+    pub test_tags: bool,
+}
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Tree")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("branches", &self.branches)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Tree {
+    pub fn matches_url(&self, url: &str) -> bool {
+        let want = normalize_url(url);
+        std::iter::once(&self.url).chain(&self.aliases).any(|u| normalize_url(u) == want)
+    }
+    pub fn watches_branch(&self, branch: &str) -> bool {
+        self.branches.iter().any(|b| b == branch || b == "*")
+    }
+}
+
+/// `https://Host/a/b.git/` and `git://host/a/b` name the same repository.
+pub fn normalize_url(url: &str) -> String {
+    let u = url.trim().trim_end_matches('/');
+    let u = u.strip_suffix(".git").unwrap_or(u);
+    let u = u.split_once("://").map(|(_, rest)| rest).unwrap_or(u);
+    let u = u.split_once('@').map(|(_, rest)| rest).unwrap_or(u);
+    match u.split_once('/') {
+        Some((host, path)) => format!("{}/{}", host.to_ascii_lowercase().replace(':', "/"), path),
+        None => u.to_ascii_lowercase(),
+    }
+}
+
+/// How verdicts are decided for a plan.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerdictSettings {
+    /// Significance of the one-sided exact test.
+    pub alpha: f64,
+    /// The smallest per-cycle failure rate a `pass` must rule out.
+    pub min_detectable_rate: f64,
+    /// With what probability a bug of that rate must have shown up.
+    pub power: f64,
+    /// Cycles added per board when a verdict is inconclusive.
+    pub extension_cycles: u32,
+    /// Upper bound of board time spent on one kernel and plan, minutes.
+    pub budget_board_minutes: f64,
+    /// Most extensions for one kernel and plan.
+    pub max_extensions: u32,
+    /// Retries of a job that ended with a lab failure.
+    pub max_infra_retries: u32,
+}
+
+impl Default for VerdictSettings {
+    fn default() -> Self {
+        VerdictSettings {
+            alpha: 0.05,
+            min_detectable_rate: 0.005,
+            power: 0.95,
+            extension_cycles: 200,
+            budget_board_minutes: 120.0,
+            max_extensions: 20,
+            max_infra_retries: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +203,7 @@ pub struct Plan {
     /// boards treat as buggy, and how likely the abort is per cycle.
     pub replay_buggy_commits: Vec<String>,
     pub replay_abort_probability: f64,
+    pub verdict: VerdictSettings,
 }
 
 impl Plan {
@@ -295,7 +380,17 @@ impl Fleet {
                     raw_plan.boards, raw_plan.families, raw_plan.labels
                 )));
             }
+            let verdict = raw_plan.verdict.unwrap_or_default();
+            if !(0.0 < verdict.alpha && verdict.alpha < 0.5)
+                || !(0.0 < verdict.min_detectable_rate && verdict.min_detectable_rate < 1.0)
+                || !(0.0 < verdict.power && verdict.power < 1.0)
+            {
+                return Err(at(span, "plan.verdict", format!(
+                    "plan `{name}`: alpha must be in (0, 0.5), min_detectable_rate and power in (0, 1)"
+                )));
+            }
             plans.push(Plan {
+                verdict,
                 name,
                 boards: selected,
                 params,
@@ -307,7 +402,49 @@ impl Fleet {
         if boards.is_empty() {
             return Err(invalid("no [[board]] defined".into()));
         }
-        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans })
+        let mut trees: Vec<Tree> = Vec::new();
+        for raw_tree in raw.tree {
+            let name = raw_tree.name.get_ref().clone();
+            let span = raw_tree.name.span();
+            if trees.iter().any(|t| t.name == name) {
+                return Err(at(span, "tree.name", format!("duplicate tree `{name}`")));
+            }
+            if raw_tree.url.trim().is_empty() {
+                return Err(at(span, "tree.url", format!("tree `{name}` has an empty url")));
+            }
+            if raw_tree.branches.is_empty() {
+                return Err(at(span, "tree.branches", format!("tree `{name}` watches no branch")));
+            }
+            for p in &raw_tree.plans {
+                if !plans.iter().any(|x| &x.name == p) {
+                    return Err(at(span.clone(), "tree.plans", format!("tree `{name}` names unknown plan `{p}`")));
+                }
+            }
+            let secret = match (raw_tree.secret, raw_tree.secret_file) {
+                (Some(s), None) => Some(s),
+                (None, Some(f)) => {
+                    let file = base_dir.join(&f);
+                    let s = std::fs::read_to_string(&file).map_err(|e| {
+                        at(span.clone(), "tree.secret_file", format!("cannot read {}: {e}", file.display()))
+                    })?;
+                    Some(s.trim().to_owned())
+                }
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err(at(span, "tree.secret", "set `secret` or `secret_file`, not both".into()));
+                }
+            };
+            trees.push(Tree {
+                name,
+                url: raw_tree.url,
+                aliases: raw_tree.aliases,
+                branches: raw_tree.branches,
+                plans: raw_tree.plans,
+                secret,
+                test_tags: raw_tree.test_tags,
+            });
+        }
+        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans, trees })
     }
 }
 
@@ -351,6 +488,25 @@ struct RawFleet {
     board: Vec<RawBoard>,
     #[serde(default)]
     plan: Vec<RawPlan>,
+    #[serde(default)]
+    tree: Vec<RawTree>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTree {
+    name: Spanned<String>,
+    url: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    branches: Vec<String>,
+    #[serde(default)]
+    plans: Vec<String>,
+    secret: Option<String>,
+    secret_file: Option<String>,
+    #[serde(default)]
+    test_tags: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -392,6 +548,7 @@ struct RawPlan {
     timeout_s: Option<u64>,
     params: Option<MigrateCancelParams>,
     replay: Option<RawReplay>,
+    verdict: Option<VerdictSettings>,
 }
 
 #[derive(Deserialize, Default)]

@@ -138,6 +138,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             branch: DEMO_BRANCH.into(),
             commit: commit.into(),
             plan: None,
+            baseline: None,
         };
         let planned = runs::create(&pool, &fleet_now, &req, "demo").await?;
         println!("armfleet demo: kernel {} {label}: run #{} with {} jobs", &commit[..12], planned.run_id, planned.jobs.len());

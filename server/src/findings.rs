@@ -149,3 +149,72 @@ pub async fn signatures(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<Si
     .fetch_all(pool)
     .await
 }
+
+// ---- dashboard reads (appended for the web pages; read-only) ----
+
+/// A finding with the job it came from, for kernel and board pages.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FindingBrief {
+    pub id: i64,
+    pub job_id: i64,
+    pub board: String,
+    pub stream: String,
+    pub title: String,
+    pub class: String,
+    pub fatal: bool,
+    pub signature: String,
+    pub start_line: i32,
+    pub end_line: i32,
+}
+
+/// Findings in the jobs of one kernel, newest first.
+pub async fn for_kernel(pool: &PgPool, kernel: i64, limit: i64) -> Result<Vec<FindingBrief>, sqlx::Error> {
+    sqlx::query_as::<_, FindingBrief>(
+        "SELECT f.id, f.job_id, j.board, f.stream, f.title, f.class, f.fatal, f.signature, f.start_line, f.end_line
+         FROM jobs j JOIN findings f ON f.job_id = j.id
+         WHERE j.kernel_id = $1 ORDER BY f.id DESC LIMIT $2",
+    )
+    .bind(kernel)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// A signature with the kernels it was first and last seen on.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SignatureSummary {
+    pub signature: String,
+    pub title: String,
+    pub class: String,
+    pub count: i64,
+    pub first_job_id: i64,
+    pub last_job_id: i64,
+    pub first_seen_at: chrono::DateTime<chrono::Utc>,
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+    pub first_kernel_id: i64,
+    pub first_commit: String,
+    pub last_kernel_id: i64,
+    pub last_commit: String,
+    pub boards: Vec<String>,
+    pub board_count: i64,
+}
+
+/// Signatures, most recently seen first, one page.
+pub async fn signature_summaries(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<SignatureSummary>, sqlx::Error> {
+    sqlx::query_as::<_, SignatureSummary>(
+        "SELECT s.signature, s.title, s.class, s.count, s.first_job_id, s.last_job_id, s.first_seen_at, s.last_seen_at,
+                kf.id AS first_kernel_id, kf.commit_sha AS first_commit,
+                kl.id AS last_kernel_id, kl.commit_sha AS last_commit,
+                b.boards[1:12] AS boards, COALESCE(cardinality(b.boards), 0)::int8 AS board_count
+         FROM (SELECT * FROM signatures ORDER BY last_seen_at DESC, signature LIMIT $1 OFFSET $2) s
+         JOIN jobs jf ON jf.id = s.first_job_id JOIN kernels kf ON kf.id = jf.kernel_id
+         JOIN jobs jl ON jl.id = s.last_job_id JOIN kernels kl ON kl.id = jl.kernel_id
+         CROSS JOIN LATERAL (SELECT ARRAY(SELECT DISTINCT j.board FROM findings f JOIN jobs j ON j.id = f.job_id
+                                          WHERE f.signature = s.signature ORDER BY j.board) AS boards) b
+         ORDER BY s.last_seen_at DESC, s.signature",
+    )
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}

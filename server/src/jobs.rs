@@ -524,3 +524,161 @@ mod tests {
         assert!(!Queued.can_move_to(Passed));
     }
 }
+
+// ---- dashboard reads (appended for the web pages; read-only) ----
+
+/// A job as list pages show it: no spec, no evidence.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobBrief {
+    pub id: i64,
+    pub run_id: i64,
+    pub kernel_id: i64,
+    pub board: String,
+    pub plan: String,
+    pub state: String,
+    pub simulated: bool,
+    pub cycles_total: i32,
+    pub cycles_completed: i32,
+    pub failed_cycle: Option<i32>,
+    pub reason: Option<String>,
+    pub commit_sha: String,
+    pub branch: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The first finding's title, for failure lists (NULL elsewhere).
+    pub finding: Option<String>,
+}
+
+const JOB_BRIEF_SELECT: &str = "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated,
+        j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
+        j.created_at, j.finished_at, NULL::text AS finding
+     FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
+
+/// The jobs of several runs in one query (no query per run).
+pub async fn briefs_for_runs(pool: &PgPool, runs: &[i64]) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
+        "{JOB_BRIEF_SELECT} WHERE j.run_id = ANY($1) ORDER BY j.run_id, j.id"
+    )))
+    .bind(runs)
+    .fetch_all(pool)
+    .await
+}
+
+/// A board's jobs, newest first.
+pub async fn briefs_for_board(pool: &PgPool, board: &str, limit: i64, offset: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
+        "{JOB_BRIEF_SELECT} WHERE j.board = $1 ORDER BY j.id DESC LIMIT $2 OFFSET $3"
+    )))
+    .bind(board)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+/// A kernel's jobs, newest first.
+pub async fn briefs_for_kernel(pool: &PgPool, kernel: i64, limit: i64, offset: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
+        "{JOB_BRIEF_SELECT} WHERE j.kernel_id = $1 ORDER BY j.id DESC LIMIT $2 OFFSET $3"
+    )))
+    .bind(kernel)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+/// A board's failures (kernel failures and lab failures), newest first,
+/// each with its first finding's title.
+pub async fn failures_for_board(pool: &PgPool, board: &str, limit: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(
+        "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated,
+                j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
+                j.created_at, j.finished_at,
+                (SELECT f.title FROM findings f WHERE f.job_id = j.id ORDER BY f.stream = 'guest_console' DESC, f.ordinal LIMIT 1) AS finding
+         FROM jobs j JOIN kernels k ON k.id = j.kernel_id
+         WHERE j.board = $1 AND j.state IN ('failed', 'infra_error', 'timed_out', 'lost')
+         ORDER BY j.id DESC LIMIT $2",
+    )
+    .bind(board)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The job's spec as stored (the parameters it ran with).
+pub async fn spec(pool: &PgPool, job: i64) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT spec FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await
+}
+
+/// Cycle records with `cycle > after`, in order, at most `limit`.
+pub async fn cycles_after(pool: &PgPool, job: i64, after: i32, limit: i64) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT record FROM job_cycles WHERE job_id = $1 AND cycle > $2 ORDER BY cycle LIMIT $3")
+        .bind(job)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Number of stored cycle records and the highest cycle number.
+pub async fn cycle_extent(pool: &PgPool, job: i64) -> Result<(i64, i32), sqlx::Error> {
+    sqlx::query_as("SELECT count(*), COALESCE(max(cycle), 0) FROM job_cycles WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(pool)
+        .await
+}
+
+/// One point of the per-cycle timing plot; with `step > 1` a bucket of
+/// `step` cycles, keeping each bucket's worst (largest) timings.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct CyclePoint {
+    pub cycle: i32,
+    pub delay_ms: Option<f64>,
+    pub cancel_ms: Option<f64>,
+    pub progress_ms: Option<f64>,
+    pub wall_ms: Option<f64>,
+    pub all_alive: bool,
+}
+
+pub async fn cycle_series(pool: &PgPool, job: i64, step: i32) -> Result<Vec<CyclePoint>, sqlx::Error> {
+    sqlx::query_as::<_, CyclePoint>(
+        "SELECT min(cycle) AS cycle,
+                max((record->>'delay_ms')::float8) AS delay_ms,
+                max((record->>'cancel_to_cancelled_ms')::float8) AS cancel_ms,
+                max((record->>'guest_progress_ms')::float8) AS progress_ms,
+                max((record->>'wall_ms')::float8) AS wall_ms,
+                COALESCE(bool_and((record->>'guest_alive')::bool), true) AS all_alive
+         FROM job_cycles WHERE job_id = $1
+         GROUP BY (cycle - 1) / $2 ORDER BY 1",
+    )
+    .bind(job)
+    .bind(step.max(1))
+    .fetch_all(pool)
+    .await
+}
+
+/// What the live job page needs to notice a change.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct JobPulse {
+    pub state: String,
+    pub cycles_completed: i32,
+    pub cycles_total: i32,
+    pub failed_cycle: Option<i32>,
+    pub reason: Option<String>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn pulse(pool: &PgPool, job: i64) -> Result<Option<JobPulse>, sqlx::Error> {
+    sqlx::query_as::<_, JobPulse>(
+        "SELECT state, cycles_completed, cycles_total, failed_cycle, reason, updated_at FROM jobs WHERE id = $1",
+    )
+    .bind(job)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The kernel a job tests.
+pub async fn kernel_of(pool: &PgPool, job: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT kernel_id FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await
+}

@@ -12,10 +12,12 @@ pub mod http;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;
+pub mod mirror;
 pub mod results;
 pub mod runs;
 pub mod ssh;
 pub mod state;
+pub mod verdicts;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -61,3 +61,72 @@ pub async fn sizes(pool: &PgPool, job: i64) -> Result<Vec<(String, i64, i64)>, s
     .await?;
     Ok(rows.into_iter().map(|r| (r.get("stream"), r.get("raw"), r.get("stored"))).collect())
 }
+
+// ---- dashboard reads (appended for the web pages; read-only) ----
+
+/// The chunks of a stream without their data: (seq, raw length), in order.
+pub async fn chunk_list(pool: &PgPool, job: i64, stream: LogStream) -> Result<Vec<(i64, i32)>, sqlx::Error> {
+    sqlx::query_as("SELECT seq, raw_len FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq")
+        .bind(job)
+        .bind(stream.as_str())
+        .fetch_all(pool)
+        .await
+}
+
+fn gunzip_chunk(job: i64, data: &[u8]) -> Result<Vec<u8>, sqlx::Error> {
+    let mut out = Vec::with_capacity(data.len() * 3);
+    GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .map_err(|e| sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}")))?;
+    Ok(out)
+}
+
+/// Chunks `seq_from..=seq_to` of a stream, decompressed, in order.
+pub async fn read_chunk_range(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+    seq_from: i64,
+    seq_to: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT seq, data FROM log_chunks WHERE job_id = $1 AND stream = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq")
+        .bind(job)
+        .bind(stream.as_str())
+        .bind(seq_from)
+        .bind(seq_to)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| Ok((r.get::<i64, _>("seq"), gunzip_chunk(job, r.get::<&[u8], _>("data"))?)))
+        .collect()
+}
+
+/// Up to `limit` chunks with `seq > after`, decompressed, in order.
+pub async fn chunks_after(pool: &PgPool, job: i64, stream: LogStream, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT seq, data FROM log_chunks WHERE job_id = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT $4")
+        .bind(job)
+        .bind(stream.as_str())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| Ok((r.get::<i64, _>("seq"), gunzip_chunk(job, r.get::<&[u8], _>("data"))?)))
+        .collect()
+}
+
+/// The last `limit` chunks of a stream, decompressed, in order.
+pub async fn tail_chunks(pool: &PgPool, job: i64, stream: LogStream, limit: i64) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT seq, data FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq DESC LIMIT $3")
+        .bind(job)
+        .bind(stream.as_str())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    let mut out: Vec<(i64, Vec<u8>)> = rows
+        .into_iter()
+        .map(|r| Ok((r.get::<i64, _>("seq"), gunzip_chunk(job, r.get::<&[u8], _>("data"))?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    out.reverse();
+    Ok(out)
+}

@@ -40,6 +40,9 @@ enum Command {
         commit: String,
         #[arg(long)]
         plan: Option<String>,
+        /// Compare against this commit instead of the nearest tested ancestor.
+        #[arg(long)]
+        baseline: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
         /// API token (default: $ARMFLEET_TOKEN, then DATA_DIR/api-token).
@@ -117,7 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.run(http, ssh, shutdown).await
         }
         Command::Demo(args) => demo::run(args).await,
-        Command::Trigger { tree, branch, commit, plan, server, token, data_dir } => {
+        Command::Trigger { tree, branch, commit, plan, baseline, server, token, data_dir } => {
             let token = match token {
                 Some(t) => t,
                 None => std::fs::read_to_string(data_dir.join("api-token"))
@@ -127,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             data_dir.join("api-token").display())
                     })?,
             };
-            let req = TriggerRequest { tree, branch, commit, plan };
+            let req = TriggerRequest { tree, branch, commit, plan, baseline };
             let resp = reqwest::Client::new()
                 .post(format!("{}/api/v1/runs", server.trim_end_matches('/')))
                 .bearer_auth(token)

@@ -33,6 +33,7 @@ pub struct AppState {
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
     pub analysis: crate::analysis::AnalysisQueue,
+    pub data_dir: Arc<std::path::PathBuf>,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,

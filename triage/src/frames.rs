@@ -17,6 +17,7 @@
 //! code shows up at a random depth, so we look for an "anchor" (syscall
 //! entry, workqueue dispatch, ...) and name the frame just above it.
 
+use aho_corasick::AhoCorasick;
 use std::sync::OnceLock;
 
 /// One skip / anchor rule in the mini pattern syntax described above.
@@ -55,6 +56,34 @@ impl Rule {
 
 pub(crate) fn rules(pats: &[&'static str]) -> Vec<Rule> {
     pats.iter().map(|p| Rule::parse(p)).collect()
+}
+
+/// A compiled list of rules: all `Contains` patterns go through one
+/// Aho–Corasick pass, so checking a frame against hundreds of generic names
+/// costs one scan of the (short) frame name.
+pub(crate) struct RuleSet {
+    contains: Option<AhoCorasick>,
+    others: Vec<Rule>,
+}
+
+impl RuleSet {
+    pub(crate) fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut needles = Vec::new();
+        let mut others = Vec::new();
+        for r in rules {
+            match r {
+                Rule::Contains(s) => needles.push(s),
+                other => others.push(other),
+            }
+        }
+        let contains = (!needles.is_empty())
+            .then(|| AhoCorasick::new(&needles).expect("skip patterns build an automaton"));
+        RuleSet { contains, others }
+    }
+
+    pub(crate) fn matches(&self, frame: &str) -> bool {
+        self.contains.as_ref().is_some_and(|ac| ac.is_match(frame)) || self.others.iter().any(|r| r.matches(frame))
+    }
 }
 
 /// Frames that are never the culprit, whatever the report type.
@@ -126,15 +155,15 @@ const GENERIC_FRAMES: &[&str] = &[
     "^mark_buffer_dirty$",
 ];
 
-fn generic_rules() -> &'static [Rule] {
-    static RULES: OnceLock<Vec<Rule>> = OnceLock::new();
+fn generic_rules() -> &'static RuleSet {
+    static RULES: OnceLock<RuleSet> = OnceLock::new();
     RULES.get_or_init(|| {
         let mut r = rules(GENERIC_FRAMES);
         r.push(Rule::Custom(is_alloc_wrapper));
         r.push(Rule::Custom(is_atomic_op));
         r.push(Rule::Custom(is_crc_helper));
         r.push(Rule::Custom(is_once_nocheck));
-        r
+        RuleSet::new(r)
     })
 }
 
@@ -175,7 +204,7 @@ fn is_once_nocheck(f: &str) -> bool {
 
 /// Is this frame generic for every report type?
 pub(crate) fn is_generic(frame: &str) -> bool {
-    generic_rules().iter().any(|r| r.matches(frame))
+    generic_rules().matches(frame)
 }
 
 /// Syscall wrappers differ per architecture (`__x64_sys_`, `__arm64_sys_`,
@@ -281,6 +310,16 @@ pub(crate) fn stack_start_kinds() -> &'static [fn(&str) -> Option<usize>] {
 }
 
 fn stack_start_pos(line: &str) -> Option<usize> {
+    static KEYS: OnceLock<AhoCorasick> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        AhoCorasick::new([
+            "Call Trace", "Call trace", "Allocated", "Freed", " backtrace", "Backtrace:", "Uninit was stored",
+        ])
+        .expect("stack keywords build an automaton")
+    });
+    if !keys.is_match(line) {
+        return None;
+    }
     stack_start_kinds().iter().filter_map(|f| f(line)).min()
 }
 
@@ -369,9 +408,9 @@ const STALL_ANCHORS: &[&str] = &[
     "exit_to_usermode", "smp_call_function", "tasklet_action", "tasklet_hi_action",
 ];
 
-fn stall_anchor_rules() -> &'static [Rule] {
-    static RULES: OnceLock<Vec<Rule>> = OnceLock::new();
-    RULES.get_or_init(|| rules(STALL_ANCHORS))
+fn stall_anchor_rules() -> &'static RuleSet {
+    static RULES: OnceLock<RuleSet> = OnceLock::new();
+    RULES.get_or_init(|| RuleSet::new(rules(STALL_ANCHORS)))
 }
 
 /// Pick the culprit among `frames` (already filtered and prefix-stripped).
@@ -385,7 +424,7 @@ pub(crate) fn pick(frames: &[&str], how: Pick) -> Option<(String, usize)> {
         Pick::Stall => {
             let (mut prev, mut prev_idx) = (frames[0], 0);
             for (i, f) in frames.iter().enumerate() {
-                if stall_anchor_rules().iter().any(|r| r.matches(f)) {
+                if stall_anchor_rules().matches(f) {
                     if f.contains("smp_call_function") {
                         return Some(("smp_call_function".to_string(), i));
                     }

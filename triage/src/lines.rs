@@ -12,6 +12,8 @@
 //! Everything here works on one line at a time and never allocates for the
 //! common clean-ASCII case beyond the returned `String`.
 
+use std::borrow::Cow;
+
 /// Where a line came from, as far as its printk prefix tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Context {
@@ -69,6 +71,21 @@ pub(crate) fn parse_line(raw: &[u8]) -> Line {
         }
     }
     Line { context, text, questionable }
+}
+
+/// Just the message of a raw line (prefix removed), borrowing when the line
+/// is already clean UTF-8 — the cheap path for checking candidate lines.
+pub(crate) fn message(raw: &[u8]) -> Cow<'_, str> {
+    let clean_ascii = raw.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t');
+    if clean_ascii {
+        // Safe: all bytes are ASCII.
+        let s = std::str::from_utf8(raw).unwrap_or_default();
+        return Cow::Borrowed(match split_prefix(s) {
+            (_, Some(start)) => &s[start..],
+            _ => s,
+        });
+    }
+    Cow::Owned(parse_line(raw).text)
 }
 
 /// Remove CR, NUL, ANSI escape sequences and other control characters, and

@@ -19,11 +19,11 @@ use crate::lines::{self, Context, Line};
 use crate::signature::{clean_title, signature_of};
 use crate::titles::{self, Described};
 use crate::{Finding, FindingClass, Source};
-use aho_corasick::{AhoCorasick, Input, MatchKind};
+use aho_corasick::{AhoCorasick, Input};
 use std::sync::OnceLock;
 
 /// At most this many raw lines are read after a report's first line.
-const WINDOW_LINES: usize = 1000;
+const WINDOW_LINES: usize = 500;
 /// ... and at most this many bytes.
 const WINDOW_BYTES: usize = 256 * 1024;
 /// A log with more reports than this is a disaster already; stop titling.
@@ -33,13 +33,7 @@ pub(crate) const MAX_FINDINGS: usize = 512;
 const MIN_LINES_BEFORE_PANIC_STRIP: usize = 22;
 
 fn prefilter() -> &'static AhoCorasick {
-    static AC: OnceLock<AhoCorasick> = OnceLock::new();
-    AC.get_or_init(|| {
-        AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostFirst)
-            .build(titles::headers())
-            .expect("header literals build an automaton")
-    })
+    titles::header_automaton()
 }
 
 /// A line that starts a report.
@@ -72,13 +66,40 @@ fn line_end(hay: &[u8], pos: usize) -> usize {
     memchr::memchr(b'\n', &hay[pos..]).map_or(hay.len(), |i| pos + i)
 }
 
-/// The family a raw line starts, if it starts a report.
-fn line_family(raw: &[u8]) -> Option<usize> {
-    if !prefilter().is_match(raw) {
-        return None;
+/// Keywords that change how a window line is handled; one automaton pass
+/// per line tells which of them occur.
+const WINDOW_KEYS: &[&str] = &[
+    "Kernel panic - not syncing",
+    "WARNING: possible circular locking dependency detected",
+    "Disabling lock debugging due to kernel taint",
+    "Sending NMI from CPU",
+    REPLAY_MARKER,
+    "vmalloc: allocation failure:",
+    "FAULT_INJECTION: forcing a failure",
+    "FAULT_FLAG_ALLOW_RETRY missing",
+    // Anything that may carry an ESR value.
+    "ESR",
+    "esr",
+    "Internal error:",
+    "SError",
+    "Unhandled fault:",
+];
+const K_PANIC: u32 = 1 << 0;
+const K_CIRCULAR: u32 = 1 << 1;
+const K_DISABLING: u32 = 1 << 2;
+const K_NMI: u32 = 1 << 3;
+const K_REPLAY: u32 = 1 << 4;
+const K_INFO_STACK: u32 = (1 << 5) | (1 << 6) | (1 << 7);
+const K_ESR: u32 = !0 << 8;
+
+fn window_keys(text: &str) -> u32 {
+    static AC: OnceLock<AhoCorasick> = OnceLock::new();
+    let ac = AC.get_or_init(|| AhoCorasick::new(WINDOW_KEYS).expect("window keywords build an automaton"));
+    let mut k = 0;
+    for m in ac.find_overlapping_iter(text) {
+        k |= 1 << m.pattern().as_usize();
     }
-    let line = lines::parse_line(raw);
-    titles::match_family(&line.text)
+    k
 }
 
 /// Next report start at or after `from` (which is a line start).
@@ -88,8 +109,8 @@ fn next_start(hay: &[u8], mut from: usize) -> Option<Start> {
         let m = ac.find(Input::new(hay).span(from..hay.len()))?;
         let ls = memchr::memrchr(b'\n', &hay[..m.start()]).map_or(0, |i| i + 1);
         let le = line_end(hay, m.start());
-        let line = lines::parse_line(&hay[ls..le]);
-        if let Some(family) = titles::match_family(&line.text) {
+        let text = lines::message(&hay[ls..le]);
+        if let Some(family) = titles::match_family(&text) {
             if !followed_by_replay(hay, le) {
                 return Some(Start { pos: ls, family });
             }
@@ -146,7 +167,8 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
         pos = le + 1;
         w.end = pos.min(hay.len());
         let line = lines::parse_line(raw);
-        if line.text.contains(REPLAY_MARKER) {
+        let keys = window_keys(&line.text);
+        if keys & K_REPLAY != 0 {
             // The console was taken over mid-line; the previous (truncated)
             // line is printed again in full next.
             if let Some(len) = last_pushed_len.take() {
@@ -156,12 +178,12 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
         }
         last_pushed_len = None;
 
-        if line_family(raw).is_some() {
+        if titles::match_family(&line.text).is_some() {
             if titles::is_continuation(&line.text) {
                 // Part of this report (e.g. the panic after a BUG, or QEMU's
                 // "kvm run failed" after the host's KVM error).
                 w.last_pos = w.last_pos.max(line_pos);
-                w.panicked |= line.text.contains("Kernel panic - not syncing");
+                w.panicked |= keys & K_PANIC != 0;
             } else if !ctx.is_tagged() {
                 w.next = Some(line_pos);
                 w.end = line_pos;
@@ -174,7 +196,7 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
                 // starts here.
                 w.next = Some(line_pos);
             }
-        } else if !ctx.is_tagged() && titles::is_info_with_stack(&line.text) {
+        } else if !ctx.is_tagged() && keys & K_INFO_STACK != 0 {
             w.end = line_pos;
             break;
         }
@@ -183,24 +205,19 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
             continue;
         }
         text_lines += 1;
-        if line.text.contains("Disabling lock debugging due to kernel taint") {
+        if keys & K_DISABLING != 0 {
             continue;
         }
-        if line.text.contains("Sending NMI from CPU") {
+        if keys & K_NMI != 0 {
             cpu_traceback = true;
-        } else if text_lines > min_lines
-            && (line.text.contains("Kernel panic - not syncing")
-                || line.text.contains("WARNING: possible circular locking dependency detected"))
-        {
+        } else if text_lines > min_lines && keys & (K_PANIC | K_CIRCULAR) != 0 {
             skip_rest = true;
         }
-        if line.text.contains("Kernel panic - not syncing") {
-            w.panicked = true;
-        }
+        w.panicked |= keys & K_PANIC != 0;
         if skip_rest {
             continue;
         }
-        if w.esr.is_none() {
+        if w.esr.is_none() && keys & K_ESR != 0 {
             w.esr = esr::find_esr_in_line(&line.text);
         }
         last_pushed_len = Some(w.text.len());

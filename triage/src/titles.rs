@@ -23,7 +23,8 @@
 //! Regexes here only run on a bounded report window, never on the whole log.
 
 use crate::esr;
-use crate::frames::{self, Pick, Rule};
+use crate::frames::{self, Pick, RuleSet};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -41,7 +42,7 @@ pub(crate) struct StackSpec {
     /// Tried when `steps` yields no usable frame.
     pub fallback: Vec<Step>,
     /// Extra frames to skip for this format (on top of the generic list).
-    pub skip: Vec<Rule>,
+    pub skip: RuleSet,
     pub pick: Pick,
 }
 
@@ -61,10 +62,10 @@ pub(crate) struct Format {
 pub(crate) struct Family {
     /// Literal that must occur in the line that starts the report.
     pub header: &'static str,
-    /// Lines containing the header but matching one of these are not reports.
-    pub suppress: Vec<Regex>,
-    /// If non-empty, the line must also contain one of these to count.
-    pub require: &'static [&'static str],
+    /// Lines containing the header but matching this are not reports.
+    pub suppress: Option<Regex>,
+    /// If set, the line must also contain one of these literals to count.
+    pub require: Option<AhoCorasick>,
     pub formats: Vec<Format>,
 }
 
@@ -120,7 +121,7 @@ impl Format {
     }
     fn stack(mut self, s: &[S], skip: &[&'static str]) -> Self {
         self.stack =
-            Some(StackSpec { steps: steps(s), fallback: Vec::new(), skip: frames::rules(skip), pick: Pick::First });
+            Some(StackSpec { steps: steps(s), fallback: Vec::new(), skip: RuleSet::new(frames::rules(skip)), pick: Pick::First });
         self
     }
     fn fallback(mut self, s: &[S]) -> Self {
@@ -170,7 +171,12 @@ const SERROR_SKIP: &[&str] = &[
 ];
 
 fn fam(header: &'static str, suppress: &[&str], formats: Vec<Format>) -> Family {
-    Family { header, suppress: suppress.iter().map(|p| re(p)).collect(), require: &[], formats }
+    // All suppressions of a family are tried as one alternation.
+    let suppress = (!suppress.is_empty()).then(|| {
+        let alt: Vec<String> = suppress.iter().map(|p| format!("(?:{p})")).collect();
+        re(&alt.join("|"))
+    });
+    Family { header, suppress, require: None, formats }
 }
 
 /// All families, in matching order.
@@ -602,11 +608,16 @@ fn build_families() -> Vec<Family> {
         ),
         Family {
             header: "kvm [",
-            suppress: Vec::new(),
-            require: &[
-                "nsupported", "not implemented", "nexpected", "rror", "failed", "nvalid", "nhandled", "bad ",
-                "Bad ", "BUG", "illegal", "Illegal",
-            ],
+            suppress: None,
+            // Host KVM prints plenty of informational lines (`kvm [1]: IPA Size
+            // Limit: 48 bits`); only error-looking ones are findings.
+            require: Some(
+                AhoCorasick::new([
+                    "nsupported", "not implemented", "nexpected", "rror", "failed", "nvalid", "nhandled", "bad ",
+                    "Bad ", "BUG", "illegal", "Illegal",
+                ])
+                .expect("literals build an automaton"),
+            ),
             formats: vec![f(r"kvm \[[0-9]+\]: (.*)", "").build(kvm_host_message).no_stack()],
         },
         fam(
@@ -646,38 +657,53 @@ fn kvm_host_message(args: &[String]) -> String {
 
 /// Lines of this kind sit inside another report and do not start a new one.
 pub(crate) fn is_continuation(line: &str) -> bool {
-    const CONT: &[&str] = &[
-        "invalid opcode: 0000",
-        "Kernel panic - not syncing",
-        "unregister_netdevice: waiting for",
-        "PANIC: double fault",
-        "Internal error:",
-        // QEMU's view of a host-side KVM failure.
-        "kvm run failed",
-        "KVM internal error",
-    ];
-    CONT.iter().any(|c| line.contains(c))
+    static AC: OnceLock<AhoCorasick> = OnceLock::new();
+    AC.get_or_init(|| {
+        AhoCorasick::new([
+            "invalid opcode: 0000",
+            "Kernel panic - not syncing",
+            "unregister_netdevice: waiting for",
+            "PANIC: double fault",
+            "Internal error:",
+            // QEMU's view of a host-side KVM failure.
+            "kvm run failed",
+            "KVM internal error",
+        ])
+        .expect("literals build an automaton")
+    })
+    .is_match(line)
 }
 
-/// Informational messages with stack traces: they end a console report.
-pub(crate) fn is_info_with_stack(line: &str) -> bool {
-    ["vmalloc: allocation failure:", "FAULT_INJECTION: forcing a failure", "FAULT_FLAG_ALLOW_RETRY missing"]
-        .iter()
-        .any(|p| line.contains(p))
+/// One automaton over every family header: it scans whole logs (leftmost-
+/// first semantics and a DFA let its SIMD prefilter skip benign text) and
+/// tells which headers a candidate line contains.
+pub(crate) fn header_automaton() -> &'static AhoCorasick {
+    static AC: OnceLock<AhoCorasick> = OnceLock::new();
+    AC.get_or_init(|| {
+        AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(families().iter().map(|f| f.header))
+            .expect("header literals build an automaton")
+    })
 }
 
 /// Which family (index) does this line start, if any?
 pub(crate) fn match_family(line: &str) -> Option<usize> {
-    families().iter().position(|fam| {
-        line.contains(fam.header)
-            && (fam.require.is_empty() || fam.require.iter().any(|r| line.contains(r)))
-            && !fam.suppress.iter().any(|s| s.is_match(line))
+    // Headers do not overlap each other in practice, so non-overlapping
+    // matches are enough to know which ones a line contains.
+    let mut present: u64 = 0;
+    for m in header_automaton().find_iter(line) {
+        present |= 1u64 << (m.pattern().as_usize() & 63);
+    }
+    if present == 0 {
+        return None;
+    }
+    families().iter().enumerate().position(|(i, fam)| {
+        present & (1u64 << (i & 63)) != 0
+            && fam.require.as_ref().is_none_or(|r| r.is_match(line))
+            && !fam.suppress.as_ref().is_some_and(|s| s.is_match(line))
     })
-}
-
-/// All header literals, for the whole-log prefilter.
-pub(crate) fn headers() -> Vec<&'static str> {
-    families().iter().map(|f| f.header).collect()
 }
 
 /// Result of titling one report.
@@ -767,7 +793,7 @@ fn fill(template: &str, args: &[String]) -> String {
 
 /// Run a stack spec; fall back to its alternative steps if needed.
 fn extract_frames(stack: &StackSpec, text: &str) -> (Vec<String>, bool) {
-    let skip = |frame: &str| frames::is_generic(frame) || stack.skip.iter().any(|r| r.matches(frame));
+    let skip = |frame: &str| frames::is_generic(frame) || stack.skip.matches(frame);
     let (found, ok) = run_steps(&stack.steps, text, &skip, stack.pick);
     if ok || stack.fallback.is_empty() {
         return (found, ok);
@@ -918,7 +944,8 @@ mod tests {
 
     #[test]
     fn table_compiles() {
-        assert!(families().len() > 20);
+        // Header presence is tracked in a u64 bitmask.
+        assert!(families().len() > 20 && families().len() <= 64);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use crate::jobs::{self, JobState};
 use crate::runs::{self, TriggerRequest};
 use crate::state::AppState;
-use crate::{boards, findings, logs};
+use crate::{boards, findings, logs, results, verdicts};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -25,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/findings", get(job_findings))
         .route("/signatures", get(list_signatures))
+        .route("/kernels/{commit}", get(get_kernel))
+        .route("/regressions", get(list_regressions))
 }
 
 /// Proof that the request carried the API token.
@@ -204,4 +206,53 @@ async fn list_signatures(State(state): State<AppState>, Query(q): Query<PageQuer
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0).max(0);
     Ok(Json(serde_json::json!({ "signatures": findings::signatures(&state.pool, limit, offset).await? })))
+}
+
+/// Everything known of a kernel (every tree/branch it was tested on).
+async fn get_kernel(State(state): State<AppState>, Path(commit): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!("`{commit}` is not a commit id (4 to 64 hex digits)")));
+    }
+    let kernels = runs::kernels_by_commit(&state.pool, &commit.to_ascii_lowercase()).await?;
+    if kernels.is_empty() {
+        return Err(ApiError::NotFound(format!("kernel {commit}")));
+    }
+    let mut out = Vec::new();
+    for k in kernels {
+        let results = results::for_kernel(&state.pool, k.id).await?;
+        let verdicts = verdicts::for_kernel(&state.pool, k.id).await?;
+        let runs = runs::for_kernel(&state.pool, k.id).await?;
+        let mut v = serde_json::to_value(&k).map_err(|e| ApiError::Internal(e.to_string()))?;
+        v["results"] = serde_json::to_value(results).unwrap_or_default();
+        v["verdicts"] = serde_json::to_value(verdicts).unwrap_or_default();
+        v["runs"] = serde_json::to_value(runs).unwrap_or_default();
+        out.push(v);
+    }
+    Ok(Json(serde_json::json!({ "kernels": out })))
+}
+
+#[derive(Deserialize)]
+struct RegressionQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_regressions(State(state): State<AppState>, Query(q): Query<RegressionQuery>) -> Result<impl IntoResponse, ApiError> {
+    if let Some(s) = &q.state {
+        if !["open", "confirmed", "bisected", "fixed"].contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!("unknown regression state `{s}` (open, confirmed, bisected, fixed)")));
+        }
+    }
+    let rows = verdicts::regressions(&state.pool, q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let events = verdicts::regression_events(&state.pool, &ids).await?;
+    let out: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["events"] = serde_json::to_value(events.iter().filter(|e| e.regression_id == r.id).collect::<Vec<_>>()).unwrap_or_default();
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "regressions": out })))
 }

@@ -113,6 +113,11 @@ pub fn fleet_toml(boards: &[(&str, &str, &str)], plan_extra: &str) -> String {
     s.push_str(&format!(
         "[[plan]]\nname = \"smoke\"\ntype = \"migrate-cancel\"\nlabels = [\"kvm\"]\ntimeout_s = 600\n{plan_extra}\n"
     ));
+    // Unless a test is about them, no automatic extra cycles or retries: the
+    // test decides every job that runs.
+    if !plan_extra.contains("[plan.verdict]") {
+        s.push_str("[plan.verdict]\nmax_extensions = 0\nmax_infra_retries = 0\n");
+    }
     s
 }
 

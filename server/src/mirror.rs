@@ -1,0 +1,100 @@
+//! Bare mirrors of the watched kernel trees, kept in the data dir and
+//! fetched on every push, so the server knows parents and ancestry.
+//!
+//! git runs as a child process with an argument vector (never a shell), a
+//! timeout, and no terminal prompts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("git {args}: {message}")]
+    Git { args: String, message: String },
+    #[error("git {0} timed out")]
+    Timeout(String),
+    #[error("running git: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub path: PathBuf,
+    pub url: String,
+}
+
+/// What git knows of one commit.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    pub parent: Option<String>,
+    pub subject: String,
+    pub author: String,
+    pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Mirror {
+    pub fn for_url(data_dir: &Path, url: &str) -> Mirror {
+        let key = hex::encode(&Sha256::digest(crate::config::normalize_url(url).as_bytes())[..8]);
+        Mirror { path: data_dir.join("mirrors").join(format!("{key}.git")), url: url.to_owned() }
+    }
+
+    /// Clones on first use, fetches afterwards.
+    pub async fn fetch(&self) -> Result<(), MirrorError> {
+        if self.path.join("HEAD").exists() {
+            git(Some(&self.path), &["fetch", "--prune", "--quiet", "origin", "+refs/*:refs/*"], Duration::from_secs(600)).await?;
+        } else {
+            if let Some(parent) = self.path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let dest = self.path.to_string_lossy().to_string();
+            git(None, &["clone", "--mirror", "--quiet", &self.url, &dest], Duration::from_secs(1800)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn commit_info(&self, commit: &str) -> Result<CommitInfo, MirrorError> {
+        let out = git(Some(&self.path), &["log", "-1", "--format=%P%x00%s%x00%an <%ae>%x00%cI", commit, "--"], Duration::from_secs(30)).await?;
+        let mut parts = out.trim_end().split('\0');
+        let parents = parts.next().unwrap_or_default();
+        Ok(CommitInfo {
+            parent: parents.split_whitespace().next().map(str::to_owned),
+            subject: parts.next().unwrap_or_default().to_owned(),
+            author: parts.next().unwrap_or_default().to_owned(),
+            committed_at: parts.next().and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok()).map(|d| d.to_utc()),
+        })
+    }
+
+    /// First-parent ancestors of `commit`, nearest first (excluding itself).
+    pub async fn first_parent_ancestors(&self, commit: &str, limit: usize) -> Result<Vec<String>, MirrorError> {
+        let max = format!("--max-count={}", limit + 1);
+        let out = git(Some(&self.path), &["rev-list", "--first-parent", &max, commit, "--"], Duration::from_secs(60)).await?;
+        Ok(out.lines().skip(1).map(str::to_owned).collect())
+    }
+}
+
+async fn git(dir: Option<&Path>, args: &[&str], timeout: Duration) -> Result<String, MirrorError> {
+    let mut cmd = Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "/bin/true")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let shown = args.first().copied().unwrap_or("").to_owned();
+    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+        Ok(r) => r?,
+        Err(_) => return Err(MirrorError::Timeout(shown)),
+    };
+    if !out.status.success() {
+        return Err(MirrorError::Git {
+            args: shown,
+            message: String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("failed").to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

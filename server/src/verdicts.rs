@@ -1,0 +1,584 @@
+//! Per-kernel verdicts against a baseline, the sequential testing that
+//! settles inconclusive ones, and the life of a regression.
+//!
+//! After every job is analysed, [`after_job`] (1) retries jobs that ended
+//! with a lab failure, (2) once no job of the kernel and plan is pending,
+//! decides one verdict per board family with `armfleet-stats` against the
+//! baseline, (3) schedules more cycles while the verdict is inconclusive and
+//! the plan's budget allows, and (4) opens, confirms or fixes regressions.
+//!
+//! Architecture invariant: verdicts are computed only from `kernel_results`,
+//! whose failed cycles are kernel failures only; lab failures (infra_error,
+//! lost, timed_out) never decide a verdict.
+
+use armfleet_stats::{Evidence, Verdict, VerdictConfig, VerdictReport};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use crate::config::{Fleet, Plan};
+use crate::mirror::Mirror;
+use crate::results::{self, KernelResult};
+use crate::runs::{self, Extension, KernelInput};
+use crate::state::AppState;
+
+/// Called by the analysis worker for every analysed job.
+pub async fn after_job(state: &AppState, job: i64) -> anyhow::Result<()> {
+    let pool = &state.pool;
+    let fleet = state.fleet.current();
+    let row = sqlx::query("SELECT kernel_id, plan, state FROM jobs WHERE id = $1").bind(job).fetch_one(pool).await?;
+    let kernel: i64 = row.get("kernel_id");
+    let plan_name: String = row.get("plan");
+    let job_state: String = row.get("state");
+    let Some(plan) = fleet.plan(&plan_name) else { return Ok(()) };
+
+    if ["infra_error", "lost", "timed_out"].contains(&job_state.as_str()) {
+        if let Some((retry, board)) = runs::retry_infra_failure(pool, job, plan.verdict.max_infra_retries).await? {
+            tracing::warn!(job, retry, board, "lab failure: job queued again");
+            state.dispatcher.kick(&board).await;
+            return Ok(());
+        }
+    }
+    decide(state, &fleet, kernel, plan).await?;
+    // Kernels judged against this one may have waited for its cycles.
+    let dependents: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT kernel_id FROM verdicts WHERE baseline_kernel_id = $1 AND plan = $2 AND kernel_id <> $1",
+    )
+    .bind(kernel)
+    .bind(&plan_name)
+    .fetch_all(pool)
+    .await?;
+    for k in dependents {
+        decide(state, &fleet, k, plan).await?;
+    }
+    Ok(())
+}
+
+async fn pending_jobs(pool: &PgPool, kernel: i64, plan: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kernel_id = $1 AND plan = $2 AND state IN ('queued', 'assigned', 'running')",
+    )
+    .bind(kernel)
+    .bind(plan)
+    .fetch_one(pool)
+    .await
+}
+
+struct KernelRow {
+    id: i64,
+    tree: String,
+    branch: String,
+    commit: String,
+}
+
+async fn kernel_row(pool: &PgPool, id: i64) -> Result<KernelRow, sqlx::Error> {
+    let r = sqlx::query("SELECT id, tree, branch, commit_sha FROM kernels WHERE id = $1").bind(id).fetch_one(pool).await?;
+    Ok(KernelRow { id: r.get("id"), tree: r.get("tree"), branch: r.get("branch"), commit: r.get("commit_sha") })
+}
+
+/// The kernel to compare against, and why that one.
+pub async fn choose_baseline(
+    pool: &PgPool,
+    data_dir: &std::path::Path,
+    kernel: i64,
+    plan: &str,
+) -> anyhow::Result<(Option<i64>, String)> {
+    let k = kernel_row(pool, kernel).await?;
+    if let Some(named) = sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT baseline_kernel_id FROM runs WHERE kernel_id = $1 AND baseline_kernel_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+    )
+    .bind(kernel)
+    .fetch_optional(pool)
+    .await?
+    .flatten()
+    {
+        return Ok((Some(named), "named in the trigger".into()));
+    }
+    let tested_on_branch = |commit: String| {
+        let (tree, branch, plan) = (k.tree.clone(), k.branch.clone(), plan.to_owned());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT k.id FROM kernels k WHERE k.tree = $1 AND k.branch = $2 AND k.commit_sha = $3
+                   AND EXISTS (SELECT 1 FROM kernel_results r WHERE r.kernel_id = k.id AND r.plan = $4)",
+            )
+            .bind(tree)
+            .bind(branch)
+            .bind(commit)
+            .bind(plan)
+            .fetch_optional(pool)
+            .await
+        }
+    };
+    let mirror = Mirror::for_url(data_dir, &k.tree);
+    if mirror.path.join("HEAD").exists() {
+        match mirror.first_parent_ancestors(&k.commit, 1000).await {
+            Ok(ancestors) => {
+                for (depth, a) in ancestors.into_iter().enumerate() {
+                    if let Some(id) = tested_on_branch(a).await? {
+                        return Ok((Some(id), format!(
+                            "nearest tested first-parent ancestor on {} ({} commit{} back)",
+                            k.branch, depth + 1, if depth == 0 { "" } else { "s" }
+                        )));
+                    }
+                }
+                return Ok((None, format!("no tested ancestor on {}: judged on its own cycles", k.branch)));
+            }
+            Err(e) => tracing::warn!(kernel, "mirror lookup failed, falling back: {e}"),
+        }
+    }
+    let earlier: Option<i64> = sqlx::query_scalar(
+        "SELECT k.id FROM kernels k WHERE k.tree = $1 AND k.branch = $2 AND k.id < $3
+           AND EXISTS (SELECT 1 FROM kernel_results r WHERE r.kernel_id = k.id AND r.plan = $4)
+         ORDER BY k.id DESC LIMIT 1",
+    )
+    .bind(&k.tree)
+    .bind(&k.branch)
+    .bind(kernel)
+    .bind(plan)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match earlier {
+        Some(id) => (Some(id), format!("no mirror of the tree: the latest earlier tested kernel on {}", k.branch)),
+        None => (None, format!("no earlier tested kernel on {}: judged on its own cycles", k.branch)),
+    })
+}
+
+fn verdict_config(plan: &Plan) -> VerdictConfig {
+    VerdictConfig {
+        alpha: plan.verdict.alpha,
+        min_detectable_rate: plan.verdict.min_detectable_rate,
+        power: plan.verdict.power,
+        ..VerdictConfig::default()
+    }
+}
+
+/// Decides (or re-decides) the verdicts of `kernel` for `plan`.
+pub async fn decide(state: &AppState, fleet: &Fleet, kernel: i64, plan: &Plan) -> anyhow::Result<()> {
+    let pool = &state.pool;
+    if pending_jobs(pool, kernel, &plan.name).await? > 0 {
+        return Ok(());
+    }
+    let (baseline, baseline_reason) = choose_baseline(pool, &state.data_dir, kernel, &plan.name).await?;
+    if let Some(b) = baseline {
+        if pending_jobs(pool, b, &plan.name).await? > 0 {
+            // The baseline is gathering cycles; its end re-decides us.
+            upsert_waiting(pool, kernel, plan, b, &baseline_reason).await?;
+            return Ok(());
+        }
+    }
+    let cfg = verdict_config(plan);
+    let candidate_rows = results::for_kernel(pool, kernel).await?;
+    let baseline_rows = match baseline {
+        Some(b) => results::for_kernel(pool, b).await?,
+        None => Vec::new(),
+    };
+    let k = kernel_row(pool, kernel).await?;
+    for cand in candidate_rows.iter().filter(|r| r.plan == plan.name) {
+        let base = baseline_rows.iter().find(|r| r.family == cand.family && r.plan == plan.name);
+        let base_ev = base.map(|b| Evidence::new(b.failed_cycles as u64, b.cycles_run as u64)).unwrap_or_default();
+        let cand_ev = Evidence::new(cand.failed_cycles as u64, cand.cycles_run as u64);
+        let report = armfleet_stats::verdict(base_ev, cand_ev, &cfg);
+        let family_boards: Vec<String> = fleet
+            .boards
+            .iter()
+            .filter(|b| b.family.as_str() == cand.family && plan.boards.contains(&b.name))
+            .map(|b| b.name.clone())
+            .collect();
+        let mut verdict = report.verdict;
+        let mut explanation = report.explanation.clone();
+        let mut extend_on = family_boards.clone();
+        let failing = failing_boards(pool, kernel, &plan.name, &cand.family).await?;
+        if verdict == Verdict::Regression && family_boards.len() >= 2 && failing.len() < 2 {
+            // One board failing alone: the kernel, or that board?
+            let clean = clean_cycles_on_siblings(pool, kernel, &plan.name, &cand.family, &failing).await?;
+            if clean >= cfg.required_clean_cycles() as i64 {
+                store(pool, kernel, cand, plan, baseline, &baseline_reason, "board-suspect", &report, base_ev, &format!(
+                    "only {} failed; its siblings ran {clean} clean cycles: a board suspect, not a kernel regression",
+                    failing.join(", ")
+                ))
+                .await?;
+                continue;
+            }
+            verdict = Verdict::Inconclusive;
+            explanation = format!(
+                "{explanation} Seen on {} only: confirming on another {} board before calling it a regression.",
+                failing.join(", "),
+                cand.family
+            );
+            extend_on.retain(|b| !failing.contains(b));
+        }
+        let previous = previous_extensions(pool, kernel, &cand.family, &plan.name).await?;
+        if verdict == Verdict::Inconclusive {
+            let budget_left = cand.board_seconds / 60.0 < plan.verdict.budget_board_minutes;
+            if previous < plan.verdict.max_extensions as i32 && budget_left && !extend_on.is_empty() {
+                let per_board = extension_cycles(&report, cand_ev, plan, extend_on.len());
+                extend(state, &k, kernel, plan, &extend_on, per_board).await?;
+                // The baseline needs cycles too, or no difference can be significant.
+                if let Some(b) = baseline {
+                    if base_ev.total_cycles < cand_ev.total_cycles + per_board as u64 * extend_on.len() as u64 {
+                        let bk = kernel_row(pool, b).await?;
+                        extend(state, &bk, b, plan, &extend_on, per_board).await?;
+                    }
+                }
+                explanation = format!(
+                    "{explanation} Scheduled {per_board} more cycles on {} board(s) (extension {} of at most {}).",
+                    extend_on.len(),
+                    previous + 1,
+                    plan.verdict.max_extensions
+                );
+                store(pool, kernel, cand, plan, baseline, &baseline_reason, "inconclusive", &report, base_ev, &explanation).await?;
+                bump_extensions(pool, kernel, &cand.family, &plan.name).await?;
+                continue;
+            }
+            explanation = format!(
+                "{explanation} The plan's budget is spent ({:.1} board-minutes, {previous} extensions): left inconclusive.",
+                cand.board_seconds / 60.0
+            );
+        }
+        store(pool, kernel, cand, plan, baseline, &baseline_reason, verdict.as_str(), &report, base_ev, &explanation).await?;
+        regression_lifecycle(pool, &k, cand, plan, baseline, verdict, &report, failing.len(), family_boards.len()).await?;
+    }
+    Ok(())
+}
+
+fn extension_cycles(report: &VerdictReport, cand: Evidence, plan: &Plan, boards: usize) -> u32 {
+    let batch = plan.verdict.extension_cycles.max(1) as u64;
+    let wanted = armfleet_stats::extra_cycles(report, cand, batch * boards as u64, u64::MAX / 2).max(batch);
+    (wanted.div_ceil(boards.max(1) as u64)).clamp(1, 100_000) as u32
+}
+
+async fn extend(state: &AppState, k: &KernelRow, kernel: i64, plan: &Plan, boards: &[String], cycles: u32) -> anyhow::Result<()> {
+    let pool = &state.pool;
+    let last_run: i64 = sqlx::query_scalar("SELECT max(id) FROM runs WHERE kernel_id = $1").bind(kernel).fetch_one(pool).await?;
+    let input = KernelInput { tree: k.tree.clone(), branch: k.branch.clone(), commit: k.commit.clone(), ..Default::default() };
+    let mut tx = pool.begin().await?;
+    let planned = runs::plan_run(
+        &mut tx,
+        kernel,
+        &input,
+        &[plan],
+        "verdict-extension",
+        Some(&plan.name),
+        None,
+        Some(Extension { boards, cycles, extends_run: last_run }),
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(kernel, run = planned.run_id, cycles, ?boards, "inconclusive: more cycles scheduled");
+    for b in &planned.boards {
+        state.dispatcher.kick(b).await;
+    }
+    Ok(())
+}
+
+async fn failing_boards(pool: &PgPool, kernel: i64, plan: &str, family: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT j.board FROM jobs j JOIN boards b ON b.name = j.board
+         WHERE j.kernel_id = $1 AND j.plan = $2 AND b.family = $3 AND j.state = 'failed' ORDER BY j.board",
+    )
+    .bind(kernel)
+    .bind(plan)
+    .bind(family)
+    .fetch_all(pool)
+    .await
+}
+
+async fn clean_cycles_on_siblings(pool: &PgPool, kernel: i64, plan: &str, family: &str, failing: &[String]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(j.cycles_completed), 0)::int8 FROM jobs j JOIN boards b ON b.name = j.board
+         WHERE j.kernel_id = $1 AND j.plan = $2 AND b.family = $3 AND NOT (j.board = ANY($4))
+           AND j.state = 'passed'",
+    )
+    .bind(kernel)
+    .bind(plan)
+    .bind(family)
+    .bind(failing)
+    .fetch_one(pool)
+    .await
+}
+
+async fn previous_extensions(pool: &PgPool, kernel: i64, family: &str, plan: &str) -> Result<i32, sqlx::Error> {
+    Ok(sqlx::query_scalar("SELECT extensions FROM verdicts WHERE kernel_id = $1 AND family = $2 AND plan = $3")
+        .bind(kernel)
+        .bind(family)
+        .bind(plan)
+        .fetch_optional(pool)
+        .await?
+        .unwrap_or(0))
+}
+
+async fn bump_extensions(pool: &PgPool, kernel: i64, family: &str, plan: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE verdicts SET extensions = extensions + 1 WHERE kernel_id = $1 AND family = $2 AND plan = $3")
+        .bind(kernel)
+        .bind(family)
+        .bind(plan)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+async fn upsert_waiting(pool: &PgPool, kernel: i64, plan: &Plan, baseline: i64, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE verdicts SET explanation = 'waiting for the baseline''s extra cycles', baseline_kernel_id = $3,
+            baseline_reason = $4, decided_at = now()
+         WHERE kernel_id = $1 AND plan = $2",
+    )
+    .bind(kernel)
+    .bind(&plan.name)
+    .bind(baseline)
+    .bind(reason)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn store(
+    pool: &PgPool,
+    kernel: i64,
+    cand: &KernelResult,
+    plan: &Plan,
+    baseline: Option<i64>,
+    baseline_reason: &str,
+    verdict: &str,
+    report: &VerdictReport,
+    base: Evidence,
+    explanation: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let previous: Option<String> = sqlx::query_scalar(
+        "SELECT verdict FROM verdicts WHERE kernel_id = $1 AND family = $2 AND plan = $3 FOR UPDATE",
+    )
+    .bind(kernel)
+    .bind(&cand.family)
+    .bind(&plan.name)
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO verdicts (kernel_id, family, plan, baseline_kernel_id, baseline_reason, verdict, p_value,
+                               cycles_run, failed_cycles, rate, ci_low, ci_high, baseline_cycles, baseline_failed,
+                               explanation, board_seconds, decided_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now())
+         ON CONFLICT (kernel_id, family, plan) DO UPDATE SET
+            baseline_kernel_id = EXCLUDED.baseline_kernel_id, baseline_reason = EXCLUDED.baseline_reason,
+            verdict = EXCLUDED.verdict, p_value = EXCLUDED.p_value, cycles_run = EXCLUDED.cycles_run,
+            failed_cycles = EXCLUDED.failed_cycles, rate = EXCLUDED.rate, ci_low = EXCLUDED.ci_low,
+            ci_high = EXCLUDED.ci_high, baseline_cycles = EXCLUDED.baseline_cycles,
+            baseline_failed = EXCLUDED.baseline_failed, explanation = EXCLUDED.explanation,
+            board_seconds = EXCLUDED.board_seconds, decided_at = now()",
+    )
+    .bind(kernel)
+    .bind(&cand.family)
+    .bind(&plan.name)
+    .bind(baseline)
+    .bind(baseline_reason)
+    .bind(verdict)
+    .bind(report.p_value)
+    .bind(cand.cycles_run)
+    .bind(cand.failed_cycles)
+    .bind(report.candidate_rate)
+    .bind(report.candidate_ci.0)
+    .bind(report.candidate_ci.1)
+    .bind(base.total_cycles as i64)
+    .bind(base.failed_cycles as i64)
+    .bind(explanation)
+    .bind(cand.board_seconds)
+    .execute(&mut *tx)
+    .await?;
+    if previous.as_deref() != Some(verdict) {
+        sqlx::query("INSERT INTO verdict_history (kernel_id, family, plan, verdict, explanation) VALUES ($1, $2, $3, $4, $5)")
+            .bind(kernel)
+            .bind(&cand.family)
+            .bind(&plan.name)
+            .bind(verdict)
+            .bind(explanation)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(kernel, family = %cand.family, plan = %plan.name, verdict, "verdict");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn regression_lifecycle(
+    pool: &PgPool,
+    k: &KernelRow,
+    cand: &KernelResult,
+    plan: &Plan,
+    baseline: Option<i64>,
+    verdict: Verdict,
+    report: &VerdictReport,
+    failing_boards: usize,
+    family_boards: usize,
+) -> Result<(), sqlx::Error> {
+    let evidence = format!(
+        "{}/{} cycles failed on {} (p = {:.2e}); {}",
+        cand.failed_cycles, cand.cycles_run, cand.family, report.p_value, report.explanation
+    );
+    match verdict {
+        Verdict::Regression => {
+            let confirmed = failing_boards >= 2 || family_boards < 2;
+            let state = if confirmed { "confirmed" } else { "open" };
+            let signature: Option<String> = sqlx::query_scalar(
+                "SELECT f.signature FROM findings f JOIN jobs j ON j.id = f.job_id
+                 WHERE j.kernel_id = $1 AND j.plan = $2 AND f.fatal ORDER BY f.id LIMIT 1",
+            )
+            .bind(k.id)
+            .bind(&plan.name)
+            .fetch_optional(pool)
+            .await?;
+            let mut tx = pool.begin().await?;
+            let row: (i64, bool) = sqlx::query_as(
+                "INSERT INTO regressions (tree, branch, family, plan, state, good_kernel_id, bad_kernel_id, signature)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (tree, branch, family, plan, bad_kernel_id) DO UPDATE SET
+                    state = CASE WHEN regressions.state = 'open' THEN EXCLUDED.state ELSE regressions.state END,
+                    updated_at = now()
+                 RETURNING id, (xmax = 0)",
+            )
+            .bind(&k.tree)
+            .bind(&k.branch)
+            .bind(&cand.family)
+            .bind(&plan.name)
+            .bind(state)
+            .bind(baseline)
+            .bind(k.id)
+            .bind(signature)
+            .fetch_one(&mut *tx)
+            .await?;
+            if row.1 {
+                if confirmed {
+                    sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, 'open', $2)")
+                        .bind(row.0)
+                        .bind(&evidence)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, $2, $3)")
+                    .bind(row.0)
+                    .bind(state)
+                    .bind(&evidence)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Verdict::Pass | Verdict::Fixed => {
+            // A later kernel on the branch that passes with enough cycles
+            // fixes the open regressions it descends from.
+            let open: Vec<i64> = sqlx::query_scalar(
+                "SELECT r.id FROM regressions r WHERE r.tree = $1 AND r.branch = $2 AND r.family = $3 AND r.plan = $4
+                   AND r.state IN ('open', 'confirmed', 'bisected') AND r.bad_kernel_id < $5",
+            )
+            .bind(&k.tree)
+            .bind(&k.branch)
+            .bind(&cand.family)
+            .bind(&plan.name)
+            .bind(k.id)
+            .fetch_all(pool)
+            .await?;
+            for id in open {
+                let mut tx = pool.begin().await?;
+                sqlx::query("UPDATE regressions SET state = 'fixed', fixed_kernel_id = $2, updated_at = now() WHERE id = $1")
+                    .bind(id)
+                    .bind(k.id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, 'fixed', $2)")
+                    .bind(id)
+                    .bind(format!("kernel {} passes: {evidence}", &k.commit[..12.min(k.commit.len())]))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+// ---- reading ----
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct VerdictRow {
+    pub kernel_id: i64,
+    pub family: String,
+    pub plan: String,
+    pub verdict: String,
+    pub baseline_kernel_id: Option<i64>,
+    pub baseline_commit: Option<String>,
+    pub baseline_reason: String,
+    pub p_value: Option<f64>,
+    pub cycles_run: i64,
+    pub failed_cycles: i64,
+    pub rate: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub baseline_cycles: i64,
+    pub baseline_failed: i64,
+    pub explanation: String,
+    pub board_seconds: f64,
+    pub extensions: i32,
+    pub decided_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<VerdictRow>, sqlx::Error> {
+    sqlx::query_as::<_, VerdictRow>(
+        "SELECT v.kernel_id, v.family, v.plan, v.verdict, v.baseline_kernel_id, b.commit_sha AS baseline_commit,
+                v.baseline_reason, v.p_value, v.cycles_run, v.failed_cycles, v.rate, v.ci_low, v.ci_high,
+                v.baseline_cycles, v.baseline_failed, v.explanation, v.board_seconds, v.extensions, v.decided_at
+         FROM verdicts v LEFT JOIN kernels b ON b.id = v.baseline_kernel_id
+         WHERE v.kernel_id = $1 ORDER BY v.plan, v.family",
+    )
+    .bind(kernel)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RegressionRow {
+    pub id: i64,
+    pub tree: String,
+    pub branch: String,
+    pub family: String,
+    pub plan: String,
+    pub state: String,
+    pub good_commit: Option<String>,
+    pub bad_commit: String,
+    pub fixed_commit: Option<String>,
+    pub signature: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn regressions(pool: &PgPool, state: Option<&str>, limit: i64) -> Result<Vec<RegressionRow>, sqlx::Error> {
+    sqlx::query_as::<_, RegressionRow>(
+        "SELECT r.id, r.tree, r.branch, r.family, r.plan, r.state, g.commit_sha AS good_commit,
+                b.commit_sha AS bad_commit, f.commit_sha AS fixed_commit, r.signature, r.created_at, r.updated_at
+         FROM regressions r JOIN kernels b ON b.id = r.bad_kernel_id
+         LEFT JOIN kernels g ON g.id = r.good_kernel_id LEFT JOIN kernels f ON f.id = r.fixed_kernel_id
+         WHERE ($1::text IS NULL OR r.state = $1) ORDER BY r.id DESC LIMIT $2",
+    )
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RegressionEvent {
+    pub regression_id: i64,
+    pub to_state: String,
+    pub evidence: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn regression_events(pool: &PgPool, ids: &[i64]) -> Result<Vec<RegressionEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RegressionEvent>(
+        "SELECT regression_id, to_state, evidence, at FROM regression_events WHERE regression_id = ANY($1) ORDER BY id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
