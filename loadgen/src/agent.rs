@@ -50,7 +50,7 @@ pub enum Event {
     Connected { handshake: Duration },
     ConnectFailed { board: String, error: String },
     JobFinished { job_id: i64 },
-    Disconnected { board: String, reason: String },
+    Disconnected,
 }
 
 /// Everything one agent saw of one job.
@@ -331,7 +331,7 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
     };
     if let Some(reason) = reason {
         shared.errors.push(format!("{board}: {reason}"));
-        let _ = shared.events.send(Event::Disconnected { board: board.to_string(), reason });
+        let _ = shared.events.send(Event::Disconnected);
     }
     let _ = link.handle.disconnect(russh::Disconnect::ByApplication, "loadgen done", "en").await;
 }

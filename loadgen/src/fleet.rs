@@ -80,7 +80,12 @@ pub fn generate(dir: &Path, spec: &FleetSpec) -> anyhow::Result<()> {
             "[[board]]\nname = \"{name}\"\nfamily = \"generic-arm64\"\nlabels = [{labels}]\nmax_jobs = 1\nkey = \"{public}\"\n"
         )?;
     }
-    let params = format!("[plan.params]\ncycles = {}\nreplay_cycle_ms = 1\n", spec.cycles.max(1));
+    // No verdict extensions or infra retries: the server must not plan jobs
+    // of its own during a load run (every job is accounted for).
+    let params = format!(
+        "[plan.params]\ncycles = {}\nreplay_cycle_ms = 1\n[plan.verdict]\nmax_extensions = 0\nmax_infra_retries = 0\n",
+        spec.cycles.max(1)
+    );
     writeln!(
         toml,
         "[[plan]]\nname = \"{FULL_PLAN}\"\ntype = \"migrate-cancel\"\nlabels = [\"kvm\"]\ntimeout_s = 600\n{params}"

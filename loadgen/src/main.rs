@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! `armfleet-loadgen`: N simulated agents over real SSH against a real
 //! armfleet server, with dispatch/ingest measurements and end-to-end
 //! correctness checks.

@@ -21,6 +21,16 @@
 //! 1 s) → wait for the guest heartbeat to advance (`guest_progress_ms`) →
 //! destination killed (process group).
 //!
+//! The next cycle's destination is started in the background during the
+//! hold (the hold itself stays exactly `delay_ms`), which hides QEMU's
+//! start-up; with hugepages only when 3 × guest RAM is free.
+//!
+//! Fault injection: `inject_guest_panic_after = N` writes `ARMFLEET-PANIC`
+//! to the guest console during cycle N+1's hold and waits for the panic, so
+//! `failed_cycle == Some(N+1)` and `cycles_completed == N`.
+//! [`crate::FaultHooks::pause_source_before_cancel`] stops the source right
+//! before a cancel to exercise the trap-2 `cont` path.
+//!
 //! ## `complete_every = N`: ping-pong
 //! Every Nth cycle the migration is allowed to complete (bandwidth cap
 //! lifted, downtime limit raised; if it has not converged after 10 s the
@@ -113,6 +123,14 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Keeps a reader task for the final drain; forgets finished ones so a
+    /// long job does not accumulate handles.
+    pub fn track(&self, h: JoinHandle<()>) {
+        let mut t = self.tasks.lock().unwrap();
+        t.retain(|h| !h.is_finished());
+        t.push(h);
     }
 }
 
@@ -767,7 +785,7 @@ impl Launcher {
         let console_w = Arc::new(tokio::sync::Mutex::new(wr));
         let (st_tx, st_rx) = watch::channel(ConsoleStatus::default());
         let h = tokio::spawn(console_reader(rd, console_w.clone(), self.shared.clone(), st_tx));
-        self.shared.tasks.lock().unwrap().push(h);
+        self.shared.track(h);
 
         let logs = self.shared.logs.clone();
         let n2 = name.clone();
@@ -778,7 +796,15 @@ impl Launcher {
         let (qmp, ev_rx) = tokio::select! {
             r = Qmp::connect(&qmp_sock, transcript, Duration::from_secs(20)) => match r {
                 Ok(x) => x,
-                Err(e) => { proc.kill(); return Err(format!("{name}: {e}")); }
+                Err(e) => {
+                    // QMP trouble is usually QEMU dying during start-up: say why.
+                    if proc.wait_exit(Duration::from_millis(300)).await.is_some() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Err(format!("{} ({e})", died(&proc, "QMP answered")));
+                    }
+                    proc.kill();
+                    return Err(format!("{name}: {e}"));
+                }
             },
             _ = async { let _ = exit_w.wait_for(|e| e.is_some()).await; } => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -787,7 +813,7 @@ impl Launcher {
         };
         let events = Arc::new(Mutex::new(vec![]));
         let h = tokio::spawn(event_forwarder(ev_rx, name.clone(), self.shared.clone(), events.clone()));
-        self.shared.tasks.lock().unwrap().push(h);
+        self.shared.track(h);
 
         let vm = Vm {
             name: name.clone(),

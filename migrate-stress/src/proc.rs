@@ -140,7 +140,7 @@ impl QemuProc {
                 }
                 split.finish(&mut handle);
             });
-            shared.tasks.lock().unwrap().push(h);
+            shared.track(h);
         }
 
         let shared2 = shared.clone();

@@ -106,7 +106,7 @@ async fn arm64_tcg_hugepages() {
     params.memory_mib = 192;
     params.hugepages = true;
     // source + destination: 2 × 96 pages
-    let _g = HugepageGuard::reserve(2 * 96 + 4).expect("reserve hugepages");
+    let _g = HugepageGuard::reserve(2 * 96 + 16).expect("reserve hugepages");
     let before = armfleet_migrate_stress::probe::free_2m_hugepages();
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
     assert_eq!(r, JobResult::Passed { cycles_completed: 8 }, "{}", c.dump());

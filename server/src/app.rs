@@ -31,6 +31,7 @@ pub struct Server {
     pub fingerprint: String,
     host_key: russh::keys::PrivateKey,
     analysis_rx: Option<tokio::sync::mpsc::UnboundedReceiver<i64>>,
+    mirror_rx: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
     postgres: Option<EmbeddedPostgres>,
 }
 
@@ -64,8 +65,10 @@ impl Server {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let dispatcher = Dispatcher::new(pool.clone(), shared.clone(), metrics.clone());
         let (analysis, analysis_rx) = crate::analysis::AnalysisQueue::new();
+        let (mirrors, mirror_rx) = crate::mirror::MirrorQueue::new();
         let state = AppState {
             data_dir: Arc::new(settings.data_dir.clone()),
+            mirrors,
             analysis,
             pool,
             fleet: shared,
@@ -75,7 +78,7 @@ impl Server {
             host_key_fingerprint: Arc::from(fingerprint.as_str()),
             shutdown: CancellationToken::new(),
         };
-        Ok(Server { state, api_token, fingerprint, host_key, analysis_rx: Some(analysis_rx), postgres })
+        Ok(Server { state, api_token, fingerprint, host_key, analysis_rx: Some(analysis_rx), mirror_rx: Some(mirror_rx), postgres })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -96,6 +99,10 @@ impl Server {
         });
         if let Some(rx) = self.analysis_rx.take() {
             tasks.spawn(crate::analysis::run(state.clone(), rx, shutdown.clone()).map(Ok));
+        }
+        if let Some(rx) = self.mirror_rx.take() {
+            let data_dir = state.data_dir.as_ref().clone();
+            tasks.spawn(crate::mirror::worker(state.pool.clone(), data_dir, rx, shutdown.clone()).map(Ok));
         }
         let app = crate::http::app(state.clone());
         let http_token = shutdown.clone();

@@ -682,3 +682,23 @@ pub async fn pulse(pool: &PgPool, job: i64) -> Result<Option<JobPulse>, sqlx::Er
 pub async fn kernel_of(pool: &PgPool, job: i64) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT kernel_id FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await
 }
+
+/// Finished jobs with their kernel id and board family, newest kernels
+/// first, for exports.
+pub async fn finished_for_export(pool: &PgPool, commit: Option<&str>, limit: i64) -> Result<Vec<(JobRow, i64, String)>, sqlx::Error> {
+    use sqlx::FromRow;
+    let select = JOB_SELECT.replacen("\n     FROM jobs j", ", j.kernel_id AS x_kernel_id, b.family AS x_family\n     FROM jobs j", 1);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{select} JOIN boards b ON b.name = j.board
+         WHERE j.state IN ('passed', 'failed', 'infra_error', 'timed_out', 'lost', 'cancelled')
+           AND ($1::text IS NULL OR k.commit_sha LIKE $1 || '%')
+         ORDER BY j.kernel_id DESC, j.id LIMIT $2"
+    )))
+    .bind(commit)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((JobRow::from_row(row)?, row.try_get("x_kernel_id")?, row.try_get("x_family")?)))
+        .collect()
+}

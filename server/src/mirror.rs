@@ -98,3 +98,81 @@ async fn git(dir: Option<&Path>, args: &[&str], timeout: Duration) -> Result<Str
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Asks the mirror worker to fetch a tree (deduplicated while pending).
+#[derive(Clone)]
+pub struct MirrorQueue {
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl MirrorQueue {
+    pub fn new() -> (MirrorQueue, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (MirrorQueue { tx }, rx)
+    }
+
+    pub fn request(&self, url: &str) {
+        let _ = self.tx.send(url.to_owned());
+    }
+}
+
+/// Fetches requested trees one at a time (a kernel clone is big) and fills
+/// in what git knows of the kernels recorded for them. Runs until `shutdown`.
+pub async fn worker(
+    pool: sqlx::PgPool,
+    data_dir: PathBuf,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let url = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            u = rx.recv() => match u { Some(u) => u, None => return },
+        };
+        // Coalesce a burst of pushes to the same tree into one fetch.
+        let mut pending = vec![url];
+        while let Ok(u) = rx.try_recv() {
+            if !pending.contains(&u) {
+                pending.push(u);
+            }
+        }
+        for url in pending {
+            let mirror = Mirror::for_url(&data_dir, &url);
+            let fetched = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = mirror.fetch() => r,
+            };
+            if let Err(e) = fetched {
+                tracing::warn!(tree = %url, "mirror fetch failed: {e}");
+                continue;
+            }
+            if let Err(e) = fill_kernel_details(&pool, &mirror).await {
+                tracing::warn!(tree = %url, "reading commits from the mirror: {e}");
+            }
+        }
+    }
+}
+
+async fn fill_kernel_details(pool: &sqlx::PgPool, mirror: &Mirror) -> anyhow::Result<()> {
+    let kernels: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, commit_sha FROM kernels WHERE tree = $1 AND (parent_sha IS NULL OR subject IS NULL OR committed_at IS NULL)",
+    )
+    .bind(&mirror.url)
+    .fetch_all(pool)
+    .await?;
+    for (id, commit) in kernels {
+        let Ok(info) = mirror.commit_info(&commit).await else { continue };
+        sqlx::query(
+            "UPDATE kernels SET parent_sha = COALESCE(parent_sha, $2), subject = COALESCE(subject, $3),
+                author = COALESCE(author, $4), committed_at = COALESCE(committed_at, $5) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(info.parent)
+        .bind(Some(info.subject).filter(|s| !s.is_empty()))
+        .bind(Some(info.author).filter(|s| !s.is_empty()))
+        .bind(info.committed_at)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}

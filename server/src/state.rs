@@ -34,6 +34,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub analysis: crate::analysis::AnalysisQueue,
     pub data_dir: Arc<std::path::PathBuf>,
+    pub mirrors: crate::mirror::MirrorQueue,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,

@@ -54,7 +54,8 @@ struct Hypergeometric {
 
 impl Hypergeometric {
     fn ln_pmf(&self, x: u64) -> f64 {
-        ln_choose(self.k, x) + ln_choose(self.n - self.k, self.draws - x) - ln_choose(self.n, self.draws)
+        ln_choose(self.k, x) + ln_choose(self.n - self.k, self.draws - x)
+            - ln_choose(self.n, self.draws)
     }
 
     /// pmf(x+1) / pmf(x)

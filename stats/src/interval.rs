@@ -18,7 +18,10 @@
 use crate::special::{beta_quantile, normal_quantile};
 
 fn check(failures: u64, trials: u64, confidence: f64) {
-    assert!(failures <= trials, "failures ({failures}) > trials ({trials})");
+    assert!(
+        failures <= trials,
+        "failures ({failures}) > trials ({trials})"
+    );
     assert!(
         confidence > 0.0 && confidence < 1.0,
         "confidence must be in (0, 1), got {confidence}"
@@ -42,8 +45,16 @@ pub fn wilson_interval(failures: u64, trials: u64, confidence: f64) -> (f64, f64
     let denom = 1.0 + z2 / n;
     let center = (p + z2 / (2.0 * n)) / denom;
     let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    let lo = if failures == 0 { 0.0 } else { (center - half).max(0.0) };
-    let hi = if failures == trials { 1.0 } else { (center + half).min(1.0) };
+    let lo = if failures == 0 {
+        0.0
+    } else {
+        (center - half).max(0.0)
+    };
+    let hi = if failures == trials {
+        1.0
+    } else {
+        (center + half).min(1.0)
+    };
     (lo, hi)
 }
 

@@ -31,6 +31,8 @@ pub mod verdict;
 
 pub use fisher::fisher_exact_one_sided;
 pub use interval::{clopper_pearson, clopper_pearson_upper, wilson_interval};
-pub use sequential::{cycles_for_confidence, extra_cycles, sprt_decide, Sprt, SprtDecision, SprtParamError};
-pub use simulate::{simulate_sequential, SimulationConfig, SimulationSummary, SplitMix64};
-pub use verdict::{classify, verdict, Evidence, Verdict, VerdictConfig, VerdictReport};
+pub use sequential::{
+    Sprt, SprtDecision, SprtParamError, cycles_for_confidence, extra_cycles, sprt_decide,
+};
+pub use simulate::{SimulationConfig, SimulationSummary, SplitMix64, simulate_sequential};
+pub use verdict::{Evidence, Verdict, VerdictConfig, VerdictReport, classify, verdict};

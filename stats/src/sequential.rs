@@ -13,7 +13,7 @@
 //! * [`cycles_for_confidence`] answers "how many clean cycles make missing a
 //!   rate-p bug unlikely": n ≥ ln(1-confidence)/ln(1-p). It is the exact
 //!   zero-failure Clopper-Pearson bound solved for n, and is what the pass
-//!   criterion of [`crate::verdict`] uses.
+//!   criterion of [`crate::verdict()`] uses.
 //! * [`extra_cycles`] turns an inconclusive verdict into a number of cycles to
 //!   schedule next, under a budget.
 
@@ -71,7 +71,10 @@ pub fn extra_cycles(report: &VerdictReport, candidate: Evidence, batch: u64, bud
     }
     let batch = batch.max(1);
     let want = if candidate.failed_cycles == 0 {
-        report.required_clean_cycles.saturating_sub(candidate.total_cycles).max(batch)
+        report
+            .required_clean_cycles
+            .saturating_sub(candidate.total_cycles)
+            .max(batch)
     } else {
         batch
     };
@@ -120,18 +123,30 @@ impl Sprt {
     /// H1 (the likelihood under H0 is zero).
     pub fn new(p0: f64, p1: f64, alpha: f64, beta: f64) -> Result<Self, SprtParamError> {
         if !(p0 >= 0.0 && p0 < p1 && p1 < 1.0) {
-            return Err(SprtParamError(format!("need 0 <= p0 < p1 < 1, got p0={p0}, p1={p1}")));
+            return Err(SprtParamError(format!(
+                "need 0 <= p0 < p1 < 1, got p0={p0}, p1={p1}"
+            )));
         }
         if !(alpha > 0.0 && beta > 0.0 && alpha + beta < 1.0) {
-            return Err(SprtParamError(format!("need alpha, beta > 0 and alpha + beta < 1, got {alpha}, {beta}")));
+            return Err(SprtParamError(format!(
+                "need alpha, beta > 0 and alpha + beta < 1, got {alpha}, {beta}"
+            )));
         }
-        Ok(Self { p0, p1, alpha, beta })
+        Ok(Self {
+            p0,
+            p1,
+            alpha,
+            beta,
+        })
     }
 
     /// (lower, upper) log-likelihood-ratio boundaries: accept H0 at or below
     /// `lower`, accept H1 at or above `upper`.
     pub fn bounds(&self) -> (f64, f64) {
-        ((self.beta / (1.0 - self.alpha)).ln(), ((1.0 - self.beta) / self.alpha).ln())
+        (
+            (self.beta / (1.0 - self.alpha)).ln(),
+            ((1.0 - self.beta) / self.alpha).ln(),
+        )
     }
 
     /// ln L(p1)/L(p0) after `failures` in `trials`.
@@ -171,7 +186,14 @@ impl Sprt {
 ///
 /// # Panics
 /// On invalid parameters (see [`Sprt::new`]).
-pub fn sprt_decide(failures: u64, trials: u64, p0: f64, p1: f64, alpha: f64, beta: f64) -> SprtDecision {
+pub fn sprt_decide(
+    failures: u64,
+    trials: u64,
+    p0: f64,
+    p1: f64,
+    alpha: f64,
+    beta: f64,
+) -> SprtDecision {
     match Sprt::new(p0, p1, alpha, beta) {
         Ok(s) => s.decide(failures, trials),
         Err(e) => panic!("{e}"),
@@ -181,7 +203,7 @@ pub fn sprt_decide(failures: u64, trials: u64, p0: f64, p1: f64, alpha: f64, bet
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{verdict, Verdict, VerdictConfig};
+    use crate::verdict::{Verdict, VerdictConfig, verdict};
 
     #[test]
     fn cycles_for_confidence_values() {
@@ -215,10 +237,19 @@ mod tests {
         assert_eq!(n0, 653); // ln 19 / (ln(0.9995) - ln(0.995)) = 652.5
         assert_eq!(s.decide(0, n0 - 1), SprtDecision::Continue);
         assert_eq!(s.decide(0, n0), SprtDecision::AcceptH0);
-        assert_eq!(sprt_decide(6, 1000, 0.0005, 0.005, 0.05, 0.05), SprtDecision::AcceptH1);
-        assert_eq!(sprt_decide(1, 1500, 0.0005, 0.005, 0.05, 0.05), SprtDecision::AcceptH0);
+        assert_eq!(
+            sprt_decide(6, 1000, 0.0005, 0.005, 0.05, 0.05),
+            SprtDecision::AcceptH1
+        );
+        assert_eq!(
+            sprt_decide(1, 1500, 0.0005, 0.005, 0.05, 0.05),
+            SprtDecision::AcceptH0
+        );
         // p0 = 0: any failure proves H1.
-        assert_eq!(sprt_decide(1, 10_000, 0.0, 0.005, 0.05, 0.05), SprtDecision::AcceptH1);
+        assert_eq!(
+            sprt_decide(1, 10_000, 0.0, 0.005, 0.05, 0.05),
+            SprtDecision::AcceptH1
+        );
         assert!(Sprt::new(0.01, 0.005, 0.05, 0.05).is_err());
         assert!(Sprt::new(0.001, 0.005, 0.6, 0.5).is_err());
     }

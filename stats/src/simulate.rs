@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::sequential::extra_cycles;
-use crate::verdict::{classify, verdict, Evidence, Verdict, VerdictConfig};
+use crate::verdict::{Evidence, Verdict, VerdictConfig, classify, verdict};
 
 /// SplitMix64 pseudo-random generator (Steele, Lea & Flood 2014).
 #[derive(Debug, Clone)]
@@ -111,7 +111,11 @@ impl SimulationSummary {
 
     /// Fraction of runs that ended in `v`.
     pub fn rate(&self, v: Verdict) -> f64 {
-        if self.runs == 0 { 0.0 } else { self.count(v) as f64 / self.runs as f64 }
+        if self.runs == 0 {
+            0.0
+        } else {
+            self.count(v) as f64 / self.runs as f64
+        }
     }
 
     fn add(&mut self, v: Verdict) {
@@ -131,7 +135,11 @@ impl std::fmt::Display for SimulationSummary {
         for v in Verdict::ALL {
             write!(f, " {v} {:.1}%", self.rate(v) * 100.0)?;
         }
-        write!(f, "; cycles/arm mean {:.0}, max {}", self.mean_cycles_per_arm, self.max_cycles_per_arm)
+        write!(
+            f,
+            "; cycles/arm mean {:.0}, max {}",
+            self.mean_cycles_per_arm, self.max_cycles_per_arm
+        )
     }
 }
 
@@ -156,7 +164,9 @@ pub fn run_sequential_once(cfg: &SimulationConfig, rng: &mut SplitMix64) -> (Ver
             let report = verdict(base, cand, &cfg.verdict);
             extra_cycles(&report, cand, cfg.batch_cycles, cfg.budget_cycles)
         } else {
-            cfg.batch_cycles.max(1).min(cfg.budget_cycles - cand.total_cycles)
+            cfg.batch_cycles
+                .max(1)
+                .min(cfg.budget_cycles - cand.total_cycles)
         };
         if step == 0 {
             return (v, cand.total_cycles);
@@ -201,7 +211,11 @@ mod tests {
 
     #[test]
     fn reproducible() {
-        let cfg = SimulationConfig { candidate_rate: 0.005, seeds: 20, ..Default::default() };
+        let cfg = SimulationConfig {
+            candidate_rate: 0.005,
+            seeds: 20,
+            ..Default::default()
+        };
         assert_eq!(simulate_sequential(&cfg), simulate_sequential(&cfg));
     }
 }

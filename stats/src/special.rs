@@ -117,7 +117,10 @@ fn beta_continued_fraction(a: f64, b: f64, x: f64) -> f64 {
 
 /// Regularized incomplete beta function `I_x(a, b)` for `a, b > 0`.
 pub fn regularized_incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
-    assert!(a > 0.0 && b > 0.0, "incomplete beta needs a, b > 0 (got {a}, {b})");
+    assert!(
+        a > 0.0 && b > 0.0,
+        "incomplete beta needs a, b > 0 (got {a}, {b})"
+    );
     if x <= 0.0 {
         return 0.0;
     }
@@ -176,7 +179,7 @@ pub fn erfc(x: f64) -> f64 {
             n += 1.0;
             term *= 2.0 * x2 / (2.0 * n + 1.0);
             sum += term;
-            if term < sum * 1e-17 {
+            if term <= sum * 1e-17 {
                 break;
             }
         }
@@ -215,7 +218,10 @@ pub fn normal_cdf(x: f64) -> f64 {
 
 /// Standard normal quantile Φ⁻¹(p) for `0 < p < 1`.
 pub fn normal_quantile(p: f64) -> f64 {
-    assert!(p > 0.0 && p < 1.0, "normal quantile needs 0 < p < 1 (got {p})");
+    assert!(
+        p > 0.0 && p < 1.0,
+        "normal quantile needs 0 < p < 1 (got {p})"
+    );
     if p > 0.5 {
         return -normal_quantile(1.0 - p);
     }
@@ -297,10 +303,22 @@ mod tests {
     #[test]
     fn incomplete_beta_known_values() {
         // I_x(1,1) = x; I_x(a,1) = x^a; I_x(1,b) = 1-(1-x)^b
-        assert!(close(regularized_incomplete_beta(1.0, 1.0, 0.3), 0.3, 1e-14));
-        assert!(close(regularized_incomplete_beta(3.0, 1.0, 0.4), 0.064, 1e-13));
+        assert!(close(
+            regularized_incomplete_beta(1.0, 1.0, 0.3),
+            0.3,
+            1e-14
+        ));
+        assert!(close(
+            regularized_incomplete_beta(3.0, 1.0, 0.4),
+            0.064,
+            1e-13
+        ));
         let want = 1.0 - 0.99f64.powi(1000);
-        assert!(close(regularized_incomplete_beta(1.0, 1000.0, 0.01), want, 1e-12));
+        assert!(close(
+            regularized_incomplete_beta(1.0, 1000.0, 0.01),
+            want,
+            1e-12
+        ));
         // Symmetry.
         let (a, b, x) = (4.0, 1197.0, 0.003);
         let s = regularized_incomplete_beta(a, b, x) + regularized_incomplete_beta(b, a, 1.0 - x);
@@ -311,7 +329,11 @@ mod tests {
     fn normal_quantile_known_values() {
         assert!(close(normal_quantile(0.975), 1.959_963_984_540_054, 1e-14));
         assert!(close(normal_quantile(0.995), 2.575_829_303_548_901, 1e-14));
-        assert!(close(normal_quantile(0.05), -1.644_853_626_951_472_2, 1e-14));
+        assert!(close(
+            normal_quantile(0.05),
+            -1.644_853_626_951_472_2,
+            1e-14
+        ));
         assert!(close(normal_quantile(1e-10), -6.361_340_902_404_056, 1e-12));
         assert!(normal_quantile(0.5).abs() < 1e-15);
         assert!(close(normal_cdf(-3.0), 1.349_898_031_630_094_6e-3, 1e-13));

@@ -46,7 +46,10 @@ pub struct Evidence {
 
 impl Evidence {
     pub const fn new(failed_cycles: u64, total_cycles: u64) -> Self {
-        Self { failed_cycles, total_cycles }
+        Self {
+            failed_cycles,
+            total_cycles,
+        }
     }
 
     /// Observed failure rate (0 when there are no cycles).
@@ -81,7 +84,12 @@ pub struct VerdictConfig {
 
 impl Default for VerdictConfig {
     fn default() -> Self {
-        Self { alpha: 0.05, min_detectable_rate: 0.005, power: 0.95, ci_confidence: 0.95 }
+        Self {
+            alpha: 0.05,
+            min_detectable_rate: 0.005,
+            power: 0.95,
+            ci_confidence: 0.95,
+        }
     }
 }
 
@@ -93,7 +101,10 @@ impl VerdictConfig {
 
     fn is_valid(&self) -> bool {
         let unit = |x: f64| x > 0.0 && x < 1.0;
-        unit(self.alpha) && unit(self.min_detectable_rate) && unit(self.power) && unit(self.ci_confidence)
+        unit(self.alpha)
+            && unit(self.min_detectable_rate)
+            && unit(self.power)
+            && unit(self.ci_confidence)
     }
 }
 
@@ -115,8 +126,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 5] =
-        [Verdict::Regression, Verdict::Fixed, Verdict::StillFailing, Verdict::Pass, Verdict::Inconclusive];
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Regression,
+        Verdict::Fixed,
+        Verdict::StillFailing,
+        Verdict::Pass,
+        Verdict::Inconclusive,
+    ];
 
     /// The serialized name ("still-failing", ...).
     pub fn as_str(self) -> &'static str {
@@ -190,7 +206,11 @@ fn pct(x: f64) -> String {
 }
 
 fn pval(p: f64) -> String {
-    if p < 1e-4 { format!("{p:.1e}") } else { format!("{p:.4}") }
+    if p < 1e-4 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
 }
 
 fn describe(name: &str, e: Evidence, ci: (f64, f64), conf: f64) -> String {
@@ -207,8 +227,18 @@ fn describe(name: &str, e: Evidence, ci: (f64, f64), conf: f64) -> String {
 
 fn p_values(b: Evidence, c: Evidence) -> (f64, f64) {
     (
-        fisher_exact_one_sided(b.failed_cycles, b.total_cycles, c.failed_cycles, c.total_cycles),
-        fisher_exact_one_sided(c.failed_cycles, c.total_cycles, b.failed_cycles, b.total_cycles),
+        fisher_exact_one_sided(
+            b.failed_cycles,
+            b.total_cycles,
+            c.failed_cycles,
+            c.total_cycles,
+        ),
+        fisher_exact_one_sided(
+            c.failed_cycles,
+            c.total_cycles,
+            b.failed_cycles,
+            b.total_cycles,
+        ),
     )
 }
 
@@ -256,7 +286,9 @@ pub fn verdict(baseline: Evidence, candidate: Evidence, cfg: &VerdictConfig) -> 
         explanation: why,
     };
     if !cfg.is_valid() {
-        return invalid(format!("invalid verdict configuration {cfg:?}: all values must be in (0, 1)"));
+        return invalid(format!(
+            "invalid verdict configuration {cfg:?}: all values must be in (0, 1)"
+        ));
     }
     if !baseline.is_valid() || !candidate.is_valid() {
         return invalid(format!(
@@ -270,7 +302,11 @@ pub fn verdict(baseline: Evidence, candidate: Evidence, cfg: &VerdictConfig) -> 
     let c_ci = clopper_pearson(c.failed_cycles, c.total_cycles, conf);
     let b_ci = clopper_pearson(b.failed_cycles, b.total_cycles, conf);
     let required = cfg.required_clean_cycles();
-    let facts = format!("{}; {}", describe("candidate", c, c_ci, conf), describe("baseline", b, b_ci, conf));
+    let facts = format!(
+        "{}; {}",
+        describe("candidate", c, c_ci, conf),
+        describe("baseline", b, b_ci, conf)
+    );
     let alpha = cfg.alpha;
 
     let (v, why) = if c.total_cycles == 0 {
@@ -278,18 +314,30 @@ pub fn verdict(baseline: Evidence, candidate: Evidence, cfg: &VerdictConfig) -> 
     } else if p_worse < alpha {
         (
             Verdict::Regression,
-            format!("candidate fails significantly more often than baseline (one-sided Fisher p = {} < {alpha})", pval(p_worse)),
+            format!(
+                "candidate fails significantly more often than baseline (one-sided Fisher p = {} < {alpha})",
+                pval(p_worse)
+            ),
         )
     } else if b.failed_cycles > 0 && c.failed_cycles == 0 && p_better < alpha {
         (
             Verdict::Fixed,
-            format!("baseline failures are gone: candidate is clean and significantly better (one-sided Fisher p = {} < {alpha})", pval(p_better)),
+            format!(
+                "baseline failures are gone: candidate is clean and significantly better (one-sided Fisher p = {} < {alpha})",
+                pval(p_better)
+            ),
         )
     } else if b.failed_cycles > 0 && c.failed_cycles > 0 {
         let extra = if p_better < alpha {
-            format!("; the rate improved significantly (p = {}) but the candidate still aborts", pval(p_better))
+            format!(
+                "; the rate improved significantly (p = {}) but the candidate still aborts",
+                pval(p_better)
+            )
         } else {
-            format!("; no significant difference (regression p = {})", pval(p_worse))
+            format!(
+                "; no significant difference (regression p = {})",
+                pval(p_worse)
+            )
         };
         (Verdict::StillFailing, format!("both kernels fail{extra}"))
     } else if c.failed_cycles == 0 {
@@ -315,7 +363,10 @@ pub fn verdict(baseline: Evidence, candidate: Evidence, cfg: &VerdictConfig) -> 
             )
         }
     } else if b.total_cycles == 0 {
-        (Verdict::Inconclusive, "the candidate failed but there are no baseline cycles to compare against".to_string())
+        (
+            Verdict::Inconclusive,
+            "the candidate failed but there are no baseline cycles to compare against".to_string(),
+        )
     } else {
         (
             Verdict::Inconclusive,
@@ -345,7 +396,11 @@ mod tests {
     use super::*;
 
     fn v(b: (u64, u64), c: (u64, u64)) -> VerdictReport {
-        verdict(Evidence::new(b.0, b.1), Evidence::new(c.0, c.1), &VerdictConfig::default())
+        verdict(
+            Evidence::new(b.0, b.1),
+            Evidence::new(c.0, c.1),
+            &VerdictConfig::default(),
+        )
     }
 
     #[test]
@@ -397,21 +452,42 @@ mod tests {
         let r = v((5, 3), (0, 10));
         assert_eq!(r.verdict, Verdict::Inconclusive);
         assert!(r.explanation.contains("invalid evidence"));
-        let bad = VerdictConfig { alpha: 0.0, ..VerdictConfig::default() };
-        assert_eq!(verdict(Evidence::new(0, 1), Evidence::new(0, 1), &bad).verdict, Verdict::Inconclusive);
+        let bad = VerdictConfig {
+            alpha: 0.0,
+            ..VerdictConfig::default()
+        };
+        assert_eq!(
+            verdict(Evidence::new(0, 1), Evidence::new(0, 1), &bad).verdict,
+            Verdict::Inconclusive
+        );
     }
 
     #[test]
     fn serde_names() {
-        let names: Vec<String> =
-            Verdict::ALL.iter().map(|v| serde_json::to_string(v).unwrap()).collect();
-        assert_eq!(names, ["\"regression\"", "\"fixed\"", "\"still-failing\"", "\"pass\"", "\"inconclusive\""]);
+        let names: Vec<String> = Verdict::ALL
+            .iter()
+            .map(|v| serde_json::to_string(v).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "\"regression\"",
+                "\"fixed\"",
+                "\"still-failing\"",
+                "\"pass\"",
+                "\"inconclusive\""
+            ]
+        );
         let v: Verdict = serde_json::from_str("\"still_failing\"").unwrap();
         assert_eq!(v, Verdict::StillFailing);
         for v in Verdict::ALL {
             assert_eq!(v.as_str().parse::<Verdict>().unwrap(), v);
         }
-        let r = verdict(Evidence::new(0, 1000), Evidence::new(12, 1000), &VerdictConfig::default());
+        let r = verdict(
+            Evidence::new(0, 1000),
+            Evidence::new(12, 1000),
+            &VerdictConfig::default(),
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["verdict"], "regression");
         let back: VerdictReport = serde_json::from_value(json).unwrap();

@@ -174,11 +174,10 @@ pub(crate) fn fsc_long_name(fsc: u8) -> String {
 pub(crate) fn find_esr_in_line(line: &str) -> Option<u64> {
     // "ESR = 0x0000000096000030", "ESR_EL2=0x92000030", "esr: 0x..", "ESR 0x..".
     for key in ["ESR_EL2=", "ESR_EL1=", "ESR = ", "ESR: ", "ESR=", "esr: ", "esr=", "esr "] {
-        if let Some(pos) = line.find(key) {
-            if let Some(v) = parse_hex(&line[pos + key.len()..], true) {
+        if let Some(pos) = line.find(key)
+            && let Some(v) = parse_hex(&line[pos + key.len()..], true) {
                 return Some(v);
             }
-        }
     }
     // "Internal error: Oops: 0000000096000030 [#1] SMP" / "...: 96000030 [#1]".
     if let Some(pos) = line.find("Internal error:") {
@@ -196,19 +195,16 @@ pub(crate) fn find_esr_in_line(line: &str) -> Option<u64> {
         }
     }
     // "SError Interrupt on CPU1, code 0x00000000be000000 -- SError"
-    if line.contains("SError") {
-        if let Some(pos) = line.find("code ") {
-            if let Some(v) = parse_hex(&line[pos + 5..], true) {
+    if line.contains("SError")
+        && let Some(pos) = line.find("code ")
+            && let Some(v) = parse_hex(&line[pos + 5..], true) {
                 return Some(v);
             }
-        }
-    }
     // "Unhandled fault: TLB conflict abort (0x96000030) at 0x..."
-    if let Some(pos) = line.find("Unhandled fault:") {
-        if let Some(open) = line[pos..].find("(0x") {
+    if let Some(pos) = line.find("Unhandled fault:")
+        && let Some(open) = line[pos..].find("(0x") {
             return parse_hex(&line[pos + open + 1..], true);
         }
-    }
     None
 }
 

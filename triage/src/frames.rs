@@ -180,11 +180,10 @@ fn is_atomic_op(f: &str) -> bool {
     while let Some(pos) = rest.find("atomic") {
         let after = &rest[pos + "atomic".len()..];
         let after = after.strip_prefix("64").unwrap_or(after);
-        if let Some(op) = after.strip_prefix('_') {
-            if OPS.iter().any(|o| op.starts_with(o)) {
+        if let Some(op) = after.strip_prefix('_')
+            && OPS.iter().any(|o| op.starts_with(o)) {
                 return true;
             }
-        }
         rest = &rest[pos + 1..];
     }
     false
@@ -216,11 +215,10 @@ pub(crate) fn strip_syscall_prefix(frame: &str) -> &str {
     ];
     let mut best = frame;
     for p in PREFIXES {
-        if let Some(rest) = frame.strip_prefix(p) {
-            if rest.len() < best.len() {
+        if let Some(rest) = frame.strip_prefix(p)
+            && rest.len() < best.len() {
                 best = rest;
             }
-        }
     }
     best
 }

@@ -32,7 +32,7 @@
 //! | `oops` | BUG/paging request/NULL deref/Internal error/GPF/kernel BUG/Unhandled fault/double fault... | yes |
 //! | `serror` | arm64 SError interrupt, titled by where it hit | yes |
 //! | `kvm-error` | QEMU `kvm run failed`, `KVM internal error` (fatal); other host `kvm [PID]:` errors (not fatal: KVM reports them and the guest goes on) | see left |
-//! | `hang` | no output at all | yes |
+//! | `hang` | an empty guest console | yes |
 //! | `warning` | WARNING, sleeping in atomic, bad page state... | no* |
 //! | `sanitizer` | KASAN, KMSAN, KCSAN, UBSAN, KFENCE | no* |
 //! | `lockdep` | possible deadlock, inconsistent lock state, RCU misuse... | no* |
@@ -156,8 +156,9 @@ pub struct Finding {
 
 /// Find every report in `log`, in order; the first is the main report.
 ///
-/// Never panics; runs in time linear in `log.len()` on any bytes.  A log
-/// with no output at all yields one `hang` finding.
+/// Never panics; runs in time linear in `log.len()` on any bytes.  An empty
+/// (or all-whitespace) *guest* log yields one `hang` finding, `no output from
+/// test machine`; empty host/QEMU logs are normal and yield nothing.
 pub fn triage(log: &[u8], source_hint: Source) -> Vec<Finding> {
     report::scan(log, source_hint)
 }

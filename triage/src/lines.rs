@@ -40,60 +40,76 @@ impl Context {
     }
 }
 
-/// One cleaned console line.
+/// One cleaned console line.  The text borrows from the log when the raw
+/// line needed no cleaning (the common case), so reading report windows
+/// does not allocate per line.
 #[derive(Debug, Clone)]
-pub(crate) struct Line {
+pub(crate) struct Line<'a> {
     pub context: Context,
     /// The message with the printk prefix removed.
-    pub text: String,
+    pub text: Cow<'a, str>,
     /// An x86 `? func+0x..` frame (or a PowerPC `(unreliable)` one): the
     /// unwinder is not sure it belongs to the stack, so titles ignore it.
     pub questionable: bool,
 }
 
+/// printk never emits more than ~1 KiB per line; anything longer is garbage
+/// (or several lines glued by a broken console) and only its start is read,
+/// which keeps the per-line work bounded.
+pub(crate) const MAX_LINE: usize = 4096;
+
 /// Parse one raw line (without its `\n`).
-pub(crate) fn parse_line(raw: &[u8]) -> Line {
+pub(crate) fn parse_line(raw: &[u8]) -> Line<'_> {
+    let raw = &raw[..raw.len().min(MAX_LINE)];
     let cleaned = clean(raw);
     let (context, body_start) = split_prefix(&cleaned);
-    let mut text = match body_start {
-        Some(start) => cleaned[start..].to_string(),
-        None => cleaned,
+    let mut text: Cow<'_, str> = match (cleaned, body_start) {
+        (Cow::Borrowed(s), Some(start)) => Cow::Borrowed(&s[start..]),
+        (Cow::Owned(s), Some(start)) => Cow::Owned(s[start..].to_string()),
+        (c, None) => c,
     };
     let mut questionable = false;
     if context.has_prefix() && !text.contains("<EOI>") {
         if let Some(pos) = text.find(" ? ") {
-            text.drain(..pos + 2);
+            text = match text {
+                Cow::Borrowed(s) => Cow::Borrowed(&s[pos + 2..]),
+                Cow::Owned(s) => Cow::Owned(s[pos + 2..].to_string()),
+            };
             questionable = true;
-        } else if let Some(stripped) = text.strip_suffix(" (unreliable)") {
-            let len = stripped.len();
-            text.truncate(len);
+        } else if text.ends_with(" (unreliable)") {
+            let len = text.len() - " (unreliable)".len();
+            text = match text {
+                Cow::Borrowed(s) => Cow::Borrowed(&s[..len]),
+                Cow::Owned(mut s) => {
+                    s.truncate(len);
+                    Cow::Owned(s)
+                }
+            };
             questionable = true;
         }
     }
     Line { context, text, questionable }
 }
 
-/// Just the message of a raw line (prefix removed), borrowing when the line
-/// is already clean UTF-8 — the cheap path for checking candidate lines.
+/// Just the message of a raw line (prefix removed), for checking candidate
+/// lines cheaply.
 pub(crate) fn message(raw: &[u8]) -> Cow<'_, str> {
-    let clean_ascii = raw.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t');
-    if clean_ascii {
-        // Safe: all bytes are ASCII.
-        let s = std::str::from_utf8(raw).unwrap_or_default();
-        return Cow::Borrowed(match split_prefix(s) {
-            (_, Some(start)) => &s[start..],
-            _ => s,
-        });
+    let raw = &raw[..raw.len().min(MAX_LINE)];
+    match clean(raw) {
+        Cow::Borrowed(s) => Cow::Borrowed(split_prefix(s).1.map_or(s, |st| &s[st..])),
+        Cow::Owned(s) => match split_prefix(&s).1 {
+            Some(st) => Cow::Owned(s[st..].to_string()),
+            None => Cow::Owned(s),
+        },
     }
-    Cow::Owned(parse_line(raw).text)
 }
 
 /// Remove CR, NUL, ANSI escape sequences and other control characters, and
 /// decode the rest as (lossy) UTF-8.
-pub(crate) fn clean(raw: &[u8]) -> String {
+pub(crate) fn clean(raw: &[u8]) -> Cow<'_, str> {
     let needs_work = raw.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f);
     if !needs_work {
-        return String::from_utf8_lossy(raw).into_owned();
+        return String::from_utf8_lossy(raw);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -120,8 +136,8 @@ pub(crate) fn clean(raw: &[u8]) -> String {
         i += 1;
     }
     match String::from_utf8(out) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
     }
 }
 
@@ -148,13 +164,11 @@ pub(crate) fn split_prefix(line: &str) -> (Context, Option<usize>) {
 fn prefix_starts(line: &str, start: usize) -> [Option<usize>; 3] {
     let mut pos = start;
     let rest = &line[start..];
-    if let Some(after) = rest.strip_prefix("** ") {
-        if let Some(end) = after.find(" printk messages dropped ** ") {
-            if after[..end].bytes().all(|b| b.is_ascii_digit()) && end > 0 {
+    if let Some(after) = rest.strip_prefix("** ")
+        && let Some(end) = after.find(" printk messages dropped ** ")
+            && after[..end].bytes().all(|b| b.is_ascii_digit()) && end > 0 {
                 pos = start + 3 + end + " printk messages dropped ** ".len();
             }
-        }
-    }
     let login = line[pos..].rfind(" login: ").map(|i| pos + i + " login: ".len());
     [Some(pos), login, None]
 }

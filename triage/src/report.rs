@@ -15,17 +15,22 @@
 //! reports are titled per log.
 
 use crate::esr::{self, EsrDecoded};
+use crate::frames;
 use crate::lines::{self, Context, Line};
 use crate::signature::{clean_title, signature_of};
 use crate::titles::{self, Described};
 use crate::{Finding, FindingClass, Source};
-use aho_corasick::{AhoCorasick, Input};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use std::sync::OnceLock;
 
 /// At most this many raw lines are read after a report's first line.
-const WINDOW_LINES: usize = 500;
+const WINDOW_LINES: usize = 1000;
 /// ... and at most this many bytes.
 const WINDOW_BYTES: usize = 256 * 1024;
+/// A report is over once this many of its context's lines in a row carried
+/// no stack frame (console chatter after the splat).  Long reports (stack
+/// overflows, all-CPU backtraces) keep going as long as frames keep coming.
+const QUIET_LINES: usize = 100;
 /// A log with more reports than this is a disaster already; stop titling.
 pub(crate) const MAX_FINDINGS: usize = 512;
 /// syzkaller only strips a trailing panic after this many report lines
@@ -94,9 +99,15 @@ const K_ESR: u32 = !0 << 8;
 
 fn window_keys(text: &str) -> u32 {
     static AC: OnceLock<AhoCorasick> = OnceLock::new();
-    let ac = AC.get_or_init(|| AhoCorasick::new(WINDOW_KEYS).expect("window keywords build an automaton"));
+    let ac = AC.get_or_init(|| {
+        AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(WINDOW_KEYS)
+            .expect("window keywords build an automaton")
+    });
     let mut k = 0;
-    for m in ac.find_overlapping_iter(text) {
+    for m in ac.find_iter(text) {
         k |= 1 << m.pattern().as_usize();
     }
     k
@@ -110,11 +121,10 @@ fn next_start(hay: &[u8], mut from: usize) -> Option<Start> {
         let ls = memchr::memrchr(b'\n', &hay[..m.start()]).map_or(0, |i| i + 1);
         let le = line_end(hay, m.start());
         let text = lines::message(&hay[ls..le]);
-        if let Some(family) = titles::match_family(&text) {
-            if !followed_by_replay(hay, le) {
+        if let Some(family) = titles::match_family(&text)
+            && !followed_by_replay(hay, le) {
                 return Some(Start { pos: ls, family });
             }
-        }
         from = le + 1;
     }
     None
@@ -159,6 +169,7 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
     let min_lines = if first.text.contains("BUG: KMSAN:") { 16 } else { MIN_LINES_BEFORE_PANIC_STRIP };
     let mut n = 0;
     let mut last_pushed_len: Option<usize> = None;
+    let mut quiet = 0;
     while pos < hay.len() && n < WINDOW_LINES && pos - start < WINDOW_BYTES {
         n += 1;
         let le = line_end(hay, pos);
@@ -220,6 +231,14 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
         if w.esr.is_none() && keys & K_ESR != 0 {
             w.esr = esr::find_esr_in_line(&line.text);
         }
+        if frames::parse_frame_line(&line.text).is_some() || frames::is_stack_start(&line.text) {
+            quiet = 0;
+        } else {
+            quiet += 1;
+            if quiet >= QUIET_LINES {
+                break;
+            }
+        }
         last_pushed_len = Some(w.text.len());
         w.text.push_str(&line.text);
         w.text.push('\n');
@@ -243,7 +262,7 @@ fn followed_by_replay(hay: &[u8], line_end_pos: usize) -> bool {
     memchr::memmem::find(&hay[next..le], REPLAY_MARKER.as_bytes()).is_some()
 }
 
-fn belongs(line: &Line, ctx: Context, cpu_traceback: bool) -> bool {
+fn belongs(line: &Line<'_>, ctx: Context, cpu_traceback: bool) -> bool {
     if line.questionable {
         return false;
     }
@@ -255,7 +274,7 @@ fn belongs(line: &Line, ctx: Context, cpu_traceback: bool) -> bool {
 /// serial garbage (`INFO: task \xff\xfe` + `...:123 blocked for more than`):
 /// glue the continuation back on.  Returns the position after the consumed
 /// lines.
-fn join_wrapped_header(hay: &[u8], first: &mut Line, mut pos: usize) -> usize {
+fn join_wrapped_header(hay: &[u8], first: &mut Line<'_>, mut pos: usize) -> usize {
     for _ in 0..2 {
         let Some(kind) = split_header_kind(&first.text) else { break };
         if pos >= hay.len() {
@@ -274,8 +293,8 @@ fn join_wrapped_header(hay: &[u8], first: &mut Line, mut pos: usize) -> usize {
         if t.is_empty() || !fits {
             break;
         }
-        first.text.push(' ');
-        first.text.push_str(t);
+        let joined = format!("{} {t}", first.text);
+        first.text = joined.into();
         pos = le + 1;
     }
     pos
@@ -326,7 +345,11 @@ fn looks_like_warning_tail(t: &str) -> bool {
 pub(crate) fn scan(hay: &[u8], hint: Source) -> Vec<Finding> {
     let mut out = Vec::new();
     if hay.iter().all(u8::is_ascii_whitespace) {
-        out.push(no_output(hint));
+        // A silent guest console means the guest never got going.  Silence
+        // on the host or from QEMU is normal (QEMU's stderr usually is empty).
+        if hint == Source::Guest {
+            out.push(no_output(hint));
+        }
         return out;
     }
     let vm_disconnected = memchr::memmem::find(hay, b"serialport: VM disconnected.").is_some();
@@ -536,7 +559,7 @@ pub(crate) fn first_fatal_line(line: &str) -> bool {
     let parsed = lines::parse_line(line.as_bytes());
     let Some(fam) = titles::match_family(&parsed.text) else { return false };
     let header = titles::families()[fam].header;
-    header != "BUG:" && header != "kvm [" || fatal_prefilter().is_match(&parsed.text)
+    header != "BUG:" && header != "kvm [" || fatal_prefilter().is_match(parsed.text.as_ref())
 }
 
 #[cfg(test)]

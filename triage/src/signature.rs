@@ -106,11 +106,10 @@ pub fn signature_of(title: &str) -> String {
 /// `foo.isra.0` / `foo.constprop.3` / `foo.cold` -> `foo`.
 fn strip_symbol_suffix(w: &str) -> &str {
     for marker in [".isra.", ".constprop.", ".part.", ".cold", ".llvm."] {
-        if let Some(pos) = w.find(marker) {
-            if pos > 0 {
+        if let Some(pos) = w.find(marker)
+            && pos > 0 {
                 return &w[..pos];
             }
-        }
     }
     w
 }

@@ -843,15 +843,14 @@ fn run_steps(steps: &[Step], text: &str, skip: &dyn Fn(&str) -> bool, pick: Pick
                     if frames::is_stack_start(ln) {
                         break;
                     }
-                    if let Some(Step::Find(next)) = steps.get(si + 1) {
-                        if let Some(caps) = next.captures(ln) {
+                    if let Some(Step::Find(next)) = steps.get(si + 1)
+                        && let Some(caps) = next.captures(ln) {
                             for g in caps.iter().skip(1).flatten() {
                                 push(&mut raw, g.as_str());
                             }
                             si += 1;
                             break;
                         }
-                    }
                     if let Some((a, b)) = frames::parse_frame_line(ln) {
                         push(&mut raw, a);
                         if let Some(b) = b {

@@ -91,16 +91,14 @@ fn check(log: &Path) -> Result<(), String> {
                 return Err(format!("want ESR FSC {fsc:#x}, got {have:?}"));
             }
         }
-        if let Some(fatal) = exp.fatal {
-            if first.fatal != fatal {
+        if let Some(fatal) = exp.fatal
+            && first.fatal != fatal {
                 return Err(format!("want fatal={fatal}, got {}", first.fatal));
             }
-        }
-        if let Some(src) = &exp.source_out {
-            if first.source.as_str() != src {
+        if let Some(src) = &exp.source_out
+            && first.source.as_str() != src {
                 return Err(format!("want source {src}, got {}", first.source.as_str()));
             }
-        }
     }
     Ok(())
 }

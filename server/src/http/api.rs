@@ -13,7 +13,7 @@ use super::error::ApiError;
 use crate::jobs::{self, JobState};
 use crate::runs::{self, TriggerRequest};
 use crate::state::AppState;
-use crate::{boards, findings, logs, results, verdicts};
+use crate::{boards, export, findings, logs, results, verdicts};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -27,6 +27,8 @@ pub fn routes() -> Router<AppState> {
         .route("/signatures", get(list_signatures))
         .route("/kernels/{commit}", get(get_kernel))
         .route("/regressions", get(list_regressions))
+        .route("/export/kcidb", get(export_kcidb))
+        .route("/export/junit", get(export_junit))
 }
 
 /// Proof that the request carried the API token.
@@ -255,4 +257,39 @@ async fn list_regressions(State(state): State<AppState>, Query(q): Query<Regress
         })
         .collect();
     Ok(Json(serde_json::json!({ "regressions": out })))
+}
+
+#[derive(Deserialize)]
+struct KcidbQuery {
+    commit: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The URL this server is reached at, for links in exports.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+async fn export_kcidb(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<KcidbQuery>) -> Result<impl IntoResponse, ApiError> {
+    if let Some(c) = &q.commit {
+        if !c.chars().all(|c| c.is_ascii_hexdigit()) || c.is_empty() || c.len() > 64 {
+            return Err(ApiError::BadRequest(format!("`{c}` is not a commit id")));
+        }
+    }
+    let data = export::kcidb(&state.pool, &base_url(&headers), q.commit.as_deref(), q.limit.unwrap_or(5000).clamp(1, 100_000)).await?;
+    Ok(Json(data))
+}
+
+#[derive(Deserialize)]
+struct JunitQuery {
+    run: Option<String>,
+}
+
+async fn export_junit(State(state): State<AppState>, Query(q): Query<JunitQuery>) -> Result<impl IntoResponse, ApiError> {
+    let run = q.run.ok_or_else(|| ApiError::BadRequest("`run` is required, e.g. ?run=12".into()))?;
+    let id = parse_id(&run, "run")?;
+    runs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
+    let jobs = jobs::for_run(&state.pool, id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], export::junit(id, &jobs)))
 }

@@ -2,6 +2,8 @@
 
 pub mod api;
 pub mod error;
+pub mod hooks;
+pub mod live;
 pub mod pages;
 
 use axum::Router;
@@ -19,9 +21,14 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .nest("/api/v1", api::routes())
+        .nest("/api/v1", api::routes().layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)))
+        .route(
+            "/api/v1/hooks/{forge}",
+            axum::routing::post(hooks::receive).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
+        )
         .merge(pages::routes())
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .merge(live::routes())
+        .layer(RequestBodyLimitLayer::new(hooks::MAX_HOOK_BODY))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

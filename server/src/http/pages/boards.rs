@@ -13,6 +13,7 @@ const JOBS_PER_PAGE: i64 = 50;
 
 pub struct JobLine {
     pub id: i64,
+    pub board: String,
     pub kernel_id: i64,
     pub commit_short: String,
     pub branch: String,
@@ -32,6 +33,7 @@ impl JobLine {
         };
         JobLine {
             id: j.id,
+            board: j.board,
             kernel_id: j.kernel_id,
             commit_short: short(&j.commit_sha),
             branch: j.branch,

@@ -6,9 +6,9 @@
 //! [`crate::http::live`] when it is on.
 
 mod boards;
-mod fleet;
-mod jobs;
-mod kernels;
+pub mod fleet;
+pub mod jobs;
+pub mod kernels;
 pub mod logview;
 pub mod plot;
 mod signatures;
