@@ -611,6 +611,12 @@ fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandl
         }
     };
     logs.agent(format!("host dmesg window opened at kernel sequence {}", reader.base_seq));
+    // The window is stored even when the host stays quiet, so a reader can
+    // tell "nothing happened" from "not captured".
+    logs.write(
+        LogStream::HostDmesg,
+        format!("armfleet: host kernel log window from /dev/kmsg sequence {} (numbers below are relative)\n", reader.base_seq).into_bytes(),
+    );
     let shared = shared.clone();
     Some(tokio::spawn(async move {
         let base = reader.base_seq;

@@ -371,7 +371,9 @@ pub struct Push {
     /// include the head commit (deletions, a branch created on an existing
     /// commit, truncated commit lists).
     pub head_subject: String,
-    /// Author name of the head commit; empty when unknown (as above).
+    /// Author of the head commit in git ident form, `Name <email>` (just the
+    /// name when the forge omits the email; plain git: as sent); empty when
+    /// unknown (as above).
     pub head_author: String,
     /// Parent of `after`, only when the payload establishes it: given
     /// explicitly (plain git), or GitHub non-forced single-commit pushes (then
@@ -405,6 +407,8 @@ impl Push {
 struct Author {
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
     #[serde(default)]
     username: Option<String>,
 }
@@ -550,9 +554,10 @@ fn check_ref(r: &str) -> Result<(), IntakeError> {
     Ok(())
 }
 
-/// Accept URLs git can fetch over the network: `https://`, `http://`,
-/// `ssh://`, `git://`, or scp-like `user@host:path`. Local paths, `file://`
-/// and `<transport>::` remote helpers (e.g. `ext::`) are refused.
+/// Accept repository URLs: `https://`, `http://`, `ssh://`, `git://`,
+/// `file://`, scp-like `user@host:path`, or an absolute path (plain git hooks
+/// on the git server itself). `<transport>::` remote helpers (e.g. `ext::`),
+/// other schemes, leading dashes, spaces and control characters are refused.
 fn check_tree_url(url: &str) -> Result<(), IntakeError> {
     let bad = |why: &str| {
         IntakeError::Malformed(format!("repository URL {:?} {why}", truncate(url, 200)))
@@ -576,10 +581,10 @@ fn check_tree_url(url: &str) -> Result<(), IntakeError> {
             .iter()
             .any(|s| scheme.eq_ignore_ascii_case(s));
         if !allowed {
-            return Err(bad("must use https, http, ssh or git"));
+            return Err(bad("must use https, http, ssh, git or file"));
         }
         let host = rest.split('/').next().unwrap_or("");
-        if host.is_empty() {
+        if host.is_empty() && !scheme.eq_ignore_ascii_case("file") {
             return Err(bad("has no host"));
         }
         return Ok(());
@@ -611,11 +616,19 @@ fn subject_of(message: &str) -> String {
     message.lines().next().unwrap_or("").trim_end().to_owned()
 }
 
+/// Git ident style, like `git log --format='%an <%ae>'` (what
+/// `scripts/post-receive` sends): "Name <email>", falling back to the forge
+/// username for the name and dropping a missing email.
 fn author_of(c: &Commit) -> String {
-    c.author
-        .as_ref()
-        .and_then(|a| pick_url([&a.name, &a.username]))
-        .unwrap_or_default()
+    let Some(a) = c.author.as_ref() else {
+        return String::new();
+    };
+    let name = pick_url([&a.name, &a.username]).unwrap_or_default();
+    match pick_url([&a.email]) {
+        Some(email) if name.is_empty() => format!("<{email}>"),
+        Some(email) => format!("{name} <{email}>"),
+        None => name,
+    }
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(forge: Forge, body: &'a [u8]) -> Result<T, IntakeError> {
@@ -1272,7 +1285,7 @@ mod tests {
             p.head_subject,
             "KVM: arm64: Fix vgic state restore on migration cancel"
         );
-        assert_eq!(p.head_author, "Marc Zyngier");
+        assert_eq!(p.head_author, "Marc Zyngier <maz@example.org>");
         assert_eq!(
             p.parent.as_deref(),
             Some(SHA_A),
@@ -1348,7 +1361,7 @@ mod tests {
         assert_eq!(p.branch, "master");
         assert_eq!(p.after, SHA_C);
         assert_eq!(p.head_subject, "KVM: arm64: Head commit subject");
-        assert_eq!(p.head_author, "Jordi Mallach");
+        assert_eq!(p.head_author, "Jordi Mallach <jordi@example.com>");
         assert_eq!(
             p.parent, None,
             "GitLab payloads cannot establish the parent"
@@ -1386,7 +1399,7 @@ mod tests {
         assert_eq!(p.branch, "develop");
         // Head found by id even though Gitea lists it first.
         assert_eq!(p.head_subject, "arm64: head on develop");
-        assert_eq!(p.head_author, "Gitea Dev");
+        assert_eq!(p.head_author, "Gitea Dev <dev@example.org>");
         assert_eq!(p.parent, None);
         assert!(p.should_test());
     }
@@ -1462,16 +1475,15 @@ mod tests {
                 "URL",
             ),
             (
-                plain_push_body(None)
-                    .replace("https://git.example.org/linux.git", "/srv/git/linux.git"),
-                "network URL",
-            ),
-            (
                 plain_push_body(None).replace(
                     "https://git.example.org/linux.git",
-                    "file:///srv/git/linux.git",
+                    "ftp://git.example.org/linux.git",
                 ),
                 "https",
+            ),
+            (
+                plain_push_body(None).replace("https://git.example.org/linux.git", "srv/git/linux"),
+                "repository URL",
             ),
             (r#"{"ref": "refs/heads/x"}"#.to_string(), "missing field"),
         ];
@@ -1479,8 +1491,10 @@ mod tests {
             let e = parse_push(Forge::PlainGit, body.as_bytes()).unwrap_err();
             assert!(e.to_string().contains(needle), "{needle}: {e}");
         }
-        // scp-like and ssh URLs are fine.
+        // scp-like, ssh, local and file URLs are fine.
         for url in [
+            "/srv/git/linux.git",
+            "file:///srv/git/linux.git",
             "git@git.example.org:linux.git",
             "ssh://git@git.example.org:2222/linux.git",
             "git://git.kernel.org/pub/scm/linux.git",

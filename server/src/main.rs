@@ -51,6 +51,18 @@ enum Command {
         #[arg(long, default_value = ".armfleet")]
         data_dir: PathBuf,
     },
+    /// Per-kernel results and verdicts as a table.
+    Report {
+        #[arg(long)]
+        commit: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+    /// Export results for other systems.
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
+    },
     /// Print the server's SSH host key fingerprint (creating the key if needed).
     Fingerprint {
         #[arg(long, default_value = ".armfleet")]
@@ -64,6 +76,27 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ExportFormat {
+    /// KernelCI KCIDB JSON (schema v5) on stdout.
+    Kcidb {
+        #[arg(long)]
+        commit: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+}
+
+async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    let resp = reqwest::Client::new().get(url).send().await.with_context(|| format!("contacting {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("server answered {status}: {}", body["error"].as_str().unwrap_or("?"));
+    }
+    Ok(body)
 }
 
 fn init_tracing() {
@@ -144,6 +177,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("server answered {status}: {}", body["error"].as_str().unwrap_or("?"));
             }
             println!("run {} planned with jobs {}", body["run_id"], body["jobs"]);
+            Ok(())
+        }
+        Command::Report { commit, server } => {
+            let body = get_json(&format!("{}/api/v1/kernels/{commit}", server.trim_end_matches('/'))).await?;
+            for k in body["kernels"].as_array().into_iter().flatten() {
+                println!("{} {} {}", k["commit_sha"].as_str().unwrap_or(""), k["branch"].as_str().unwrap_or(""), k["tree"].as_str().unwrap_or(""));
+                if let Some(subject) = k["subject"].as_str() {
+                    println!("  {subject}");
+                }
+                println!("  {:<14} {:<24} {:<14} {:>10} {:>8} {:>18}  {}", "family", "plan", "verdict", "cycles", "failed", "rate (95% CI)", "baseline");
+                let verdicts = k["verdicts"].as_array().cloned().unwrap_or_default();
+                for r in k["results"].as_array().into_iter().flatten() {
+                    let v = verdicts.iter().find(|v| v["family"] == r["family"] && v["plan"] == r["plan"]);
+                    let verdict = v.and_then(|v| v["verdict"].as_str()).unwrap_or("running");
+                    let rate = v.map(|v| format!("{:.2}% ({:.2}–{:.2})", v["rate"].as_f64().unwrap_or(0.0) * 100.0,
+                        v["ci_low"].as_f64().unwrap_or(0.0) * 100.0, v["ci_high"].as_f64().unwrap_or(0.0) * 100.0)).unwrap_or_default();
+                    let baseline = v.and_then(|v| v["baseline_commit"].as_str()).map(|c| c.chars().take(12).collect()).unwrap_or_else(|| "-".to_owned());
+                    println!("  {:<14} {:<24} {:<14} {:>10} {:>8} {:>18}  {}", r["family"].as_str().unwrap_or(""), r["plan"].as_str().unwrap_or(""),
+                        verdict, r["cycles_run"], r["failed_cycles"], rate, baseline);
+                    if r["infra_errors"].as_i64().unwrap_or(0) > 0 {
+                        println!("  {:<14} {} lab failures (not counted against the kernel)", "", r["infra_errors"]);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Export { format: ExportFormat::Kcidb { commit, server } } => {
+            let mut url = format!("{}/api/v1/export/kcidb", server.trim_end_matches('/'));
+            if let Some(c) = commit {
+                url.push_str(&format!("?commit={c}"));
+            }
+            println!("{}", serde_json::to_string_pretty(&get_json(&url).await?)?);
             Ok(())
         }
         Command::Fingerprint { data_dir } => {

@@ -7,7 +7,7 @@
 //! scan (memchr over newlines), the prefilter scan over benign text, and the
 //! cost of titling the reports that are found.
 
-use armfleet_triage::{triage, Source};
+use armfleet_triage::{Source, triage};
 use std::time::Instant;
 
 const REPORTS: &[&str] = &[
@@ -60,7 +60,9 @@ fn build(target_bytes: usize, with_reports: bool) -> (Vec<u8>, usize) {
         }
         let msg = BENIGN[(seed % BENIGN.len() as u64) as usize];
         if seed.is_multiple_of(3) {
-            out.extend_from_slice(format!("[{secs:>5}.{usecs:06}][ T{:>4}] {msg}\n", seed % 4096).as_bytes());
+            out.extend_from_slice(
+                format!("[{secs:>5}.{usecs:06}][ T{:>4}] {msg}\n", seed % 4096).as_bytes(),
+            );
         } else {
             out.extend_from_slice(format!("[{secs:>5}.{usecs:06}] {msg}\n").as_bytes());
         }
@@ -98,21 +100,44 @@ fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 }
 
 fn main() {
-    let mb: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let mb: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100);
     let (log, reports) = build(mb * 1024 * 1024, true);
     let (benign, _) = build(mb * 1024 * 1024, false);
-    println!("log: {:.1} MB, {} embedded reports; benign-only copy: {:.1} MB", mbps(log.len(), 1.0), reports, mbps(benign.len(), 1.0));
+    println!(
+        "log: {:.1} MB, {} embedded reports; benign-only copy: {:.1} MB",
+        mbps(log.len(), 1.0),
+        reports,
+        mbps(benign.len(), 1.0)
+    );
 
-    let reports_only: Vec<u8> = REPORTS.iter().cycle().take(reports).flat_map(|r| r.bytes()).collect();
+    let reports_only: Vec<u8> = REPORTS
+        .iter()
+        .cycle()
+        .take(reports)
+        .flat_map(|r| r.bytes())
+        .collect();
 
     let (t_lines, n_lines) = best_of(3, || memchr::memchr_iter(b'\n', &log).count());
     let (t_benign, f_benign) = best_of(3, || triage(&benign, Source::Guest));
     let (t_reports, f_reports) = best_of(3, || triage(&reports_only, Source::Guest));
     let (t_full, findings) = best_of(3, || triage(&log, Source::Guest));
 
-    println!("triage (full mix):      {:>8.1} MB/s  ({:.3} s, {} findings)", mbps(log.len(), t_full), t_full, findings.len());
+    println!(
+        "triage (full mix):      {:>8.1} MB/s  ({:.3} s, {} findings)",
+        mbps(log.len(), t_full),
+        t_full,
+        findings.len()
+    );
     println!("breakdown:");
-    println!("  newline scan only:    {:>8.1} MB/s  ({:.3} s, {} lines) — floor for any line-based tool", mbps(log.len(), t_lines), t_lines, n_lines);
+    println!(
+        "  newline scan only:    {:>8.1} MB/s  ({:.3} s, {} lines) — floor for any line-based tool",
+        mbps(log.len(), t_lines),
+        t_lines,
+        n_lines
+    );
     println!(
         "  benign text only (prefilter + candidate lines): {:>8.1} MB/s ({:.3} s, {} findings)",
         mbps(benign.len(), t_benign),

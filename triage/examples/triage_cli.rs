@@ -6,7 +6,11 @@ fn main() {
         args.remove(0);
     }
     let json = args.first().map(String::as_str) == Some("--json");
-    let files: Vec<std::path::PathBuf> = args.iter().skip(usize::from(json)).map(Into::into).collect();
+    let files: Vec<std::path::PathBuf> = args
+        .iter()
+        .skip(usize::from(json))
+        .map(Into::into)
+        .collect();
     let code = armfleet_triage::run_cli(json, &files, &mut std::io::stdout().lock());
     std::process::exit(code);
 }

@@ -6,7 +6,7 @@
 //! reported on stderr and makes the exit code non-zero, but the other files
 //! are still triaged.
 
-use crate::{triage, Finding, Source};
+use crate::{Finding, Source, triage};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,10 @@ struct JsonFinding<'a> {
 /// Guess which log a file is from its name (`*qemu*`, `*dmesg*`/`*host*`,
 /// `*serial*`/`*console*`/`*guest*`).
 pub(crate) fn source_from_name(path: &Path) -> Source {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     if name.contains("qemu") {
         Source::Qemu
     } else if name.contains("dmesg") || name.contains("host") {
@@ -36,7 +39,11 @@ pub(crate) fn source_from_name(path: &Path) -> Source {
 pub(crate) fn run(json: bool, files: &[PathBuf], out: &mut dyn Write) -> i32 {
     let mut rc = 0;
     if !json {
-        let _ = writeln!(out, "{:<32} {:>13}  {:<12} {:<5} {:<4} TITLE", "FILE", "LINES", "CLASS", "FATAL", "CORR");
+        let _ = writeln!(
+            out,
+            "{:<32} {:>13}  {:<12} {:<5} {:<4} TITLE",
+            "FILE", "LINES", "CLASS", "FATAL", "CORR"
+        );
     }
     for path in files {
         let data = match std::fs::read(path) {
@@ -51,7 +58,10 @@ pub(crate) fn run(json: bool, files: &[PathBuf], out: &mut dyn Write) -> i32 {
         let name = path.display().to_string();
         if json {
             for f in &findings {
-                match serde_json::to_string(&JsonFinding { file: &name, finding: f }) {
+                match serde_json::to_string(&JsonFinding {
+                    file: &name,
+                    finding: f,
+                }) {
                     Ok(s) => {
                         let _ = writeln!(out, "{s}");
                     }
@@ -59,7 +69,11 @@ pub(crate) fn run(json: bool, files: &[PathBuf], out: &mut dyn Write) -> i32 {
                 }
             }
         } else if findings.is_empty() {
-            let _ = writeln!(out, "{name:<32} {:>13}  {:<12} {:<5} {:<4} (no findings)", "-", "-", "-", "-");
+            let _ = writeln!(
+                out,
+                "{name:<32} {:>13}  {:<12} {:<5} {:<4} (no findings)",
+                "-", "-", "-", "-"
+            );
         } else {
             for f in &findings {
                 let lines = format!("{}-{}", f.start_line, f.end_line);
@@ -72,7 +86,11 @@ pub(crate) fn run(json: bool, files: &[PathBuf], out: &mut dyn Write) -> i32 {
                     f.title
                 );
                 if let Some(e) = &f.esr {
-                    let _ = writeln!(out, "{:<32} {:>13}  ESR {:#x}: {}", "", "", e.esr, e.summary);
+                    let _ = writeln!(
+                        out,
+                        "{:<32} {:>13}  ESR {:#x}: {}",
+                        "", "", e.esr, e.summary
+                    );
                 }
             }
         }

@@ -11,7 +11,11 @@
 /// Demangle `sym` if it is a Rust symbol; `None` otherwise or on failure.
 pub(crate) fn demangle(sym: &str) -> Option<String> {
     if let Some(rest) = sym.strip_prefix("_R") {
-        let mut p = V0 { s: rest.as_bytes(), i: 0, depth: 0 };
+        let mut p = V0 {
+            s: rest.as_bytes(),
+            i: 0,
+            depth: 0,
+        };
         // Optional encoding version.
         while p.peek().is_some_and(|c| c.is_ascii_digit()) {
             p.i += 1;
@@ -68,7 +72,10 @@ impl V0<'_> {
                 b'_' => return v.checked_add(1).ok_or(()),
                 _ => return Err(()),
             };
-            v = v.checked_mul(62).and_then(|v| v.checked_add(usize::from(d))).ok_or(())?;
+            v = v
+                .checked_mul(62)
+                .and_then(|v| v.checked_add(usize::from(d)))
+                .ok_or(())?;
         }
     }
 
@@ -84,7 +91,10 @@ impl V0<'_> {
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.i += 1;
         }
-        std::str::from_utf8(&self.s[start..self.i]).ok().and_then(|d| d.parse().ok()).ok_or(())
+        std::str::from_utf8(&self.s[start..self.i])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or(())
     }
 
     fn ident(&mut self) -> Result<&str, ()> {
@@ -94,7 +104,11 @@ impl V0<'_> {
         }
         let len = self.decimal()?;
         self.eat(b'_');
-        let end = self.i.checked_add(len).filter(|&e| e <= self.s.len()).ok_or(())?;
+        let end = self
+            .i
+            .checked_add(len)
+            .filter(|&e| e <= self.s.len())
+            .ok_or(())?;
         let id = std::str::from_utf8(&self.s[self.i..end]).map_err(|_| ())?;
         self.i = end;
         Ok(id)
@@ -194,7 +208,11 @@ impl V0<'_> {
         }
         let len = self.decimal()?;
         self.eat(b'_');
-        let end = self.i.checked_add(len).filter(|&e| e <= self.s.len()).ok_or(())?;
+        let end = self
+            .i
+            .checked_add(len)
+            .filter(|&e| e <= self.s.len())
+            .ok_or(())?;
         let id = std::str::from_utf8(&self.s[self.i..end]).map_err(|_| ())?;
         self.i = end;
         Ok(id)
@@ -328,7 +346,9 @@ fn legacy(rest: &str) -> Option<String> {
         parts.push(unescape_legacy(&rest[i..end]));
         i = end;
     }
-    if parts.last().is_some_and(|h| h.len() == 17 && h.starts_with('h') && h[1..].bytes().all(|c| c.is_ascii_hexdigit())) {
+    if parts.last().is_some_and(|h| {
+        h.len() == 17 && h.starts_with('h') && h[1..].bytes().all(|c| c.is_ascii_hexdigit())
+    }) {
         parts.pop();
     }
     (!parts.is_empty()).then(|| parts.join("::"))
@@ -337,13 +357,28 @@ fn legacy(rest: &str) -> Option<String> {
 fn unescape_legacy(s: &str) -> String {
     let mut out = s.replace("..", "::");
     for (from, to) in [
-        ("$LT$", "<"), ("$GT$", ">"), ("$u20$", " "), ("$C$", ","), ("$RF$", "&"), ("$BP$", "*"),
-        ("$SP$", "@"), ("$LP$", "("), ("$RP$", ")"), ("$u7b$", "{"), ("$u7d$", "}"), ("$u27$", "'"),
-        ("$u5b$", "["), ("$u5d$", "]"), ("$u7e$", "~"),
+        ("$LT$", "<"),
+        ("$GT$", ">"),
+        ("$u20$", " "),
+        ("$C$", ","),
+        ("$RF$", "&"),
+        ("$BP$", "*"),
+        ("$SP$", "@"),
+        ("$LP$", "("),
+        ("$RP$", ")"),
+        ("$u7b$", "{"),
+        ("$u7d$", "}"),
+        ("$u27$", "'"),
+        ("$u5b$", "["),
+        ("$u5d$", "]"),
+        ("$u7e$", "~"),
     ] {
         out = out.replace(from, to);
     }
-    out.strip_prefix('_').filter(|r| r.starts_with('$')).map(str::to_string).unwrap_or(out)
+    out.strip_prefix('_')
+        .filter(|r| r.starts_with('$'))
+        .map(str::to_string)
+        .unwrap_or(out)
 }
 
 #[cfg(test)]
@@ -353,7 +388,8 @@ mod tests {
     #[test]
     fn v0_inherent_impl() {
         assert_eq!(
-            demangle("_RNvMs3_NtCshgDM7dBCdno_11rust_binder7processNtB5_7Process10update_ref").as_deref(),
+            demangle("_RNvMs3_NtCshgDM7dBCdno_11rust_binder7processNtB5_7Process10update_ref")
+                .as_deref(),
             Some("<rust_binder::process::Process>::update_ref")
         );
     }
@@ -364,12 +400,18 @@ mod tests {
             demangle("_RNvNtCs9jEwPDbx20M_4core9panicking9panic_fmt").as_deref(),
             Some("core::panicking::panic_fmt")
         );
-        assert_eq!(demangle("_RNvCscSpY9Juk0HT_7___rustc17rust_begin_unwind").as_deref(), Some("__rustc::rust_begin_unwind"));
+        assert_eq!(
+            demangle("_RNvCscSpY9Juk0HT_7___rustc17rust_begin_unwind").as_deref(),
+            Some("__rustc::rust_begin_unwind")
+        );
     }
 
     #[test]
     fn legacy_symbols() {
-        assert_eq!(demangle("_ZN4core9panicking9panic_fmt17h0123456789abcdefE").as_deref(), Some("core::panicking::panic_fmt"));
+        assert_eq!(
+            demangle("_ZN4core9panicking9panic_fmt17h0123456789abcdefE").as_deref(),
+            Some("core::panicking::panic_fmt")
+        );
     }
 
     #[test]

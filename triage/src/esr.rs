@@ -46,7 +46,11 @@ pub fn decode_esr(esr: u64) -> EsrDecoded {
     let is_serror = ec == 0x2f;
     let (fsc, fsc_name, level) = if is_abort {
         let fsc = (iss & 0x3f) as u8;
-        (Some(fsc), Some(fsc_name(fsc).unwrap_or("reserved fault status code")), fsc_level(fsc))
+        (
+            Some(fsc),
+            Some(fsc_name(fsc).unwrap_or("reserved fault status code")),
+            fsc_level(fsc),
+        )
     } else if is_serror {
         let dfsc = (iss & 0x3f) as u8;
         let name = match dfsc {
@@ -66,7 +70,18 @@ pub fn decode_esr(esr: u64) -> EsrDecoded {
     if let Some(w) = wnr {
         summary.push_str(if w { ", write" } else { ", read" });
     }
-    EsrDecoded { esr, ec, ec_name, il, iss, fsc, fsc_name, wnr, level, summary }
+    EsrDecoded {
+        esr,
+        ec,
+        ec_name,
+        il,
+        iss,
+        fsc,
+        fsc_name,
+        wnr,
+        level,
+        summary,
+    }
 }
 
 /// Name of an exception class, in the style of the kernel's `esr_class_str`.
@@ -173,11 +188,14 @@ pub(crate) fn fsc_long_name(fsc: u8) -> String {
 /// print it.  Returns the first one found.
 pub(crate) fn find_esr_in_line(line: &str) -> Option<u64> {
     // "ESR = 0x0000000096000030", "ESR_EL2=0x92000030", "esr: 0x..", "ESR 0x..".
-    for key in ["ESR_EL2=", "ESR_EL1=", "ESR = ", "ESR: ", "ESR=", "esr: ", "esr=", "esr "] {
+    for key in [
+        "ESR_EL2=", "ESR_EL1=", "ESR = ", "ESR: ", "ESR=", "esr: ", "esr=", "esr ",
+    ] {
         if let Some(pos) = line.find(key)
-            && let Some(v) = parse_hex(&line[pos + key.len()..], true) {
-                return Some(v);
-            }
+            && let Some(v) = parse_hex(&line[pos + key.len()..], true)
+        {
+            return Some(v);
+        }
     }
     // "Internal error: Oops: 0000000096000030 [#1] SMP" / "...: 96000030 [#1]".
     if let Some(pos) = line.find("Internal error:") {
@@ -197,14 +215,16 @@ pub(crate) fn find_esr_in_line(line: &str) -> Option<u64> {
     // "SError Interrupt on CPU1, code 0x00000000be000000 -- SError"
     if line.contains("SError")
         && let Some(pos) = line.find("code ")
-            && let Some(v) = parse_hex(&line[pos + 5..], true) {
-                return Some(v);
-            }
+        && let Some(v) = parse_hex(&line[pos + 5..], true)
+    {
+        return Some(v);
+    }
     // "Unhandled fault: TLB conflict abort (0x96000030) at 0x..."
     if let Some(pos) = line.find("Unhandled fault:")
-        && let Some(open) = line[pos..].find("(0x") {
-            return parse_hex(&line[pos + open + 1..], true);
-        }
+        && let Some(open) = line[pos..].find("(0x")
+    {
+        return parse_hex(&line[pos + open + 1..], true);
+    }
     None
 }
 
@@ -248,7 +268,10 @@ mod tests {
         assert_eq!(decode_esr(0x9600_000b).fsc_name, Some("access flag fault"));
         assert_eq!(decode_esr(0x9600_000e).fsc_name, Some("permission fault"));
         assert_eq!(decode_esr(0x9600_0021).fsc_name, Some("alignment fault"));
-        assert_eq!(decode_esr(0x9600_0010).fsc_name, Some("synchronous external abort"));
+        assert_eq!(
+            decode_esr(0x9600_0010).fsc_name,
+            Some("synchronous external abort")
+        );
     }
 
     #[test]
@@ -263,12 +286,18 @@ mod tests {
 
     #[test]
     fn find_in_lines() {
-        assert_eq!(find_esr_in_line("  ESR = 0x0000000096000030"), Some(0x9600_0030));
+        assert_eq!(
+            find_esr_in_line("  ESR = 0x0000000096000030"),
+            Some(0x9600_0030)
+        );
         assert_eq!(
             find_esr_in_line("kvm [1]: Unsupported FSC: EC=0x24 xFSC=0x30 ESR_EL2=0x92000030"),
             Some(0x9200_0030)
         );
-        assert_eq!(find_esr_in_line("Internal error: Oops: 96000005 [#1] SMP"), Some(0x9600_0005));
+        assert_eq!(
+            find_esr_in_line("Internal error: Oops: 96000005 [#1] SMP"),
+            Some(0x9600_0005)
+        );
         assert_eq!(
             find_esr_in_line("SError Interrupt on CPU1, code 0x00000000be000000 -- SError"),
             Some(0xbe00_0000)

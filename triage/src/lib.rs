@@ -53,7 +53,7 @@ mod report;
 mod signature;
 mod titles;
 
-pub use esr::{decode_esr, ec_name, fsc_name, EsrDecoded};
+pub use esr::{EsrDecoded, decode_esr, ec_name, fsc_name};
 pub use signature::signature_of;
 
 use serde::Serialize;

@@ -88,7 +88,11 @@ pub(crate) fn parse_line(raw: &[u8]) -> Line<'_> {
             questionable = true;
         }
     }
-    Line { context, text, questionable }
+    Line {
+        context,
+        text,
+        questionable,
+    }
 }
 
 /// Just the message of a raw line (prefix removed), for checking candidate
@@ -150,8 +154,7 @@ pub(crate) fn split_prefix(line: &str) -> (Context, Option<usize>) {
     while line[start..].starts_with('\u{FFFD}') {
         start += '\u{FFFD}'.len_utf8();
     }
-    let candidates = prefix_starts(line, start);
-    for cand in candidates.into_iter().flatten() {
+    for cand in prefix_starts(line, start).into_iter().flatten() {
         if let Some((ctx, end)) = parse_timestamp_prefix(bytes, cand) {
             return (ctx, Some(end));
         }
@@ -161,16 +164,20 @@ pub(crate) fn split_prefix(line: &str) -> (Context, Option<usize>) {
 
 /// Places where a timestamp prefix may begin: the start of the line, after a
 /// dropped-messages notice, or after a `login: ` prompt glued in front.
-fn prefix_starts(line: &str, start: usize) -> [Option<usize>; 3] {
+fn prefix_starts(line: &str, start: usize) -> [Option<usize>; 2] {
     let mut pos = start;
     let rest = &line[start..];
     if let Some(after) = rest.strip_prefix("** ")
         && let Some(end) = after.find(" printk messages dropped ** ")
-            && after[..end].bytes().all(|b| b.is_ascii_digit()) && end > 0 {
-                pos = start + 3 + end + " printk messages dropped ** ".len();
-            }
-    let login = line[pos..].rfind(" login: ").map(|i| pos + i + " login: ".len());
-    [Some(pos), login, None]
+        && after[..end].bytes().all(|b| b.is_ascii_digit())
+        && end > 0
+    {
+        pos = start + 3 + end + " printk messages dropped ** ".len();
+    }
+    let login = line[pos..]
+        .rfind(" login: ")
+        .map(|i| pos + i + " login: ".len());
+    [Some(pos), login]
 }
 
 /// `(<N>)?[ *D+.D+]([ *(T|C)D+])? ` starting at `at`.
@@ -209,7 +216,11 @@ fn parse_timestamp_prefix(b: &[u8], mut i: usize) -> Option<(Context, usize)> {
             let n = count_digits(b, j + 1);
             if n > 0 && b.get(j + 1 + n) == Some(&b']') {
                 let id = parse_u32(&b[j + 1..j + 1 + n]);
-                ctx = if kind == Some(b'T') { Context::Task(id) } else { Context::Cpu(id) };
+                ctx = if kind == Some(b'T') {
+                    Context::Task(id)
+                } else {
+                    Context::Cpu(id)
+                };
                 i = j + 1 + n + 1;
             }
         }
@@ -225,13 +236,14 @@ fn parse_timestamp_prefix(b: &[u8], mut i: usize) -> Option<(Context, usize)> {
 }
 
 fn count_digits(b: &[u8], from: usize) -> usize {
-    b.get(from..).map_or(0, |s| s.iter().take_while(|c| c.is_ascii_digit()).count())
+    b.get(from..)
+        .map_or(0, |s| s.iter().take_while(|c| c.is_ascii_digit()).count())
 }
 
 fn parse_u32(digits: &[u8]) -> u32 {
-    digits
-        .iter()
-        .fold(0u32, |acc, d| acc.saturating_mul(10).saturating_add(u32::from(d - b'0')))
+    digits.iter().fold(0u32, |acc, d| {
+        acc.saturating_mul(10).saturating_add(u32::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]

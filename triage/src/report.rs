@@ -31,6 +31,8 @@ const WINDOW_BYTES: usize = 256 * 1024;
 /// no stack frame (console chatter after the splat).  Long reports (stack
 /// overflows, all-CPU backtraces) keep going as long as frames keep coming.
 const QUIET_LINES: usize = 100;
+/// ... or once this many lines in a row belonged to other contexts.
+const FOREIGN_LINES: usize = 300;
 /// A log with more reports than this is a disaster already; stop titling.
 pub(crate) const MAX_FINDINGS: usize = 512;
 /// syzkaller only strips a trailing panic after this many report lines
@@ -122,9 +124,10 @@ fn next_start(hay: &[u8], mut from: usize) -> Option<Start> {
         let le = line_end(hay, m.start());
         let text = lines::message(&hay[ls..le]);
         if let Some(family) = titles::match_family(&text)
-            && !followed_by_replay(hay, le) {
-                return Some(Start { pos: ls, family });
-            }
+            && !followed_by_replay(hay, le)
+        {
+            return Some(Start { pos: ls, family });
+        }
         from = le + 1;
     }
     None
@@ -166,10 +169,15 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
     let mut text_lines = 1;
     let mut skip_rest = false;
     let mut cpu_traceback = false;
-    let min_lines = if first.text.contains("BUG: KMSAN:") { 16 } else { MIN_LINES_BEFORE_PANIC_STRIP };
+    let min_lines = if first.text.contains("BUG: KMSAN:") {
+        16
+    } else {
+        MIN_LINES_BEFORE_PANIC_STRIP
+    };
     let mut n = 0;
     let mut last_pushed_len: Option<usize> = None;
     let mut quiet = 0;
+    let mut foreign = 0;
     while pos < hay.len() && n < WINDOW_LINES && pos - start < WINDOW_BYTES {
         n += 1;
         let le = line_end(hay, pos);
@@ -213,8 +221,15 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
         }
 
         if !belongs(&line, ctx, cpu_traceback) {
+            // Tagged reports interleave with other tasks' output; once this
+            // task has been silent for long, its report is over.
+            foreign += 1;
+            if foreign >= FOREIGN_LINES {
+                break;
+            }
             continue;
         }
+        foreign = 0;
         text_lines += 1;
         if keys & K_DISABLING != 0 {
             continue;
@@ -276,7 +291,9 @@ fn belongs(line: &Line<'_>, ctx: Context, cpu_traceback: bool) -> bool {
 /// lines.
 fn join_wrapped_header(hay: &[u8], first: &mut Line<'_>, mut pos: usize) -> usize {
     for _ in 0..2 {
-        let Some(kind) = split_header_kind(&first.text) else { break };
+        let Some(kind) = split_header_kind(&first.text) else {
+            break;
+        };
         if pos >= hay.len() {
             break;
         }
@@ -336,7 +353,9 @@ fn looks_like_warning_tail(t: &str) -> bool {
         return true;
     }
     let word = t.split(' ').next().unwrap_or("");
-    let is_src = word.rsplit_once(':').is_some_and(|(f, l)| f.contains('.') && l.bytes().all(|b| b.is_ascii_digit()));
+    let is_src = word
+        .rsplit_once(':')
+        .is_some_and(|(f, l)| f.contains('.') && l.bytes().all(|b| b.is_ascii_digit()));
     let is_func = word.contains("+0x");
     is_src || is_func
 }
@@ -353,10 +372,16 @@ pub(crate) fn scan(hay: &[u8], hint: Source) -> Vec<Finding> {
         return out;
     }
     let vm_disconnected = memchr::memmem::find(hay, b"serialport: VM disconnected.").is_some();
-    let mut counter = LineCounter { hay, pos: 0, line: 1 };
+    let mut counter = LineCounter {
+        hay,
+        pos: 0,
+        line: 1,
+    };
     let mut from = 0;
     while out.len() < MAX_FINDINGS {
-        let Some(start) = next_start(hay, from) else { break };
+        let Some(start) = next_start(hay, from) else {
+            break;
+        };
         let window = collect_window(hay, start.pos);
         let start_line = counter.line_at(start.pos);
         let end_line = counter.line_at(window.last_pos);
@@ -390,7 +415,11 @@ fn no_output(hint: Source) -> Finding {
 
 fn finding_from(w: &Window, family_idx: usize, hint: Source) -> Finding {
     let family = &titles::families()[family_idx];
-    let Described { title: raw_title, corrupted, format } = titles::describe(&w.text, family);
+    let Described {
+        title: raw_title,
+        corrupted,
+        format,
+    } = titles::describe(&w.text, family);
     let mut title = clean_title(&raw_title);
     let fmt = format.map(|i| &family.formats[i]);
     let mut corrupted = corrupted || titles::looks_corrupted(&title, &w.text, fmt);
@@ -415,7 +444,8 @@ fn finding_from(w: &Window, family_idx: usize, hint: Source) -> Finding {
         (h, _) => h,
     };
     let class = classify(&title, source);
-    let vmm_stopped = title.starts_with("KVM: run failed") || title.starts_with("KVM: internal error");
+    let vmm_stopped =
+        title.starts_with("KVM: run failed") || title.starts_with("KVM: internal error");
     let fatal = class.is_fatal() || vmm_stopped || w.panicked;
     Finding {
         signature: signature_of(&title),
@@ -435,16 +465,25 @@ fn is_tlb_conflict(e: &EsrDecoded) -> bool {
 }
 
 fn is_abort_title(t: &str) -> bool {
-    ["BUG: unable to handle kernel", "Internal error", "Unhandled fault", "kernel panic: Fatal exception"]
-        .iter()
-        .any(|p| t.starts_with(p))
+    [
+        "BUG: unable to handle kernel",
+        "Internal error",
+        "Unhandled fault",
+        "kernel panic: Fatal exception",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p))
 }
 
 /// Map a title to its class (see [`FindingClass`] for the set).
 pub(crate) fn classify(title: &str, source: Source) -> FindingClass {
     let starts = |ps: &[&str]| ps.iter().any(|p| title.starts_with(p));
     if starts(&["TLB conflict abort"]) {
-        return if source == Source::Host { FindingClass::Oops } else { FindingClass::GuestAbort };
+        return if source == Source::Host {
+            FindingClass::Oops
+        } else {
+            FindingClass::GuestAbort
+        };
     }
     if starts(&["KVM: unsupported FSC"]) {
         return FindingClass::GuestAbort;
@@ -515,7 +554,13 @@ pub(crate) fn classify(title: &str, source: Source) -> FindingClass {
     ]) {
         return FindingClass::Warning;
     }
-    if starts(&["SYZFAIL", "SYZFATAL", "panic:", "go runtime error", "trusty:"]) {
+    if starts(&[
+        "SYZFAIL",
+        "SYZFATAL",
+        "panic:",
+        "go runtime error",
+        "trusty:",
+    ]) {
         return FindingClass::Other;
     }
     FindingClass::Oops
@@ -557,7 +602,9 @@ pub(crate) fn first_fatal_line(line: &str) -> bool {
         return false;
     }
     let parsed = lines::parse_line(line.as_bytes());
-    let Some(fam) = titles::match_family(&parsed.text) else { return false };
+    let Some(fam) = titles::match_family(&parsed.text) else {
+        return false;
+    };
     let header = titles::families()[fam].header;
     header != "BUG:" && header != "kvm [" || fatal_prefilter().is_match(parsed.text.as_ref())
 }
@@ -570,18 +617,31 @@ mod tests {
     fn wrapped_header_detection() {
         assert!(split_header_kind("WARNING: CPU: 1 PID: 2 at").is_some());
         assert!(split_header_kind("WARNING: CPU: 1 PID: 2 at arch/arm64/kvm/mmu.c:12").is_some());
-        assert!(split_header_kind("WARNING: CPU: 1 PID: 2 at arch/arm64/kvm/mmu.c:12 foo+0x1/0x2").is_none());
+        assert!(
+            split_header_kind("WARNING: CPU: 1 PID: 2 at arch/arm64/kvm/mmu.c:12 foo+0x1/0x2")
+                .is_none()
+        );
         assert!(split_header_kind("INFO: task \u{fffd}\u{fffd}").is_some());
         assert!(split_header_kind("INFO: task a:1 blocked for more than 143 seconds.").is_none());
     }
 
     #[test]
     fn fatal_lines() {
-        assert!(first_fatal_line("[   1.2] Kernel panic - not syncing: Fatal exception"));
-        assert!(first_fatal_line("Unable to handle kernel paging request at virtual address 0"));
-        assert!(!first_fatal_line("[   1.2] WARNING: CPU: 0 PID: 1 at foo.c:1 bar+0x1/0x2"));
-        assert!(!first_fatal_line("traps: a[1] general protection fault ip:1 sp:2 error:0 in libc.so[7f]"));
+        assert!(first_fatal_line(
+            "[   1.2] Kernel panic - not syncing: Fatal exception"
+        ));
+        assert!(first_fatal_line(
+            "Unable to handle kernel paging request at virtual address 0"
+        ));
+        assert!(!first_fatal_line(
+            "[   1.2] WARNING: CPU: 0 PID: 1 at foo.c:1 bar+0x1/0x2"
+        ));
+        assert!(!first_fatal_line(
+            "traps: a[1] general protection fault ip:1 sp:2 error:0 in libc.so[7f]"
+        ));
         assert!(!first_fatal_line("kvm [1]: IPA Size Limit: 48 bits"));
-        assert!(first_fatal_line("kvm [77]: Unsupported FSC: EC=0x24 xFSC=0x30 ESR_EL2=0x92000030"));
+        assert!(first_fatal_line(
+            "kvm [77]: Unsupported FSC: EC=0x24 xFSC=0x30 ESR_EL2=0x92000030"
+        ));
     }
 }

@@ -23,7 +23,10 @@ struct Replacement {
 fn title_replacements() -> &'static [Replacement] {
     static R: OnceLock<Vec<Replacement>> = OnceLock::new();
     R.get_or_init(|| {
-        let r = |re: &str, with: &'static str| Replacement { re: Regex::new(re).expect("valid regex"), with };
+        let r = |re: &str, with: &'static str| Replacement {
+            re: Regex::new(re).expect("valid regex"),
+            with,
+        };
         vec![
             // Fuzzer process names carry their instance numbers.
             r(r"syz-executor\.?[0-9]+((/|:)[0-9]+)?", "syz-executor"),
@@ -93,8 +96,13 @@ pub fn signature_of(title: &str) -> String {
         // Any remaining bare hex/decimal token is volatile.
         let is_number = !w.is_empty()
             && (w.bytes().all(|b| b.is_ascii_digit())
-                || w.strip_prefix("0x").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())));
-        let w = if is_number || w == "ADDR" { "NUM".to_string() } else { w.to_string() };
+                || w.strip_prefix("0x")
+                    .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())));
+        let w = if is_number || w == "ADDR" {
+            "NUM".to_string()
+        } else {
+            w.to_string()
+        };
         if words.last().is_some_and(|p| p == "NUM") && w == "NUM" {
             continue;
         }
@@ -107,9 +115,10 @@ pub fn signature_of(title: &str) -> String {
 fn strip_symbol_suffix(w: &str) -> &str {
     for marker in [".isra.", ".constprop.", ".part.", ".cold", ".llvm."] {
         if let Some(pos) = w.find(marker)
-            && pos > 0 {
-                return &w[..pos];
-            }
+            && pos > 0
+        {
+            return &w[..pos];
+        }
     }
     w
 }
@@ -134,16 +143,28 @@ mod tests {
             clean_title("kernel panic: VFS: Unable to mount root fs on unknown-block(0,0)"),
             "kernel panic: VFS: Unable to mount root fs on unknown-block(NUM,NUM)"
         );
-        assert_eq!(clean_title("WARNING in cfg80211_foo"), "WARNING in cfg80211_foo");
-        assert_eq!(clean_title("BUG: at ffffffff81234567 foo+0x1/0x20"), "BUG: at ADDR foo");
+        assert_eq!(
+            clean_title("WARNING in cfg80211_foo"),
+            "WARNING in cfg80211_foo"
+        );
+        assert_eq!(
+            clean_title("BUG: at ffffffff81234567 foo+0x1/0x20"),
+            "BUG: at ADDR foo"
+        );
         assert_eq!(clean_title("x\tfile.c:123  y"), "x file.c:LINE y");
     }
 
     #[test]
     fn signatures() {
         assert_eq!(signature_of("WARNING in foo.isra.3"), "WARNING in foo");
-        assert_eq!(signature_of("KVM: run failed: Bad address"), "KVM: run failed: Bad address");
-        assert_eq!(signature_of("INFO: task hung in __arm64_sys_sync"), "INFO: task hung in sys_sync");
+        assert_eq!(
+            signature_of("KVM: run failed: Bad address"),
+            "KVM: run failed: Bad address"
+        );
+        assert_eq!(
+            signature_of("INFO: task hung in __arm64_sys_sync"),
+            "INFO: task hung in sys_sync"
+        );
         assert_eq!(signature_of("BUG: x 0x1234 77"), "BUG: x NUM");
     }
 }

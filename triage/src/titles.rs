@@ -120,8 +120,12 @@ impl Format {
         self
     }
     fn stack(mut self, s: &[S], skip: &[&'static str]) -> Self {
-        self.stack =
-            Some(StackSpec { steps: steps(s), fallback: Vec::new(), skip: RuleSet::new(frames::rules(skip)), pick: Pick::First });
+        self.stack = Some(StackSpec {
+            steps: steps(s),
+            fallback: Vec::new(),
+            skip: RuleSet::new(frames::rules(skip)),
+            pick: Pick::First,
+        });
         self
     }
     fn fallback(mut self, s: &[S]) -> Self {
@@ -146,7 +150,8 @@ impl Format {
     }
     /// WARNINGs: the trapping PC (x86 `RIP:`, arm64 `pc :`), else the trace.
     fn warn_stack(self, skip: &[&'static str]) -> Self {
-        self.stack(&[S::Re(WARN_PC), S::Trace], skip).fallback(&[S::CallTrace, S::Trace])
+        self.stack(&[S::Re(WARN_PC), S::Trace], skip)
+            .fallback(&[S::CallTrace, S::Trace])
     }
     fn no_stack(mut self) -> Self {
         self.no_stack = true;
@@ -166,8 +171,18 @@ const WARN_PC: &str = r"(?:(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:<PC> +){0
 
 /// Frames of the arm64 SError / panic path.
 const SERROR_SKIP: &[&str] = &[
-    "serror", "_error_handler", "el1_error", "el0_error", "el1h_64_error", "el0t_64_error",
-    "el0t_32_error", "^__el1_error", "^el1_error", "bad_mode", "arm64_serror_panic", "nmi_panic",
+    "serror",
+    "_error_handler",
+    "el1_error",
+    "el0_error",
+    "el1h_64_error",
+    "el0t_64_error",
+    "el0t_32_error",
+    "^__el1_error",
+    "^el1_error",
+    "bad_mode",
+    "arm64_serror_panic",
+    "nmi_panic",
 ];
 
 fn fam(header: &'static str, suppress: &[&str], formats: Vec<Format>) -> Family {
@@ -176,7 +191,12 @@ fn fam(header: &'static str, suppress: &[&str], formats: Vec<Format>) -> Family 
         let alt: Vec<String> = suppress.iter().map(|p| format!("(?:{p})")).collect();
         re(&alt.join("|"))
     });
-    Family { header, suppress, require: None, formats }
+    Family {
+        header,
+        suppress,
+        require: None,
+        formats,
+    }
 }
 
 /// All families, in matching order.
@@ -640,9 +660,14 @@ fn build_families() -> Vec<Family> {
 fn kvm_unsupported_fsc(args: &[String]) -> String {
     let fsc = args
         .get(1)
-        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x").trim_start_matches("0X"), 16).ok())
+        .and_then(|s| {
+            u64::from_str_radix(s.trim_start_matches("0x").trim_start_matches("0X"), 16).ok()
+        })
         .map_or(0, |v| (v & 0x3f) as u8);
-    format!("KVM: unsupported FSC {fsc:#04x} ({})", esr::fsc_long_name(fsc))
+    format!(
+        "KVM: unsupported FSC {fsc:#04x} ({})",
+        esr::fsc_long_name(fsc)
+    )
 }
 
 /// `kvm [1234]: Unsupported guest sys_reg access at: 8f5c [80000005]` ->
@@ -651,7 +676,12 @@ fn kvm_host_message(args: &[String]) -> String {
     let msg = args.first().map_or("", String::as_str);
     let msg = msg.split(':').next().unwrap_or(msg).trim();
     let msg = msg.strip_suffix(" at").unwrap_or(msg);
-    let msg: String = msg.split(['{', '[', '(']).next().unwrap_or(msg).trim().to_string();
+    let msg: String = msg
+        .split(['{', '[', '('])
+        .next()
+        .unwrap_or(msg)
+        .trim()
+        .to_string();
     format!("KVM: {msg}")
 }
 
@@ -724,7 +754,9 @@ pub(crate) fn describe(text: &str, family: &Family) -> Described {
     let mut format: Option<usize> = None;
     let mut matched_title = false;
     for (idx, fmt) in family.formats.iter().enumerate() {
-        let Some(m) = fmt.title.find(text) else { continue };
+        let Some(m) = fmt.title.find(text) else {
+            continue;
+        };
         if m.start() > start || (m.start() == start && !desc.is_empty()) {
             continue;
         }
@@ -735,9 +767,14 @@ pub(crate) fn describe(text: &str, family: &Family) -> Described {
         }
         matched_title = true;
         let re = fmt.report.as_ref().unwrap_or(&fmt.title);
-        let Some(caps) = re.captures(text) else { continue };
-        let mut args: Vec<String> =
-            caps.iter().skip(1).map(|g| g.map_or(String::new(), |g| g.as_str().to_string())).collect();
+        let Some(caps) = re.captures(text) else {
+            continue;
+        };
+        let mut args: Vec<String> = caps
+            .iter()
+            .skip(1)
+            .map(|g| g.map_or(String::new(), |g| g.as_str().to_string()))
+            .collect();
         corrupted = false;
         if let Some(stack) = &fmt.stack {
             let from = caps.get(0).map_or(0, |m| m.start());
@@ -763,7 +800,11 @@ pub(crate) fn describe(text: &str, family: &Family) -> Described {
     if !corrupted && format.is_some_and(|i| family.formats[i].corrupted) {
         corrupted = true;
     }
-    Described { title: desc, corrupted, format }
+    Described {
+        title: desc,
+        corrupted,
+        format,
+    }
 }
 
 /// `{N}` placeholders -> `args[N-1]`.
@@ -801,7 +842,12 @@ fn extract_frames(stack: &StackSpec, text: &str) -> (Vec<String>, bool) {
     run_steps(&stack.fallback, text, &skip, stack.pick)
 }
 
-fn run_steps(steps: &[Step], text: &str, skip: &dyn Fn(&str) -> bool, pick: Pick) -> (Vec<String>, bool) {
+fn run_steps(
+    steps: &[Step],
+    text: &str,
+    skip: &dyn Fn(&str) -> bool,
+    pick: Pick,
+) -> (Vec<String>, bool) {
     let lines: Vec<&str> = text.split('\n').collect();
     let mut li = 0;
     let mut raw: Vec<String> = Vec::new();
@@ -817,7 +863,10 @@ fn run_steps(steps: &[Step], text: &str, skip: &dyn Fn(&str) -> bool, pick: Pick
     };
     loop {
         if si == steps.len() || (matches!(steps[si], Step::Trace) && traces > 0) {
-            let stripped: Vec<&str> = raw.iter().map(|f| frames::strip_syscall_prefix(f)).collect();
+            let stripped: Vec<&str> = raw
+                .iter()
+                .map(|f| frames::strip_syscall_prefix(f))
+                .collect();
             match frames::pick(&stripped, pick) {
                 Some((name, _)) => results.push(name),
                 None => {
@@ -844,13 +893,14 @@ fn run_steps(steps: &[Step], text: &str, skip: &dyn Fn(&str) -> bool, pick: Pick
                         break;
                     }
                     if let Some(Step::Find(next)) = steps.get(si + 1)
-                        && let Some(caps) = next.captures(ln) {
-                            for g in caps.iter().skip(1).flatten() {
-                                push(&mut raw, g.as_str());
-                            }
-                            si += 1;
-                            break;
+                        && let Some(caps) = next.captures(ln)
+                    {
+                        for g in caps.iter().skip(1).flatten() {
+                            push(&mut raw, g.as_str());
                         }
+                        si += 1;
+                        break;
+                    }
                     if let Some((a, b)) = frames::parse_frame_line(ln) {
                         push(&mut raw, a);
                         if let Some(b) = b {
@@ -927,7 +977,10 @@ fn title_has_timestamp(title: &str) -> bool {
         }
         let d1 = b[j..].iter().take_while(|c| c.is_ascii_digit()).count();
         if d1 > 0 && b.get(j + d1) == Some(&b'.') {
-            let d2 = b[j + d1 + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let d2 = b[j + d1 + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
             if d2 > 0 && b.get(j + d1 + 1 + d2) == Some(&b']') {
                 return true;
             }
@@ -949,7 +1002,10 @@ mod tests {
 
     #[test]
     fn fill_placeholders() {
-        assert_eq!(fill("a {1} b {3}", &["x".into(), "y".into(), "z".into()]), "a x b z");
+        assert_eq!(
+            fill("a {1} b {3}", &["x".into(), "y".into(), "z".into()]),
+            "a x b z"
+        );
         assert_eq!(fill("{9}", &[]), "");
     }
 

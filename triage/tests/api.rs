@@ -1,11 +1,13 @@
 //! Behaviour of the public API beyond titles: signatures, streaming checks,
 //! ESR decoding, the CLI contract.
 
-use armfleet_triage::{decode_esr, first_fatal_line, run_cli, triage, FindingClass, Source};
+use armfleet_triage::{FindingClass, Source, decode_esr, first_fatal_line, run_cli, triage};
 use std::path::{Path, PathBuf};
 
 fn corpus(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(name)
 }
 
 fn read(name: &str) -> String {
@@ -35,7 +37,11 @@ fn signature_survives_board_and_kernel_differences() {
 #[test]
 fn signature_drops_volatile_tokens() {
     let f = triage(read("kernel_panic_vfs.log").as_bytes(), Source::Guest);
-    assert!(!f[0].signature.chars().any(|c| c.is_ascii_digit()), "{}", f[0].signature);
+    assert!(
+        !f[0].signature.chars().any(|c| c.is_ascii_digit()),
+        "{}",
+        f[0].signature
+    );
 }
 
 #[test]
@@ -54,11 +60,20 @@ fn streaming_check_flags_fatal_report_starts() {
     ] {
         let text = read(name);
         let first = text.lines().position(first_fatal_line);
-        assert_eq!(first.is_some(), want_fatal, "{name}: first fatal line {first:?}");
+        assert_eq!(
+            first.is_some(),
+            want_fatal,
+            "{name}: first fatal line {first:?}"
+        );
         if let Some(idx) = first {
             // The streamed check and the full triage agree on where it starts.
             let findings = triage(text.as_bytes(), Source::Unknown);
-            assert!(findings.iter().any(|f| f.fatal && f.start_line <= idx + 1 && idx < f.end_line), "{name}");
+            assert!(
+                findings
+                    .iter()
+                    .any(|f| f.fatal && f.start_line <= idx + 1 && idx < f.end_line),
+                "{name}"
+            );
         }
     }
 }
@@ -66,17 +81,32 @@ fn streaming_check_flags_fatal_report_starts() {
 #[test]
 fn esr_decoding() {
     let d = decode_esr(0x9200_0030);
-    assert_eq!((d.ec, d.fsc, d.fsc_name), (0x24, Some(0x30), Some("TLB conflict abort")));
-    assert_eq!(decode_esr(0x9600_0010).fsc_name, Some("synchronous external abort"));
+    assert_eq!(
+        (d.ec, d.fsc, d.fsc_name),
+        (0x24, Some(0x30), Some("TLB conflict abort"))
+    );
+    assert_eq!(
+        decode_esr(0x9600_0010).fsc_name,
+        Some("synchronous external abort")
+    );
     for (fsc, level) in [(0x04u64, 0i8), (0x05, 1), (0x06, 2), (0x07, 3)] {
         let d = decode_esr(0x9600_0000 | fsc);
-        assert_eq!((d.fsc_name, d.level), (Some("translation fault"), Some(level)));
+        assert_eq!(
+            (d.fsc_name, d.level),
+            (Some("translation fault"), Some(level))
+        );
     }
     for fsc in 0x08..=0x0bu64 {
-        assert_eq!(decode_esr(0x9600_0000 | fsc).fsc_name, Some("access flag fault"));
+        assert_eq!(
+            decode_esr(0x9600_0000 | fsc).fsc_name,
+            Some("access flag fault")
+        );
     }
     for fsc in 0x0c..=0x0fu64 {
-        assert_eq!(decode_esr(0x9600_0000 | fsc).fsc_name, Some("permission fault"));
+        assert_eq!(
+            decode_esr(0x9600_0000 | fsc).fsc_name,
+            Some("permission fault")
+        );
     }
     assert_eq!(decode_esr(0x9600_0021).fsc_name, Some("alignment fault"));
     assert_eq!(decode_esr(0x9600_0047).wnr, Some(true));
@@ -99,15 +129,35 @@ fn empty_log_is_a_hang() {
 
 #[test]
 fn cli_json_lines_and_unreadable_files() {
-    let files = vec![corpus("two_reports.log"), PathBuf::from("/nonexistent/armfleet.log"), corpus("no_report.log")];
+    let files = vec![
+        corpus("two_reports.log"),
+        PathBuf::from("/nonexistent/armfleet.log"),
+        corpus("no_report.log"),
+    ];
     let mut out = Vec::new();
     let rc = run_cli(true, &files, &mut out);
     assert_ne!(rc, 0, "unreadable file must make the exit code non-zero");
     let text = String::from_utf8(out).expect("utf8");
-    let objs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
-    assert_eq!(objs.len(), 2, "one object per finding, none for the clean log: {text}");
+    let objs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(
+        objs.len(),
+        2,
+        "one object per finding, none for the clean log: {text}"
+    );
     for o in &objs {
-        for key in ["file", "title", "class", "source", "corrupted", "start_line", "end_line", "signature"] {
+        for key in [
+            "file",
+            "title",
+            "class",
+            "source",
+            "corrupted",
+            "start_line",
+            "end_line",
+            "signature",
+        ] {
             assert!(o.get(key).is_some(), "missing {key} in {o}");
         }
         assert!(o["file"].as_str().unwrap().ends_with("two_reports.log"));
@@ -116,9 +166,15 @@ fn cli_json_lines_and_unreadable_files() {
     assert_eq!(objs[1]["class"], "sanitizer");
 
     let mut table = Vec::new();
-    assert_eq!(run_cli(false, &[corpus("guest_tlb_conflict.log")], &mut table), 0);
+    assert_eq!(
+        run_cli(false, &[corpus("guest_tlb_conflict.log")], &mut table),
+        0
+    );
     let table = String::from_utf8(table).expect("utf8");
-    assert!(table.contains("TLB conflict abort in clear_page") && table.contains("guest-abort"), "{table}");
+    assert!(
+        table.contains("TLB conflict abort in clear_page") && table.contains("guest-abort"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //!   (no `FINDING:` line means the log must yield no finding);
 //! * `ESR_FSC: 0x..`, `FATAL: Y/N`, `SOURCE_OUT: ...` — checked on the first finding.
 
-use armfleet_triage::{triage, Finding, Source};
+use armfleet_triage::{Finding, Source, triage};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -30,9 +30,17 @@ fn parse_source(s: &str) -> Source {
 
 fn read_expected(path: &Path) -> Expected {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut exp = Expected { source: Source::Unknown, findings: Vec::new(), esr_fsc: None, fatal: None, source_out: None };
+    let mut exp = Expected {
+        source: Source::Unknown,
+        findings: Vec::new(),
+        esr_fsc: None,
+        fatal: None,
+        source_out: None,
+    };
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         match key {
             "SOURCE" => exp.source = parse_source(value),
@@ -68,17 +76,26 @@ fn check(log: &Path) -> Result<(), String> {
     let data = fs::read(log).map_err(|e| e.to_string())?;
     let got: Vec<Finding> = triage(&data, exp.source);
     let line_count = data.split(|&b| b == b'\n').count();
-    let summary =
-        |fs: &[Finding]| fs.iter().map(|f| format!("{} | {} | {}", f.class.as_str(), f.corrupted, f.title)).collect::<Vec<_>>();
+    let summary = |fs: &[Finding]| {
+        fs.iter()
+            .map(|f| format!("{} | {} | {}", f.class.as_str(), f.corrupted, f.title))
+            .collect::<Vec<_>>()
+    };
     if got.len() != exp.findings.len() {
         return Err(format!("want {:?}, got {:?}", exp.findings, summary(&got)));
     }
     for (f, (class, corrupted, title)) in got.iter().zip(&exp.findings) {
         if f.title != *title || f.class.as_str() != class || f.corrupted != *corrupted {
-            return Err(format!("want {class} | {corrupted} | {title}, got {:?}", summary(std::slice::from_ref(f))));
+            return Err(format!(
+                "want {class} | {corrupted} | {title}, got {:?}",
+                summary(std::slice::from_ref(f))
+            ));
         }
         if f.start_line == 0 || f.start_line > f.end_line || f.end_line > line_count {
-            return Err(format!("bad line range {}-{} for {line_count} lines", f.start_line, f.end_line));
+            return Err(format!(
+                "bad line range {}-{} for {line_count} lines",
+                f.start_line, f.end_line
+            ));
         }
         if f.signature.is_empty() {
             return Err("empty signature".into());
@@ -92,13 +109,15 @@ fn check(log: &Path) -> Result<(), String> {
             }
         }
         if let Some(fatal) = exp.fatal
-            && first.fatal != fatal {
-                return Err(format!("want fatal={fatal}, got {}", first.fatal));
-            }
+            && first.fatal != fatal
+        {
+            return Err(format!("want fatal={fatal}, got {}", first.fatal));
+        }
         if let Some(src) = &exp.source_out
-            && first.source.as_str() != src {
-                return Err(format!("want source {src}, got {}", first.source.as_str()));
-            }
+            && first.source.as_str() != src
+        {
+            return Err(format!("want source {src}, got {}", first.source.as_str()));
+        }
     }
     Ok(())
 }
@@ -109,9 +128,18 @@ fn corpus_titles_match() {
     assert!(logs.len() >= 30, "corpus too small: {}", logs.len());
     let failures: Vec<String> = logs
         .iter()
-        .filter_map(|log| check(log).err().map(|e| format!("{}: {e}", log.file_name().unwrap().to_string_lossy())))
+        .filter_map(|log| {
+            check(log)
+                .err()
+                .map(|e| format!("{}: {e}", log.file_name().unwrap().to_string_lossy()))
+        })
         .collect();
-    assert!(failures.is_empty(), "{} corpus mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} corpus mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every title family the brief names is exercised by at least one log.
@@ -119,7 +147,12 @@ fn corpus_titles_match() {
 fn corpus_covers_title_families() {
     let titles: Vec<String> = corpus_logs()
         .iter()
-        .flat_map(|l| read_expected(&l.with_extension("expected")).findings.into_iter().map(|f| f.2))
+        .flat_map(|l| {
+            read_expected(&l.with_extension("expected"))
+                .findings
+                .into_iter()
+                .map(|f| f.2)
+        })
         .collect();
     let families = [
         "WARNING in ",
@@ -149,6 +182,9 @@ fn corpus_covers_title_families() {
         "SError Interrupt in ",
     ];
     for fam in families {
-        assert!(titles.iter().any(|t| t.starts_with(fam)), "no corpus log for {fam:?}");
+        assert!(
+            titles.iter().any(|t| t.starts_with(fam)),
+            "no corpus log for {fam:?}"
+        );
     }
 }

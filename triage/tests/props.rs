@@ -1,7 +1,7 @@
 //! Property tests: `triage` never panics and keeps its output well-formed on
 //! arbitrary bytes and on realistic-but-scrambled report fragments.
 
-use armfleet_triage::{first_fatal_line, triage, Source};
+use armfleet_triage::{Source, first_fatal_line, triage};
 use proptest::prelude::*;
 
 fn check_well_formed(data: &[u8]) {
@@ -62,9 +62,17 @@ fn structured() -> impl Strategy<Value = Vec<u8>> {
         1 => (0u32..100000, 0u32..9999).prop_map(|(a, b)| format!("[{a:>5}.{b:06}] ").into_bytes()),
         1 => (0u32..5000).prop_map(|t| format!("[  1.0][ T{t}] ").into_bytes()),
     ];
-    let sep = prop_oneof![Just(b"\n".to_vec()), Just(b"\r\n".to_vec()), Just(b"\0".to_vec()), Just(Vec::new())];
+    let sep = prop_oneof![
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\0".to_vec()),
+        Just(Vec::new())
+    ];
     proptest::collection::vec((piece, sep), 0..80).prop_map(|parts| {
-        parts.into_iter().flat_map(|(p, s)| p.into_iter().chain(s)).collect()
+        parts
+            .into_iter()
+            .flat_map(|(p, s)| p.into_iter().chain(s))
+            .collect()
     })
 }
 

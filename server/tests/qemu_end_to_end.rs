@@ -1,0 +1,106 @@
+//! The real stress job end to end: a run triggered through the API runs
+//! real migrate→cancel cycles of an arm64 guest (TCG here, KVM on arm64
+//! boards) through a real agent, and the job's API record carries the cycle
+//! table, the guest console, the QMP transcript and the host log window.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Skips loudly, or fails under `ARMFLEET_REQUIRE_QEMU=1`, when the real
+/// parts are missing.
+fn qemu_ready() -> bool {
+    let guest = armfleet_migrate_stress::StressEnv::default_guest_dir().join("arm64");
+    let qemu = armfleet_migrate_stress::probe::find_qemu("aarch64").is_some();
+    let images = guest.join("vmlinuz").is_file() && guest.join("initrd.gz").is_file();
+    if qemu && images {
+        return true;
+    }
+    let why = if !qemu { "qemu-system-aarch64 is not installed".to_owned() } else { format!("no guest in {} (agent/guest/build.sh arm64)", guest.display()) };
+    if std::env::var("ARMFLEET_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
+        panic!("ARMFLEET_REQUIRE_QEMU=1 but {why}");
+    }
+    eprintln!("\n******** SKIPPED (not passing): {why} — run scripts/test as root ********\n");
+    false
+}
+
+const PLAN: &str = "[plan.params]\ncycles = 20\nmemory_mib = 256\nguest_arch = \"arm64\"\naccel = \"auto\"\n\
+                    cancel_delay_ms_min = 200\ncancel_delay_ms_max = 400\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
+    if !qemu_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "virt-01").await;
+    let server = TestServer::start(&fleet_toml(&[("virt-01", "qemu-virt", &key.public)], PLAN)).await;
+    let _agent = server.agent("virt-01", &key.path, &["--executor", "qemu"]);
+    wait_for("board online", Duration::from_secs(30), || async { (server.board_state("virt-01").await == "idle").then_some(()) }).await;
+    let boards = server.get_json("/api/v1/boards").await;
+    assert_eq!(boards["boards"][0]["simulated"], false, "a QEMU board is not simulated");
+    assert_eq!(boards["boards"][0]["executor"], "qemu");
+
+    let run = server.trigger("c0ffee0000000000000000000000000000000001").await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"].as_i64().unwrap();
+    let done = wait_for("the QEMU job to end", Duration::from_secs(300), || async {
+        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
+        (!["queued", "assigned", "running"].contains(&j["state"].as_str().unwrap())).then_some(j)
+    })
+    .await;
+    assert_eq!(done["state"], "passed", "{}", done["reason"]);
+    assert_eq!(done["simulated"], false);
+    assert_eq!(done["cycles_completed"], 20);
+    let cycles = done["cycles"].as_array().unwrap();
+    assert_eq!(cycles.len(), 20, "the cycle table");
+    for c in cycles {
+        assert_eq!(c["final_state"], "cancelled", "{c}");
+        assert_eq!(c["guest_alive"], true, "{c}");
+        let delay = c["delay_ms"].as_u64().unwrap();
+        assert!((200..=400).contains(&delay), "{c}");
+        assert!(c["cancel_to_cancelled_ms"].as_f64().is_some());
+    }
+    let log = |stream: &'static str| {
+        let url = server.url(&format!("/api/v1/jobs/{job}/log?stream={stream}"));
+        let client = server.client.clone();
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let console = log("guest_console").await;
+    assert!(console.contains("ARMFLEET-GUEST-READY") && console.contains("ARMFLEET-HB"), "guest console stored");
+    let qmp = log("qmp").await;
+    assert_eq!(qmp.matches("\"migrate_cancel\"").count(), 20, "QMP transcript stored");
+    let streams: Vec<&str> = done["logs"].as_array().unwrap().iter().map(|l| l["stream"].as_str().unwrap()).collect();
+    assert!(streams.contains(&"host_dmesg"), "the host log window is stored: {streams:?}");
+    let agent = log("agent").await;
+    assert!(agent.contains("TCG"), "a TCG run says it does not exercise KVM: {agent}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_kvm_on_a_host_without_it_is_a_lab_failure_not_a_kernel_failure() {
+    if !qemu_ready() {
+        return;
+    }
+    let kvm = armfleet_migrate_stress::probe_host().kvm;
+    if kvm.hardware && kvm.accessible {
+        eprintln!("\n******** SKIPPED (not passing): this host has usable hardware KVM ********\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "virt-01").await;
+    let server = TestServer::start(&fleet_toml(&[("virt-01", "qemu-virt", &key.public)], &PLAN.replace("accel = \"auto\"", "accel = \"kvm\""))).await;
+    let _agent = server.agent("virt-01", &key.path, &["--executor", "qemu"]);
+    wait_for("board online", Duration::from_secs(30), || async { (server.board_state("virt-01").await == "idle").then_some(()) }).await;
+    let run = server.trigger("c0ffee0000000000000000000000000000000002").await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"].as_i64().unwrap();
+    let done = wait_for("the job to end", Duration::from_secs(120), || async {
+        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
+        (!["queued", "assigned", "running"].contains(&j["state"].as_str().unwrap())).then_some(j)
+    })
+    .await;
+    assert_eq!(done["state"], "infra_error", "{done}");
+    assert!(done["reason"].as_str().unwrap().to_lowercase().contains("kvm"), "{}", done["reason"]);
+    server.stop().await;
+}
