@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Server, Settings};
 use crate::runs::{self, TriggerRequest};
-use crate::{boards, jobs};
+use crate::boards;
 
 /// The example lab, compiled in so the demo needs no files.
 pub const EMBEDDED_FLEET: &str = include_str!("../../fleet.toml");
@@ -65,6 +65,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             board.remove("keys");
             board.insert("key".into(), toml::Value::String(public));
             board_names.push(name);
+        }
+    }
+    // Verdict settings for a demo that ends in minutes: catch a 5%-per-cycle
+    // bug with 95% probability (a lab would use 0.5%, see fleet.toml).
+    if let Some(toml::Value::Array(plans)) = fleet.get_mut("plan") {
+        for plan in plans.iter_mut().filter_map(|p| p.as_table_mut()) {
+            let mut verdict = toml::Table::new();
+            verdict.insert("min_detectable_rate".into(), toml::Value::Float(0.05));
+            verdict.insert("extension_cycles".into(), toml::Value::Integer(20));
+            verdict.insert("max_extensions".into(), toml::Value::Integer(4));
+            plan.insert("verdict".into(), toml::Value::Table(verdict));
         }
     }
     let server_section = fleet.entry("server").or_insert(toml::Value::Table(Default::default()));
@@ -148,24 +159,55 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         run_ids.push(planned.run_id);
     }
 
-    // Progress until every job is terminal.
-    let mut last_line = String::new();
-    loop {
-        let mut all_done = true;
-        let mut parts = Vec::new();
+    // Progress until both kernels have their verdicts (extra cycles included).
+    let kernels: Vec<i64> = {
+        let mut k = Vec::new();
         for run in &run_ids {
-            for j in jobs::for_run(&pool, *run).await? {
-                let done = crate::jobs::JobState::parse(&j.state).is_some_and(|s| s.is_terminal());
-                all_done &= done;
-                parts.push(format!("{}:{}@{} {}/{}", &j.commit_sha[..7], j.board, j.state, j.cycles_completed, j.cycles_total));
+            if let Some(r) = runs::get(&pool, *run).await? {
+                k.push(r.kernel_id);
             }
         }
-        let line = parts.join("  ");
+        k
+    };
+    let mut last_line = String::new();
+    let mut quiet_polls = 0;
+    loop {
+        let rows: Vec<(String, String, String, i32, i32)> = sqlx::query_as(
+            "SELECT k.commit_sha, j.board, j.state, j.cycles_completed, j.cycles_total
+             FROM jobs j JOIN kernels k ON k.id = j.kernel_id
+             WHERE j.kernel_id = ANY($1) AND j.state IN ('queued', 'assigned', 'running') ORDER BY j.id",
+        )
+        .bind(&kernels)
+        .fetch_all(&pool)
+        .await?;
+        let unanalysed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kernel_id = ANY($1) AND analyzed_at IS NULL")
+            .bind(&kernels)
+            .fetch_one(&pool)
+            .await?;
+        let verdicts: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT k.commit_sha, v.family, v.verdict FROM verdicts v JOIN kernels k ON k.id = v.kernel_id
+             WHERE v.kernel_id = ANY($1) ORDER BY v.kernel_id, v.family",
+        )
+        .bind(&kernels)
+        .fetch_all(&pool)
+        .await?;
+        let running: Vec<String> = rows
+            .iter()
+            .map(|(c, b, st, done, total)| format!("{}:{b} {st} {done}/{total}", &c[..7]))
+            .collect();
+        let decided: Vec<String> = verdicts.iter().map(|(c, f, v)| format!("{}:{f}={v}", &c[..7])).collect();
+        let line = format!("jobs: {}  verdicts: {}", if running.is_empty() { "none running".into() } else { running.join(", ") },
+            if decided.is_empty() { "none yet".into() } else { decided.join(" ") });
         if line != last_line {
             println!("  [{:>5.1}s] {line}", started.elapsed().as_secs_f64());
             last_line = line;
         }
-        if all_done {
+        quiet_polls = if rows.is_empty() && unanalysed == 0 { quiet_polls + 1 } else { 0 };
+        if quiet_polls >= 3 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            println!("armfleet demo: still testing after 15 minutes; showing what is known so far");
             break;
         }
         tokio::select! {
@@ -177,7 +219,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
 
-    print_summary(&pool, &run_ids).await?;
+    print_summary(&pool, &kernels).await?;
     println!();
     println!("armfleet demo: dashboard at http://{http_addr}/");
     println!("armfleet demo: API at http://{http_addr}/api/v1/runs (token in {}/api-token)", data_dir.display());
@@ -198,30 +240,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn print_summary(pool: &sqlx::PgPool, runs: &[i64]) -> anyhow::Result<()> {
+async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<()> {
     println!();
-    println!("{:<14} {:<16} {:<12} {:>9} {:>8}  {}", "kernel", "board", "result", "cycles", "failed@", "evidence");
-    for run in runs {
-        for j in jobs::for_run(pool, *run).await? {
-            let evidence = j
-                .evidence
-                .as_array()
-                .and_then(|a| a.iter().find_map(|v| v.as_str()))
-                .unwrap_or("")
-                .chars()
-                .take(70)
-                .collect::<String>();
-            let sim = if j.simulated { " (sim)" } else { "" };
+    println!("{:<13} {:<14} {:<14} {:>12} {:>20}  {}", "kernel", "family", "verdict", "failed/run", "rate (95% CI)", "boards");
+    for kernel in kernels {
+        let commit: String = sqlx::query_scalar("SELECT commit_sha FROM kernels WHERE id = $1").bind(kernel).fetch_one(pool).await?;
+        let verdicts = crate::verdicts::for_kernel(pool, *kernel).await?;
+        let boards: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT b.family, j.board, bool_or(j.simulated) FROM jobs j JOIN boards b ON b.name = j.board
+             WHERE j.kernel_id = $1 GROUP BY b.family, j.board ORDER BY j.board",
+        )
+        .bind(kernel)
+        .fetch_all(pool)
+        .await?;
+        for v in verdicts {
+            let on: Vec<String> = boards
+                .iter()
+                .filter(|(f, _, _)| *f == v.family)
+                .map(|(_, b, sim)| if *sim { format!("{b} (simulated)") } else { format!("{b} (real QEMU)") })
+                .collect();
             println!(
-                "{:<14} {:<16} {:<12} {:>4}/{:<4} {:>8}  {}",
-                &j.commit_sha[..12],
-                j.board,
-                format!("{}{sim}", j.state),
-                j.cycles_completed,
-                j.cycles_total,
-                j.failed_cycle.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                evidence
+                "{:<13} {:<14} {:<14} {:>12} {:>20}  {}",
+                &commit[..12],
+                v.family,
+                v.verdict,
+                format!("{}/{}", v.failed_cycles, v.cycles_run),
+                format!("{:.1}% ({:.1}–{:.1})", v.rate * 100.0, v.ci_low * 100.0, v.ci_high * 100.0),
+                on.join(", ")
             );
+        }
+        let abort: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT f.job_id, f.title, j.board FROM findings f JOIN jobs j ON j.id = f.job_id
+             WHERE j.kernel_id = $1 AND f.fatal ORDER BY f.id LIMIT 1",
+        )
+        .bind(kernel)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((job, title, board)) = abort {
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM findings f JOIN jobs j ON j.id = f.job_id WHERE j.kernel_id = $1 AND f.fatal")
+                .bind(kernel)
+                .fetch_one(pool)
+                .await?;
+            println!("{:<13} finding: {title} ({count}x; first in job {job} on {board}: /jobs/{job})", "");
         }
     }
     Ok(())

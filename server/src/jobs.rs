@@ -702,3 +702,14 @@ pub async fn finished_for_export(pool: &PgPool, commit: Option<&str>, limit: i64
         .map(|row| Ok((JobRow::from_row(row)?, row.try_get("x_kernel_id")?, row.try_get("x_family")?)))
         .collect()
 }
+
+/// (kernel, board family) pairs with queued or running jobs, for kernels.
+pub async fn active_families(pool: &PgPool, kernels: &[i64]) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT j.kernel_id, b.family FROM jobs j JOIN boards b ON b.name = j.board
+         WHERE j.kernel_id = ANY($1) AND j.state IN ('queued', 'assigned', 'running')",
+    )
+    .bind(kernels)
+    .fetch_all(pool)
+    .await
+}

@@ -317,19 +317,36 @@ async fn bump_extensions(pool: &PgPool, kernel: i64, family: &str, plan: &str) -
         .map(|_| ())
 }
 
+/// The baseline is still gathering cycles: say so, and point at it, so its
+/// end re-decides this kernel (see `after_job`'s dependents).
 async fn upsert_waiting(pool: &PgPool, kernel: i64, plan: &Plan, baseline: i64, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE verdicts SET explanation = 'waiting for the baseline''s extra cycles', baseline_kernel_id = $3,
-            baseline_reason = $4, decided_at = now()
-         WHERE kernel_id = $1 AND plan = $2",
-    )
-    .bind(kernel)
-    .bind(&plan.name)
-    .bind(baseline)
-    .bind(reason)
-    .execute(pool)
-    .await
-    .map(|_| ())
+    for cand in results::for_kernel(pool, kernel).await?.iter().filter(|r| r.plan == plan.name) {
+        let (low, high) = armfleet_stats::clopper_pearson(cand.failed_cycles as u64, cand.cycles_run as u64, 0.95);
+        let rate = if cand.cycles_run > 0 { cand.failed_cycles as f64 / cand.cycles_run as f64 } else { 0.0 };
+        sqlx::query(
+            "INSERT INTO verdicts (kernel_id, family, plan, baseline_kernel_id, baseline_reason, verdict, cycles_run,
+                                   failed_cycles, rate, ci_low, ci_high, explanation, board_seconds)
+             VALUES ($1, $2, $3, $4, $5, 'inconclusive', $6, $7, $8, $9, $10,
+                     'waiting for the baseline''s extra cycles', $11)
+             ON CONFLICT (kernel_id, family, plan) DO UPDATE SET
+                baseline_kernel_id = EXCLUDED.baseline_kernel_id, baseline_reason = EXCLUDED.baseline_reason,
+                explanation = EXCLUDED.explanation, decided_at = now()",
+        )
+        .bind(kernel)
+        .bind(&cand.family)
+        .bind(&plan.name)
+        .bind(baseline)
+        .bind(reason)
+        .bind(cand.cycles_run)
+        .bind(cand.failed_cycles)
+        .bind(rate)
+        .bind(low)
+        .bind(high)
+        .bind(cand.board_seconds)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -191,7 +191,7 @@ async fn every_page_loads_in_chromium_and_hostile_log_lines_stay_text() {
     }
     // The anchored finding line is the :target and scrolled into view.
     b.goto(&format!("{url}/jobs/{}/log/guest_console?page=3#L{}", s.big_job, s.big_abort_line)).await;
-    let target = b.js("var t = document.querySelector(':target'); if (!t) return null; var r = t.getBoundingClientRect(); return [t.id, r.top >= 0 && r.top < window.innerHeight];").await;
+    let target = b.js("var t = document.querySelector(':target'); if (!t) return null; var r = t.getBoundingClientRect(); return [t.id, r.bottom > 0 && r.top < window.innerHeight];").await;
     assert_eq!(target, json!([format!("L{}", s.big_abort_line), true]), "anchor lands on the abort line");
 
     // XSS: the console line and the kernel subject are text, never markup.

@@ -116,7 +116,6 @@
     var stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     JSON.parse(ev.data).lines.forEach(function (l) {
       pre.appendChild(el("span", "line" + (l.a ? " alarm" : ""), l.t));
-      pre.appendChild(document.createTextNode("\n"));
     });
     while (pre.childNodes.length > 1000) pre.removeChild(pre.firstChild);
     if (stick) pre.scrollTop = pre.scrollHeight;

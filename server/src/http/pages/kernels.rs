@@ -304,6 +304,7 @@ pub async fn matrix_page(State(state): State<AppState>, params: Params) -> Resul
     let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
     let res = results::for_kernels(pool, &ids, plan).await?;
     let verdicts = results::verdicts_for_kernels(pool, &ids, plan).await?;
+    let active = jobs::active_families(pool, &ids).await?;
     let mut fams: BTreeSet<String> = fleet::board_views(pool).await?.into_iter().map(|b| b.family).collect();
     fams.extend(res.iter().map(|r| r.family.clone()));
     fams.extend(verdicts.iter().map(|v| v.family.clone()));
@@ -312,10 +313,10 @@ pub async fn matrix_page(State(state): State<AppState>, params: Params) -> Resul
         .into_iter()
         .map(|k| {
             let kv: Vec<&VerdictRow> = verdicts.iter().filter(|v| v.kernel_id == k.id).collect();
-            let active = k.jobs_active > 0;
             let cells = families
                 .iter()
                 .map(|(_, f)| {
+                    let active = active.iter().any(|(kid, fam)| *kid == k.id && fam == f);
                     let r: Vec<&KernelResult> = res.iter().filter(|r| r.kernel_id == k.id && &r.family == f).collect();
                     let v: Vec<&VerdictRow> = kv.iter().copied().filter(|v| &v.family == f).collect();
                     cell(k.id, f, &r, &v, active)
