@@ -58,10 +58,14 @@ impl JobRunner {
             work_dir: self.config.state_dir.join("work"),
             board: self.config.board.clone(),
         };
-        self.tasks.spawn(async move {
-            run_job(ctx, spec, cancel).await;
-            job_id
-        });
+        let span = tracing::info_span!("job", id = job_id, epoch);
+        self.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                run_job(ctx, spec, cancel).await;
+                job_id
+            },
+            span,
+        ));
     }
 
     pub fn cancel(&mut self, job_id: i64, reason: &str) {

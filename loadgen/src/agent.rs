@@ -78,6 +78,7 @@ pub struct Shared {
     pub frames_sent: AtomicU64,
     pub heartbeats_sent: AtomicU64,
     pub connect_retries: AtomicU64,
+    pub reconnects: AtomicU64,
     /// Wall clock (µs since epoch) of the first log chunk sent; 0 = none yet.
     pub first_chunk_us: AtomicU64,
     pub events: mpsc::UnboundedSender<Event>,
@@ -119,6 +120,7 @@ impl Shared {
             frames_sent: AtomicU64::new(0),
             heartbeats_sent: AtomicU64::new(0),
             connect_retries: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             first_chunk_us: AtomicU64::new(0),
             events,
             connect_slots: Semaphore::new(connect_concurrency.max(1)),
@@ -292,48 +294,63 @@ impl Running {
 }
 
 /// Runs one agent until `stop`: connect (bounded by the shared connect
-/// slots), then serve jobs and heartbeat.
+/// slots), then serve jobs and heartbeat. A dropped connection is an error
+/// (its job is lost on the server); the agent reconnects like a real one.
 pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken) {
     let s = &shared.settings;
-    let mut attempt = 0;
-    let mut link = loop {
-        let permit = tokio::select! {
-            p = shared.connect_slots.acquire() => p.expect("semaphore open"),
-            _ = stop.cancelled() => return,
-        };
-        let started = Instant::now();
-        let r = tokio::select! {
-            r = tokio::time::timeout(s.handshake_timeout, connect(&id, &shared)) => r,
-            _ = stop.cancelled() => return,
-        };
-        drop(permit);
-        let err = match r {
-            Ok(Ok(link)) => {
-                let _ = shared.events.send(Event::Connected { handshake: started.elapsed() });
-                break link;
-            }
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => format!("handshake timed out after {:?}", s.handshake_timeout),
-        };
-        attempt += 1;
-        if attempt > s.connect_retries {
-            let _ = shared.events.send(Event::ConnectFailed { board: id.board.clone(), error: err });
-            return;
-        }
-        shared.connect_retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
-    };
-
     let board: Arc<str> = Arc::from(id.board.as_str());
-    let reason = match serve(&mut link, &board, &shared, &stop).await {
-        Ok(()) => None,
-        Err(e) => Some(format!("{e:#}")),
-    };
-    if let Some(reason) = reason {
-        shared.errors.push(format!("{board}: {reason}"));
-        let _ = shared.events.send(Event::Disconnected);
+    let mut first = true;
+    loop {
+        let mut attempt = 0;
+        let mut link = loop {
+            let permit = tokio::select! {
+                p = shared.connect_slots.acquire() => p.expect("semaphore open"),
+                _ = stop.cancelled() => return,
+            };
+            let started = Instant::now();
+            let r = tokio::select! {
+                r = tokio::time::timeout(s.handshake_timeout, connect(&id, &shared)) => r,
+                _ = stop.cancelled() => return,
+            };
+            drop(permit);
+            let err = match r {
+                Ok(Ok(link)) => {
+                    if first {
+                        let _ = shared.events.send(Event::Connected { handshake: started.elapsed() });
+                    }
+                    break link;
+                }
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => format!("handshake timed out after {:?}", s.handshake_timeout),
+            };
+            attempt += 1;
+            if attempt > s.connect_retries {
+                if first {
+                    let _ = shared.events.send(Event::ConnectFailed { board: id.board.clone(), error: err });
+                } else {
+                    shared.errors.push(format!("{board}: could not reconnect: {err}"));
+                }
+                return;
+            }
+            shared.connect_retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
+        };
+        first = false;
+        let result = serve(&mut link, &board, &shared, &stop).await;
+        let _ = link.handle.disconnect(russh::Disconnect::ByApplication, "loadgen done", "en").await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                shared.errors.push(format!("{board}: connection lost: {e:#}"));
+                let _ = shared.events.send(Event::Disconnected);
+                if stop.is_cancelled() {
+                    return;
+                }
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
-    let _ = link.handle.disconnect(russh::Disconnect::ByApplication, "loadgen done", "en").await;
 }
 
 async fn serve(link: &mut Link, board: &Arc<str>, shared: &Shared, stop: &CancellationToken) -> anyhow::Result<()> {

@@ -67,6 +67,9 @@ enum Command {
         dir: Option<PathBuf>,
         #[arg(long)]
         keep: bool,
+        /// With DATABASE_URL: the PostgreSQL postmaster pid, to report its CPU.
+        #[arg(long)]
+        pg_pid: Option<u32>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -200,14 +203,16 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
             let json = o.json;
             (run::run(o).await?, json)
         }
-        Command::ServeAndRun { fleet, server_bin, dir, keep, load } => {
+        Command::ServeAndRun { fleet, server_bin, dir, keep, pg_pid, load } => {
             let json = load.json;
+            let mut run = load.options(Some(fleet.agents));
+            run.pg_pid = pg_pid;
             let o = serve::ServeOptions {
                 server_bin,
                 dir,
                 keep,
                 fleet: fleet.spec(),
-                run: load.options(Some(fleet.agents)),
+                run,
             };
             (serve::serve_and_run(o).await?, json)
         }

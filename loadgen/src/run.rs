@@ -282,6 +282,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         shared.errors.push("not all agents are online; no runs submitted".into());
     }
     let mut post_failures = 0usize;
+    let mut stall_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(5),
+        Duration::from_secs(5),
+    );
+    let mut last_progress = (0usize, 0usize);
     while can_run {
         // Burst mode: keep `runs_in_flight` full runs outstanding.
         if opts.rate.is_none() {
@@ -348,6 +353,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 tokio::spawn(async move {
                     let _ = tx.send(api_post(&api2, c, p).await);
                 });
+            }
+            _ = stall_check.tick() => {
+                // Jobs the server ended without the agent finishing them (lost
+                // with a dropped session) never produce a JobFinished event:
+                // settle their runs from the server's view.
+                let done_now = runs_done_total(&runs);
+                if done_now == last_progress.0 && finished.len() == last_progress.1 {
+                    for r in runs.iter_mut().filter(|r| r.remaining > 0) {
+                        if let Ok(v) = api.get(&format!("/api/v1/runs/{}", r.id)).await {
+                            if v["jobs_total"].as_i64().is_some() && v["jobs_total"] == v["jobs_done"] {
+                                shared.errors.push(format!(
+                                    "run {}: the server ended {} job(s) that no agent finished",
+                                    r.id, r.remaining
+                                ));
+                                r.remaining = 0;
+                                runs_done += 1;
+                            }
+                        }
+                    }
+                }
+                last_progress = (runs_done_total(&runs), finished.len());
             }
             _ = tokio::time::sleep_until(load_deadline) => {
                 let open: usize = runs.iter().map(|r| r.remaining).sum();
@@ -539,6 +565,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         "connect_per_s": connected as f64 / connect_s.max(1e-9),
         "connect_concurrency": opts.connect_concurrency,
         "connect_retries": shared.connect_retries.load(Ordering::Relaxed),
+        "reconnects": shared.reconnects.load(Ordering::Relaxed),
         "handshake_p50_ms": percentile(&handshakes, 50.0),
         "handshake_p99_ms": percentile(&handshakes, 99.0),
         "mode": if opts.rate.is_some() { "paced" } else { "burst" },
@@ -581,6 +608,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     });
     let ok = errors == 0 && connected == n && acked_once == jobs_planned && passed == jobs_planned && jobs_planned >= opts.jobs;
     Ok(Outcome { report, ok })
+}
+
+fn runs_done_total(runs: &[RunRec]) -> usize {
+    runs.iter().filter(|r| r.remaining == 0).count()
 }
 
 async fn api_post(api: &Api, commit: String, plan: String) -> anyhow::Result<(i64, Vec<i64>)> {

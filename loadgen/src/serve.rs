@@ -125,7 +125,7 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
             .find_map(|l| l.split("SSH host key ").nth(1).map(|s| s.trim().to_owned()));
         let pgdata = data.join("postgres/pgdata");
         let (pg_pid, database_url) = match &fresh_db {
-            Some((_, url)) => (None, Some(url.clone())),
+            Some((_, url)) => (opts.run.pg_pid, Some(url.clone())),
             None => (
                 procstat::postmaster_pid(&pgdata),
                 Some(format!(

@@ -75,6 +75,43 @@ pub struct Fleet {
     pub boards: Vec<Board>,
     pub plans: Vec<Plan>,
     pub trees: Vec<Tree>,
+    pub tokens: Vec<ApiToken>,
+}
+
+/// What an API token may do. Reads are open; these guard writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    /// Start runs.
+    Trigger,
+    /// Cancel jobs, reload the fleet, everything else.
+    Admin,
+}
+
+/// An API token, kept only as its SHA-256.
+#[derive(Clone)]
+pub struct ApiToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken").field("name", &self.name).field("scopes", &self.scopes).finish_non_exhaustive()
+    }
+}
+
+impl ApiToken {
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
+    }
+}
+
+pub fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.trim().as_bytes()).into()
 }
 
 /// A watched kernel tree: pushes to its branches start runs.
@@ -167,6 +204,10 @@ pub struct ServerSettings {
     pub heartbeat_deadline_ms: u64,
     /// Jobs not started within this many seconds after assignment are lost.
     pub assign_deadline_s: u64,
+    /// Queued jobs no board took within this many seconds are lost.
+    pub queue_deadline_s: u64,
+    /// Log bytes stored per job; beyond it the log is truncated with a marker.
+    pub max_log_bytes_per_job: u64,
 }
 
 #[derive(Clone)]
@@ -254,6 +295,8 @@ impl Fleet {
             heartbeat_interval_ms: server.heartbeat_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS),
             heartbeat_deadline_ms: server.heartbeat_deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
             assign_deadline_s: server.assign_deadline_s.unwrap_or(60),
+            queue_deadline_s: server.queue_deadline_s.unwrap_or(7 * 24 * 3600),
+            max_log_bytes_per_job: server.max_log_bytes_per_job.unwrap_or(256 << 20),
         };
 
         let mut boards = Vec::new();
@@ -444,7 +487,25 @@ impl Fleet {
                 test_tags: raw_tree.test_tags,
             });
         }
-        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans, trees })
+        let mut tokens = Vec::new();
+        for raw_token in raw.token {
+            let span = raw_token.name.span();
+            let name = raw_token.name.into_inner();
+            let bytes = hex::decode(raw_token.sha256.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| at(span.clone(), "token.sha256", format!(
+                    "token `{name}`: sha256 must be 64 hex digits (print it with `armfleet token hash`)"
+                )))?;
+            if raw_token.scopes.is_empty() {
+                return Err(at(span, "token.scopes", format!("token `{name}` has no scopes (read, trigger, admin)")));
+            }
+            if tokens.iter().any(|t: &ApiToken| t.name == name) {
+                return Err(at(span, "token.name", format!("duplicate token `{name}`")));
+            }
+            tokens.push(ApiToken { name, sha256: bytes, scopes: raw_token.scopes });
+        }
+        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans, trees, tokens })
     }
 }
 
@@ -490,6 +551,17 @@ struct RawFleet {
     plan: Vec<RawPlan>,
     #[serde(default)]
     tree: Vec<RawTree>,
+    #[serde(default)]
+    token: Vec<RawToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: Spanned<String>,
+    sha256: String,
+    #[serde(default)]
+    scopes: Vec<Scope>,
 }
 
 #[derive(Deserialize)]
@@ -516,6 +588,8 @@ struct RawServer {
     heartbeat_interval_ms: Option<u64>,
     heartbeat_deadline_ms: Option<u64>,
     assign_deadline_s: Option<u64>,
+    queue_deadline_s: Option<u64>,
+    max_log_bytes_per_job: Option<u64>,
 }
 
 #[derive(Deserialize)]

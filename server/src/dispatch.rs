@@ -29,6 +29,8 @@ struct Session {
     last_seen: Instant,
     executor: &'static str,
     simulated: bool,
+    /// The key the agent authenticated with (revoked keys close the session).
+    key: Vec<u8>,
     /// Cancelled to close the connection from the server side.
     close: CancellationToken,
 }
@@ -71,6 +73,7 @@ impl Dispatcher {
     pub fn register(
         &self,
         board: &str,
+        key: Vec<u8>,
         tx: mpsc::Sender<ServerMessage>,
         executor: &'static str,
         simulated: bool,
@@ -84,6 +87,7 @@ impl Dispatcher {
             last_seen: Instant::now(),
             executor,
             simulated,
+            key,
             close: close.clone(),
         });
         match old {
@@ -108,6 +112,24 @@ impl Dispatcher {
 
     pub fn is_connected(&self, board: &str) -> bool {
         self.sessions.lock().unwrap().contains_key(board)
+    }
+
+    /// After a reload: closes the sessions of boards that are gone or whose
+    /// key is no longer listed. Returns their names.
+    pub fn close_unauthorized(&self, fleet: &Fleet) -> Vec<String> {
+        let sessions = self.sessions.lock().unwrap();
+        let mut closed = Vec::new();
+        for (name, s) in sessions.iter() {
+            let still_valid = fleet
+                .board(name)
+                .is_some_and(|b| b.keys.iter().any(|k| crate::config::key_bytes(k) == s.key));
+            if !still_valid {
+                tracing::warn!(board = %name, "key revoked or board removed: closing its session");
+                s.close.cancel();
+                closed.push(name.clone());
+            }
+        }
+        closed
     }
 
     pub fn connected_boards(&self) -> Vec<String> {

@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod app;
+pub mod audit;
 pub mod boards;
 pub mod config;
 pub mod db;
@@ -15,6 +16,7 @@ pub mod jobs;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;
+pub mod reload;
 pub mod results;
 pub mod runs;
 pub mod ssh;

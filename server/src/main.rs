@@ -51,6 +51,24 @@ enum Command {
         #[arg(long, default_value = ".armfleet")]
         data_dir: PathBuf,
     },
+    /// List the fleet's boards.
+    Boards {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+    /// List recent runs.
+    Runs {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Follow a run until its jobs end, with a progress bar per job.
+    Follow {
+        run: i64,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     /// Per-kernel results and verdicts as a table.
     Report {
         #[arg(long)]
@@ -62,6 +80,20 @@ enum Command {
     Export {
         #[command(subcommand)]
         format: ExportFormat,
+    },
+    /// Reload fleet.toml on a running server (same as SIGHUP).
+    Reload {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long, env = "ARMFLEET_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, default_value = ".armfleet")]
+        data_dir: PathBuf,
+    },
+    /// API token helpers.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Print the server's SSH host key fingerprint (creating the key if needed).
     Fingerprint {
@@ -76,6 +108,30 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a new random token and print it with the line for fleet.toml.
+    New {
+        #[arg(long)]
+        name: String,
+        /// read, trigger, admin (repeatable)
+        #[arg(long = "scope", default_value = "trigger")]
+        scopes: Vec<String>,
+    },
+    /// Print the sha256 of a token read from stdin.
+    Hash,
+}
+
+fn read_token(token: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    match token {
+        Some(t) => Ok(t),
+        None => std::fs::read_to_string(data_dir.join("api-token")).map(|t| t.trim().to_owned()).with_context(|| {
+            format!("no API token: pass --token, set ARMFLEET_TOKEN, or run from the server's data dir ({})",
+                data_dir.join("api-token").display())
+        }),
+    }
 }
 
 #[derive(Subcommand)]
@@ -150,19 +206,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!("shutting down");
                 signal_token.cancel();
             });
+            // SIGHUP reloads fleet.toml; the task ends with the server.
+            let state = server.state.clone();
+            let hup_token = shutdown.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = hup_token.cancelled() => return,
+                        _ = hup.recv() => {
+                            let _ = armfleet_server::reload::reload(&state, "SIGHUP").await;
+                        }
+                    }
+                }
+            });
             server.run(http, ssh, shutdown).await
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Trigger { tree, branch, commit, plan, baseline, server, token, data_dir } => {
-            let token = match token {
-                Some(t) => t,
-                None => std::fs::read_to_string(data_dir.join("api-token"))
-                    .map(|t| t.trim().to_owned())
-                    .with_context(|| {
-                        format!("no API token: pass --token, set ARMFLEET_TOKEN, or run from the server's data dir ({})",
-                            data_dir.join("api-token").display())
-                    })?,
-            };
+            let token = read_token(token, &data_dir)?;
             let req = TriggerRequest { tree, branch, commit, plan, baseline };
             let resp = reqwest::Client::new()
                 .post(format!("{}/api/v1/runs", server.trim_end_matches('/')))
@@ -179,6 +241,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("run {} planned with jobs {}", body["run_id"], body["jobs"]);
             Ok(())
         }
+        Command::Boards { server } => {
+            let body = get_json(&format!("{}/api/v1/boards", server.trim_end_matches('/'))).await?;
+            println!("{:<16} {:<14} {:<8} {:<9} {:<28} {}", "board", "family", "state", "executor", "kernel", "last heartbeat");
+            for b in body["boards"].as_array().into_iter().flatten() {
+                let sim = if b["simulated"] == true { " (sim)" } else { "" };
+                println!(
+                    "{:<16} {:<14} {:<8} {:<9} {:<28} {}",
+                    b["name"].as_str().unwrap_or(""),
+                    b["family"].as_str().unwrap_or(""),
+                    b["state"].as_str().unwrap_or(""),
+                    format!("{}{sim}", b["executor"].as_str().unwrap_or("-")),
+                    b["facts"]["kernel_release"].as_str().unwrap_or("-"),
+                    b["last_heartbeat"].as_str().unwrap_or("never")
+                );
+            }
+            Ok(())
+        }
+        Command::Runs { server, limit } => {
+            let body = get_json(&format!("{}/api/v1/runs?limit={limit}", server.trim_end_matches('/'))).await?;
+            println!("{:>6} {:<13} {:<12} {:>10} {:>7}  {}", "run", "commit", "branch", "jobs done", "failed", "requested by");
+            for r in body["runs"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>6} {:<13} {:<12} {:>10} {:>7}  {}{}",
+                    r["id"],
+                    r["commit_sha"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+                    r["branch"].as_str().unwrap_or(""),
+                    format!("{}/{}", r["jobs_done"], r["jobs_total"]),
+                    r["jobs_failed"],
+                    r["requested_by"].as_str().unwrap_or(""),
+                    if r["simulated"] == true { " (simulated)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Command::Follow { run, server } => follow(&server, run).await,
         Command::Report { commit, server } => {
             let body = get_json(&format!("{}/api/v1/kernels/{commit}", server.trim_end_matches('/'))).await?;
             for k in body["kernels"].as_array().into_iter().flatten() {
@@ -211,11 +308,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&get_json(&url).await?)?);
             Ok(())
         }
+        Command::Reload { server, token, data_dir } => {
+            let token = read_token(token, &data_dir)?;
+            let resp = reqwest::Client::new()
+                .post(format!("{}/api/v1/admin/reload", server.trim_end_matches('/')))
+                .bearer_auth(token)
+                .send()
+                .await
+                .with_context(|| format!("contacting {server}"))?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            if !status.is_success() {
+                anyhow::bail!("reload refused ({status}): {}", body["error"].as_str().unwrap_or("?"));
+            }
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            Ok(())
+        }
+        Command::Token { action: TokenAction::New { name, scopes } } => {
+            let token = hex::encode(rand::random::<[u8; 24]>());
+            let hash = hex::encode(armfleet_server::config::token_hash(&token));
+            let scopes = scopes.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+            println!("token (give it to the caller; it is not stored): {token}");
+            println!("\n[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]");
+            Ok(())
+        }
+        Command::Token { action: TokenAction::Hash } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            println!("{}", hex::encode(armfleet_server::config::token_hash(&line)));
+            Ok(())
+        }
         Command::Fingerprint { data_dir } => {
             let key = armfleet_server::ssh::load_or_create_host_key(&data_dir)?;
             println!("{}", armfleet_server::ssh::fingerprint(&key));
             Ok(())
         }
         Command::Triage { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// Progress bars for a run's jobs, until every job has ended.
+async fn follow(server: &str, run: i64) -> anyhow::Result<()> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let url = format!("{}/api/v1/runs/{run}", server.trim_end_matches('/'));
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:<24} [{bar:30}] {pos:>5}/{len:<5} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut bars: std::collections::BTreeMap<i64, ProgressBar> = Default::default();
+    loop {
+        let body = get_json(&url).await?;
+        let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
+        let mut open = 0;
+        for j in &jobs {
+            let id = j["id"].as_i64().unwrap_or(0);
+            let bar = bars.entry(id).or_insert_with(|| {
+                let b = multi.add(ProgressBar::new(j["cycles_total"].as_u64().unwrap_or(0)));
+                b.set_style(style.clone());
+                b.set_prefix(format!("job {id} {}", j["board"].as_str().unwrap_or("")));
+                b
+            });
+            let state = j["state"].as_str().unwrap_or("");
+            bar.set_position(j["cycles_completed"].as_u64().unwrap_or(0));
+            let sim = if j["simulated"] == true { " (simulated)" } else { "" };
+            bar.set_message(format!("{state}{sim}"));
+            if ["queued", "assigned", "running"].contains(&state) {
+                open += 1;
+            } else if !bar.is_finished() {
+                bar.finish_with_message(format!("{state}{sim} {}", j["reason"].as_str().unwrap_or("")));
+            }
+        }
+        if open == 0 && !jobs.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

@@ -107,6 +107,7 @@ impl russh::server::Server for AgentServer {
             shutdown: self.shutdown.clone(),
             peer,
             board: None,
+            key: None,
             channel_taken: false,
         }
     }
@@ -119,6 +120,7 @@ struct AgentConnection {
     peer: Option<std::net::SocketAddr>,
     /// Set once authentication bound this connection to a board.
     board: Option<String>,
+    key: Option<Vec<u8>>,
     channel_taken: bool,
 }
 
@@ -137,6 +139,7 @@ impl russh::server::Handler for AgentConnection {
             Some(b) if b.name == user => {
                 tracing::info!(board = user, peer = ?self.peer, "agent authenticated");
                 self.board = Some(user.to_owned());
+                self.key = Some(offered);
                 Ok(Auth::Accept)
             }
             Some(b) => {
@@ -170,9 +173,9 @@ impl russh::server::Handler for AgentConnection {
         reply.accept().await;
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
-            agent_session(state, board, channel, shutdown).await;
-        });
+        let key = self.key.clone().unwrap_or_default();
+        let span = tracing::info_span!("board", name = %board);
+        self.tasks.spawn(tracing::Instrument::instrument(agent_session(state, board, key, channel, shutdown), span));
         Ok(())
     }
 
@@ -183,7 +186,7 @@ impl russh::server::Handler for AgentConnection {
 }
 
 /// One agent's conversation, from Hello to the end of the connection.
-async fn agent_session(state: AppState, board: String, channel: Channel<Msg>, shutdown: CancellationToken) {
+async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Channel<Msg>, shutdown: CancellationToken) {
     let stream = channel.into_stream();
     let (mut reader, mut writer) = tokio::io::split(stream);
 
@@ -215,7 +218,7 @@ async fn agent_session(state: AppState, board: String, channel: Channel<Msg>, sh
 
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(64);
     let executor = hello.facts.executor;
-    let ticket = state.dispatcher.register(&board, tx, executor.as_str(), executor.is_simulated(), &shutdown);
+    let ticket = state.dispatcher.register(&board, key, tx, executor.as_str(), executor.is_simulated(), &shutdown);
     if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts).await {
         tracing::error!(board, "recording board online: {e}");
     }
@@ -248,7 +251,7 @@ async fn agent_session(state: AppState, board: String, channel: Channel<Msg>, sh
         tokio::select! {
             _ = ticket.close.cancelled() => {
                 break if shutdown.is_cancelled() { "server shutting down".to_owned() }
-                      else { "heartbeat deadline missed or connection replaced".to_owned() };
+                      else { "closed by the server (heartbeat deadline missed, key revoked, or connection replaced)".to_owned() };
             }
             out = rx.recv() => {
                 let Some(msg) = out else { break "dispatcher dropped the session".into() };

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use super::error::ApiError;
 use crate::jobs::{self, JobState};
 use crate::runs::{self, TriggerRequest};
+use crate::config::{Scope, token_hash};
 use crate::state::AppState;
+use crate::audit;
 use crate::{boards, export, findings, logs, results, verdicts};
 
 pub fn routes() -> Router<AppState> {
@@ -29,12 +31,32 @@ pub fn routes() -> Router<AppState> {
         .route("/regressions", get(list_regressions))
         .route("/export/kcidb", get(export_kcidb))
         .route("/export/junit", get(export_junit))
+        .route("/admin/reload", post(reload_fleet))
+        .route("/audit", get(list_audit))
 }
 
-/// Proof that the request carried the API token.
-pub struct Authorized;
+/// Who called, proven by a bearer token: the server's admin token, or one
+/// of fleet.toml's `[[token]]`s (kept as SHA-256, compared in constant time).
+pub struct Caller {
+    pub name: String,
+    scopes: Vec<Scope>,
+}
 
-impl FromRequestParts<AppState> for Authorized {
+impl Caller {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "token `{}` lacks the `{}` scope",
+                self.name,
+                serde_json::to_value(scope).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let given = parts
@@ -43,11 +65,19 @@ impl FromRequestParts<AppState> for Authorized {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        if constant_time_eq(given.trim().as_bytes(), state.api_token.as_bytes()) {
-            Ok(Authorized)
-        } else {
-            Err(ApiError::Unauthorized)
+        let hash = token_hash(given);
+        if constant_time_eq(&hash, &token_hash(&state.api_token)) {
+            return Ok(Caller { name: "admin".into(), scopes: vec![Scope::Admin] });
         }
+        let fleet = state.fleet.current();
+        let mut found = None;
+        for t in &fleet.tokens {
+            // No early exit: every configured token is compared.
+            if constant_time_eq(&hash, &t.sha256) {
+                found = Some(Caller { name: t.name.clone(), scopes: t.scopes.clone() });
+            }
+        }
+        found.ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -78,15 +108,18 @@ async fn list_runs(State(state): State<AppState>, Query(q): Query<ListQuery>) ->
 }
 
 async fn create_run(
-    _auth: Authorized,
+    caller: Caller,
     State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Trigger)?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
     let req: TriggerRequest = serde_path_to_error::deserialize(de)
         .map_err(|e| ApiError::BadRequest(format!("invalid run request at `{}`: {}", e.path(), e.inner())))?;
     let fleet = state.fleet.current();
-    let planned = runs::create(&state.pool, &fleet, &req, "api").await?;
+    let actor = format!("api:{}", caller.name);
+    let planned = runs::create(&state.pool, &fleet, &req, &actor).await?;
+    audit::record(&state.pool, &actor, "trigger", &format!("run {}", planned.run_id), &format!("{} {} {}", req.tree, req.branch, req.commit)).await;
     tracing::info!(run = planned.run_id, jobs = planned.jobs.len(), commit = %req.commit, "run planned");
     for board in &planned.boards {
         state.dispatcher.kick(board).await;
@@ -172,14 +205,16 @@ struct CancelBody {
 }
 
 async fn cancel_job(
-    _auth: Authorized,
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Option<Json<CancelBody>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Trigger)?;
     let id = parse_id(&id, "job")?;
     let reason = body.and_then(|b| b.0.reason).unwrap_or_else(|| "cancelled through the API".into());
     let (from, board) = jobs::cancel(&state.pool, id, &reason).await?;
+    audit::record(&state.pool, &format!("api:{}", caller.name), "cancel", &format!("job {id}"), &reason).await;
     if matches!(from, JobState::Assigned | JobState::Running) {
         state.dispatcher.send(&board, ServerMessage::CancelJob { job_id: id, reason: reason.clone() }).await;
         state.dispatcher.kick(&board).await;
@@ -292,4 +327,17 @@ async fn export_junit(State(state): State<AppState>, Query(q): Query<JunitQuery>
     runs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     let jobs = jobs::for_run(&state.pool, id).await?;
     Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], export::junit(id, &jobs)))
+}
+
+async fn reload_fleet(caller: Caller, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let report = crate::reload::reload(&state, &format!("api:{}", caller.name))
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
+    Ok(Json(report))
+}
+
+async fn list_audit(caller: Caller, State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    Ok(Json(serde_json::json!({ "audit": audit::recent(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await? })))
 }
