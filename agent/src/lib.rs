@@ -7,6 +7,7 @@ pub mod keys;
 pub mod link;
 pub mod replay;
 pub mod runner;
+pub mod spool;
 
 use std::path::PathBuf;
 

@@ -15,8 +15,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::{self, HostKeyError, HostKeyPolicy};
-use crate::runner::JobRunner;
+use crate::runner::{JobRunner, Outbox};
+use crate::spool::{self, Spool};
 use crate::{Config, facts};
+
+/// Log payload a job may spool before further logs are truncated.
+const SPOOL_LOG_CAP: u64 = 512 << 20;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -55,12 +59,39 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
             token.cancel();
         });
     }
+    // Jobs and their spool outlive any one connection.
+    let mut spool = Spool::open(&config.state_dir.join("spool"), SPOOL_LOG_CAP)?;
+    // Jobs a previous agent process was running died with it (their QEMUs
+    // too): say so in their spool, so the server gets their logs and an end.
+    for (job_id, epoch) in spool.unfinished() {
+        tracing::warn!(job_id, "the agent restarted while this job ran; reporting it ended");
+        let note = "armfleet-agent: the agent process restarted while this job ran (crash, kill or power loss); its guests are gone\n";
+        let _ = spool.push(spool::agent_note(job_id, epoch, u32::MAX as u64, note));
+        let _ = spool.push(Frame::new(AgentMessage::JobFinished {
+            job_id,
+            epoch,
+            result: armfleet_protocol::JobResult::InfraError {
+                cycles_completed: 0,
+                reason: "the agent restarted while the job ran".into(),
+            },
+        }));
+    }
+    let outbox = Outbox { spool: Arc::new(Mutex::new(spool)), ready: Arc::new(tokio::sync::Notify::new()) };
+    let executor = tokio::task::spawn_blocking({
+        let choice = config.executor;
+        move || facts::gather(choice).executor
+    })
+    .await?;
+    let mut runner = JobRunner::new(config.clone(), executor, outbox.clone(), shutdown.child_token());
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = session(&config, key.clone(), &policy, &shutdown) => r,
-            _ = shutdown.cancelled() => return Ok(()),
+            r = session(&config, key.clone(), &policy, &mut runner, &outbox) => r,
+            _ = shutdown.cancelled() => {
+                runner.shutdown("the agent is stopping").await;
+                return Ok(());
+            }
         };
         match outcome {
             Ok(SessionEnd::Dropped(why)) => tracing::warn!("connection to {} ended: {why}", config.server),
@@ -76,9 +107,17 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
         let jitter = rand::random_range(0.5..1.5);
         let wait = backoff.mul_f64(jitter);
         tracing::info!("reconnecting in {:.1} s", wait.as_secs_f64());
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = runner.reap(), if runner.has_jobs() => {}
+                _ = shutdown.cancelled() => {
+                    runner.shutdown("the agent is stopping").await;
+                    return Ok(());
+                }
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_CAP);
     }
@@ -110,7 +149,8 @@ async fn session(
     config: &Config,
     key: Arc<russh::keys::PrivateKey>,
     policy: &HostKeyPolicy,
-    shutdown: &CancellationToken,
+    runner: &mut JobRunner,
+    outbox: &Outbox,
 ) -> Result<SessionEnd, LinkError> {
     let ssh_config = Arc::new(client::Config {
         inactivity_timeout: None,
@@ -153,11 +193,25 @@ async fn session(
     .await
     .context("gathering facts")?;
     let executor = facts.executor;
+    // What this agent still owes the server: running jobs, and ended ones
+    // whose results were not acknowledged yet.
+    let mut running_jobs = runner.leases();
+    {
+        let mut spool = outbox.spool.lock().unwrap();
+        spool.rewind();
+        let unfinished: Vec<i64> = spool.unfinished().into_iter().map(|(j, _)| j).collect();
+        for lease in spool.leases() {
+            if !running_jobs.contains(&lease) && !unfinished.contains(&lease.job_id) {
+                running_jobs.push(lease);
+            }
+        }
+    }
     let hello = AgentMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         board: config.board.clone(),
         facts,
+        running_jobs,
     });
     write_frame(&mut writer, &Frame::new(hello)).await.context("sending hello")?;
     let welcome = tokio::time::timeout(Duration::from_secs(15), read_frame::<ServerMessage, _>(&mut reader))
@@ -175,9 +229,7 @@ async fn session(
     };
     tracing::info!(board = %config.board, server = %config.server, executor = executor.as_str(), "connected");
 
-    let (out_tx, mut out_rx) = mpsc::channel::<Frame<AgentMessage>>(256);
-    let session_token = shutdown.child_token();
-    let mut runner = JobRunner::new(config.clone(), executor, out_tx.clone(), session_token.clone());
+    outbox.ready.notify_one();
 
     let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame<ServerMessage>, FrameError>>(16);
     let reader_task = tokio::spawn(async move {
@@ -199,9 +251,31 @@ async fn session(
                     break SessionEnd::Dropped(format!("writing heartbeat: {e}"));
                 }
             }
-            Some(frame) = out_rx.recv() => {
-                if let Err(e) = write_frame(&mut writer, &frame).await {
-                    break SessionEnd::Dropped(format!("writing: {e}"));
+            _ = outbox.ready.notified() => {
+                // Send what is spooled, a bounded batch at a time so that
+                // heartbeats and incoming messages are never starved.
+                let mut failed = None;
+                for _ in 0..64 {
+                    let next = outbox.spool.lock().unwrap().next_unsent();
+                    match next {
+                        Ok(Some(frame)) => {
+                            if let Err(e) = write_frame(&mut writer, &frame).await {
+                                failed = Some(format!("writing: {e}"));
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!("reading the spool: {e}");
+                            break;
+                        }
+                    }
+                }
+                if let Some(why) = failed {
+                    break SessionEnd::Dropped(why);
+                }
+                if outbox.spool.lock().unwrap().has_unsent() {
+                    outbox.ready.notify_one();
                 }
             }
             incoming = in_rx.recv() => match incoming {
@@ -210,6 +284,7 @@ async fn session(
                 Some(Ok(frame)) => match frame.message {
                     ServerMessage::AssignJob { job_id, epoch, spec } => runner.start(job_id, epoch, spec),
                     ServerMessage::CancelJob { job_id, reason } => runner.cancel(job_id, &reason),
+                    ServerMessage::JobAck { job_id } => outbox.spool.lock().unwrap().ack(job_id),
                     ServerMessage::Refused { reason } => break SessionEnd::Dropped(format!("server refused: {reason}")),
                     ServerMessage::Welcome { .. } => tracing::warn!("ignoring a second welcome"),
                 },
@@ -218,8 +293,8 @@ async fn session(
         }
     };
     reader_task.abort();
-    // The server declares our jobs lost when the link drops; stop them.
-    runner.shutdown("the connection to the server was lost").await;
+    // Jobs keep running: the server holds their leases for a grace period
+    // and the spool resends everything after the reconnect.
     let _ = handle.disconnect(russh::Disconnect::ByApplication, "bye", "en").await;
     Ok(end)
 }

@@ -11,6 +11,23 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
+use crate::spool::Spool;
+
+/// Where job tasks put their frames: the on-disk spool, then the link.
+#[derive(Clone)]
+pub struct Outbox {
+    pub spool: std::sync::Arc<std::sync::Mutex<Spool>>,
+    pub ready: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    pub fn send(&self, frame: Frame<AgentMessage>) {
+        if let Err(e) = self.spool.lock().unwrap().push(frame) {
+            tracing::error!("cannot spool a frame (it is lost): {e}");
+        }
+        self.ready.notify_one();
+    }
+}
 
 /// Log payloads are cut to this size so a frame never nears the limit.
 const CHUNK_BYTES: usize = 48 * 1024;
@@ -18,9 +35,9 @@ const CHUNK_BYTES: usize = 48 * 1024;
 pub struct JobRunner {
     config: Config,
     executor: ExecutorKind,
-    out: mpsc::Sender<Frame<AgentMessage>>,
+    out: Outbox,
     parent: CancellationToken,
-    running: HashMap<i64, CancellationToken>,
+    running: HashMap<i64, (i64, CancellationToken)>,
     tasks: JoinSet<i64>,
 }
 
@@ -28,7 +45,7 @@ impl JobRunner {
     pub fn new(
         config: Config,
         executor: ExecutorKind,
-        out: mpsc::Sender<Frame<AgentMessage>>,
+        out: Outbox,
         parent: CancellationToken,
     ) -> JobRunner {
         JobRunner { config, executor, out, parent, running: HashMap::new(), tasks: JoinSet::new() }
@@ -36,6 +53,10 @@ impl JobRunner {
 
     pub fn running_jobs(&self) -> Vec<i64> {
         self.running.keys().copied().collect()
+    }
+
+    pub fn leases(&self) -> Vec<armfleet_protocol::JobLease> {
+        self.running.iter().map(|(job, (epoch, _))| armfleet_protocol::JobLease { job_id: *job, epoch: *epoch }).collect()
     }
 
     pub fn has_jobs(&self) -> bool {
@@ -49,7 +70,7 @@ impl JobRunner {
         }
         tracing::info!(job_id, epoch, plan = %spec.plan, commit = %spec.kernel.commit, "job assigned");
         let cancel = self.parent.child_token();
-        self.running.insert(job_id, cancel.clone());
+        self.running.insert(job_id, (epoch, cancel.clone()));
         let ctx = JobContext {
             job_id,
             epoch,
@@ -69,7 +90,7 @@ impl JobRunner {
     }
 
     pub fn cancel(&mut self, job_id: i64, reason: &str) {
-        if let Some(token) = self.running.get(&job_id) {
+        if let Some((_, token)) = self.running.get(&job_id) {
             tracing::warn!(job_id, reason, "cancelling job");
             token.cancel();
         }
@@ -89,7 +110,7 @@ impl JobRunner {
 
     /// Cancels every job and waits for their tasks (which kill their QEMUs).
     pub async fn shutdown(mut self, reason: &str) {
-        for (job, token) in &self.running {
+        for (job, (_, token)) in &self.running {
             tracing::warn!(job, reason, "stopping job");
             token.cancel();
         }
@@ -100,7 +121,7 @@ impl JobRunner {
 struct JobContext {
     job_id: i64,
     epoch: i64,
-    out: mpsc::Sender<Frame<AgentMessage>>,
+    out: Outbox,
     executor: ExecutorKind,
     work_dir: std::path::PathBuf,
     board: String,
@@ -108,7 +129,7 @@ struct JobContext {
 
 async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
     let JobContext { job_id, epoch, out, executor, work_dir, board } = ctx;
-    let _ = out.send(Frame::new(AgentMessage::JobStarted { job_id, epoch })).await;
+    out.send(Frame::new(AgentMessage::JobStarted { job_id, epoch }));
     let Task::MigrateCancel(params) = spec.task.clone();
     let (ev_tx, mut ev_rx) = mpsc::channel::<StressEvent>(256);
 
@@ -165,12 +186,12 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
                             let n = seq.entry(stream).or_insert(0);
                             let msg = AgentMessage::LogChunk { job_id, epoch, stream, seq: *n };
                             *n += 1;
-                            let _ = out.send(Frame::with_payload(msg, piece.to_vec())).await;
+                            out.send(Frame::with_payload(msg, piece.to_vec()));
                         }
                     }
                     StressEvent::Cycle(record) => {
                         last_cycle = record.cycle;
-                        let _ = out.send(Frame::new(AgentMessage::CycleDone { job_id, epoch, record })).await;
+                        out.send(Frame::new(AgentMessage::CycleDone { job_id, epoch, record }));
                     }
                 }
             }
@@ -179,5 +200,5 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
     };
     let (result, _) = tokio::join!(exec, forward);
     tracing::info!(job_id, ?result, "job finished");
-    let _ = out.send(Frame::new(AgentMessage::JobFinished { job_id, epoch, result })).await;
+    out.send(Frame::new(AgentMessage::JobFinished { job_id, epoch, result }));
 }

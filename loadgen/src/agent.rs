@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use armfleet_protocol::frame::{decode_body, encode};
 use armfleet_protocol::{
-    AgentMessage, BoardFacts, CycleRecord, ExecutorKind, Frame, Hello, JobResult, KvmStatus, LogStream,
+    AgentMessage, BoardFacts, CycleRecord, ExecutorKind, Frame, Hello, JobLease, JobResult, KvmStatus, LogStream,
     MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage, Task,
 };
 use bytes::{Buf, Bytes, BytesMut};
@@ -67,6 +67,8 @@ pub struct JobRec {
     /// Raw log bytes sent, indexed like [`STREAMS`].
     pub bytes: [u64; 3],
     pub cycles: u32,
+    /// JobAck messages received for it.
+    pub acks: u32,
 }
 
 pub struct Shared {
@@ -232,7 +234,7 @@ impl Link {
     }
 }
 
-async fn connect(id: &AgentIdentity, shared: &Shared) -> anyhow::Result<Link> {
+async fn connect(id: &AgentIdentity, shared: &Shared, leases: Vec<JobLease>) -> anyhow::Result<Link> {
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
         keepalive_interval: None,
@@ -258,6 +260,7 @@ async fn connect(id: &AgentIdentity, shared: &Shared) -> anyhow::Result<Link> {
         agent_version: concat!("loadgen-", env!("CARGO_PKG_VERSION")).into(),
         board: id.board.clone(),
         facts: facts(),
+        running_jobs: leases,
     });
     link.send(shared, hello, Bytes::new()).await?;
     let welcome = link.read_frame().await?.context("the server closed the channel before its welcome")?;
@@ -299,6 +302,7 @@ impl Running {
 pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken) {
     let s = &shared.settings;
     let board: Arc<str> = Arc::from(id.board.as_str());
+    let mut st = AgentState { job: None, pending: VecDeque::new(), unacked: HashMap::new(), free_since: Utc::now() };
     let mut first = true;
     loop {
         let mut attempt = 0;
@@ -307,9 +311,14 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
                 p = shared.connect_slots.acquire() => p.expect("semaphore open"),
                 _ = stop.cancelled() => return,
             };
+            // Protocol v2: the jobs we still hold keep their leases.
+            let mut leases: Vec<JobLease> = st.unacked.iter().map(|(&job_id, &(epoch, _))| JobLease { job_id, epoch }).collect();
+            if let Some(j) = &st.job {
+                leases.push(JobLease { job_id: j.id, epoch: j.epoch });
+            }
             let started = Instant::now();
             let r = tokio::select! {
-                r = tokio::time::timeout(s.handshake_timeout, connect(&id, &shared)) => r,
+                r = tokio::time::timeout(s.handshake_timeout, connect(&id, &shared, leases)) => r,
                 _ = stop.cancelled() => return,
             };
             drop(permit);
@@ -335,8 +344,14 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
             shared.connect_retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
         };
+        let result = async {
+            if !first {
+                resume(&link, &shared, &mut st).await?;
+            }
+            serve(&mut link, &board, &shared, &stop, &mut st).await
+        }
+        .await;
         first = false;
-        let result = serve(&mut link, &board, &shared, &stop).await;
         let _ = link.handle.disconnect(russh::Disconnect::ByApplication, "loadgen done", "en").await;
         match result {
             Ok(()) => return,
@@ -353,16 +368,47 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
     }
 }
 
-async fn serve(link: &mut Link, board: &Arc<str>, shared: &Shared, stop: &CancellationToken) -> anyhow::Result<()> {
+/// What an agent keeps across reconnects.
+struct AgentState {
+    job: Option<Running>,
+    pending: VecDeque<(i64, i64, u32)>,
+    /// Finished jobs whose JobAck has not arrived: job → (epoch, cycles).
+    unacked: HashMap<i64, (i64, u32)>,
+    free_since: DateTime<Utc>,
+}
+
+/// After a reconnect: restart the running job's stream from its first
+/// chunk (the server stores each (job, stream, seq) once, so resends are
+/// harmless) and resend the results not yet acknowledged.
+async fn resume(link: &Link, shared: &Shared, st: &mut AgentState) -> anyhow::Result<()> {
+    if let Some(j) = st.job.take() {
+        if let Some(rec) = shared.jobs.lock().unwrap().get_mut(&j.id) {
+            rec.bytes = [0; 3];
+            rec.cycles = 0;
+        }
+        st.job = Some(start(link, shared, j.id, j.epoch, j.cycles_total).await?);
+    }
+    for (&job_id, &(epoch, cycles)) in &st.unacked {
+        let result = JobResult::Passed { cycles_completed: cycles };
+        link.send(shared, AgentMessage::JobFinished { job_id, epoch, result }, Bytes::new()).await?;
+    }
+    Ok(())
+}
+
+async fn serve(
+    link: &mut Link,
+    board: &Arc<str>,
+    shared: &Shared,
+    stop: &CancellationToken,
+    st: &mut AgentState,
+) -> anyhow::Result<()> {
     let s = &shared.settings;
     let mut heartbeat = tokio::time::interval(link.heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut job: Option<Running> = None;
-    let mut pending: VecDeque<(i64, i64, u32)> = VecDeque::new();
-    let mut free_since = Utc::now();
     loop {
+        let job = &st.job;
         let step = async {
-            match &job {
+            match job {
                 Some(j) if s.log_rate_bytes_per_s > 0 => tokio::time::sleep_until(j.next_step).await,
                 Some(_) => {}
                 None => std::future::pending().await,
@@ -371,7 +417,7 @@ async fn serve(link: &mut Link, board: &Arc<str>, shared: &Shared, stop: &Cancel
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = heartbeat.tick() => {
-                let msg = AgentMessage::Heartbeat { running_job: job.as_ref().map(|j| j.id) };
+                let msg = AgentMessage::Heartbeat { running_job: st.job.as_ref().map(|j| j.id) };
                 link.send(shared, msg, Bytes::new()).await?;
                 shared.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -401,30 +447,38 @@ async fn serve(link: &mut Link, board: &Arc<str>, shared: &Shared, stop: &Cancel
                                                 epoch,
                                                 assigned: 1,
                                                 assigned_at: now,
-                                                board_free_at: free_since,
+                                                board_free_at: st.free_since,
                                                 finished_at: None,
                                                 bytes: [0; 3],
                                                 cycles: 0,
+                                                acks: 0,
                                             });
                                         }
                                     }
                                 }
-                                if job.is_some() {
+                                if st.job.is_some() {
                                     shared.errors.push(format!(
                                         "{board}: job {job_id} assigned while job {} runs (max_jobs = 1)",
-                                        job.as_ref().map(|j| j.id).unwrap_or_default()
+                                        st.job.as_ref().map(|j| j.id).unwrap_or_default()
                                     ));
-                                    pending.push_back((job_id, epoch, cycles));
+                                    st.pending.push_back((job_id, epoch, cycles));
                                 } else {
-                                    job = Some(start(link, shared, job_id, epoch, cycles).await?);
+                                    st.job = Some(start(link, shared, job_id, epoch, cycles).await?);
+                                }
+                            }
+                            ServerMessage::JobAck { job_id } => {
+                                st.unacked.remove(&job_id);
+                                if let Some(rec) = shared.jobs.lock().unwrap().get_mut(&job_id) {
+                                    rec.acks += 1;
                                 }
                             }
                             ServerMessage::CancelJob { job_id, reason } => {
                                 shared.errors.push(format!("{board}: job {job_id} cancelled by the server: {reason}"));
-                                if job.as_ref().is_some_and(|j| j.id == job_id) {
-                                    job = None;
+                                if st.job.as_ref().is_some_and(|j| j.id == job_id) {
+                                    st.job = None;
                                 }
-                                pending.retain(|p| p.0 != job_id);
+                                st.pending.retain(|p| p.0 != job_id);
+                                st.unacked.remove(&job_id);
                             }
                             ServerMessage::Refused { reason } => bail!("server refused: {reason}"),
                             ServerMessage::Welcome { .. } => shared.errors.push(format!("{board}: second welcome")),
@@ -434,18 +488,19 @@ async fn serve(link: &mut Link, board: &Arc<str>, shared: &Shared, stop: &Cancel
                 Some(russh::ChannelMsg::Eof | russh::ChannelMsg::Close) | None => bail!("the server closed the channel"),
                 Some(_) => {}
             },
-            _ = step, if job.is_some() => {
-                let j = job.as_mut().expect("guarded");
+            _ = step, if st.job.is_some() => {
+                let j = st.job.as_mut().expect("guarded");
                 if step_job(link, shared, j).await? {
-                    let id = j.id;
-                    job = None;
-                    free_since = Utc::now();
+                    let (id, epoch, cycles) = (j.id, j.epoch, j.cycles_sent);
+                    st.job = None;
+                    st.unacked.insert(id, (epoch, cycles));
+                    st.free_since = Utc::now();
                     if let Some(rec) = shared.jobs.lock().unwrap().get_mut(&id) {
-                        rec.finished_at = Some(free_since);
+                        rec.finished_at = Some(st.free_since);
                     }
                     let _ = shared.events.send(Event::JobFinished { job_id: id });
-                    if let Some((id, epoch, cycles)) = pending.pop_front() {
-                        job = Some(start(link, shared, id, epoch, cycles).await?);
+                    if let Some((id, epoch, cycles)) = st.pending.pop_front() {
+                        st.job = Some(start(link, shared, id, epoch, cycles).await?);
                     }
                 }
             }

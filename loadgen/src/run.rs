@@ -210,9 +210,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         loop {
             match api.get("/api/v1/boards").await {
                 Ok(v) => {
+                    // Idle, and a heartbeat processed since it connected: the
+                    // server's session loop for the board is running.
                     idle_seen = v["boards"]
                         .as_array()
-                        .map(|b| b.iter().filter(|b| b["state"] == "idle").count())
+                        .map(|b| {
+                            b.iter()
+                                .filter(|b| b["state"] == "idle" && ts(&b["last_heartbeat"]) > ts(&b["connected_at"]))
+                                .count()
+                        })
                         .unwrap_or(0);
                     if idle_seen >= n {
                         break;
@@ -226,8 +232,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             }
             tokio::time::sleep(Duration::from_millis(if n > 2000 { 1000 } else { 200 })).await;
         }
-        eprintln!("loadgen: server lists {idle_seen} boards idle ({:.1} s after connecting)", idle_started.elapsed().as_secs_f64());
+        eprintln!(
+            "loadgen: server lists {idle_seen} boards idle with a heartbeat processed ({:.1} s after connecting)",
+            idle_started.elapsed().as_secs_f64()
+        );
     }
+    let ready_s = idle_started.elapsed().as_secs_f64();
     let s1 = server_sample();
     let p1 = pg_sample();
     let l1 = procstat::sample(self_pid);
@@ -290,7 +300,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     while can_run {
         // Burst mode: keep `runs_in_flight` full runs outstanding.
         if opts.rate.is_none() {
-            while submitted < runs_total && submitted - runs_done < opts.runs_in_flight.max(1) {
+            while submitted < runs_total && submitted.saturating_sub(runs_done) < opts.runs_in_flight.max(1) {
                 let k = submitted;
                 submitted += 1;
                 posts_in_flight += 1;
@@ -306,9 +316,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 Some(Event::JobFinished { job_id }) => {
                     finished.insert(job_id);
                     if let Some(&r) = job_run.get(&job_id) {
-                        runs[r].remaining -= 1;
-                        if runs[r].remaining == 0 {
-                            runs_done += 1;
+                        // (A run settled from the server's view is already at 0.)
+                        if runs[r].remaining > 0 {
+                            runs[r].remaining -= 1;
+                            if runs[r].remaining == 0 {
+                                runs_done += 1;
+                            }
                         }
                     }
                 }
@@ -420,6 +433,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             Some(rec) if rec.assigned != 1 => violations.push(format!("job {id} was assigned {} times", rec.assigned)),
             Some(rec) => {
                 acked_once += 1;
+                if rec.acks == 0 && rec.finished_at.is_some() {
+                    violations.push(format!("job {id}: the server never sent JobAck for its result"));
+                }
                 if rec.finished_at.is_none() {
                     violations.push(format!("job {id} did not finish on {}", rec.board));
                 }
@@ -542,10 +558,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         _ => f64::NAN,
     };
     let db = match &opts.database_url {
-        Some(url) => match db_stats(url).await {
-            Ok(v) => v,
-            Err(e) => json!({"error": format!("{e:#}")}),
-        },
+        Some(url) => {
+            let mut out = Value::Null;
+            for attempt in 0..3 {
+                match db_stats(url).await {
+                    Ok(v) => {
+                        out = v;
+                        break;
+                    }
+                    Err(e) => {
+                        out = json!({"error": format!("{e:#}")});
+                        if attempt < 2 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+            out
+        }
         None => Value::Null,
     };
 
@@ -563,6 +593,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         "agents_connected": connected,
         "connect_s": connect_s,
         "connect_per_s": connected as f64 / connect_s.max(1e-9),
+        "ready_after_connect_s": ready_s,
         "connect_concurrency": opts.connect_concurrency,
         "connect_retries": shared.connect_retries.load(Ordering::Relaxed),
         "reconnects": shared.reconnects.load(Ordering::Relaxed),

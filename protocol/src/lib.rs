@@ -17,8 +17,7 @@ pub use frame::{Frame, FrameError, MAX_FRAME_BYTES, read_frame, write_frame};
 pub use messages::*;
 
 /// Bumped on every incompatible change of [`messages`] or [`frame`].
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// Name of the SSH subsystem-less "exec" command an agent requests on its
-/// session channel; anything else is refused by the server.
-pub const AGENT_CHANNEL_COMMAND: &str = "armfleet-agent-v1";
+///
+/// v2: `Hello::running_jobs` and `ServerMessage::JobAck`, so jobs survive a
+/// dropped connection and agents know when their spool may be dropped.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -29,6 +29,17 @@ pub struct Hello {
     pub agent_version: String,
     pub board: String,
     pub facts: BoardFacts,
+    /// Jobs this agent still runs, or whose results it has not seen
+    /// acknowledged: after a reconnect the server keeps their leases and the
+    /// agent resends what it spooled.
+    #[serde(default)]
+    pub running_jobs: Vec<JobLease>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLease {
+    pub job_id: i64,
+    pub epoch: i64,
 }
 
 /// What the server sends to an agent.
@@ -48,6 +59,9 @@ pub enum ServerMessage {
     AssignJob { job_id: i64, epoch: i64, spec: JobSpec },
     /// Stop this job as soon as possible and report it `cancelled`.
     CancelJob { job_id: i64, reason: String },
+    /// The server has the job's final result (or the job is no longer this
+    /// agent's): its spool may be deleted.
+    JobAck { job_id: i64 },
 }
 
 /// Facts a board reports about itself on every connect.

@@ -12,6 +12,7 @@ fn sample_messages() -> Vec<Frame<AgentMessage>> {
             agent_version: "0.1.0".into(),
             board: "kunpeng-01".into(),
             facts: BoardFacts { kernel_release: "6.12.0".into(), cores: 96, ..Default::default() },
+            running_jobs: vec![JobLease { job_id: 7, epoch: 2 }],
         })),
         Frame::new(AgentMessage::Heartbeat { running_job: Some(7) }),
         Frame::with_payload(

@@ -110,7 +110,7 @@ async fn seed(pool: &PgPool, log_mb: usize) -> (i64, i64, i64) {
                 WHERE j.state IN ('passed','failed','infra_error') GROUP BY j.kernel_id, b.family, j.plan").await;
     exec(pool, "INSERT INTO verdicts (kernel_id, family, plan, baseline_kernel_id, baseline_reason, verdict, p_value, cycles_run,
                                       failed_cycles, rate, ci_low, ci_high, baseline_cycles, baseline_failed, explanation)
-                SELECT kr.kernel_id, kr.family, kr.plan, NULLIF(kr.kernel_id - 4, 0), 'previous tested commit on the branch',
+                SELECT kr.kernel_id, kr.family, kr.plan, CASE WHEN kr.kernel_id > 4 THEN kr.kernel_id - 4 END, 'previous tested commit on the branch',
                        CASE WHEN kr.failed_cycles = 0 THEN 'pass' WHEN kr.failed_cycles > 1 THEN 'regression' ELSE 'inconclusive' END,
                        CASE WHEN kr.failed_cycles > 0 THEN 0.04 / kr.failed_cycles END, kr.cycles_run, kr.failed_cycles,
                        kr.failed_cycles::float8 / GREATEST(kr.cycles_run, 1), 0, 0.01, 800, 0, 'bench'

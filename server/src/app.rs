@@ -57,9 +57,10 @@ impl Server {
         };
         boards::sync_with_fleet(&pool, &fleet).await?;
         boards::all_offline(&pool, "server started; waiting for the agent").await?;
-        let lost = jobs::resolve_after_restart(&pool).await?;
-        if !lost.is_empty() {
-            tracing::warn!(?lost, "jobs in flight when the previous server stopped are now lost");
+        let grace = fleet.server.heartbeat_deadline_ms as f64 / 1000.0;
+        let leased = jobs::resolve_after_restart(&pool, grace).await?;
+        if !leased.is_empty() {
+            tracing::warn!(?leased, grace, "jobs in flight when the previous server stopped wait for their agents");
         }
         let shared = SharedFleet::new(fleet);
         let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -69,6 +70,7 @@ impl Server {
         let state = AppState {
             data_dir: Arc::new(settings.data_dir.clone()),
             mirrors,
+            log_budget: Arc::new(crate::logs::LogBudget::default()),
             analysis,
             pool,
             fleet: shared,
@@ -122,10 +124,8 @@ impl Server {
             }
             shutdown.cancel();
         }
-        // Sessions are gone; make sure nothing is left `running`.
-        for board in state.fleet.current().boards.iter() {
-            let _ = jobs::lose_board_jobs(&state.pool, &board.name, "the server shut down").await;
-        }
+        // Sessions are gone; in-flight jobs hold leases (set as each session
+        // ended) that the next start honours or expires: none stays running.
         let _ = boards::all_offline(&state.pool, "server stopped").await;
         state.pool.close().await;
         if let Some(mut pg) = self.postgres.take() {

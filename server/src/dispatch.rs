@@ -157,10 +157,12 @@ impl Dispatcher {
         if let Err(e) = boards::set_offline(&self.pool, board, reason).await {
             tracing::error!(board, "recording board offline: {e}");
         }
-        match jobs::lose_board_jobs(&self.pool, board, &format!("board went offline: {reason}")).await {
-            Ok(lost) if !lost.is_empty() => tracing::warn!(board, ?lost, "jobs lost with their board"),
+        // Its jobs get until the heartbeat deadline to come back with it.
+        let grace = self.fleet().server.heartbeat_deadline_ms as f64 / 1000.0;
+        match jobs::lease_board_jobs(&self.pool, board, grace).await {
+            Ok(n) if n > 0 => tracing::warn!(board, jobs = n, grace, "jobs wait for their board to come back"),
             Ok(_) => {}
-            Err(e) => tracing::error!(board, "marking jobs lost: {e}"),
+            Err(e) => tracing::error!(board, "leasing the board's jobs: {e}"),
         }
     }
 
@@ -237,7 +239,8 @@ impl Dispatcher {
                 tracing::warn!(board, ?deadline, "heartbeat deadline missed; closing the session");
                 close.cancel();
             }
-            match jobs::expire_deadlines(&self.pool).await {
+            let queue_deadline = self.fleet().server.queue_deadline_s;
+            match jobs::expire_deadlines(&self.pool, queue_deadline).await {
                 Ok(expired) => {
                     for (job, board, state) in expired {
                         tracing::warn!(job, board, state = state.as_str(), "job deadline passed");

@@ -163,6 +163,7 @@ pub async fn transition(
             failed_cycle = COALESCE($6, failed_cycle),
             evidence = COALESCE($7, evidence),
             reason = COALESCE($8, reason),
+            lease_expires_at = CASE WHEN $4 THEN NULL ELSE lease_expires_at END,
             updated_at = now()
          WHERE id = $1",
     )
@@ -353,30 +354,81 @@ async fn end_where(pool: &PgPool, filter: &'static str, bind: Option<&str>, to: 
     Ok(moved)
 }
 
-/// The board's connection is gone: none of its jobs can still be running.
+/// The board's connection ended: its in-flight jobs keep their state for
+/// `grace_s`, in case the agent comes back with them (a network blip, a
+/// server restart); after that the watchdog declares them lost.
+pub async fn lease_board_jobs(pool: &PgPool, board: &str, grace_s: f64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2)
+         WHERE board = $1 AND state IN ('assigned', 'running') AND lease_expires_at IS NULL",
+    )
+    .bind(board)
+    .bind(grace_s)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// The agent came back: the jobs it still has keep running (their leases
+/// are renewed); the board's other in-flight jobs died with the old agent.
+/// Returns the jobs the agent listed that are no longer its to run.
+pub async fn reconcile_leases(pool: &PgPool, board: &str, held: &[(i64, i64)]) -> Result<Vec<i64>, JobError> {
+    let in_flight: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT id, epoch FROM jobs WHERE board = $1 AND state IN ('assigned', 'running')",
+    )
+    .bind(board)
+    .fetch_all(pool)
+    .await?;
+    for (id, epoch) in &in_flight {
+        if held.contains(&(*id, *epoch)) {
+            sqlx::query("UPDATE jobs SET lease_expires_at = NULL WHERE id = $1").bind(id).execute(pool).await?;
+        } else {
+            let mut tx = pool.begin().await?;
+            match transition(&mut tx, *id, JobState::Lost, None, TransitionEffects {
+                reason: Some("the board's agent came back without the job (it restarted)"),
+                ..Default::default()
+            })
+            .await
+            {
+                Ok(_) => tx.commit().await?,
+                Err(JobError::IllegalTransition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(held.iter().filter(|h| !in_flight.contains(h)).map(|(id, _)| *id).collect())
+}
+
+/// The board's connection is gone for good: none of its jobs can still run.
 pub async fn lose_board_jobs(pool: &PgPool, board: &str, reason: &str) -> Result<Vec<i64>, JobError> {
     end_where(pool, "board = $1 AND state IN ('assigned', 'running')", Some(board), JobState::Lost, reason).await
 }
 
-/// At start-up: whatever a previous server process left in flight is lost.
-pub async fn resolve_after_restart(pool: &PgPool) -> Result<Vec<i64>, JobError> {
-    end_where(
-        pool,
-        "state IN ('assigned', 'running')",
-        None,
-        JobState::Lost,
-        "the server stopped while the job was in flight",
+/// At start-up: what a previous server process left in flight gets a
+/// grace period for its agent to reconnect with it; the watchdog ends the
+/// rest as lost.
+pub async fn resolve_after_restart(pool: &PgPool, grace_s: f64) -> Result<Vec<i64>, JobError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $1)
+         WHERE state IN ('assigned', 'running') RETURNING id",
     )
-    .await
+    .bind(grace_s)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Jobs whose deadline passed: assigned but never started, or running past
 /// their timeout. Returns (job, board, new state).
-pub async fn expire_deadlines(pool: &PgPool) -> Result<Vec<(i64, String, JobState)>, JobError> {
+pub async fn expire_deadlines(pool: &PgPool, queue_deadline_s: u64) -> Result<Vec<(i64, String, JobState)>, JobError> {
     let rows = sqlx::query(
-        "SELECT id, board, state FROM jobs
-         WHERE state IN ('assigned', 'running') AND deadline IS NOT NULL AND deadline < now()",
+        "SELECT id, board, state, (lease_expires_at IS NOT NULL AND lease_expires_at < now()) AS lease_gone
+         FROM jobs
+         WHERE (state IN ('assigned', 'running')
+                AND ((deadline IS NOT NULL AND deadline < now())
+                     OR (lease_expires_at IS NOT NULL AND lease_expires_at < now())))
+            OR (state = 'queued' AND created_at < now() - make_interval(secs => $1))",
     )
+    .bind(queue_deadline_s as f64)
     .fetch_all(pool)
     .await?;
     let mut out = Vec::new();
@@ -384,7 +436,10 @@ pub async fn expire_deadlines(pool: &PgPool) -> Result<Vec<(i64, String, JobStat
         let id: i64 = row.get("id");
         let board: String = row.get("board");
         let state = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Running);
+        let lease_gone: bool = row.get("lease_gone");
         let (to, reason) = match state {
+            _ if lease_gone => (JobState::Lost, "board went offline and did not come back with the job in time"),
+            JobState::Queued => (JobState::Lost, "no board took the job before the queue deadline"),
             JobState::Assigned => (JobState::Lost, "the board never started the job"),
             _ => (JobState::TimedOut, "the job ran past its timeout"),
         };

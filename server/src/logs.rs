@@ -130,3 +130,50 @@ pub async fn tail_chunks(pool: &PgPool, job: i64, stream: LogStream, limit: i64)
     out.reverse();
     Ok(out)
 }
+
+/// Per-job log quota: past `max_log_bytes_per_job` further chunks are
+/// dropped, and one marker says so, so that a flooding agent cannot fill
+/// the database or slow other boards.
+#[derive(Default)]
+pub struct LogBudget {
+    used: std::sync::Mutex<std::collections::HashMap<i64, (u64, bool)>>,
+}
+
+/// Where the truncation marker goes: after any chunk an agent can send.
+const MARKER_SEQ: u64 = 1 << 60;
+
+impl LogBudget {
+    /// Whether a chunk of `bytes` for `job` may be stored.
+    pub async fn admit(&self, pool: &PgPool, job: i64, bytes: u64, cap: u64) -> Result<bool, sqlx::Error> {
+        let known = self.used.lock().unwrap().get(&job).copied();
+        let (used, truncated) = match known {
+            Some(u) => u,
+            None => {
+                let row = sqlx::query(
+                    "SELECT COALESCE((SELECT sum(raw_len) FROM log_chunks WHERE job_id = $1), 0)::int8 AS used, log_truncated
+                     FROM jobs WHERE id = $1",
+                )
+                .bind(job)
+                .fetch_one(pool)
+                .await?;
+                (row.get::<i64, _>("used") as u64, row.get::<bool, _>("log_truncated"))
+            }
+        };
+        if used + bytes <= cap {
+            self.used.lock().unwrap().insert(job, (used + bytes, truncated));
+            return Ok(true);
+        }
+        if !truncated {
+            let marker = format!("\n[armfleet: logs of this job truncated at {used} bytes: the per-job limit is {cap} bytes]\n");
+            store_chunk(pool, job, LogStream::Agent, MARKER_SEQ, marker.as_bytes()).await?;
+            sqlx::query("UPDATE jobs SET log_truncated = TRUE WHERE id = $1").bind(job).execute(pool).await?;
+            tracing::warn!(job, used, cap, "log flood: truncating the job's logs");
+        }
+        self.used.lock().unwrap().insert(job, (used, true));
+        Ok(false)
+    }
+
+    pub fn forget(&self, job: i64) {
+        self.used.lock().unwrap().remove(&job);
+    }
+}

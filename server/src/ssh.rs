@@ -222,6 +222,15 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
     if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts).await {
         tracing::error!(board, "recording board online: {e}");
     }
+    // Jobs the agent still holds keep running; the board's others died
+    // with its previous agent. Jobs it holds that are no longer its own are
+    // stopped and acknowledged so it can drop their spools.
+    let held: Vec<(i64, i64)> = hello.running_jobs.iter().map(|l| (l.job_id, l.epoch)).collect();
+    let mut stale = Vec::new();
+    match jobs::reconcile_leases(&state.pool, &board, &held).await {
+        Ok(s) => stale = s,
+        Err(e) => tracing::error!(board, "reconciling the agent's jobs: {e}"),
+    }
     let welcome = ServerMessage::Welcome {
         protocol_version: PROTOCOL_VERSION,
         server_version: env!("CARGO_PKG_VERSION").into(),
@@ -231,7 +240,15 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
         state.dispatcher.session_ended(&board, ticket.id, &format!("writing welcome: {e}")).await;
         return;
     }
-    tracing::info!(board, agent = %hello.agent_version, executor = executor.as_str(), "board online");
+    tracing::info!(board, agent = %hello.agent_version, executor = executor.as_str(), held = held.len(), "board online");
+    for job_id in stale {
+        // Its spooled frames (logs) are still welcome; its result is not.
+        let _ = write_frame(&mut writer, &Frame::new(ServerMessage::CancelJob {
+            job_id,
+            reason: "the server no longer expects this job from this board".into(),
+        }))
+        .await;
+    }
     state.dispatcher.kick(&board).await;
 
     // Frames are read in their own task so that a slow database write never
@@ -271,8 +288,11 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
                     }
                     Some(Ok(frame)) => {
                         state.dispatcher.touch(&board, ticket.id);
-                        if let Err(e) = handle_frame(&state, &board, frame).await {
-                            tracing::warn!(board, "message refused: {e:#}");
+                        let reply = handle_with_retry(&state, &board, &frame, &ticket.close).await;
+                        if let Some(reply) = reply {
+                            if let Err(e) = write_frame(&mut writer, &Frame::new(reply)).await {
+                                break format!("connection broken: {e}");
+                            }
                         }
                     }
                 }
@@ -288,33 +308,82 @@ async fn refuse<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, board: &str, r
     let _ = write_frame(writer, &Frame::new(ServerMessage::Refused { reason })).await;
 }
 
-async fn handle_frame(state: &AppState, board: &str, frame: Frame<AgentMessage>) -> anyhow::Result<()> {
+/// Database errors that a retry can cure (the database restarting, the
+/// pool exhausted), as opposed to a message that is wrong.
+fn transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let db = c.downcast_ref::<sqlx::Error>().or_else(|| match c.downcast_ref::<jobs::JobError>() {
+            Some(jobs::JobError::Db(d)) => Some(d),
+            _ => None,
+        });
+        matches!(db, Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)))
+            || matches!(db, Some(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    })
+}
+
+/// Handles one frame; while the database is unreachable it retries with
+/// back-off instead of dropping the message (the agent's spool and TCP
+/// back-pressure hold the rest).
+async fn handle_with_retry(state: &AppState, board: &str, frame: &Frame<AgentMessage>, close: &CancellationToken) -> Option<ServerMessage> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match handle_frame(state, board, frame).await {
+            Ok(reply) => return reply,
+            Err(e) if transient(&e) => {
+                tracing::warn!(board, "database unavailable, retrying in {backoff:?}: {e:#}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = close.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::warn!(board, "message refused: {e:#}");
+                // A result the server cannot take (stale epoch, job already
+                // ended) will never be taken: let the agent drop it.
+                if let AgentMessage::JobFinished { job_id, .. } = &frame.message {
+                    return Some(ServerMessage::JobAck { job_id: *job_id });
+                }
+                return None;
+            }
+        }
+    }
+}
+
+async fn handle_frame(state: &AppState, board: &str, frame: &Frame<AgentMessage>) -> anyhow::Result<Option<ServerMessage>> {
     let pool = &state.pool;
-    match frame.message {
+    match &frame.message {
         AgentMessage::Hello(_) => anyhow::bail!("duplicate hello"),
         AgentMessage::Heartbeat { .. } => {
             boards::heartbeat(pool, board).await?;
         }
-        AgentMessage::JobStarted { job_id, epoch } => {
-            jobs::mark_running(pool, job_id, board, epoch).await?;
-        }
+        AgentMessage::JobStarted { job_id, epoch } => match jobs::mark_running(pool, *job_id, board, *epoch).await {
+            // A resent start of a job that is already running.
+            Err(jobs::JobError::IllegalTransition { from: "running", .. }) => {}
+            other => other?,
+        },
         AgentMessage::LogChunk { job_id, epoch, stream, seq } => {
-            jobs::check_owner(pool, job_id, board, epoch).await?;
-            if logs::store_chunk(pool, job_id, stream, seq, &frame.payload).await? {
+            jobs::check_owner(pool, *job_id, board, *epoch).await?;
+            if !state.log_budget.admit(pool, *job_id, frame.payload.len() as u64, state.fleet.current().server.max_log_bytes_per_job).await? {
+                return Ok(None);
+            }
+            if logs::store_chunk(pool, *job_id, *stream, *seq, &frame.payload).await? {
                 state.metrics.log_bytes.inc_by(frame.payload.len() as u64);
             } else {
                 state.metrics.log_chunks_duplicate.inc();
             }
         }
         AgentMessage::CycleDone { job_id, epoch, record } => {
-            jobs::record_cycle(pool, job_id, board, epoch, &record).await?;
+            jobs::record_cycle(pool, *job_id, board, *epoch, record).await?;
         }
         AgentMessage::JobFinished { job_id, epoch, result } => {
-            let to = jobs::finish(pool, job_id, board, epoch, &result).await?;
+            let to = jobs::finish(pool, *job_id, board, *epoch, result).await?;
             tracing::info!(board, job = job_id, state = to.as_str(), "job finished");
-            state.analysis.push(job_id);
+            state.analysis.push(*job_id);
+            state.log_budget.forget(*job_id);
             state.dispatcher.kick(board).await;
+            return Ok(Some(ServerMessage::JobAck { job_id: *job_id }));
         }
     }
-    Ok(())
+    Ok(None)
 }

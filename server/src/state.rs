@@ -35,6 +35,7 @@ pub struct AppState {
     pub analysis: crate::analysis::AnalysisQueue,
     pub data_dir: Arc<std::path::PathBuf>,
     pub mirrors: crate::mirror::MirrorQueue,
+    pub log_budget: Arc<crate::logs::LogBudget>,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,

@@ -41,6 +41,7 @@ async fn garbage_closes_only_that_connection() {
         agent_version: "test".into(),
         board: "board-a".into(),
         facts: BoardFacts::default(),
+        running_jobs: vec![],
     });
     write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
     let welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
@@ -73,6 +74,7 @@ async fn a_protocol_version_mismatch_is_refused_with_both_versions() {
         agent_version: "future".into(),
         board: "board-a".into(),
         facts: BoardFacts::default(),
+        running_jobs: vec![],
     });
     write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
     let reason = expect_refusal(&mut raw).await;
@@ -86,6 +88,7 @@ async fn a_protocol_version_mismatch_is_refused_with_both_versions() {
         agent_version: "x".into(),
         board: "board-b".into(),
         facts: BoardFacts::default(),
+        running_jobs: vec![],
     });
     write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
     let reason = expect_refusal(&mut raw).await;

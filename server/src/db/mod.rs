@@ -18,7 +18,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 pub async fn connect(options: PgConnectOptions) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(16)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(3))
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;

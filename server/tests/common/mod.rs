@@ -123,6 +123,7 @@ pub fn fleet_toml(boards: &[(&str, &str, &str)], plan_extra: &str) -> String {
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
+    pub db: String,
     pub http: String,
     pub ssh: String,
     pub fingerprint: String,
@@ -141,9 +142,28 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, fleet: &str) -> TestServer {
+        let db = fresh_database().await;
+        Self::start_with(dir, fleet, db, None).await
+    }
+
+    /// Stops this server and starts a new one on the same database, data
+    /// dir and fleet (its address changes).
+    pub async fn restart(mut self) -> TestServer {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().expect("server stops cleanly");
+        }
+        let fleet = std::fs::read_to_string(self.dir.path().join("fleet.toml")).unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let db = self.db.clone();
+        // Same ports, so agents dialing the old address find the new server.
+        let addrs = (self.http.trim_start_matches("http://").to_owned(), self.ssh.clone());
+        Self::start_with(dir, &fleet, db, Some(addrs)).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, fleet: &str, db: String, addrs: Option<(String, String)>) -> TestServer {
         let fleet_path = dir.path().join("fleet.toml");
         std::fs::write(&fleet_path, fleet).unwrap();
-        let db = fresh_database().await;
         let server = Server::prepare(Settings {
             fleet_path,
             data_dir: dir.path().join("data"),
@@ -151,8 +171,9 @@ impl TestServer {
         })
         .await
         .expect("server prepares");
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ssh = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_at, ssh_at) = addrs.unwrap_or(("127.0.0.1:0".into(), "127.0.0.1:0".into()));
+        let http = tokio::net::TcpListener::bind(&http_at).await.unwrap();
+        let ssh = tokio::net::TcpListener::bind(&ssh_at).await.unwrap();
         let http_addr = format!("http://{}", http.local_addr().unwrap());
         let ssh_addr = ssh.local_addr().unwrap().to_string();
         let fingerprint = server.fingerprint.clone();
@@ -162,6 +183,7 @@ impl TestServer {
         let pool = PgPool::connect(&db).await.unwrap();
         TestServer {
             dir,
+            db,
             http: http_addr,
             ssh: ssh_addr,
             fingerprint,
