@@ -16,3 +16,7 @@ CREATE TABLE audit_log (
     detail  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX audit_log_at ON audit_log (at);
+
+-- Which server process holds the board's session (several servers may
+-- share one database).
+ALTER TABLE boards ADD COLUMN server_id TEXT;

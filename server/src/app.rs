@@ -55,10 +55,11 @@ impl Server {
             Some(t) => t.clone(),
             None => load_or_create_token(&settings.data_dir)?,
         };
+        let server_id = load_or_create_server_id(&settings.data_dir)?;
         boards::sync_with_fleet(&pool, &fleet).await?;
-        boards::all_offline(&pool, "server started; waiting for the agent").await?;
+        boards::all_offline(&pool, &server_id, "server started; waiting for the agent").await?;
         let grace = fleet.server.heartbeat_deadline_ms as f64 / 1000.0;
-        let leased = jobs::resolve_after_restart(&pool, grace).await?;
+        let leased = jobs::resolve_after_restart(&pool, &server_id, grace).await?;
         if !leased.is_empty() {
             tracing::warn!(?leased, grace, "jobs in flight when the previous server stopped wait for their agents");
         }
@@ -71,6 +72,7 @@ impl Server {
             data_dir: Arc::new(settings.data_dir.clone()),
             mirrors,
             log_budget: Arc::new(crate::logs::LogBudget::default()),
+            server_id: Arc::from(server_id.as_str()),
             analysis,
             pool,
             fleet: shared,
@@ -93,6 +95,8 @@ impl Server {
         let state = AppState { shutdown: shutdown.clone(), ..self.state.clone() };
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(ssh::serve(state.clone(), self.host_key.clone(), ssh_listener, shutdown.clone()));
+        let listener = state.dispatcher.clone();
+        tasks.spawn(listener.listen(shutdown.clone()).map(Ok));
         let watcher = state.dispatcher.clone();
         let watch_token = shutdown.clone();
         tasks.spawn(async move {
@@ -126,7 +130,7 @@ impl Server {
         }
         // Sessions are gone; in-flight jobs hold leases (set as each session
         // ended) that the next start honours or expires: none stays running.
-        let _ = boards::all_offline(&state.pool, "server stopped").await;
+        let _ = boards::all_offline(&state.pool, &state.server_id, "server stopped").await;
         state.pool.close().await;
         if let Some(mut pg) = self.postgres.take() {
             tokio::task::spawn_blocking(move || pg.stop()).await.ok();
@@ -136,6 +140,18 @@ impl Server {
             None => Ok(()),
         }
     }
+}
+
+fn load_or_create_server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("server-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_owned());
+        }
+    }
+    let id = format!("srv-{}", hex::encode(rand::random::<[u8; 8]>()));
+    std::fs::write(&path, format!("{id}\n")).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 fn load_or_create_token(data_dir: &std::path::Path) -> anyhow::Result<String> {

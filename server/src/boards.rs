@@ -55,22 +55,28 @@ pub async fn sync_with_fleet(pool: &PgPool, fleet: &Fleet) -> Result<(), sqlx::E
     tx.commit().await
 }
 
-/// At start-up nobody is connected yet.
-pub async fn all_offline(pool: &PgPool, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE boards SET state = 'offline', offline_reason = $1, updated_at = now() WHERE state <> 'retired'")
-        .bind(reason)
-        .execute(pool)
-        .await
-        .map(|_| ())
+/// At start-up and shutdown: the boards this server held are not connected
+/// (boards held by other servers sharing the database are left alone).
+pub async fn all_offline(pool: &PgPool, server_id: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE boards SET state = 'offline', offline_reason = $1, updated_at = now()
+         WHERE state <> 'retired' AND (server_id IS NULL OR server_id = $2)",
+    )
+    .bind(reason)
+    .bind(server_id)
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 pub async fn set_online(
     pool: &PgPool,
     board: &str,
     facts: &BoardFacts,
+    server_id: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE boards SET state = 'idle', facts = $2, executor = $3, simulated = $4,
+        "UPDATE boards SET state = 'idle', facts = $2, executor = $3, simulated = $4, server_id = $5,
             connected_at = now(), last_heartbeat = now(), offline_reason = NULL, updated_at = now()
          WHERE name = $1",
     )
@@ -78,6 +84,7 @@ pub async fn set_online(
     .bind(serde_json::to_value(facts).unwrap_or_default())
     .bind(facts.executor.as_str())
     .bind(facts.executor.is_simulated())
+    .bind(server_id)
     .execute(pool)
     .await
     .map(|_| ())

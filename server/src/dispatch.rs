@@ -203,6 +203,58 @@ impl Dispatcher {
         }
     }
 
+    /// New work for `boards`: wakes the servers holding their sessions,
+    /// this one included (several servers may share the database).
+    pub async fn announce(&self, boards: &[String]) {
+        for board in boards {
+            if let Err(e) = sqlx::query("SELECT pg_notify('armfleet_work', $1)").bind(board).execute(&self.pool).await {
+                tracing::warn!(board, "notifying other servers: {e}");
+            }
+            self.kick(board).await;
+        }
+    }
+
+    /// Listens for work announced by other servers. Runs until `shutdown`.
+    pub async fn listen(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("LISTEN connection failed, retrying: {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    }
+                }
+            };
+            if let Err(e) = listener.listen("armfleet_work").await {
+                tracing::warn!("LISTEN failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            // Work announced while we were not listening.
+            self.kick_all().await;
+            loop {
+                let n = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = listener.recv() => n,
+                };
+                match n {
+                    Ok(n) => {
+                        let board = n.payload().to_owned();
+                        if self.is_connected(&board) {
+                            self.kick(&board).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("LISTEN connection lost, reconnecting: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     pub async fn kick_all(&self) {
         for board in self.connected_boards() {
             self.kick(&board).await;

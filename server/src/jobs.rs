@@ -407,12 +407,15 @@ pub async fn lose_board_jobs(pool: &PgPool, board: &str, reason: &str) -> Result
 /// At start-up: what a previous server process left in flight gets a
 /// grace period for its agent to reconnect with it; the watchdog ends the
 /// rest as lost.
-pub async fn resolve_after_restart(pool: &PgPool, grace_s: f64) -> Result<Vec<i64>, JobError> {
+pub async fn resolve_after_restart(pool: &PgPool, server_id: &str, grace_s: f64) -> Result<Vec<i64>, JobError> {
     Ok(sqlx::query_scalar(
         "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $1)
-         WHERE state IN ('assigned', 'running') RETURNING id",
+         WHERE state IN ('assigned', 'running') AND lease_expires_at IS NULL
+           AND board IN (SELECT name FROM boards WHERE server_id IS NULL OR server_id = $2)
+         RETURNING id",
     )
     .bind(grace_s)
+    .bind(server_id)
     .fetch_all(pool)
     .await?)
 }
@@ -622,7 +625,8 @@ pub async fn briefs_for_runs(pool: &PgPool, runs: &[i64]) -> Result<Vec<JobBrief
 /// A board's jobs, newest first.
 pub async fn briefs_for_board(pool: &PgPool, board: &str, limit: i64, offset: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
     sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
-        "{JOB_BRIEF_SELECT} WHERE j.board = $1 ORDER BY j.id DESC LIMIT $2 OFFSET $3"
+        "{} ORDER BY j.id DESC",
+        JOB_BRIEF_SELECT.replace("FROM jobs j", "FROM (SELECT * FROM jobs WHERE board = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j")
     )))
     .bind(board)
     .bind(limit)
@@ -634,7 +638,8 @@ pub async fn briefs_for_board(pool: &PgPool, board: &str, limit: i64, offset: i6
 /// A kernel's jobs, newest first.
 pub async fn briefs_for_kernel(pool: &PgPool, kernel: i64, limit: i64, offset: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
     sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
-        "{JOB_BRIEF_SELECT} WHERE j.kernel_id = $1 ORDER BY j.id DESC LIMIT $2 OFFSET $3"
+        "{} ORDER BY j.id DESC",
+        JOB_BRIEF_SELECT.replace("FROM jobs j", "FROM (SELECT * FROM jobs WHERE kernel_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j")
     )))
     .bind(kernel)
     .bind(limit)

@@ -352,7 +352,8 @@ const RUN_SUMMARY_SELECT: &str = "SELECT r.id, r.kernel_id, k.tree, k.branch, k.
 /// Runs, newest first, one page.
 pub async fn summaries(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<RunSummary>, sqlx::Error> {
     sqlx::query_as::<_, RunSummary>(sqlx::AssertSqlSafe(format!(
-        "{RUN_SUMMARY_SELECT} ORDER BY r.id DESC LIMIT $1 OFFSET $2"
+        "{} ORDER BY r.id DESC",
+        RUN_SUMMARY_SELECT.replace("FROM runs r", "FROM (SELECT * FROM runs ORDER BY id DESC LIMIT $1 OFFSET $2) r")
     )))
     .bind(limit)
     .bind(offset)
@@ -414,9 +415,15 @@ pub async fn kernel_summaries(
     offset: i64,
 ) -> Result<Vec<KernelSummary>, sqlx::Error> {
     sqlx::query_as::<_, KernelSummary>(sqlx::AssertSqlSafe(format!(
-        "{KERNEL_SUMMARY_SELECT}
-         WHERE ($2::text IS NULL OR k.tree = $2) AND ($3::text IS NULL OR k.branch = $3)
-         ORDER BY k.id DESC LIMIT $4 OFFSET $5"
+        "{}
+         ORDER BY k.id DESC",
+        KERNEL_SUMMARY_SELECT.replace(
+            "FROM kernels k",
+            // Page first, then aggregate: OFFSET must not evaluate the
+            // per-kernel subqueries of the rows it skips.
+            "FROM (SELECT * FROM kernels WHERE ($2::text IS NULL OR tree = $2) AND ($3::text IS NULL OR branch = $3)
+                   ORDER BY id DESC LIMIT $4 OFFSET $5) k",
+        )
     )))
     .bind(plan)
     .bind(tree)

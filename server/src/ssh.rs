@@ -219,7 +219,7 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(64);
     let executor = hello.facts.executor;
     let ticket = state.dispatcher.register(&board, key, tx, executor.as_str(), executor.is_simulated(), &shutdown);
-    if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts).await {
+    if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts, &state.server_id).await {
         tracing::error!(board, "recording board online: {e}");
     }
     // Jobs the agent still holds keep running; the board's others died

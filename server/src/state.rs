@@ -36,6 +36,9 @@ pub struct AppState {
     pub data_dir: Arc<std::path::PathBuf>,
     pub mirrors: crate::mirror::MirrorQueue,
     pub log_budget: Arc<crate::logs::LogBudget>,
+    /// Stable identity of this server process's data dir (several servers
+    /// may share one database).
+    pub server_id: Arc<str>,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,

@@ -34,7 +34,7 @@ pub async fn after_job(state: &AppState, job: i64) -> anyhow::Result<()> {
     if ["infra_error", "lost", "timed_out"].contains(&job_state.as_str()) {
         if let Some((retry, board)) = runs::retry_infra_failure(pool, job, plan.verdict.max_infra_retries).await? {
             tracing::warn!(job, retry, board, "lab failure: job queued again");
-            state.dispatcher.kick(&board).await;
+            state.dispatcher.announce(&[board]).await;
             return Ok(());
         }
     }
@@ -265,9 +265,7 @@ async fn extend(state: &AppState, k: &KernelRow, kernel: i64, plan: &Plan, board
     .await?;
     tx.commit().await?;
     tracing::info!(kernel, run = planned.run_id, cycles, ?boards, "inconclusive: more cycles scheduled");
-    for b in &planned.boards {
-        state.dispatcher.kick(b).await;
-    }
+    state.dispatcher.announce(&planned.boards).await;
     Ok(())
 }
 

@@ -121,9 +121,7 @@ async fn create_run(
     let planned = runs::create(&state.pool, &fleet, &req, &actor).await?;
     audit::record(&state.pool, &actor, "trigger", &format!("run {}", planned.run_id), &format!("{} {} {}", req.tree, req.branch, req.commit)).await;
     tracing::info!(run = planned.run_id, jobs = planned.jobs.len(), commit = %req.commit, "run planned");
-    for board in &planned.boards {
-        state.dispatcher.kick(board).await;
-    }
+    state.dispatcher.announce(&planned.boards).await;
     Ok((StatusCode::CREATED, Json(serde_json::json!({
         "run_id": planned.run_id,
         "kernel_id": planned.kernel_id,

@@ -189,9 +189,7 @@ async fn handle(
     tx.commit().await?;
     tracing::info!(forge = forge.as_str(), tree = %tree.name, branch = %push.branch, commit = %kernel.commit, run = planned.run_id, "push accepted");
     state.mirrors.request(&tree.url);
-    for b in &planned.boards {
-        state.dispatcher.kick(b).await;
-    }
+    state.dispatcher.announce(&planned.boards).await;
     Ok((StatusCode::CREATED, serde_json::json!({
         "run_id": planned.run_id,
         "kernel_id": planned.kernel_id,

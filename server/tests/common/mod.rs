@@ -161,6 +161,13 @@ impl TestServer {
         Self::start_with(dir, &fleet, db, Some(addrs)).await
     }
 
+    /// A second server process on the same database (its own data dir,
+    /// host key and ports), as a lab that outgrew one host would run.
+    pub async fn start_sharing(&self) -> TestServer {
+        let fleet = std::fs::read_to_string(self.dir.path().join("fleet.toml")).unwrap();
+        Self::start_with(tempfile::tempdir().unwrap(), &fleet, self.db.clone(), None).await
+    }
+
     async fn start_with(dir: tempfile::TempDir, fleet: &str, db: String, addrs: Option<(String, String)>) -> TestServer {
         let fleet_path = dir.path().join("fleet.toml");
         std::fs::write(&fleet_path, fleet).unwrap();
