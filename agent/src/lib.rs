@@ -2,11 +2,14 @@
 //! turns a job into protocol messages, `replay` and the QEMU executor
 //! (crate `armfleet-migrate-stress`) do the work.
 
+pub mod check;
+pub mod crash;
 pub mod facts;
 pub mod keys;
 pub mod link;
 pub mod replay;
 pub mod runner;
+pub mod settings;
 pub mod spool;
 
 use std::path::PathBuf;
@@ -21,6 +24,10 @@ pub struct Config {
     pub server_key: Option<String>,
     pub state_dir: PathBuf,
     pub executor: ExecutorChoice,
+    /// Where the kernel's pstore records are (`/sys/fs/pstore`).
+    pub pstore_dir: PathBuf,
+    /// Read `journalctl -k -b -1` after a reboot when pstore has nothing.
+    pub journal: bool,
 }
 
 /// What the operator asked for; resolved against the host by [`facts`].

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::keys::{self, HostKeyError, HostKeyPolicy};
 use crate::runner::{JobRunner, Outbox};
-use crate::spool::{self, Spool};
+use crate::spool::Spool;
 use crate::{Config, facts};
 
 /// Log payload a job may spool before further logs are truncated.
@@ -62,19 +62,28 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
     // Jobs and their spool outlive any one connection.
     let mut spool = Spool::open(&config.state_dir.join("spool"), SPOOL_LOG_CAP)?;
     // Jobs a previous agent process was running died with it (their QEMUs
-    // too): say so in their spool, so the server gets their logs and an end.
-    for (job_id, epoch) in spool.unfinished() {
-        tracing::warn!(job_id, "the agent restarted while this job ran; reporting it ended");
-        let note = "armfleet-agent: the agent process restarted while this job ran (crash, kill or power loss); its guests are gone\n";
-        let _ = spool.push(spool::agent_note(job_id, epoch, u32::MAX as u64, note));
-        let _ = spool.push(Frame::new(AgentMessage::JobFinished {
-            job_id,
-            epoch,
-            result: armfleet_protocol::JobResult::InfraError {
-                cycles_completed: 0,
-                reason: "the agent restarted while the job ran".into(),
-            },
-        }));
+    // too): say so in their spool, so the server gets their logs and an end
+    // — with the previous boot's kernel log when the board crashed
+    // (see `crash`).
+    let previous_boot = crate::crash::swap_boot_id(&config.state_dir);
+    let rebooted = previous_boot.is_some() && previous_boot != crate::crash::current_boot_id();
+    let unfinished = spool.unfinished();
+    if !unfinished.is_empty() {
+        let recovered = crate::crash::recover(&config.pstore_dir, config.journal, rebooted);
+        if let Some(log) = &recovered {
+            tracing::warn!(source = %log.source, "recovered the previous boot's kernel log");
+        }
+        for (job_id, epoch) in &unfinished {
+            tracing::warn!(job_id, "the agent restarted while this job ran; reporting it ended");
+            for frame in crate::crash::lost_job_frames(*job_id, *epoch, recovered.as_ref()) {
+                if let Err(e) = spool.push(frame) {
+                    tracing::error!(job_id, "cannot spool the lost job's report: {e}");
+                }
+            }
+        }
+        if let Some(log) = &recovered {
+            crate::crash::archive(log, &config.state_dir);
+        }
     }
     let outbox = Outbox { spool: Arc::new(Mutex::new(spool)), ready: Arc::new(tokio::sync::Notify::new()) };
     let executor = tokio::task::spawn_blocking({

@@ -42,6 +42,12 @@ pub struct JobLease {
     pub epoch: i64,
 }
 
+/// `LogChunk::seq` from which an agent numbers the chunks of a kernel log it
+/// recovered after a crash (pstore or `journalctl -k -b -1`) and uploads as
+/// the dead job's `host_dmesg`: after anything streamed live, never clashing
+/// with it. A convention over the existing message, not a wire change.
+pub const RECOVERED_LOG_SEQ_BASE: u64 = 1 << 32;
+
 /// What the server sends to an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

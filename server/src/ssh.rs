@@ -254,9 +254,16 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
     // Frames are read in their own task so that a slow database write never
     // stalls reading (and a half-read frame is never dropped by select!).
     let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame<AgentMessage>, FrameError>>(256);
+    // Liveness is noted as frames arrive, even while their handling waits
+    // (e.g. for the database to come back), so a slow database never makes
+    // a live board look dead.
+    let (dispatcher, reader_board, ticket_id) = (state.dispatcher.clone(), board.clone(), ticket.id);
     let read_task = tokio::spawn(async move {
         loop {
             let frame = read_frame::<AgentMessage, _>(&mut reader).await;
+            if frame.is_ok() {
+                dispatcher.touch(&reader_board, ticket_id);
+            }
             let end = frame.is_err();
             if in_tx.send(frame).await.is_err() || end {
                 return;
@@ -287,7 +294,6 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
                         break format!("protocol error: {e}");
                     }
                     Some(Ok(frame)) => {
-                        state.dispatcher.touch(&board, ticket.id);
                         let reply = handle_with_retry(&state, &board, &frame, &ticket.close).await;
                         if let Some(reply) = reply {
                             if let Err(e) = write_frame(&mut writer, &Frame::new(reply)).await {
@@ -355,7 +361,11 @@ async fn handle_frame(state: &AppState, board: &str, frame: &Frame<AgentMessage>
     match &frame.message {
         AgentMessage::Hello(_) => anyhow::bail!("duplicate hello"),
         AgentMessage::Heartbeat { .. } => {
-            boards::heartbeat(pool, board).await?;
+            // Best effort: liveness is tracked in memory; the column is for
+            // display, so a database hiccup must not hold up the session.
+            if let Err(e) = boards::heartbeat(pool, board).await {
+                tracing::debug!(board, "recording a heartbeat: {e}");
+            }
         }
         AgentMessage::JobStarted { job_id, epoch } => match jobs::mark_running(pool, *job_id, board, *epoch).await {
             // A resent start of a job that is already running.

@@ -161,6 +161,11 @@ impl TestServer {
         Self::start_with(dir, &fleet, db, Some(addrs)).await
     }
 
+    /// A server on a database the test manages itself.
+    pub async fn start_on(db: String, fleet: &str) -> TestServer {
+        Self::start_with(tempfile::tempdir().unwrap(), fleet, db, None).await
+    }
+
     /// A second server process on the same database (its own data dir,
     /// host key and ports), as a lab that outgrew one host would run.
     pub async fn start_sharing(&self) -> TestServer {
