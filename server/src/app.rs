@@ -73,6 +73,7 @@ impl Server {
             mirrors,
             log_budget: Arc::new(crate::logs::LogBudget::default()),
             server_id: Arc::from(server_id.as_str()),
+            rate_limiter: Arc::default(),
             analysis,
             pool,
             fleet: shared,
@@ -110,10 +111,11 @@ impl Server {
             let data_dir = state.data_dir.as_ref().clone();
             tasks.spawn(crate::mirror::worker(state.pool.clone(), data_dir, rx, shutdown.clone()).map(Ok));
         }
+        tasks.spawn(crate::power::worker(state.clone(), shutdown.clone()).map(Ok));
         let app = crate::http::app(state.clone());
         let http_token = shutdown.clone();
         tasks.spawn(async move {
-            axum::serve(http, app)
+            axum::serve(http, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move { http_token.cancelled().await })
                 .await
                 .context("HTTP server failed")

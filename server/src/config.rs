@@ -197,7 +197,7 @@ impl Default for VerdictSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerSettings {
     pub api_token: Option<String>,
     pub heartbeat_interval_ms: u64,
@@ -208,6 +208,31 @@ pub struct ServerSettings {
     pub queue_deadline_s: u64,
     /// Log bytes stored per job; beyond it the log is truncated with a marker.
     pub max_log_bytes_per_job: u64,
+    /// API writes and webhooks per second per client, and the burst allowed.
+    pub rate_limit_per_s: f64,
+    pub rate_limit_burst: f64,
+    /// A board with a `power_cycle` command that stays offline this long is
+    /// power-cycled (see `power`).
+    pub power_cycle_after_s: u64,
+    /// At most one automatic power cycle per board in this window.
+    pub power_cycle_interval_s: u64,
+    /// A power-cycle command running longer is killed.
+    pub power_cycle_timeout_s: u64,
+    /// How long the jobs of a board whose connection dropped wait for it to
+    /// come back (reboot included) before they are lost; at least the
+    /// heartbeat deadline.
+    pub boot_deadline_s: u64,
+}
+
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never reaches a log.
+        f.debug_struct("ServerSettings")
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("heartbeat_deadline_ms", &self.heartbeat_deadline_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]
@@ -297,6 +322,12 @@ impl Fleet {
             assign_deadline_s: server.assign_deadline_s.unwrap_or(60),
             queue_deadline_s: server.queue_deadline_s.unwrap_or(7 * 24 * 3600),
             max_log_bytes_per_job: server.max_log_bytes_per_job.unwrap_or(256 << 20),
+            rate_limit_per_s: server.rate_limit_per_s.unwrap_or(20.0).max(0.01),
+            rate_limit_burst: server.rate_limit_burst.unwrap_or(200.0).max(1.0),
+            power_cycle_after_s: server.power_cycle_after_s.unwrap_or(300),
+            power_cycle_interval_s: server.power_cycle_interval_s.unwrap_or(900),
+            power_cycle_timeout_s: server.power_cycle_timeout_s.unwrap_or(60).max(1),
+            boot_deadline_s: server.boot_deadline_s.unwrap_or(0),
         };
 
         let mut boards = Vec::new();
@@ -590,6 +621,12 @@ struct RawServer {
     assign_deadline_s: Option<u64>,
     queue_deadline_s: Option<u64>,
     max_log_bytes_per_job: Option<u64>,
+    rate_limit_per_s: Option<f64>,
+    rate_limit_burst: Option<f64>,
+    power_cycle_after_s: Option<u64>,
+    power_cycle_interval_s: Option<u64>,
+    power_cycle_timeout_s: Option<u64>,
+    boot_deadline_s: Option<u64>,
 }
 
 #[derive(Deserialize)]

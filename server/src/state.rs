@@ -39,6 +39,7 @@ pub struct AppState {
     /// Stable identity of this server process's data dir (several servers
     /// may share one database).
     pub server_id: Arc<str>,
+    pub rate_limiter: Arc<crate::http::ratelimit::RateLimiter>,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,

@@ -79,3 +79,35 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
     assert!(actions.contains(&"keys-changed") && actions.contains(&"reload") && actions.contains(&"reload-refused"), "{actions:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_rate_limited_per_client_and_reads_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "b").await;
+    let fleet = fleet_toml(&[("board-1", "rpi5", &key.public)], "")
+        .replace("api_token = \"test-token\"", "api_token = \"test-token\"\nrate_limit_per_s = 0.5\nrate_limit_burst = 5");
+    let server = TestServer::start(&fleet).await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let r = server
+            .client
+            .post(server.url("/api/v1/runs"))
+            .bearer_auth(&server.token)
+            .json(&serde_json::json!({"tree": "t", "branch": "master", "commit": format!("abcdef{i:02}")}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(&statuses[..5], &[201; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    for _ in 0..20 {
+        assert_eq!(server.client.get(server.url("/api/v1/runs")).send().await.unwrap().status(), 200);
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs").fetch_one(&server.pool).await.unwrap();
+    assert_eq!(runs, 5, "refused requests created nothing");
+    server.stop().await;
+}

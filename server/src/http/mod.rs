@@ -3,6 +3,7 @@
 pub mod api;
 pub mod error;
 pub mod hooks;
+pub mod ratelimit;
 pub mod live;
 pub mod pages;
 
@@ -29,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .merge(pages::routes())
         .merge(live::routes())
         .layer(RequestBodyLimitLayer::new(hooks::MAX_HOOK_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_writes))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
