@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use armfleet_agent::{facts, keys, link, Config, ExecutorChoice};
+use armfleet_agent::settings::{self, AgentFile, Overrides};
+use armfleet_agent::{check, facts, keys, link, ExecutorChoice};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -12,6 +13,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The agent's configuration file; flags and environment override it.
+    #[arg(long, env = "ARMFLEET_AGENT_CONFIG", default_value = settings::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
     /// Server SSH address, HOST:PORT.
     #[arg(long, env = "ARMFLEET_SERVER")]
     server: Option<String>,
@@ -25,12 +29,17 @@ struct Cli {
     /// recorded in STATE_DIR/known_hosts.
     #[arg(long, env = "ARMFLEET_SERVER_KEY")]
     server_key: Option<String>,
-    /// Where the agent keeps known_hosts and job scratch space.
-    #[arg(long, env = "ARMFLEET_STATE_DIR", default_value = "/var/lib/armfleet-agent")]
-    state_dir: PathBuf,
-    /// How to run stress jobs: auto (real QEMU where usable, else replay), qemu, replay.
-    #[arg(long, default_value = "auto")]
-    executor: String,
+    /// Where the agent keeps known_hosts, its spool and job scratch space
+    /// [default: /var/lib/armfleet-agent].
+    #[arg(long, env = "ARMFLEET_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How to run stress jobs: auto (real QEMU where usable, else replay), qemu, replay
+    /// [default: auto].
+    #[arg(long, env = "ARMFLEET_EXECUTOR")]
+    executor: Option<String>,
+    /// Where the previous boot's pstore records are [default: /sys/fs/pstore].
+    #[arg(long, env = "ARMFLEET_PSTORE_DIR")]
+    pstore_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +51,9 @@ enum Command {
     },
     /// Print the facts this board would report, as JSON.
     Facts,
+    /// Self-test: server reachable, key accepted, QEMU/KVM, hugepages,
+    /// kexec, pstore, disk space. Exits non-zero when a required check fails.
+    Check,
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,15 +66,20 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Some(Command::Keygen { out }) => keys::keygen(&out).map(|line| println!("{line}")),
+        Some(Command::Keygen { ref out }) => keys::keygen(out).map(|line| println!("{line}")),
         Some(Command::Facts) => {
-            let choice = ExecutorChoice::parse(&cli.executor);
+            let choice = ExecutorChoice::parse(cli.executor.as_deref().unwrap_or("auto"));
             choice.and_then(|c| {
                 let f = facts::gather(c);
                 println!("{}", serde_json::to_string_pretty(&f)?);
                 Ok(())
             })
         }
+        Some(Command::Check) => match self_test(cli) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         None => run(cli),
     };
     match result {
@@ -74,16 +91,33 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let missing = |what: &str| anyhow::anyhow!("missing --{what} (see --help)");
-    let config = Config {
-        server: cli.server.ok_or_else(|| missing("server"))?,
-        board: cli.board.ok_or_else(|| missing("board"))?,
-        key_path: cli.key.ok_or_else(|| missing("key"))?,
+/// The configuration from flags and environment over the file.
+fn config(cli: Cli) -> anyhow::Result<armfleet_agent::Config> {
+    // The default path may be absent; a path the operator named may not.
+    let named = std::env::args_os().any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
+        || std::env::var_os("ARMFLEET_AGENT_CONFIG").is_some();
+    let file = AgentFile::load(&cli.config, named)?;
+    let over = Overrides {
+        server: cli.server,
+        board: cli.board,
+        key: cli.key,
         server_key: cli.server_key,
         state_dir: cli.state_dir,
-        executor: ExecutorChoice::parse(&cli.executor)?,
+        executor: cli.executor,
+        pstore_dir: cli.pstore_dir,
     };
+    Ok(settings::resolve(over, file, &cli.config)?)
+}
+
+fn self_test(cli: Cli) -> anyhow::Result<bool> {
+    let config = config(cli)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let results = runtime.block_on(check::run(&config));
+    Ok(check::print(&results, &mut std::io::stdout()))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = config(cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

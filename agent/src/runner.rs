@@ -20,10 +20,37 @@ pub struct Outbox {
     pub ready: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// `ARMFLEET_LEDGER=FILE`: a line per log chunk, cycle and result this
+/// agent produces — what it owes the server — so that tests (the chaos
+/// suite) can check that the server stored each exactly once.
+fn ledger(frame: &Frame<AgentMessage>) {
+    use std::io::Write;
+    static LEDGER: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> = std::sync::OnceLock::new();
+    let file = LEDGER.get_or_init(|| {
+        let path = std::env::var_os("ARMFLEET_LEDGER")?;
+        std::fs::OpenOptions::new().create(true).append(true).open(path).ok().map(std::sync::Mutex::new)
+    });
+    let Some(file) = file else { return };
+    let line = match &frame.message {
+        AgentMessage::LogChunk { job_id, stream, seq, .. } => {
+            serde_json::json!({"job": job_id, "kind": "log", "stream": stream, "seq": seq, "bytes": frame.payload.len()})
+        }
+        AgentMessage::CycleDone { job_id, record, .. } => serde_json::json!({"job": job_id, "kind": "cycle", "cycle": record.cycle}),
+        AgentMessage::JobFinished { job_id, result, .. } => serde_json::json!({"job": job_id, "kind": "result", "result": result}),
+        _ => return,
+    };
+    // A write(2) survives the process being killed; that is what the
+    // ledger must outlive.
+    let _ = writeln!(file.lock().unwrap(), "{line}");
+}
+
 impl Outbox {
     pub fn send(&self, frame: Frame<AgentMessage>) {
+        let summary = std::env::var_os("ARMFLEET_LEDGER").is_some().then(|| frame.clone());
         if let Err(e) = self.spool.lock().unwrap().push(frame) {
             tracing::error!("cannot spool a frame (it is lost): {e}");
+        } else if let Some(f) = summary {
+            ledger(&f);
         }
         self.ready.notify_one();
     }

@@ -112,6 +112,7 @@ impl Server {
             tasks.spawn(crate::mirror::worker(state.pool.clone(), data_dir, rx, shutdown.clone()).map(Ok));
         }
         tasks.spawn(crate::power::worker(state.clone(), shutdown.clone()).map(Ok));
+        tasks.spawn(crate::bisect::worker(state.clone(), shutdown.clone()).map(Ok));
         let app = crate::http::app(state.clone());
         let http_token = shutdown.clone();
         tasks.spawn(async move {

@@ -3,6 +3,7 @@
 pub mod analysis;
 pub mod app;
 pub mod audit;
+pub mod bisect;
 pub mod boards;
 pub mod config;
 pub mod db;
@@ -16,6 +17,7 @@ pub mod jobs;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;
+pub mod power;
 pub mod reload;
 pub mod results;
 pub mod runs;

@@ -81,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         format: ExportFormat,
     },
+    /// Bisect a regression to the commit that introduced it.
+    Bisect {
+        #[command(subcommand)]
+        action: armfleet_server::bisect::BisectCommand,
+    },
     /// Reload fleet.toml on a running server (same as SIGHUP).
     Reload {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -308,6 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&get_json(&url).await?)?);
             Ok(())
         }
+        Command::Bisect { action } => armfleet_server::bisect::run_cli(action).await,
         Command::Reload { server, token, data_dir } => {
             let token = read_token(token, &data_dir)?;
             let resp = reqwest::Client::new()

@@ -214,7 +214,7 @@ pub async fn plan_run(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn insert_job(
+pub async fn insert_job(
     tx: &mut Transaction<'_, Postgres>,
     run_id: i64,
     kernel_id: i64,

@@ -161,6 +161,21 @@ impl Browser {
     }
 }
 
+impl Drop for Browser {
+    /// Also on a failed assertion: end the session so that chromedriver
+    /// closes Chromium (killing chromedriver alone would orphan it).
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let rest = self.base.trim_start_matches("http://");
+        let Some((host, path)) = rest.split_once('/') else { return };
+        if let Ok(mut s) = std::net::TcpStream::connect(host) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(s, "DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = s.read(&mut [0u8; 512]);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_loads_in_chromium_and_hostile_log_lines_stay_text() {
     let Some((chromium, driver)) = browser() else { return };

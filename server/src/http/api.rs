@@ -32,6 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route("/export/kcidb", get(export_kcidb))
         .route("/export/junit", get(export_junit))
         .route("/admin/reload", post(reload_fleet))
+        .route("/boards/{name}/power-cycle", post(crate::power::api_power_cycle))
+        .route("/bisections", post(crate::bisect::api_start))
+        .route("/bisections/{id}", get(crate::bisect::api_show))
+        .route("/bisections/{id}/stop", post(crate::bisect::api_stop))
         .route("/audit", get(list_audit))
 }
 

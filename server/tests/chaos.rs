@@ -1,0 +1,395 @@
+//! The chaos suite: 200+ jobs on 6 simulated boards under a seeded random
+//! schedule of real faults — network partitions and packet loss/delay
+//! (each board in its own network namespace, behind a veth pair), `kill -9`
+//! of agents, `kill -9` and restart of the server, a PostgreSQL restart —
+//! then checks that every job ended, none ran twice, and every result and
+//! log byte the agents produced (their ledgers) is stored exactly once.
+//! Without root (no namespaces) it says so and runs the same schedule on
+//! loopback, without the network faults.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use armfleet_server::db::embedded::EmbeddedPostgres;
+use common::*;
+use sqlx::PgPool;
+
+const BOARDS: usize = 6;
+const RUNS: usize = 34; // × 6 boards = 204 jobs
+const SEED: u64 = 0x5eed_c4a0;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Network namespaces with a veth pair each; removed on drop.
+struct Netns {
+    names: Vec<String>,
+    host_ifs: Vec<String>,
+}
+
+impl Netns {
+    fn create(tag: u32) -> Option<Netns> {
+        let root = unsafe { libc::geteuid() == 0 };
+        if !root || !sh(&["ip", "-V"]) {
+            return None;
+        }
+        let mut ns = Netns { names: vec![], host_ifs: vec![] };
+        for i in 0..BOARDS {
+            let name = format!("afc{tag}b{i}");
+            let host = format!("afh{tag}{i}");
+            let peer = format!("afp{tag}{i}");
+            let ok = sh(&["ip", "netns", "add", &name])
+                && sh(&["ip", "link", "add", &host, "type", "veth", "peer", "name", &peer])
+                && sh(&["ip", "link", "set", &peer, "netns", &name])
+                && sh(&["ip", "addr", "add", &format!("10.213.{i}.1/24"), "dev", &host])
+                && sh(&["ip", "link", "set", &host, "up"])
+                && sh(&["ip", "netns", "exec", &name, "ip", "addr", "add", &format!("10.213.{i}.2/24"), "dev", &peer])
+                && sh(&["ip", "netns", "exec", &name, "ip", "link", "set", &peer, "up"])
+                && sh(&["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+            ns.names.push(name);
+            ns.host_ifs.push(host);
+            if !ok {
+                return None; // dropped: cleans up what was made
+            }
+        }
+        Some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for h in &self.host_ifs {
+            sh(&["ip", "link", "del", h]);
+        }
+        for n in &self.names {
+            sh(&["ip", "netns", "del", n]);
+        }
+    }
+}
+
+struct ServerProc {
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+    db: String,
+    log: PathBuf,
+}
+
+impl ServerProc {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_armfleet"))
+                .args(&self.args)
+                .env("DATABASE_URL", &self.db)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct AgentProc {
+    child: Option<std::process::Child>,
+    cmd: Vec<String>,
+    log: PathBuf,
+    ledger: PathBuf,
+}
+
+impl AgentProc {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        self.child = Some(
+            Command::new(&self.cmd[0])
+                .args(&self.cmd[1..])
+                .env("ARMFLEET_LEDGER", &self.ledger)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn http_ok(url: &str) -> bool {
+    reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
+}
+
+#[derive(Default)]
+struct Ledger {
+    results: HashMap<i64, String>,
+    logs: BTreeMap<(i64, String, u64), u64>,
+}
+
+fn read_ledger(path: &Path, into: &mut Ledger) {
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let job = v["job"].as_i64().unwrap();
+        match v["kind"].as_str().unwrap() {
+            "result" => {
+                into.results.insert(job, v["result"]["status"].as_str().unwrap().to_owned());
+            }
+            "log" => {
+                into.logs.insert((job, v["stream"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()), v["bytes"].as_u64().unwrap());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
+    let tag = std::process::id() % 100_000;
+    let root = PathBuf::from(format!("/tmp/armfleet-chaos-{tag}"));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pg_dir = root.join("pg");
+    let mut pg = Some(EmbeddedPostgres::start(&pg_dir).expect("private cluster"));
+    let db = format!("postgres://postgres@localhost/postgres?host={}&port=5432", pg.as_ref().unwrap().socket_dir().display());
+
+    let netns = Netns::create(tag);
+    if netns.is_none() {
+        eprintln!("\n*** chaos: cannot make network namespaces (needs root and iproute2): running the schedule on loopback, WITHOUT network faults ***\n");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    for i in 0..BOARDS {
+        keys.push(keygen(work.path(), &format!("c{i}")).await);
+    }
+    let boards: Vec<(String, &str)> = (0..BOARDS).map(|i| (format!("chaos-{i}"), keys[i].public.as_str())).collect();
+    let board_refs: Vec<(&str, &str, &str)> = boards.iter().map(|(n, k)| (n.as_str(), "generic-arm64", *k)).collect();
+    let fleet = fleet_toml(&board_refs, "[plan.params]\ncycles = 25\nreplay_cycle_ms = 40\n")
+        .replace("heartbeat_interval_ms = 300\nheartbeat_deadline_ms = 1500", "heartbeat_interval_ms = 500\nheartbeat_deadline_ms = 4000\nboot_deadline_s = 30");
+    let fleet_path = work.path().join("fleet.toml");
+    std::fs::write(&fleet_path, &fleet).unwrap();
+    let (http_port, ssh_port) = (free_port(), free_port());
+    let ssh_bind = if netns.is_some() { format!("0.0.0.0:{ssh_port}") } else { format!("127.0.0.1:{ssh_port}") };
+    let data = work.path().join("data");
+    let mut server = ServerProc {
+        child: None,
+        args: vec![
+            "serve".into(), "--config".into(), fleet_path.display().to_string(), "--data-dir".into(), data.display().to_string(),
+            "--http".into(), format!("127.0.0.1:{http_port}"), "--ssh".into(), ssh_bind,
+        ],
+        db: db.clone(),
+        log: work.path().join("server.log"),
+    };
+    server.start();
+    let base = format!("http://127.0.0.1:{http_port}");
+    wait_for("the server", Duration::from_secs(30), || async { http_ok(&format!("{base}/healthz")).await.then_some(()) }).await;
+    let fp = Command::new(env!("CARGO_BIN_EXE_armfleet")).args(["fingerprint", "--data-dir"]).arg(&data).output().unwrap();
+    let fingerprint = String::from_utf8(fp.stdout).unwrap().trim().to_owned();
+
+    let mut agents: Vec<AgentProc> = (0..BOARDS)
+        .map(|i| {
+            let server_addr = if netns.is_some() { format!("10.213.{i}.1:{ssh_port}") } else { format!("127.0.0.1:{ssh_port}") };
+            let mut cmd = vec![];
+            if let Some(ns) = &netns {
+                cmd.extend(["ip".to_owned(), "netns".into(), "exec".into(), ns.names[i].clone()]);
+            }
+            cmd.extend([
+                bin("armfleet-agent").display().to_string(), "--server".into(), server_addr, "--board".into(), boards[i].0.clone(),
+                "--key".into(), keys[i].path.display().to_string(), "--server-key".into(), fingerprint.clone(),
+                "--state-dir".into(), work.path().join(format!("agent-{i}")).display().to_string(), "--executor".into(), "replay".into(),
+            ]);
+            AgentProc { child: None, cmd, log: work.path().join(format!("agent-{i}.log")), ledger: work.path().join(format!("ledger-{i}.jsonl")) }
+        })
+        .collect();
+    for a in &mut agents {
+        a.start();
+    }
+    let pool = PgPool::connect(&db).await.unwrap();
+    wait_for("all boards online", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM boards WHERE state <> 'offline'").fetch_one(&pool).await.ok()?;
+        (n == BOARDS as i64).then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for r in 0..RUNS {
+        let resp = client
+            .post(format!("{base}/api/v1/runs"))
+            .bearer_auth("test-token")
+            .json(&serde_json::json!({"tree": "chaos", "branch": "master", "commit": format!("{:040x}", 0xc4a05000 + r)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+
+    // The fault schedule.
+    let mut rng = Rng(SEED);
+    let mut faults = 0;
+    let mut server_kills = 0;
+    let mut pg_restarted = false;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(35) {
+        tokio::time::sleep(rng.millis(400, 1200)).await;
+        let board = rng.below(BOARDS as u64) as usize;
+        let kind = rng.below(10);
+        match kind {
+            0..=2 if netns.is_some() => {
+                let host = &netns.as_ref().unwrap().host_ifs[board];
+                sh(&["ip", "link", "set", host, "down"]);
+                tokio::time::sleep(rng.millis(500, 2500)).await;
+                sh(&["ip", "link", "set", host, "up"]);
+            }
+            3..=4 if netns.is_some() => {
+                let host = &netns.as_ref().unwrap().host_ifs[board];
+                let loss = format!("{}%", 5 + rng.below(25));
+                let delay = format!("{}ms", 20 + rng.below(120));
+                sh(&["tc", "qdisc", "add", "dev", host, "root", "netem", "loss", &loss, "delay", &delay]);
+                tokio::time::sleep(rng.millis(1000, 3000)).await;
+                sh(&["tc", "qdisc", "del", "dev", host, "root"]);
+            }
+            5..=7 => {
+                agents[board].kill9();
+                tokio::time::sleep(rng.millis(200, 1500)).await;
+                agents[board].start();
+            }
+            8 if server_kills < 2 => {
+                server_kills += 1;
+                server.kill9();
+                tokio::time::sleep(rng.millis(300, 1500)).await;
+                server.start();
+            }
+            9 if !pg_restarted => {
+                pg_restarted = true;
+                let mut p = pg.take().unwrap();
+                tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
+                tokio::time::sleep(rng.millis(500, 2000)).await;
+                let dir = pg_dir.clone();
+                pg = Some(tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir).unwrap()).await.unwrap());
+            }
+            _ => continue,
+        }
+        faults += 1;
+    }
+
+    // Quiet: everything must settle.
+    let jobs_total = (RUNS * BOARDS) as i64;
+    wait_for("every job to reach a terminal state", Duration::from_secs(240), || async {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'assigned', 'running')").fetch_one(&pool).await.ok()?;
+        (open == 0).then_some(())
+    })
+    .await;
+    // Give agents a moment to deliver their last spooled frames.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let states: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM jobs ORDER BY id").fetch_all(&pool).await.unwrap();
+    let terminal = states.iter().filter(|(_, s)| !["queued", "assigned", "running"].contains(&s.as_str())).count();
+    let assigned_twice: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE to_state = 'assigned' GROUP BY job_id HAVING count(*) > 1) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let duplicate_results: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT job_id FROM job_events
+            WHERE to_state IN ('passed', 'failed', 'infra_error', 'timed_out', 'lost', 'cancelled')
+            GROUP BY job_id HAVING count(*) > 1) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut ledger = Ledger::default();
+    for a in &agents {
+        read_ledger(&a.ledger, &mut ledger);
+    }
+    let by_id: HashMap<i64, String> = states.into_iter().collect();
+    let mut lost_results = 0;
+    for (job, result) in &ledger.results {
+        if by_id.get(job) != Some(result) {
+            eprintln!("chaos: job {job}: the agent produced `{result}`, the server has `{:?}`", by_id.get(job));
+            lost_results += 1;
+        }
+    }
+    let stored: Vec<(i64, String, i64, i32)> = sqlx::query_as("SELECT job_id, stream, seq, raw_len FROM log_chunks").fetch_all(&pool).await.unwrap();
+    let stored: HashMap<(i64, String, u64), u64> = stored.into_iter().map(|(j, s, q, n)| ((j, s, q as u64), n as u64)).collect();
+    let mut log_bytes_missing = 0u64;
+    let mut log_bytes_produced = 0u64;
+    for (key, bytes) in &ledger.logs {
+        log_bytes_produced += bytes;
+        match stored.get(key) {
+            Some(n) if n == bytes => {}
+            Some(n) => log_bytes_missing += bytes.saturating_sub(*n),
+            None => log_bytes_missing += bytes,
+        }
+    }
+    let lost_jobs = by_id.values().filter(|s| *s == "lost").count();
+    println!(
+        "chaos: jobs={jobs_total} terminal={terminal} lost_results={lost_results} duplicate_results={duplicate_results} \
+         assigned_twice={assigned_twice} log_bytes_missing={log_bytes_missing} log_bytes={log_bytes_produced} faults={faults} \
+         results_produced={} jobs_lost_with_killed_agents={lost_jobs} netns={}",
+        ledger.results.len(),
+        netns.is_some()
+    );
+    assert_eq!(by_id.len() as i64, jobs_total);
+    assert_eq!(terminal as i64, jobs_total, "every job ended");
+    assert_eq!(assigned_twice, 0, "no job was handed out twice");
+    assert_eq!(duplicate_results, 0);
+    assert_eq!(lost_results, 0, "every result an agent produced is stored (see server.log in {})", work.path().display());
+    assert_eq!(log_bytes_missing, 0, "every log byte an agent produced is stored");
+    assert!(ledger.results.len() as i64 > jobs_total / 2, "most jobs ran to the end despite the faults");
+    assert!(faults >= 15, "the schedule injected faults: {faults}");
+
+    for a in &mut agents {
+        a.kill9();
+    }
+    server.kill9();
+    drop(pool);
+    drop(pg);
+    drop(netns);
+    let _ = std::fs::remove_dir_all(&root);
+}
