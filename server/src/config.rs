@@ -76,6 +76,8 @@ pub struct Fleet {
     pub plans: Vec<Plan>,
     pub trees: Vec<Tree>,
     pub tokens: Vec<ApiToken>,
+    /// Raw agent key bytes → index into `boards`, for authentication.
+    key_owner: HashMap<Vec<u8>, usize>,
 }
 
 /// What an API token may do. Reads are open; these guard writes.
@@ -286,6 +288,11 @@ impl Plan {
 }
 
 impl Fleet {
+    /// The board that lists this agent key, if any.
+    pub fn board_with_key(&self, key: &[u8]) -> Option<&Board> {
+        self.key_owner.get(key).map(|&i| &self.boards[i])
+    }
+
     pub fn board(&self, name: &str) -> Option<&Board> {
         self.boards.iter().find(|b| b.name == name)
     }
@@ -341,9 +348,11 @@ impl Fleet {
                     "`{name}` is not a valid board name (letters, digits, `-`, `_`, `.`; at most 64)"
                 )));
             }
-            if let Some(first) = names.insert(name.clone(), line_of(text, name_span.start)) {
+            // Offsets, not lines: counting lines per board would make a
+            // 10,000-board file quadratic to load.
+            if let Some(first) = names.insert(name.clone(), name_span.start) {
                 return Err(at(name_span, "board.name", format!(
-                    "duplicate board `{name}` (first defined on line {first})"
+                    "duplicate board `{name}` (first defined on line {})", line_of(text, first)
                 )));
             }
             let mut keys = Vec::new();
@@ -536,7 +545,12 @@ impl Fleet {
             }
             tokens.push(ApiToken { name, sha256: bytes, scopes: raw_token.scopes });
         }
-        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans, trees, tokens })
+        let key_owner = boards
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.keys.iter().map(move |k| (key_bytes(k), i)))
+            .collect();
+        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans, trees, tokens, key_owner })
     }
 }
 

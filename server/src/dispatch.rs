@@ -27,6 +27,8 @@ struct Session {
     id: u64,
     tx: mpsc::Sender<ServerMessage>,
     last_seen: Instant,
+    /// When `boards.last_heartbeat` was last written for this session.
+    last_recorded: Option<Instant>,
     executor: &'static str,
     simulated: bool,
     /// The key the agent authenticated with (revoked keys close the session).
@@ -41,9 +43,9 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Session>>,
     next_id: AtomicU64,
-    /// Serialises claims per process; SKIP LOCKED makes them safe across
-    /// processes.
-    claim_lock: tokio::sync::Mutex<()>,
+    /// Boards being kicked right now, and whether another kick arrived
+    /// meanwhile (then the running one looks again before it stops).
+    kicking: Mutex<HashMap<String, bool>>,
 }
 
 /// Returned to a session task on registration.
@@ -60,7 +62,7 @@ impl Dispatcher {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            claim_lock: tokio::sync::Mutex::new(()),
+            kicking: Mutex::new(Default::default()),
         })
     }
 
@@ -85,6 +87,7 @@ impl Dispatcher {
             id,
             tx,
             last_seen: Instant::now(),
+            last_recorded: None,
             executor,
             simulated,
             key,
@@ -108,6 +111,20 @@ impl Dispatcher {
                 s.last_seen = Instant::now();
             }
         }
+    }
+
+    /// Whether a heartbeat should be written to the database now: at most
+    /// every few seconds per board (liveness itself is tracked in memory;
+    /// the column is for people), so 10,000 boards do not cost 5,000
+    /// commits a second.
+    pub fn heartbeat_due(&self, board: &str) -> bool {
+        let mut sessions = self.sessions.lock().unwrap();
+        let Some(s) = sessions.get_mut(board) else { return false };
+        let due = s.last_recorded.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if due {
+            s.last_recorded = Some(Instant::now());
+        }
+        due
     }
 
     pub fn is_connected(&self, board: &str) -> bool {
@@ -170,7 +187,29 @@ impl Dispatcher {
 
     /// Hands queued jobs to `board` while it has room. Safe to call any time.
     pub async fn kick(&self, board: &str) {
-        let _guard = self.claim_lock.lock().await;
+        // Claims for different boards run in parallel; for one board the
+        // database serialises them (the board row is locked while claiming).
+        {
+            let mut kicking = self.kicking.lock().unwrap();
+            if let Some(again) = kicking.get_mut(board) {
+                *again = true;
+                return;
+            }
+            kicking.insert(board.to_owned(), false);
+        }
+        loop {
+            self.kick_locked(board).await;
+            let mut kicking = self.kicking.lock().unwrap();
+            if kicking.get(board) == Some(&true) {
+                kicking.insert(board.to_owned(), false);
+                continue;
+            }
+            kicking.remove(board);
+            return;
+        }
+    }
+
+    async fn kick_locked(&self, board: &str) {
         let Some(max_jobs) = self.fleet().board(board).map(|b| b.max_jobs) else { return };
         loop {
             let (tx, executor, simulated) = {
@@ -186,7 +225,6 @@ impl Dispatcher {
                     let waited = (chrono::Utc::now() - a.queued_at).num_microseconds().unwrap_or(0);
                     self.metrics.dispatch_latency.observe(waited.max(0) as f64 / 1e6);
                     tracing::info!(board, job = a.job_id, epoch = a.epoch, "job assigned");
-                    let _ = boards::refresh_busy(&self.pool, board).await;
                     let msg = ServerMessage::AssignJob { job_id: a.job_id, epoch: a.epoch, spec: a.spec };
                     if tx.send(msg).await.is_err() {
                         // The session is going away; its end marks the job lost.
@@ -208,12 +246,14 @@ impl Dispatcher {
     /// New work for `boards`: wakes the servers holding their sessions,
     /// this one included (several servers may share the database).
     pub async fn announce(&self, boards: &[String]) {
-        for board in boards {
-            if let Err(e) = sqlx::query("SELECT pg_notify('armfleet_work', $1)").bind(board).execute(&self.pool).await {
-                tracing::warn!(board, "notifying other servers: {e}");
-            }
-            self.kick(board).await;
+        if let Err(e) = sqlx::query("SELECT pg_notify('armfleet_work', b) FROM unnest($1::text[]) AS b")
+            .bind(boards)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!("notifying other servers: {e}");
         }
+        futures::future::join_all(boards.iter().map(|b| self.kick(b))).await;
     }
 
     /// Listens for work announced by other servers. Runs until `shutdown`.
@@ -286,7 +326,7 @@ impl Dispatcher {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|(_, s)| s.last_seen.elapsed() > deadline)
+                .filter(|(_, s)| s.last_seen.elapsed() > deadline && !s.close.is_cancelled())
                 .map(|(b, s)| (b.clone(), s.close.clone()))
                 .collect();
             for (board, close) in silent {

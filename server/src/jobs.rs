@@ -243,6 +243,10 @@ pub async fn claim_next(
         ..Default::default()
     })
     .await?;
+    sqlx::query("UPDATE boards SET state = 'busy', updated_at = now() WHERE name = $1 AND state IN ('idle', 'busy')")
+        .bind(board)
+        .execute(&mut *tx)
+        .await?;
     let epoch: i64 = sqlx::query_scalar(
         "UPDATE jobs SET executor = $2, simulated = $3 WHERE id = $1 RETURNING epoch",
     )

@@ -130,10 +130,7 @@ impl russh::server::Handler for AgentConnection {
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         let fleet = self.state.fleet.current();
         let offered = key_bytes(key.public_key);
-        let owner = fleet
-            .boards
-            .iter()
-            .find(|b| b.keys.iter().any(|k| key_bytes(k) == offered));
+        let owner = fleet.board_with_key(&offered);
         let fp = key.public_key.fingerprint(HashAlg::Sha256);
         match owner {
             Some(b) if b.name == user => {
@@ -249,7 +246,6 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
         }))
         .await;
     }
-    state.dispatcher.kick(&board).await;
 
     // Frames are read in their own task so that a slow database write never
     // stalls reading (and a half-read frame is never dropped by select!).
@@ -270,6 +266,10 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
             }
         }
     });
+
+    // Only now that frames are read (and liveness noted) may claiming work
+    // take its time.
+    state.dispatcher.kick(&board).await;
 
     let reason = loop {
         tokio::select! {
@@ -363,6 +363,9 @@ async fn handle_frame(state: &AppState, board: &str, frame: &Frame<AgentMessage>
         AgentMessage::Heartbeat { .. } => {
             // Best effort: liveness is tracked in memory; the column is for
             // display, so a database hiccup must not hold up the session.
+            if !state.dispatcher.heartbeat_due(board) {
+                return Ok(None);
+            }
             if let Err(e) = boards::heartbeat(pool, board).await {
                 tracing::debug!(board, "recording a heartbeat: {e}");
             }
