@@ -73,8 +73,10 @@ pub async fn run(config: &Config) -> Vec<CheckResult> {
                 });
                 let fix = if !kvm.present {
                     "boot the host kernel at EL2 with CONFIG_KVM=y (check `dmesg | grep -i kvm`; on a Raspberry Pi use a 64-bit kernel)"
-                } else {
+                } else if !kvm.accessible {
                     "run the agent as root or add its user to the `kvm` group"
+                } else {
+                    "run the agent on the bare-metal board, not inside a VM (or use `executor = \"replay\"` for a simulated board)"
                 };
                 out.push(CheckResult::missing("kvm", real, why, fix));
             }
@@ -311,12 +313,9 @@ fn check_disk(state_dir: &Path) -> CheckResult {
 pub fn print(results: &[CheckResult], out: &mut dyn std::io::Write) -> bool {
     let mut all = true;
     for r in results {
-        let tag = match (r.ok, r.required) {
-            (true, _) => "  OK   ",
-            (false, true) => "MISSING",
-            (false, false) => "MISSING (optional)",
-        };
-        let _ = writeln!(out, "[{tag}] {:<10} {}", r.name, r.detail);
+        let tag = if r.ok { "  OK   " } else { "MISSING" };
+        let optional = if !r.ok && !r.required { " (optional)" } else { "" };
+        let _ = writeln!(out, "[{tag}] {:<10} {}{optional}", r.name, r.detail);
         if let Some(fix) = &r.fix {
             let _ = writeln!(out, "          fix: {fix}");
         }

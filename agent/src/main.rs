@@ -14,31 +14,31 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// The agent's configuration file; flags and environment override it.
-    #[arg(long, env = "ARMFLEET_AGENT_CONFIG", default_value = settings::DEFAULT_CONFIG_PATH)]
+    #[arg(long, global = true, env = "ARMFLEET_AGENT_CONFIG", default_value = settings::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     /// Server SSH address, HOST:PORT.
-    #[arg(long, env = "ARMFLEET_SERVER")]
+    #[arg(long, global = true, env = "ARMFLEET_SERVER")]
     server: Option<String>,
     /// This board's name in fleet.toml.
-    #[arg(long, env = "ARMFLEET_BOARD")]
+    #[arg(long, global = true, env = "ARMFLEET_BOARD")]
     board: Option<String>,
     /// The board's ed25519 private key (OpenSSH format).
-    #[arg(long, env = "ARMFLEET_KEY")]
+    #[arg(long, global = true, env = "ARMFLEET_KEY")]
     key: Option<PathBuf>,
     /// Pin the server's host key (SHA256:…); default: trust on first use,
     /// recorded in STATE_DIR/known_hosts.
-    #[arg(long, env = "ARMFLEET_SERVER_KEY")]
+    #[arg(long, global = true, env = "ARMFLEET_SERVER_KEY")]
     server_key: Option<String>,
     /// Where the agent keeps known_hosts, its spool and job scratch space
     /// [default: /var/lib/armfleet-agent].
-    #[arg(long, env = "ARMFLEET_STATE_DIR")]
+    #[arg(long, global = true, env = "ARMFLEET_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// How to run stress jobs: auto (real QEMU where usable, else replay), qemu, replay
     /// [default: auto].
-    #[arg(long, env = "ARMFLEET_EXECUTOR")]
+    #[arg(long, global = true, env = "ARMFLEET_EXECUTOR")]
     executor: Option<String>,
     /// Where the previous boot's pstore records are [default: /sys/fs/pstore].
-    #[arg(long, env = "ARMFLEET_PSTORE_DIR")]
+    #[arg(long, global = true, env = "ARMFLEET_PSTORE_DIR")]
     pstore_dir: Option<PathBuf>,
 }
 

@@ -94,3 +94,27 @@ pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<bool> {
     tracing::info!(job, findings = found.len(), "job analysed");
     Ok(true)
 }
+
+/// A log arrived after the job was analysed — a board that came back after
+/// its job was declared lost uploads the previous boot's kernel log: its
+/// findings are dropped (and their signature counts taken back) so that the
+/// job is analysed again with the new log. Returns whether it was.
+pub async fn reanalyse(pool: &PgPool, job: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let done: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE").bind(job).fetch_one(&mut *tx).await?;
+    if done.is_none() {
+        return Ok(false); // not analysed yet: it will see the log anyway
+    }
+    let gone: Vec<String> = sqlx::query_scalar("DELETE FROM findings WHERE job_id = $1 RETURNING signature")
+        .bind(job)
+        .fetch_all(&mut *tx)
+        .await?;
+    for sig in gone {
+        sqlx::query("UPDATE signatures SET count = GREATEST(count - 1, 0) WHERE signature = $1").bind(sig).execute(&mut *tx).await?;
+    }
+    sqlx::query("UPDATE jobs SET analyzed_at = NULL WHERE id = $1").bind(job).execute(&mut *tx).await?;
+    tx.commit().await?;
+    tracing::info!(job, "a recovered kernel log arrived after the analysis: analysing the job again");
+    Ok(true)
+}

@@ -138,19 +138,32 @@ async fn tree_file(mirror: &Mirror, commit: &str, file: &str) -> Result<Option<S
     Ok(ok.then_some(out))
 }
 
+/// What a confirmed regression brings to its bisection.
+#[derive(Debug, Clone, Default)]
+pub struct FromRegression {
+    pub id: i64,
+    pub signature: Option<String>,
+    /// (cycles run, failed cycles) of the bad kernel: its measured rate.
+    pub measured: Option<(i64, i64)>,
+}
+
 /// Starts a bisection; returns its id.
 pub async fn start(state: &AppState, req: &StartRequest, actor: &str) -> Result<i64, BisectError> {
+    start_for(state, req, actor, None).await
+}
+
+async fn start_for(state: &AppState, req: &StartRequest, actor: &str, regression: Option<&FromRegression>) -> Result<i64, BisectError> {
     let fleet = state.fleet.current();
     let plan = fleet.plan(&req.plan).ok_or_else(|| BisectError::Invalid(format!("unknown plan `{}`", req.plan)))?;
-    if let Some(f) = &req.family {
-        if !plan.boards.iter().any(|b| fleet.board(b).is_some_and(|b| b.family.as_str() == f)) {
-            return Err(BisectError::Invalid(format!("plan `{}` has no board of family `{f}`", plan.name)));
-        }
+    if let Some(f) = &req.family
+        && !plan.boards.iter().any(|b| fleet.board(b).is_some_and(|b| b.family.as_str() == f))
+    {
+        return Err(BisectError::Invalid(format!("plan `{}` has no board of family `{f}`", plan.name)));
     }
-    if let Some(r) = req.rate {
-        if !(r > 0.0 && r <= 1.0) {
-            return Err(BisectError::Invalid("rate must be within (0, 1]".into()));
-        }
+    if let Some(r) = req.rate
+        && !(r > 0.0 && r <= 1.0)
+    {
+        return Err(BisectError::Invalid("rate must be within (0, 1]".into()));
     }
     let confidence = req.confidence.unwrap_or(0.99);
     if !(0.5..1.0).contains(&confidence) {
@@ -185,6 +198,21 @@ pub async fn start(state: &AppState, req: &StartRequest, actor: &str) -> Result<
     .bind(actor)
     .fetch_one(&state.pool)
     .await?;
+    if let Some(r) = regression {
+        let (cycles, failed) = r.measured.filter(|(c, f)| *c > 0 && *f > 0).unwrap_or((0, 0));
+        sqlx::query(
+            "UPDATE bisections SET regression_id = $2, signature = $3, rate_cycles = $4, rate_failures = $5,
+                    failure_rate = CASE WHEN $4 > 0 THEN $5::float8 / $4 ELSE NULL END
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(r.id)
+        .bind(&r.signature)
+        .bind(cycles)
+        .bind(failed)
+        .execute(&state.pool)
+        .await?;
+    }
     audit::record(&state.pool, actor, "bisect-start", &format!("bisection {id}"), &format!("{} good {good} bad {bad} plan {}", req.tree, plan.name)).await;
     tracing::info!(id, %good, %bad, plan = %plan.name, "bisection started");
     Ok(id)
@@ -216,6 +244,7 @@ pub async fn stop(state: &AppState, id: i64, actor: &str) -> Result<(), BisectEr
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct BisectionRow {
     pub id: i64,
+    pub regression_id: Option<i64>,
     pub tree: String,
     pub branch: String,
     pub plan: String,
@@ -292,6 +321,9 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
+        if let Err(e) = adopt_regressions(&state).await {
+            tracing::warn!("starting bisections for confirmed regressions: {e}");
+        }
         let running: Vec<i64> = match sqlx::query_scalar("SELECT id FROM bisections WHERE state = 'running' ORDER BY id").fetch_all(&state.pool).await {
             Ok(r) => r,
             Err(e) => {
@@ -308,6 +340,75 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// Confirmed regressions on watched trees (whose mirror the server keeps)
+/// get a bisection from their good to their bad kernel, on their family.
+async fn adopt_regressions(state: &AppState) -> Result<(), BisectError> {
+    let fleet = state.fleet.current();
+    if fleet.trees.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(
+        "SELECT r.id, r.tree, r.branch, r.family, r.plan, r.signature, g.commit_sha AS good, k.commit_sha AS bad,
+                kr.cycles_run, kr.failed_cycles
+         FROM regressions r
+         JOIN kernels k ON k.id = r.bad_kernel_id
+         JOIN kernels g ON g.id = r.good_kernel_id
+         LEFT JOIN kernel_results kr ON kr.kernel_id = r.bad_kernel_id AND kr.family = r.family AND kr.plan = r.plan
+         WHERE r.state = 'confirmed' AND NOT EXISTS (SELECT 1 FROM bisections b WHERE b.regression_id = r.id)
+         ORDER BY r.id",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    for row in rows {
+        let tree: String = row.get("tree");
+        if !fleet.trees.iter().any(|t| t.matches_url(&tree)) {
+            continue;
+        }
+        let regression = FromRegression {
+            id: row.get("id"),
+            signature: row.get("signature"),
+            measured: row.get::<Option<i64>, _>("cycles_run").zip(row.get::<Option<i64>, _>("failed_cycles")),
+        };
+        let req = StartRequest {
+            tree: tree.clone(),
+            branch: Some(row.get("branch")),
+            good: row.get("good"),
+            bad: row.get("bad"),
+            plan: row.get("plan"),
+            family: Some(row.get("family")),
+            rate: None,
+            confidence: None,
+            seed: None,
+            max_steps: None,
+        };
+        let actor = format!("auto:regression {}", regression.id);
+        match start_for(state, &req, &actor, Some(&regression)).await {
+            Ok(id) => tracing::info!(regression = regression.id, bisection = id, "bisecting a confirmed regression"),
+            Err(BisectError::Db(e)) => return Err(BisectError::Db(e)),
+            Err(e) => {
+                // Recorded as a failed bisection, so it is not retried in a loop.
+                tracing::warn!(regression = regression.id, "cannot bisect the regression: {e}");
+                sqlx::query(
+                    "INSERT INTO bisections (tree, branch, plan, family, good_sha, bad_sha, state, confidence, max_steps, requested_by, reason, regression_id, finished_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'failed', 0.99, 0, $7, $8, $9, now())",
+                )
+                .bind(&tree)
+                .bind(req.branch.as_deref().unwrap_or(""))
+                .bind(&req.plan)
+                .bind(&req.family)
+                .bind(&req.good)
+                .bind(&req.bad)
+                .bind(&actor)
+                .bind(e.to_string())
+                .bind(regression.id)
+                .execute(&state.pool)
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn finish(pool: &PgPool, id: i64, to: &str, first_bad: Option<&str>, candidates: &[String], reason: &str) -> Result<(), sqlx::Error> {
@@ -331,6 +432,22 @@ async fn finish(pool: &PgPool, id: i64, to: &str, first_bad: Option<&str>, candi
     .bind(conf.or(Some(1.0)))
     .execute(pool)
     .await?;
+    if let (Some(first_bad), Some(regression)) = (
+        first_bad,
+        sqlx::query_scalar::<_, Option<i64>>("SELECT regression_id FROM bisections WHERE id = $1").bind(id).fetch_one(pool).await?,
+    ) {
+        let r = sqlx::query("UPDATE regressions SET state = 'bisected', updated_at = now() WHERE id = $1 AND state IN ('open', 'confirmed')")
+            .bind(regression)
+            .execute(pool)
+            .await?;
+        if r.rows_affected() > 0 {
+            sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, 'bisected', $2)")
+                .bind(regression)
+                .bind(format!("bisection {id}: first bad commit {first_bad}"))
+                .execute(pool)
+                .await?;
+        }
+    }
     tracing::info!(bisection = id, state = to, first_bad, reason, "bisection ended");
     audit::record(pool, "bisect-worker", "bisect-end", &format!("bisection {id}"), &format!("{to}: {reason}")).await;
     Ok(())
@@ -542,13 +659,14 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
     .bind(&failed_jobs)
     .fetch_all(pool)
     .await?;
+    // One entry per (job, signature): a job counts once per signature.
     let mut per_job_sig: Vec<(i64, String, String)> = Vec::new();
     for f in fatal {
-        if !per_job_sig.iter().any(|(j, _, _)| *j == f.0) {
+        if !per_job_sig.iter().any(|(j, sig, _)| *j == f.0 && *sig == f.1) {
             per_job_sig.push(f);
         }
     }
-    let total_secs = s.board_seconds + secs;
+    // `cycles`, `secs` and the findings cover every run of the step so far.
     if s.kind == "calibrate" {
         let signature = b.signature.clone().or_else(|| {
             let mut counts: std::collections::HashMap<&str, usize> = Default::default();
@@ -558,31 +676,28 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
             counts.into_iter().max_by_key(|(_, n)| *n).map(|(s, _)| s.to_owned())
         });
         let failures = per_job_sig.iter().filter(|(_, sig, _)| Some(sig) == signature.as_ref()).count() as i64;
-        let (rc, rf) = (b.rate_cycles + cycles, b.rate_failures + failures);
         let rounds = s.runs.len();
-        if rf < MIN_CALIBRATION_FAILURES && rounds < MAX_CALIBRATION_ROUNDS {
-            sqlx::query("UPDATE bisections SET rate_cycles = $2, rate_failures = $3, signature = $4, board_seconds = board_seconds + $5 WHERE id = $1")
-                .bind(b.id).bind(rc).bind(rf).bind(&signature).bind(secs).execute(pool).await?;
+        sqlx::query("UPDATE bisections SET rate_cycles = $2, rate_failures = $3, signature = $4 WHERE id = $1")
+            .bind(b.id).bind(cycles).bind(failures).bind(&signature).execute(pool).await?;
+        if failures < MIN_CALIBRATION_FAILURES && rounds < MAX_CALIBRATION_ROUNDS {
             if let Some(run) = plan_cycles(state, b, &Mirror::for_url(&state.data_dir, &b.tree), &s.commit_sha, s.cycles_needed as u64, s.step, rounds).await? {
-                sqlx::query("UPDATE bisect_steps SET runs = array_append(runs, $3), cycles_run = cycles_run + $4, failures = failures + $5, board_seconds = $6 WHERE bisection_id = $1 AND step = $2")
-                    .bind(b.id).bind(s.step).bind(run).bind(cycles).bind(failures).bind(total_secs).execute(pool).await?;
+                sqlx::query("UPDATE bisect_steps SET runs = array_append(runs, $3), cycles_run = $4, failures = $5, board_seconds = $6 WHERE bisection_id = $1 AND step = $2")
+                    .bind(b.id).bind(s.step).bind(run).bind(cycles).bind(failures).bind(secs).execute(pool).await?;
             }
             return Ok(());
         }
-        if rf == 0 {
-            decide(pool, b, s, "skip", cycles, failures, None, total_secs, serde_json::json!({"jobs": jobs, "why": "the bad commit did not reproduce"})).await?;
-            finish(pool, b.id, "failed", None, &[], &format!("the bad commit {} did not fail in {rc} cycles", b.bad_sha)).await?;
+        if failures == 0 {
+            decide(pool, b, s, "skip", cycles, 0, None, secs, serde_json::json!({"jobs": jobs, "why": "the bad commit did not reproduce"})).await?;
+            finish(pool, b.id, "failed", None, &[], &format!("the bad commit {} did not fail in {cycles} cycles", b.bad_sha)).await?;
             return Ok(());
         }
-        let rate = rf as f64 / rc.max(1) as f64;
-        sqlx::query("UPDATE bisections SET rate_cycles = $2, rate_failures = $3, signature = $4, failure_rate = $5, board_seconds = board_seconds + $6 WHERE id = $1")
-            .bind(b.id).bind(rc).bind(rf).bind(&signature).bind(rate).bind(secs).execute(pool).await?;
+        let rate = failures as f64 / cycles.max(1) as f64;
+        sqlx::query("UPDATE bisections SET failure_rate = $2 WHERE id = $1").bind(b.id).bind(rate).execute(pool).await?;
         let titles: Vec<&String> = per_job_sig.iter().map(|(_, _, t)| t).collect();
-        decide(pool, b, s, "bad", s.cycles_run + cycles, s.failures + failures, None, total_secs, serde_json::json!({
-            "jobs": jobs, "rate": rate, "cycles": rc, "failures": rf, "signature": signature, "titles": titles,
+        return decide(pool, b, s, "bad", cycles, failures, None, secs, serde_json::json!({
+            "jobs": jobs, "rate": rate, "cycles": cycles, "failures": failures, "signature": signature, "titles": titles,
         }))
-        .await?;
-        return Ok(());
+        .await;
     }
     let matching: Vec<&(i64, String, String)> = per_job_sig
         .iter()
@@ -592,19 +707,17 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
     if failures > 0 {
         let titles: Vec<&String> = matching.iter().map(|(_, _, t)| t).collect();
         let failing: Vec<i64> = matching.iter().map(|(j, _, _)| *j).collect();
-        sqlx::query("UPDATE bisections SET board_seconds = board_seconds + $2 WHERE id = $1").bind(b.id).bind(secs).execute(pool).await?;
-        return decide(pool, b, s, "bad", s.cycles_run + cycles, failures, None, total_secs, serde_json::json!({
+        return decide(pool, b, s, "bad", cycles, failures, None, secs, serde_json::json!({
             "jobs": jobs, "failing_jobs": failing, "titles": titles, "signature": b.signature,
         }))
         .await;
     }
-    let clean = s.cycles_run + cycles;
-    sqlx::query("UPDATE bisections SET board_seconds = board_seconds + $2 WHERE id = $1").bind(b.id).bind(secs).execute(pool).await?;
+    let clean = cycles;
     if clean >= s.cycles_needed {
         let p = planning_rate(b);
         let conf = 1.0 - (1.0 - p).powf(clean as f64);
         let other: Vec<&String> = per_job_sig.iter().map(|(_, _, t)| t).collect();
-        return decide(pool, b, s, "good", clean, 0, Some(conf), total_secs, serde_json::json!({
+        return decide(pool, b, s, "good", clean, 0, Some(conf), secs, serde_json::json!({
             "jobs": jobs, "clean_cycles": clean, "rate": p, "other_failures": other,
         }))
         .await;
@@ -614,11 +727,11 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
         let mirror = Mirror::for_url(&state.data_dir, &b.tree);
         if let Some(run) = plan_cycles(state, b, &mirror, &s.commit_sha, (s.cycles_needed - clean) as u64, s.step, s.runs.len()).await? {
             sqlx::query("UPDATE bisect_steps SET runs = array_append(runs, $3), cycles_run = $4, board_seconds = $5 WHERE bisection_id = $1 AND step = $2")
-                .bind(b.id).bind(s.step).bind(run).bind(clean).bind(total_secs).execute(pool).await?;
+                .bind(b.id).bind(s.step).bind(run).bind(clean).bind(secs).execute(pool).await?;
         }
         return Ok(());
     }
-    decide(pool, b, s, "skip", clean, 0, None, total_secs, serde_json::json!({
+    decide(pool, b, s, "skip", clean, 0, None, secs, serde_json::json!({
         "jobs": jobs, "why": format!("only {clean} of {} clean cycles could be run (lab failures)", s.cycles_needed),
     }))
     .await
@@ -640,6 +753,10 @@ async fn decide(pool: &PgPool, b: &BisectionRow, s: &StepRow, verdict: &str, cyc
     .bind(evidence)
     .execute(pool)
     .await?;
+    sqlx::query("UPDATE bisections SET board_seconds = (SELECT COALESCE(sum(board_seconds), 0) FROM bisect_steps WHERE bisection_id = $1) WHERE id = $1")
+        .bind(b.id)
+        .execute(pool)
+        .await?;
     tracing::info!(bisection = b.id, step = s.step, commit = %s.commit_sha, verdict, cycles, failures, "bisect step decided");
     Ok(())
 }

@@ -253,7 +253,9 @@ impl Dispatcher {
         {
             tracing::warn!("notifying other servers: {e}");
         }
-        futures::future::join_all(boards.iter().map(|b| self.kick(b))).await;
+        // A few at a time: a 10,000-board run must not open 10,000
+        // transactions at once (the pool would time most of them out).
+        self.kick_many(boards).await;
     }
 
     /// Listens for work announced by other servers. Runs until `shutdown`.
@@ -297,6 +299,13 @@ impl Dispatcher {
         }
     }
 
+    /// Kicks boards eight at a time.
+    async fn kick_many(&self, boards: &[String]) {
+        for chunk in boards.chunks(8) {
+            futures::future::join_all(chunk.iter().map(|b| self.kick(b))).await;
+        }
+    }
+
     pub async fn kick_all(&self) {
         for board in self.connected_boards() {
             self.kick(&board).await;
@@ -332,6 +341,18 @@ impl Dispatcher {
             for (board, close) in silent {
                 tracing::warn!(board, ?deadline, "heartbeat deadline missed; closing the session");
                 close.cancel();
+            }
+            // Safety net: a kick that failed (database busy or away) is
+            // retried here, for connected boards with queued work.
+            match sqlx::query_scalar::<_, String>("SELECT DISTINCT board FROM jobs WHERE state = 'queued'")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(waiting) => {
+                    let waiting: Vec<String> = waiting.into_iter().filter(|b| self.is_connected(b)).collect();
+                    self.kick_many(&waiting).await;
+                }
+                Err(e) => tracing::warn!("listing boards with queued jobs: {e}"),
             }
             let queue_deadline = self.fleet().server.queue_deadline_s;
             match jobs::expire_deadlines(&self.pool, queue_deadline).await {

@@ -75,48 +75,8 @@ pub async fn for_kernels(pool: &PgPool, kernels: &[i64], plan: Option<&str>) -> 
     .await
 }
 
-/// A verdict row (table `verdicts`, written by the verdict engine).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct VerdictRow {
-    pub kernel_id: i64,
-    pub family: String,
-    pub plan: String,
-    pub baseline_kernel_id: Option<i64>,
-    pub baseline_commit: Option<String>,
-    pub baseline_reason: String,
-    pub verdict: String,
-    pub p_value: Option<f64>,
-    pub cycles_run: i64,
-    pub failed_cycles: i64,
-    pub rate: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub baseline_cycles: i64,
-    pub baseline_failed: i64,
-    pub explanation: String,
-    pub decided_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// The verdicts of several kernels. A database without the verdicts table
-/// (an older schema) has none rather than an error.
-pub async fn verdicts_for_kernels(pool: &PgPool, kernels: &[i64], plan: Option<&str>) -> Result<Vec<VerdictRow>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, VerdictRow>(
-        "SELECT v.kernel_id, v.family, v.plan, v.baseline_kernel_id, kb.commit_sha AS baseline_commit,
-                v.baseline_reason, v.verdict, v.p_value, v.cycles_run, v.failed_cycles, v.rate, v.ci_low, v.ci_high,
-                v.baseline_cycles, v.baseline_failed, v.explanation, v.decided_at
-         FROM verdicts v LEFT JOIN kernels kb ON kb.id = v.baseline_kernel_id
-         WHERE v.kernel_id = ANY($1) AND ($2::text IS NULL OR v.plan = $2)
-         ORDER BY v.kernel_id, v.plan, v.family",
-    )
-    .bind(kernels)
-    .bind(plan)
-    .fetch_all(pool)
-    .await;
-    match rows {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(Vec::new()),
-        other => other,
-    }
-}
+/// The verdicts of several kernels (one query for a whole page).
+pub use crate::verdicts::{VerdictRow, for_kernels as verdicts_for_kernels};
 
 /// Plans that have results, for validating filters.
 pub async fn plans(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {

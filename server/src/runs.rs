@@ -281,30 +281,10 @@ pub async fn retry_infra_failure(pool: &PgPool, job: i64, max_retries: u32) -> R
     Ok(Some((id, board)))
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct RunRow {
-    pub id: i64,
-    pub kernel_id: i64,
-    pub tree: String,
-    pub branch: String,
-    pub commit_sha: String,
-    pub plan_filter: Option<String>,
-    pub requested_by: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub jobs_total: i64,
-    pub jobs_done: i64,
-    pub jobs_failed: i64,
-    pub simulated: bool,
-}
+/// A run with its job counts (see [`RunSummary`]).
+pub type RunRow = RunSummary;
 
-const RUN_SELECT: &str = "SELECT r.id, r.kernel_id, k.tree, k.branch, k.commit_sha, r.plan_filter,
-        r.requested_by, r.created_at,
-        (SELECT count(*) FROM jobs j WHERE j.run_id = r.id) AS jobs_total,
-        (SELECT count(*) FROM jobs j WHERE j.run_id = r.id
-            AND j.state NOT IN ('queued', 'assigned', 'running')) AS jobs_done,
-        (SELECT count(*) FROM jobs j WHERE j.run_id = r.id AND j.state = 'failed') AS jobs_failed,
-        COALESCE((SELECT bool_or(j.simulated) FROM jobs j WHERE j.run_id = r.id), false) AS simulated
-     FROM runs r JOIN kernels k ON k.id = r.kernel_id";
+const RUN_SELECT: &str = RUN_SUMMARY_SELECT;
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<RunRow>, sqlx::Error> {
     sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE r.id = $1")))

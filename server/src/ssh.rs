@@ -382,6 +382,11 @@ async fn handle_frame(state: &AppState, board: &str, frame: &Frame<AgentMessage>
             }
             if logs::store_chunk(pool, *job_id, *stream, *seq, &frame.payload).await? {
                 state.metrics.log_bytes.inc_by(frame.payload.len() as u64);
+                // A crash log recovered after the job already ended (and
+                // was analysed): triage the job again with it.
+                if *seq >= armfleet_protocol::RECOVERED_LOG_SEQ_BASE && crate::analysis::reanalyse(pool, *job_id).await? {
+                    state.analysis.push(*job_id);
+                }
             } else {
                 state.metrics.log_chunks_duplicate.inc();
             }

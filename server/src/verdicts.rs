@@ -539,14 +539,21 @@ pub struct VerdictRow {
 }
 
 pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<VerdictRow>, sqlx::Error> {
+    for_kernels(pool, &[kernel], None).await
+}
+
+/// The verdicts of several kernels, optionally of one plan.
+pub async fn for_kernels(pool: &PgPool, kernels: &[i64], plan: Option<&str>) -> Result<Vec<VerdictRow>, sqlx::Error> {
     sqlx::query_as::<_, VerdictRow>(
         "SELECT v.kernel_id, v.family, v.plan, v.verdict, v.baseline_kernel_id, b.commit_sha AS baseline_commit,
                 v.baseline_reason, v.p_value, v.cycles_run, v.failed_cycles, v.rate, v.ci_low, v.ci_high,
                 v.baseline_cycles, v.baseline_failed, v.explanation, v.board_seconds, v.extensions, v.decided_at
          FROM verdicts v LEFT JOIN kernels b ON b.id = v.baseline_kernel_id
-         WHERE v.kernel_id = $1 ORDER BY v.plan, v.family",
+         WHERE v.kernel_id = ANY($1) AND ($2::text IS NULL OR v.plan = $2)
+         ORDER BY v.kernel_id, v.plan, v.family",
     )
-    .bind(kernel)
+    .bind(kernels)
+    .bind(plan)
     .fetch_all(pool)
     .await
 }

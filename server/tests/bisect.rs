@@ -200,3 +200,67 @@ async fn a_one_percent_bug_is_bisected_across_seeds_skipping_the_commit_that_doe
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
+    let repo = tempfile::tempdir().unwrap();
+    let shas = synthetic_tree(repo.path(), "1.0");
+    let tree = repo.path().display().to_string();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let k1 = keygen(&dir, "altra-01").await;
+    let k2 = keygen(&dir, "altra-02").await;
+    // Triggered runs take "buggy" from the plan (commit 99 by prefix); the
+    // bisection reads each commit's tree.
+    let plan = format!(
+        "[plan.params]\ncycles = 20\nreplay_cycle_ms = 1\n[plan.replay]\nbuggy_commits = [\"{}\"]\nabort_probability = 1.0\n",
+        &shas[99][..12]
+    );
+    let mut fleet = fleet_toml(&[("altra-01", "ampere-altra", &k1.public), ("altra-02", "ampere-altra", &k2.public)], &plan);
+    fleet.push_str(&format!("\n[[tree]]\nname = \"synthetic\"\nurl = \"{tree}\"\nbranches = [\"master\"]\n"));
+    let server = TestServer::start(&fleet).await;
+    let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
+    let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
+    for b in ["altra-01", "altra-02"] {
+        wait_for("boards online", Duration::from_secs(20), || async { (server.board_state(b).await == "idle").then_some(()) }).await;
+    }
+    let t0 = Instant::now();
+    let trigger = |commit: String, baseline: Option<String>| {
+        let mut body = serde_json::json!({"tree": tree, "branch": "master", "commit": commit});
+        if let Some(b) = baseline {
+            body["baseline"] = b.into();
+        }
+        server.client.post(server.url("/api/v1/runs")).bearer_auth(&server.token).json(&body).send()
+    };
+    assert_eq!(trigger(shas[0].clone(), None).await.unwrap().status(), 201);
+    wait_for("the good kernel's jobs", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'passed' AND analyzed_at IS NOT NULL").fetch_one(&server.pool).await.unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+    assert_eq!(trigger(shas[99].clone(), Some(shas[0].clone())).await.unwrap().status(), 201);
+    let regression: i64 = wait_for("a confirmed regression", Duration::from_secs(60), || async {
+        sqlx::query_scalar("SELECT id FROM regressions WHERE state IN ('confirmed', 'bisected')").fetch_optional(&server.pool).await.unwrap()
+    })
+    .await;
+    let id: i64 = wait_for("the automatic bisection", Duration::from_secs(30), || async {
+        sqlx::query_scalar("SELECT id FROM bisections WHERE regression_id = $1").bind(regression).fetch_optional(&server.pool).await.unwrap()
+    })
+    .await;
+    let v = settled(&server, id, Duration::from_secs(240)).await;
+    let b = &v["bisection"];
+    assert_eq!(b["state"], "found", "{v:#}");
+    assert_eq!(b["first_bad_sha"], shas[63].as_str());
+    assert_eq!(b["family"], "ampere-altra");
+    assert!(b["requested_by"].as_str().unwrap().starts_with("auto:regression"));
+    assert!(v["steps"].as_array().unwrap().iter().all(|s| s["kind"] == "test"), "the regression's measured rate is reused: no calibration");
+    let state: String = sqlx::query_scalar("SELECT state FROM regressions WHERE id = $1").bind(regression).fetch_one(&server.pool).await.unwrap();
+    assert_eq!(state, "bisected");
+    let ev: String = sqlx::query_scalar("SELECT evidence FROM regression_events WHERE regression_id = $1 AND to_state = 'bisected'")
+        .bind(regression)
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert!(ev.contains(&shas[63]), "{ev}");
+    eprintln!("regression confirmed and bisected to commit 63 in {} steps, {:?} from the first trigger", v["tested_steps"], t0.elapsed());
+    server.stop().await;
+}

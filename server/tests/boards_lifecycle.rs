@@ -139,11 +139,11 @@ fn restart_script(dir: &Path, server: &TestServer, board: &str, key: &Path, stat
 
 /// Kills the agent a power-cycle script started (by its recorded pid).
 fn kill_scripted_agent(dir: &Path) {
-    if let Ok(pid) = std::fs::read_to_string(dir.join("agent.pid")) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            // SAFETY: kill(2) of the agent process this test's script started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    if let Ok(pid) = std::fs::read_to_string(dir.join("agent.pid"))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        // SAFETY: kill(2) of the agent process this test's script started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -346,5 +346,52 @@ async fn a_board_that_crashes_mid_job_is_power_cycled_and_its_pstore_oops_become
     // The board is back and idle for the next job.
     wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
     kill_scripted_agent(dir.path());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_log_that_arrives_after_the_job_was_lost_is_still_triaged_into_its_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "rpi5-01").await;
+    // No boot deadline: the job is lost 1.5 s after the board drops.
+    let fleet = fleet_toml(&[("rpi5-01", "rpi5", &key.public)], "[plan.params]\ncycles = 500\nreplay_cycle_ms = 100\n");
+    let server = TestServer::start(&fleet).await;
+    let state = dir.path().join("state");
+    let pstore = dir.path().join("pstore");
+    std::fs::create_dir_all(&pstore).unwrap();
+    let mut agent = agent_at(&server, "rpi5-01", &key.path, &state, &pstore);
+    wait_state(&server, "rpi5-01", "idle", Duration::from_secs(20)).await;
+    let run = server.trigger("abcdef0000000000000000000000000000000064").await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"].as_i64().unwrap();
+    wait_for("the job to run", Duration::from_secs(20), || async {
+        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
+        (j["state"] == "running" && j["cycles_completed"].as_i64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+    agent.start_kill().unwrap();
+    let _ = agent.wait().await;
+    std::fs::write(pstore.join("dmesg-ramoops-0"), HOST_OOPS).unwrap();
+    // Lost, and analysed as such (nothing host-side yet).
+    wait_for("the job to be lost and analysed", Duration::from_secs(30), || async {
+        let f = server.get_json(&format!("/api/v1/jobs/{job}/findings")).await;
+        (f["state"] == "lost" && f["analysed"] == true).then_some(())
+    })
+    .await;
+    // The board comes back much later with the crash log.
+    let _agent = agent_at(&server, "rpi5-01", &key.path, &state, &pstore);
+    let findings = wait_for("the host finding after the late upload", Duration::from_secs(30), || async {
+        let f = server.get_json(&format!("/api/v1/jobs/{job}/findings")).await;
+        let host = f["findings"].as_array()?.iter().any(|x| x["source"] == "host" && x["fatal"] == true);
+        (f["analysed"] == true && host).then_some(f)
+    })
+    .await;
+    assert_eq!(findings["state"], "lost", "a lost job stays lost (terminal), but its findings say why");
+    let host = findings["findings"].as_array().unwrap().iter().find(|x| x["source"] == "host").unwrap();
+    assert_eq!(host["title"], "BUG: unable to handle kernel paging request in kvm_pgtable_stage2_map");
+    let sig: i64 = sqlx::query_scalar("SELECT count FROM signatures WHERE title = 'BUG: unable to handle kernel paging request in kvm_pgtable_stage2_map'")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(sig, 1, "counted once");
     server.stop().await;
 }

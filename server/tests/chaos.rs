@@ -90,54 +90,22 @@ impl Drop for Netns {
     }
 }
 
-struct ServerProc {
-    child: Option<std::process::Child>,
-    args: Vec<String>,
-    db: String,
-    log: PathBuf,
-}
-
-impl ServerProc {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_armfleet"))
-                .args(&self.args)
-                .env("DATABASE_URL", &self.db)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-struct AgentProc {
+/// A child process the schedule can `kill -9` and start again, with the
+/// same command line, environment and (appended) log.
+struct Proc {
     child: Option<std::process::Child>,
     cmd: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
-    ledger: PathBuf,
 }
 
-impl AgentProc {
+impl Proc {
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         self.child = Some(
             Command::new(&self.cmd[0])
                 .args(&self.cmd[1..])
-                .env("ARMFLEET_LEDGER", &self.ledger)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -152,7 +120,7 @@ impl AgentProc {
     }
 }
 
-impl Drop for AgentProc {
+impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
@@ -217,13 +185,13 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     let (http_port, ssh_port) = (free_port(), free_port());
     let ssh_bind = if netns.is_some() { format!("0.0.0.0:{ssh_port}") } else { format!("127.0.0.1:{ssh_port}") };
     let data = work.path().join("data");
-    let mut server = ServerProc {
+    let mut server = Proc {
         child: None,
-        args: vec![
-            "serve".into(), "--config".into(), fleet_path.display().to_string(), "--data-dir".into(), data.display().to_string(),
+        cmd: vec![
+            env!("CARGO_BIN_EXE_armfleet").into(), "serve".into(), "--config".into(), fleet_path.display().to_string(), "--data-dir".into(), data.display().to_string(),
             "--http".into(), format!("127.0.0.1:{http_port}"), "--ssh".into(), ssh_bind,
         ],
-        db: db.clone(),
+        env: vec![("DATABASE_URL".into(), db.clone())],
         log: work.path().join("server.log"),
     };
     server.start();
@@ -232,7 +200,7 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     let fp = Command::new(env!("CARGO_BIN_EXE_armfleet")).args(["fingerprint", "--data-dir"]).arg(&data).output().unwrap();
     let fingerprint = String::from_utf8(fp.stdout).unwrap().trim().to_owned();
 
-    let mut agents: Vec<AgentProc> = (0..BOARDS)
+    let mut agents: Vec<Proc> = (0..BOARDS)
         .map(|i| {
             let server_addr = if netns.is_some() { format!("10.213.{i}.1:{ssh_port}") } else { format!("127.0.0.1:{ssh_port}") };
             let mut cmd = vec![];
@@ -244,7 +212,8 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
                 "--key".into(), keys[i].path.display().to_string(), "--server-key".into(), fingerprint.clone(),
                 "--state-dir".into(), work.path().join(format!("agent-{i}")).display().to_string(), "--executor".into(), "replay".into(),
             ]);
-            AgentProc { child: None, cmd, log: work.path().join(format!("agent-{i}.log")), ledger: work.path().join(format!("ledger-{i}.jsonl")) }
+            let ledger = work.path().join(format!("ledger-{i}.jsonl")).display().to_string();
+            Proc { child: None, cmd, env: vec![("ARMFLEET_LEDGER".into(), ledger)], log: work.path().join(format!("agent-{i}.log")) }
         })
         .collect();
     for a in &mut agents {
@@ -345,7 +314,7 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     .unwrap();
     let mut ledger = Ledger::default();
     for a in &agents {
-        read_ledger(&a.ledger, &mut ledger);
+        read_ledger(Path::new(&a.env[0].1), &mut ledger);
     }
     let by_id: HashMap<i64, String> = states.into_iter().collect();
     let mut lost_results = 0;
