@@ -20,4 +20,7 @@ pub use messages::*;
 ///
 /// v2: `Hello::running_jobs` and `ServerMessage::JobAck`, so jobs survive a
 /// dropped connection and agents know when their spool may be dropped.
+/// (Still v2: a crash log recovered after a restart travels as ordinary
+/// `host_dmesg` `LogChunk`s numbered from [`RECOVERED_LOG_SEQ_BASE`]; no
+/// message or field changed.)
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -316,12 +316,13 @@ pub async fn show(pool: &PgPool, id: i64) -> Result<serde_json::Value, BisectErr
 
 /// Advances every running bisection, until `shutdown`.
 pub async fn worker(state: AppState, shutdown: CancellationToken) {
+    let mut asked_mirrors = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
-        if let Err(e) = adopt_regressions(&state).await {
+        if let Err(e) = adopt_regressions(&state, &mut asked_mirrors).await {
             tracing::warn!("starting bisections for confirmed regressions: {e}");
         }
         let running: Vec<i64> = match sqlx::query_scalar("SELECT id FROM bisections WHERE state = 'running' ORDER BY id").fetch_all(&state.pool).await {
@@ -344,7 +345,7 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
 
 /// Confirmed regressions on watched trees (whose mirror the server keeps)
 /// get a bisection from their good to their bad kernel, on their family.
-async fn adopt_regressions(state: &AppState) -> Result<(), BisectError> {
+async fn adopt_regressions(state: &AppState, asked: &mut std::collections::HashMap<String, std::time::Instant>) -> Result<(), BisectError> {
     let fleet = state.fleet.current();
     if fleet.trees.is_empty() {
         return Ok(());
@@ -363,7 +364,16 @@ async fn adopt_regressions(state: &AppState) -> Result<(), BisectError> {
     .await?;
     for row in rows {
         let tree: String = row.get("tree");
+        // Only watched trees, once the mirror worker has cloned them (a
+        // first clone can take long; it is not done from here).
         if !fleet.trees.iter().any(|t| t.matches_url(&tree)) {
+            continue;
+        }
+        if !Mirror::for_url(&state.data_dir, &tree).path.join("HEAD").exists() {
+            if asked.get(&tree).is_none_or(|t| t.elapsed() > Duration::from_secs(600)) {
+                state.mirrors.request(&tree);
+                asked.insert(tree.clone(), std::time::Instant::now());
+            }
             continue;
         }
         let regression = FromRegression {

@@ -90,9 +90,9 @@ pub async fn set_online(
     .map(|_| ())
 }
 
-pub async fn heartbeat(pool: &PgPool, board: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE boards SET last_heartbeat = now() WHERE name = $1")
-        .bind(board)
+pub async fn heartbeats(pool: &PgPool, boards: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE boards SET last_heartbeat = now() WHERE name = ANY($1)")
+        .bind(boards)
         .execute(pool)
         .await
         .map(|_| ())

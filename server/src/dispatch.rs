@@ -113,18 +113,20 @@ impl Dispatcher {
         }
     }
 
-    /// Whether a heartbeat should be written to the database now: at most
-    /// every few seconds per board (liveness itself is tracked in memory;
-    /// the column is for people), so 10,000 boards do not cost 5,000
-    /// commits a second.
-    pub fn heartbeat_due(&self, board: &str) -> bool {
+    /// Boards heard from since their heartbeat was last written. Liveness
+    /// itself is tracked in memory; `boards.last_heartbeat` is for people,
+    /// so it is written for all boards in one statement per watchdog tick
+    /// (10,000 boards must not cost 5,000 commits a second).
+    fn heard_from(&self) -> Vec<String> {
         let mut sessions = self.sessions.lock().unwrap();
-        let Some(s) = sessions.get_mut(board) else { return false };
-        let due = s.last_recorded.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
-        if due {
-            s.last_recorded = Some(Instant::now());
+        let mut out = Vec::new();
+        for (name, s) in sessions.iter_mut() {
+            if s.last_recorded.is_none_or(|t| t < s.last_seen) {
+                s.last_recorded = Some(s.last_seen);
+                out.push(name.clone());
+            }
         }
-        due
+        out
     }
 
     pub fn is_connected(&self, board: &str) -> bool {
@@ -323,6 +325,7 @@ impl Dispatcher {
     /// The watchdog: closes sessions whose heartbeats stopped and ends jobs
     /// past their deadlines. Runs until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut last_heartbeat_write = Instant::now() - Duration::from_secs(60);
         loop {
             let interval = Duration::from_millis(self.fleet().server.heartbeat_interval_ms.max(100) / 2);
             tokio::select! {
@@ -341,6 +344,17 @@ impl Dispatcher {
             for (board, close) in silent {
                 tracing::warn!(board, ?deadline, "heartbeat deadline missed; closing the session");
                 close.cancel();
+            }
+            let heard = if last_heartbeat_write.elapsed() >= Duration::from_secs(5) {
+                last_heartbeat_write = Instant::now();
+                self.heard_from()
+            } else {
+                Vec::new()
+            };
+            if !heard.is_empty() {
+                if let Err(e) = boards::heartbeats(&self.pool, &heard).await {
+                    tracing::debug!("recording heartbeats: {e}");
+                }
             }
             // Safety net: a kick that failed (database busy or away) is
             // retried here, for connected boards with queued work.

@@ -118,36 +118,9 @@ pub async fn for_job(pool: &PgPool, job: i64) -> Result<Vec<FindingRow>, sqlx::E
     .await
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct SignatureRow {
-    pub signature: String,
-    pub title: String,
-    pub class: String,
-    pub count: i64,
-    pub first_job_id: i64,
-    pub last_job_id: i64,
-    pub first_seen_at: chrono::DateTime<chrono::Utc>,
-    pub last_seen_at: chrono::DateTime<chrono::Utc>,
-    pub first_commit: String,
-    pub last_commit: String,
-    pub boards: Vec<String>,
-}
-
-pub async fn signatures(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<SignatureRow>, sqlx::Error> {
-    sqlx::query_as::<_, SignatureRow>(
-        "SELECT s.signature, s.title, s.class, s.count, s.first_job_id, s.last_job_id, s.first_seen_at, s.last_seen_at,
-                kf.commit_sha AS first_commit, kl.commit_sha AS last_commit,
-                ARRAY(SELECT DISTINCT j.board FROM findings f JOIN jobs j ON j.id = f.job_id
-                      WHERE f.signature = s.signature ORDER BY j.board LIMIT 20) AS boards
-         FROM signatures s
-         JOIN jobs jf ON jf.id = s.first_job_id JOIN kernels kf ON kf.id = jf.kernel_id
-         JOIN jobs jl ON jl.id = s.last_job_id JOIN kernels kl ON kl.id = jl.kernel_id
-         ORDER BY s.last_seen_at DESC LIMIT $1 OFFSET $2",
-    )
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await
+/// The API's signature listing is the dashboard's (see [`SignatureSummary`]).
+pub async fn signatures(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<SignatureSummary>, sqlx::Error> {
+    signature_summaries(pool, limit, offset).await
 }
 
 // ---- dashboard reads (appended for the web pages; read-only) ----

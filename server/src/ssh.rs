@@ -360,16 +360,9 @@ async fn handle_frame(state: &AppState, board: &str, frame: &Frame<AgentMessage>
     let pool = &state.pool;
     match &frame.message {
         AgentMessage::Hello(_) => anyhow::bail!("duplicate hello"),
-        AgentMessage::Heartbeat { .. } => {
-            // Best effort: liveness is tracked in memory; the column is for
-            // display, so a database hiccup must not hold up the session.
-            if !state.dispatcher.heartbeat_due(board) {
-                return Ok(None);
-            }
-            if let Err(e) = boards::heartbeat(pool, board).await {
-                tracing::debug!(board, "recording a heartbeat: {e}");
-            }
-        }
+        // Liveness is noted by the reader; the watchdog writes heartbeat
+        // times for all boards at once.
+        AgentMessage::Heartbeat { .. } => {}
         AgentMessage::JobStarted { job_id, epoch } => match jobs::mark_running(pool, *job_id, board, *epoch).await {
             // A resent start of a job that is already running.
             Err(jobs::JobError::IllegalTransition { from: "running", .. }) => {}

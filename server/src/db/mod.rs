@@ -17,7 +17,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Connects to `options` and brings the schema up to date.
 pub async fn connect(options: PgConnectOptions) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(32)
         .acquire_timeout(Duration::from_secs(3))
         .connect_with(options)
         .await
