@@ -294,7 +294,7 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
                         break format!("protocol error: {e}");
                     }
                     Some(Ok(frame)) => {
-                        let reply = handle_with_retry(&state, &board, &frame, &ticket.close).await;
+                        let reply = handle_with_retry(&state, &board, Some(ticket.id), &frame, &ticket.close).await;
                         if let Some(reply) = reply {
                             if let Err(e) = write_frame(&mut writer, &Frame::new(reply)).await {
                                 break format!("connection broken: {e}");
@@ -330,18 +330,30 @@ fn transient(e: &anyhow::Error) -> bool {
 /// Handles one frame; while the database is unreachable it retries with
 /// back-off instead of dropping the message (the agent's spool and TCP
 /// back-pressure hold the rest).
-async fn handle_with_retry(state: &AppState, board: &str, frame: &Frame<AgentMessage>, close: &CancellationToken) -> Option<ServerMessage> {
+async fn handle_with_retry(
+    state: &AppState,
+    board: &str,
+    session_id: Option<u64>,
+    frame: &Frame<AgentMessage>,
+    close: &CancellationToken,
+) -> Option<ServerMessage> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match handle_frame(state, board, frame).await {
             Ok(reply) => return reply,
             Err(e) if transient(&e) => {
+                // The silence is ours, not the board's: while we wait for
+                // the database the reader stops reading (back-pressure), so
+                // keep the session counted as alive.
+                if let Some(id) = session_id {
+                    state.dispatcher.touch(board, id);
+                }
                 tracing::warn!(board, "database unavailable, retrying in {backoff:?}: {e:#}");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = close.cancelled() => return None,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_millis(500));
             }
             Err(e) => {
                 tracing::warn!(board, "message refused: {e:#}");

@@ -95,3 +95,60 @@ async fn a_protocol_version_mismatch_is_refused_with_both_versions() {
     assert!(reason.contains("board-b") && reason.contains("board-a"), "{reason}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epochs_and_results_for_lost_jobs_are_refused() {
+    let (server, a, _b) = lab().await;
+    let mut raw = raw_channel(&server, "board-a", &a.path).await;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: armfleet_protocol::PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        board: "board-a".into(),
+        facts: BoardFacts::default(),
+        running_jobs: vec![],
+    });
+    write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
+    let _welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
+    wait_for("board-a online", Duration::from_secs(10), || async { (server.board_state("board-a").await == "idle").then_some(()) }).await;
+    server.trigger("5ca1e00000000000000000000000000000000001").await;
+    let (job_id, epoch) = loop {
+        let f = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(&mut raw)).await.unwrap().unwrap();
+        if let ServerMessage::AssignJob { job_id, epoch, .. } = f.message {
+            break (job_id, epoch);
+        }
+    };
+    write_frame(&mut raw, &Frame::new(AgentMessage::JobStarted { job_id, epoch })).await.unwrap();
+    let state = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT state FROM jobs WHERE id = $1").bind(job_id).fetch_one(&pool).await.unwrap()
+    };
+    wait_for("running", Duration::from_secs(10), || async { (state(server.pool.clone()).await == "running").then_some(()) }).await;
+
+    // A result fenced by an old epoch is refused (and acknowledged, so a
+    // stale agent drops it); the job is untouched.
+    let stale = AgentMessage::JobFinished { job_id, epoch: epoch - 1, result: armfleet_protocol::JobResult::Passed { cycles_completed: 3 } };
+    write_frame(&mut raw, &Frame::new(stale)).await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(&mut raw)).await.unwrap().unwrap();
+    assert_eq!(ack.message, ServerMessage::JobAck { job_id });
+    assert_eq!(state(server.pool.clone()).await, "running", "a stale epoch cannot end the job");
+
+    // The job is declared lost (its board vanished past the lease); a late
+    // result from the old agent cannot overwrite that.
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1").bind(job_id).execute(&server.pool).await.unwrap();
+    wait_for("lost", Duration::from_secs(10), || async { (state(server.pool.clone()).await == "lost").then_some(()) }).await;
+    let late = AgentMessage::JobFinished { job_id, epoch, result: armfleet_protocol::JobResult::Passed { cycles_completed: 20 } };
+    write_frame(&mut raw, &Frame::new(late)).await.unwrap();
+    // (The server also tells the board to stop the job it declared lost.)
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(&mut raw)).await.unwrap().unwrap();
+        match f.message {
+            ServerMessage::JobAck { job_id: acked } => {
+                assert_eq!(acked, job_id);
+                break;
+            }
+            ServerMessage::CancelJob { job_id: cancelled, .. } => assert_eq!(cancelled, job_id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(state(server.pool.clone()).await, "lost", "the late result was refused");
+    server.stop().await;
+}
