@@ -43,13 +43,8 @@ enum Command {
         /// Compare against this commit instead of the nearest tested ancestor.
         #[arg(long)]
         baseline: Option<String>,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
-        /// API token (default: $ARMFLEET_TOKEN, then DATA_DIR/api-token).
-        #[arg(long, env = "ARMFLEET_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        #[arg(long, default_value = ".armfleet")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        access: ServerAccess,
     },
     /// List the fleet's boards.
     Boards {
@@ -88,12 +83,8 @@ enum Command {
     },
     /// Reload fleet.toml on a running server (same as SIGHUP).
     Reload {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
-        #[arg(long, env = "ARMFLEET_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        #[arg(long, default_value = ".armfleet")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        access: ServerAccess,
     },
     /// API token helpers.
     Token {
@@ -113,6 +104,18 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// How a command reaches a running server with write access.
+#[derive(clap::Args)]
+struct ServerAccess {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API token (default: $ARMFLEET_TOKEN, then DATA_DIR/api-token).
+    #[arg(long, env = "ARMFLEET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, default_value = ".armfleet")]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -228,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.run(http, ssh, shutdown).await
         }
         Command::Demo(args) => demo::run(args).await,
-        Command::Trigger { tree, branch, commit, plan, baseline, server, token, data_dir } => {
+        Command::Trigger { tree, branch, commit, plan, baseline, access: ServerAccess { server, token, data_dir } } => {
             let token = read_token(token, &data_dir)?;
             let req = TriggerRequest { tree, branch, commit, plan, baseline };
             let resp = reqwest::Client::new()
@@ -314,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bisect { action } => armfleet_server::bisect::run_cli(action).await,
-        Command::Reload { server, token, data_dir } => {
+        Command::Reload { access: ServerAccess { server, token, data_dir } } => {
             let token = read_token(token, &data_dir)?;
             let resp = reqwest::Client::new()
                 .post(format!("{}/api/v1/admin/reload", server.trim_end_matches('/')))

@@ -17,6 +17,17 @@ async fn lab() -> (TestServer, AgentKey, AgentKey) {
     (server, a, b)
 }
 
+/// A Hello as an agent of `board` speaking protocol `version` would send it.
+fn hello(board: &str, version: u32) -> Frame<AgentMessage> {
+    Frame::new(AgentMessage::Hello(Hello {
+        protocol_version: version,
+        agent_version: "test".into(),
+        board: board.into(),
+        facts: BoardFacts::default(),
+        running_jobs: vec![],
+    }))
+}
+
 async fn expect_refusal(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let frame = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(stream))
         .await
@@ -36,14 +47,7 @@ async fn garbage_closes_only_that_connection() {
 
     // A board that says hello properly, then sends junk.
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: armfleet_protocol::PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        board: "board-a".into(),
-        facts: BoardFacts::default(),
-        running_jobs: vec![],
-    });
-    write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
+    write_frame(&mut raw, &hello("board-a", armfleet_protocol::PROTOCOL_VERSION)).await.unwrap();
     let welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
     assert!(matches!(welcome.message, ServerMessage::Welcome { .. }));
     wait_for("board-a online", Duration::from_secs(10), || async { (server.board_state("board-a").await == "idle").then_some(()) }).await;
@@ -69,28 +73,14 @@ async fn garbage_closes_only_that_connection() {
 async fn a_protocol_version_mismatch_is_refused_with_both_versions() {
     let (server, a, _b) = lab().await;
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: 99,
-        agent_version: "future".into(),
-        board: "board-a".into(),
-        facts: BoardFacts::default(),
-        running_jobs: vec![],
-    });
-    write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
+    write_frame(&mut raw, &hello("board-a", 99)).await.unwrap();
     let reason = expect_refusal(&mut raw).await;
     assert!(reason.contains("v99") && reason.contains(&format!("v{}", armfleet_protocol::PROTOCOL_VERSION)), "{reason}");
     assert_eq!(server.board_state("board-a").await, "offline");
 
     // A hello that names another board than the key's is refused too.
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: armfleet_protocol::PROTOCOL_VERSION,
-        agent_version: "x".into(),
-        board: "board-b".into(),
-        facts: BoardFacts::default(),
-        running_jobs: vec![],
-    });
-    write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
+    write_frame(&mut raw, &hello("board-b", armfleet_protocol::PROTOCOL_VERSION)).await.unwrap();
     let reason = expect_refusal(&mut raw).await;
     assert!(reason.contains("board-b") && reason.contains("board-a"), "{reason}");
     server.stop().await;
@@ -100,14 +90,7 @@ async fn a_protocol_version_mismatch_is_refused_with_both_versions() {
 async fn stale_epochs_and_results_for_lost_jobs_are_refused() {
     let (server, a, _b) = lab().await;
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: armfleet_protocol::PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        board: "board-a".into(),
-        facts: BoardFacts::default(),
-        running_jobs: vec![],
-    });
-    write_frame(&mut raw, &Frame::new(hello)).await.unwrap();
+    write_frame(&mut raw, &hello("board-a", armfleet_protocol::PROTOCOL_VERSION)).await.unwrap();
     let _welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
     wait_for("board-a online", Duration::from_secs(10), || async { (server.board_state("board-a").await == "idle").then_some(()) }).await;
     server.trigger("5ca1e00000000000000000000000000000000001").await;
