@@ -26,10 +26,27 @@ pub struct CheckResult {
 
 impl CheckResult {
     fn ok(name: &'static str, required: bool, detail: impl Into<String>) -> CheckResult {
-        CheckResult { name, ok: true, required, detail: detail.into(), fix: None }
+        CheckResult {
+            name,
+            ok: true,
+            required,
+            detail: detail.into(),
+            fix: None,
+        }
     }
-    fn missing(name: &'static str, required: bool, detail: impl Into<String>, fix: impl Into<String>) -> CheckResult {
-        CheckResult { name, ok: false, required, detail: detail.into(), fix: Some(fix.into()) }
+    fn missing(
+        name: &'static str,
+        required: bool,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> CheckResult {
+        CheckResult {
+            name,
+            ok: false,
+            required,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
     }
 }
 
@@ -43,7 +60,9 @@ pub async fn run(config: &Config) -> Vec<CheckResult> {
     check_server(config, key, &mut out).await;
     let (config2, probe) = {
         let choice = config.executor;
-        let probe = tokio::task::spawn_blocking(armfleet_migrate_stress::probe_host).await.ok();
+        let probe = tokio::task::spawn_blocking(armfleet_migrate_stress::probe_host)
+            .await
+            .ok();
         (choice, probe)
     };
     let real = config2 != ExecutorChoice::Replay;
@@ -60,7 +79,11 @@ pub async fn run(config: &Config) -> Vec<CheckResult> {
             }
             let kvm = &probe.kvm;
             if kvm.present && kvm.accessible && kvm.hardware {
-                out.push(CheckResult::ok("kvm", real, "/dev/kvm usable (hardware KVM)"));
+                out.push(CheckResult::ok(
+                    "kvm",
+                    real,
+                    "/dev/kvm usable (hardware KVM)",
+                ));
             } else {
                 let why = kvm.note.clone().unwrap_or_else(|| {
                     if !kvm.present {
@@ -82,7 +105,11 @@ pub async fn run(config: &Config) -> Vec<CheckResult> {
             }
             let h = &probe.hugepages;
             if h.total > 0 {
-                out.push(CheckResult::ok("hugepages", false, format!("{} x {} KiB, {} free", h.total, h.size_kib, h.free)));
+                out.push(CheckResult::ok(
+                    "hugepages",
+                    false,
+                    format!("{} x {} KiB, {} free", h.total, h.size_kib, h.free),
+                ));
             } else {
                 out.push(CheckResult::missing(
                     "hugepages",
@@ -92,7 +119,12 @@ pub async fn run(config: &Config) -> Vec<CheckResult> {
                 ));
             }
         }
-        None => out.push(CheckResult::missing("qemu", real, "probing the host failed", "run `armfleet-agent facts` to see why")),
+        None => out.push(CheckResult::missing(
+            "qemu",
+            real,
+            "probing the host failed",
+            "run `armfleet-agent facts` to see why",
+        )),
     }
     out.push(check_kexec());
     out.push(check_pstore(&config.pstore_dir));
@@ -104,7 +136,9 @@ fn check_key(path: &Path, out: &mut Vec<CheckResult>) -> Option<russh::keys::Pri
     match keys::load(path) {
         Ok(k) => {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
             let public = k.public_key().to_openssh().unwrap_or_default();
             if mode & 0o077 != 0 {
                 out.push(CheckResult::missing(
@@ -114,7 +148,11 @@ fn check_key(path: &Path, out: &mut Vec<CheckResult>) -> Option<russh::keys::Pri
                     format!("chmod 600 {}", path.display()),
                 ));
             } else {
-                out.push(CheckResult::ok("key", true, format!("{} ({public})", path.display())));
+                out.push(CheckResult::ok(
+                    "key",
+                    true,
+                    format!("{} ({public})", path.display()),
+                ));
             }
             Some(k)
         }
@@ -123,7 +161,10 @@ fn check_key(path: &Path, out: &mut Vec<CheckResult>) -> Option<russh::keys::Pri
                 "key",
                 true,
                 format!("{e:#}"),
-                format!("armfleet-agent keygen --out {} and paste the printed line into fleet.toml", path.display()),
+                format!(
+                    "armfleet-agent keygen --out {} and paste the printed line into fleet.toml",
+                    path.display()
+                ),
             ));
             None
         }
@@ -136,7 +177,10 @@ struct Recorder {
 
 impl client::Handler for Recorder {
     type Error = russh::Error;
-    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         if let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key {
             *self.seen.lock().unwrap() = Some(keys::fingerprint(key));
         }
@@ -148,46 +192,88 @@ impl client::Handler for Recorder {
 /// TCP reachability, the server's host key against the pin (or the TOFU
 /// record), and a real public-key authentication as this board. It opens no
 /// channel, so a running agent's session is never disturbed.
-async fn check_server(config: &Config, key: Option<russh::keys::PrivateKey>, out: &mut Vec<CheckResult>) {
+async fn check_server(
+    config: &Config,
+    key: Option<russh::keys::PrivateKey>,
+    out: &mut Vec<CheckResult>,
+) {
     let server = config.server.as_str();
-    match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(server)).await {
-        Ok(Ok(_)) => out.push(CheckResult::ok("server", true, format!("{server} reachable"))),
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(server),
+    )
+    .await
+    {
+        Ok(Ok(_)) => out.push(CheckResult::ok(
+            "server",
+            true,
+            format!("{server} reachable"),
+        )),
         Ok(Err(e)) => {
             out.push(CheckResult::missing("server", true, format!("{server}: {e}"), "check the address and port (armfleet serve --ssh), DNS, and firewalls between the board and the server"));
             return;
         }
         Err(_) => {
-            out.push(CheckResult::missing("server", true, format!("{server}: no answer within 5 s"), "check routing and firewalls between the board and the server"));
+            out.push(CheckResult::missing(
+                "server",
+                true,
+                format!("{server}: no answer within 5 s"),
+                "check routing and firewalls between the board and the server",
+            ));
             return;
         }
     }
     let seen = Arc::new(Mutex::new(None));
-    let ssh_config = Arc::new(client::Config { inactivity_timeout: Some(Duration::from_secs(20)), ..Default::default() });
+    let ssh_config = Arc::new(client::Config {
+        inactivity_timeout: Some(Duration::from_secs(20)),
+        ..Default::default()
+    });
     let connect = client::connect(ssh_config, server, Recorder { seen: seen.clone() });
     let mut handle = match tokio::time::timeout(Duration::from_secs(15), connect).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
-            out.push(CheckResult::missing("ssh", true, format!("SSH handshake with {server} failed: {e}"), "is this the armfleet server's SSH port (not sshd)?"));
+            out.push(CheckResult::missing(
+                "ssh",
+                true,
+                format!("SSH handshake with {server} failed: {e}"),
+                "is this the armfleet server's SSH port (not sshd)?",
+            ));
             return;
         }
         Err(_) => {
-            out.push(CheckResult::missing("ssh", true, format!("SSH handshake with {server} timed out"), "is this the armfleet server's SSH port?"));
+            out.push(CheckResult::missing(
+                "ssh",
+                true,
+                format!("SSH handshake with {server} timed out"),
+                "is this the armfleet server's SSH port?",
+            ));
             return;
         }
     };
     let got = seen.lock().unwrap().clone().unwrap_or_default();
     let expected = match &config.server_key {
         Some(pin) => Some((pin.clone(), "pinned by server_key")),
-        None => std::fs::read_to_string(config.state_dir.join("known_hosts")).ok().and_then(|t| {
-            t.lines().find_map(|l| {
-                let mut p = l.split_whitespace();
-                (p.next() == Some(server)).then(|| (p.next().unwrap_or_default().to_owned(), "recorded in known_hosts"))
-            })
-        }),
+        None => std::fs::read_to_string(config.state_dir.join("known_hosts"))
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    let mut p = l.split_whitespace();
+                    (p.next() == Some(server)).then(|| {
+                        (
+                            p.next().unwrap_or_default().to_owned(),
+                            "recorded in known_hosts",
+                        )
+                    })
+                })
+            }),
     };
     let host_ok = match expected {
         Some((want, how)) if want == got => {
-            out.push(CheckResult::ok("server-key", true, format!("{got} ({how})")));
+            out.push(CheckResult::ok(
+                "server-key",
+                true,
+                format!("{got} ({how})"),
+            ));
             true
         }
         Some((want, how)) => {
@@ -200,19 +286,38 @@ async fn check_server(config: &Config, key: Option<russh::keys::PrivateKey>, out
             false
         }
         None => {
-            out.push(CheckResult::ok("server-key", false, format!("{got} (not pinned: the agent trusts it on first use)")));
+            out.push(CheckResult::ok(
+                "server-key",
+                false,
+                format!("{got} (not pinned: the agent trusts it on first use)"),
+            ));
             true
         }
     };
     let Some(key) = key else {
-        out.push(CheckResult::missing("auth", true, "no usable key to authenticate with", "fix the key first"));
+        out.push(CheckResult::missing(
+            "auth",
+            true,
+            "no usable key to authenticate with",
+            "fix the key first",
+        ));
         return;
     };
     if !host_ok {
-        out.push(CheckResult::missing("auth", true, "not attempted: the server's identity is not the expected one", "fix server-key first"));
+        out.push(CheckResult::missing(
+            "auth",
+            true,
+            "not attempted: the server's identity is not the expected one",
+            "fix server-key first",
+        ));
         return;
     }
-    let auth = handle.authenticate_publickey(config.board.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), None)).await;
+    let auth = handle
+        .authenticate_publickey(
+            config.board.clone(),
+            PrivateKeyWithHashAlg::new(Arc::new(key), None),
+        )
+        .await;
     match auth {
         Ok(r) if r.success() => out.push(CheckResult::ok("auth", true, format!("the server accepts this key for board `{}`", config.board))),
         Ok(_) => out.push(CheckResult::missing(
@@ -227,7 +332,9 @@ async fn check_server(config: &Config, key: Option<russh::keys::PrivateKey>, out
         )),
         Err(e) => out.push(CheckResult::missing("auth", true, format!("authentication failed: {e}"), "see the server's log")),
     }
-    let _ = handle.disconnect(russh::Disconnect::ByApplication, "check done", "en").await;
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "check done", "en")
+        .await;
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -237,13 +344,22 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
             return Some(p);
         }
     }
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 fn check_kexec() -> CheckResult {
-    let disabled = std::fs::read_to_string("/proc/sys/kernel/kexec_load_disabled").map(|s| s.trim() == "1");
+    let disabled =
+        std::fs::read_to_string("/proc/sys/kernel/kexec_load_disabled").map(|s| s.trim() == "1");
     match (find_on_path("kexec"), disabled) {
-        (Some(p), Ok(false)) => CheckResult::ok("kexec", false, format!("{} (kexec_load_disabled = 0)", p.display())),
+        (Some(p), Ok(false)) => CheckResult::ok(
+            "kexec",
+            false,
+            format!("{} (kexec_load_disabled = 0)", p.display()),
+        ),
         (Some(p), Ok(true)) => CheckResult::missing(
             "kexec",
             false,
@@ -253,10 +369,18 @@ fn check_kexec() -> CheckResult {
         (Some(p), Err(_)) => CheckResult::missing(
             "kexec",
             false,
-            format!("{} present but the kernel has no kexec support", p.display()),
+            format!(
+                "{} present but the kernel has no kexec support",
+                p.display()
+            ),
             "build the host kernel with CONFIG_KEXEC=y / CONFIG_KEXEC_FILE=y",
         ),
-        (None, _) => CheckResult::missing("kexec", false, "no kexec binary", "apt-get install kexec-tools"),
+        (None, _) => CheckResult::missing(
+            "kexec",
+            false,
+            "no kexec binary",
+            "apt-get install kexec-tools",
+        ),
     }
 }
 
@@ -269,12 +393,19 @@ fn check_pstore(dir: &Path) -> CheckResult {
     let is_default = dir == Path::new(crate::settings::DEFAULT_PSTORE_DIR);
     if mounted || (!is_default && dir.is_dir()) {
         let n = crate::crash::pstore_records(dir).len();
-        CheckResult::ok("pstore", false, format!("{} ({n} dmesg record(s) waiting)", dir.display()))
+        CheckResult::ok(
+            "pstore",
+            false,
+            format!("{} ({n} dmesg record(s) waiting)", dir.display()),
+        )
     } else {
         CheckResult::missing(
             "pstore",
             false,
-            format!("{} is not a mounted pstore (host crashes leave no log)", dir.display()),
+            format!(
+                "{} is not a mounted pstore (host crashes leave no log)",
+                dir.display()
+            ),
             "mount -t pstore pstore /sys/fs/pstore; reserve ramoops (ramoops.mem_address=… ramoops.mem_size=0x100000 on the command line, or an `ramoops` DT node) or use EFI pstore",
         )
     }
@@ -288,17 +419,31 @@ fn check_disk(state_dir: &Path) -> CheckResult {
         }
     }
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return CheckResult::missing("disk", true, "unusable state dir path", "set state_dir to a plain path");
+        return CheckResult::missing(
+            "disk",
+            true,
+            "unusable state dir path",
+            "set state_dir to a plain path",
+        );
     };
     // SAFETY: statvfs(3) on a NUL-terminated path with a zeroed out-struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return CheckResult::missing("disk", true, format!("cannot stat {}", dir.display()), "create the state dir");
+        return CheckResult::missing(
+            "disk",
+            true,
+            format!("cannot stat {}", dir.display()),
+            "create the state dir",
+        );
     }
     let free = st.f_bavail as u64 * st.f_frsize as u64;
     let gib = free as f64 / (1u64 << 30) as f64;
     if free >= MIN_FREE_BYTES {
-        CheckResult::ok("disk", true, format!("{:.1} GiB free for {}", gib, state_dir.display()))
+        CheckResult::ok(
+            "disk",
+            true,
+            format!("{:.1} GiB free for {}", gib, state_dir.display()),
+        )
     } else {
         CheckResult::missing(
             "disk",
@@ -314,7 +459,11 @@ pub fn print(results: &[CheckResult], out: &mut dyn std::io::Write) -> bool {
     let mut all = true;
     for r in results {
         let tag = if r.ok { "  OK   " } else { "MISSING" };
-        let optional = if !r.ok && !r.required { " (optional)" } else { "" };
+        let optional = if !r.ok && !r.required {
+            " (optional)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "[{tag}] {:<10} {}{optional}", r.name, r.detail);
         if let Some(fix) = &r.fix {
             let _ = writeln!(out, "          fix: {fix}");
@@ -323,6 +472,14 @@ pub fn print(results: &[CheckResult], out: &mut dyn std::io::Write) -> bool {
             all = false;
         }
     }
-    let _ = writeln!(out, "{}", if all { "board ready" } else { "board NOT ready: fix the MISSING lines above" });
+    let _ = writeln!(
+        out,
+        "{}",
+        if all {
+            "board ready"
+        } else {
+            "board NOT ready: fix the MISSING lines above"
+        }
+    );
     all
 }

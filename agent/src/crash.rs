@@ -28,14 +28,18 @@ pub struct BootLog {
 
 /// The boot id of the running kernel (changes on every boot).
 pub fn current_boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_owned())
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 /// Records the current boot id in the state dir; returns the one a previous
 /// agent process recorded, if any.
 pub fn swap_boot_id(state_dir: &Path) -> Option<String> {
     let path = state_dir.join("boot_id");
-    let previous = std::fs::read_to_string(&path).ok().map(|s| s.trim().to_owned());
+    let previous = std::fs::read_to_string(&path)
+        .ok()
+        .map(|s| s.trim().to_owned());
     if let Some(now) = current_boot_id() {
         let _ = std::fs::write(&path, format!("{now}\n"));
     }
@@ -50,7 +54,10 @@ pub fn pstore_records(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("dmesg-") && !n.ends_with(".enc.z"))
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("dmesg-") && !n.ends_with(".enc.z"))
         })
         .collect();
     files.sort();
@@ -73,8 +80,10 @@ pub fn recover(pstore_dir: &Path, journal: bool, rebooted: bool) -> Option<BootL
             }
         }
         if !text.trim().is_empty() {
-            let names: Vec<String> =
-                files.iter().filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+            let names: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
             return Some(BootLog {
                 source: format!("pstore {} ({})", pstore_dir.display(), names.join(", ")),
                 text,
@@ -84,13 +93,25 @@ pub fn recover(pstore_dir: &Path, journal: bool, rebooted: bool) -> Option<BootL
     }
     if journal && rebooted {
         let out = std::process::Command::new("journalctl")
-            .args(["-k", "-b", "-1", "--no-pager", "-q", "-o", "short-monotonic"])
+            .args([
+                "-k",
+                "-b",
+                "-1",
+                "--no-pager",
+                "-q",
+                "-o",
+                "short-monotonic",
+            ])
             .stdin(std::process::Stdio::null())
             .output()
             .ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() && !text.trim().is_empty() {
-            return Some(BootLog { source: "journalctl -k -b -1".into(), text, files: vec![] });
+            return Some(BootLog {
+                source: "journalctl -k -b -1".into(),
+                text,
+                files: vec![],
+            });
         }
     }
     None
@@ -101,7 +122,10 @@ pub fn archive(log: &BootLog, state_dir: &Path) {
     if log.files.is_empty() {
         return;
     }
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let dir = state_dir.join("pstore-archive").join(stamp.to_string());
     let _ = std::fs::create_dir_all(&dir);
     for f in &log.files {
@@ -122,9 +146,15 @@ pub fn lost_job_frames(job_id: i64, epoch: i64, log: Option<&BootLog>) -> Vec<Fr
     let mut note = String::from(
         "armfleet-agent: the agent process restarted while this job ran (crash, kill or power loss); its guests are gone\n",
     );
-    let mut result = JobResult::InfraError { cycles_completed: 0, reason: "the agent restarted while the job ran".into() };
+    let mut result = JobResult::InfraError {
+        cycles_completed: 0,
+        reason: "the agent restarted while the job ran".into(),
+    };
     if let Some(log) = log {
-        note.push_str(&format!("armfleet-agent: recovered the previous boot's kernel log from {}\n", log.source));
+        note.push_str(&format!(
+            "armfleet-agent: recovered the previous boot's kernel log from {}\n",
+            log.source
+        ));
         let mut text = format!(
             "==== armfleet-agent: previous boot's kernel log, recovered after the restart from {} ====\n",
             log.source
@@ -132,7 +162,12 @@ pub fn lost_job_frames(job_id: i64, epoch: i64, log: Option<&BootLog>) -> Vec<Fr
         text.push_str(&log.text);
         for (i, piece) in text.as_bytes().chunks(48 * 1024).enumerate() {
             frames.push(Frame::with_payload(
-                AgentMessage::LogChunk { job_id, epoch, stream: LogStream::HostDmesg, seq: RECOVERED_LOG_SEQ_BASE + i as u64 },
+                AgentMessage::LogChunk {
+                    job_id,
+                    epoch,
+                    stream: LogStream::HostDmesg,
+                    seq: RECOVERED_LOG_SEQ_BASE + i as u64,
+                },
                 piece.to_vec(),
             ));
         }
@@ -146,17 +181,30 @@ pub fn lost_job_frames(job_id: i64, epoch: i64, log: Option<&BootLog>) -> Vec<Fr
                 .take(12)
                 .map(|l| l.trim_end().to_owned())
                 .collect();
-            note.push_str(&format!("armfleet-agent: the host kernel crashed during the job: {}\n", f.title));
+            note.push_str(&format!(
+                "armfleet-agent: the host kernel crashed during the job: {}\n",
+                f.title
+            ));
             result = JobResult::Failed {
                 cycles_completed: 0,
                 failed_cycle: None,
-                reason: format!("the host kernel crashed during the job: {} (log from {})", f.title, log.source),
+                reason: format!(
+                    "the host kernel crashed during the job: {} (log from {})",
+                    f.title, log.source
+                ),
                 evidence,
             };
         }
     }
-    frames.insert(0, crate::spool::agent_note(job_id, epoch, u32::MAX as u64, &note));
-    frames.push(Frame::new(AgentMessage::JobFinished { job_id, epoch, result }));
+    frames.insert(
+        0,
+        crate::spool::agent_note(job_id, epoch, u32::MAX as u64, &note),
+    );
+    frames.push(Frame::new(AgentMessage::JobFinished {
+        job_id,
+        epoch,
+        result,
+    }));
     frames
 }
 
@@ -174,17 +222,34 @@ mod tests {
         let log = recover(dir.path(), false, false).expect("a log");
         assert!(log.source.contains("dmesg-ramoops-0") && !log.source.contains("console"));
         let frames = lost_job_frames(7, 3, Some(&log));
-        assert!(matches!(&frames[1].message, AgentMessage::LogChunk { stream: LogStream::HostDmesg, seq, .. } if *seq == RECOVERED_LOG_SEQ_BASE));
+        assert!(
+            matches!(&frames[1].message, AgentMessage::LogChunk { stream: LogStream::HostDmesg, seq, .. } if *seq == RECOVERED_LOG_SEQ_BASE)
+        );
         match &frames.last().unwrap().message {
-            AgentMessage::JobFinished { job_id: 7, epoch: 3, result: JobResult::Failed { reason, evidence, .. } } => {
+            AgentMessage::JobFinished {
+                job_id: 7,
+                epoch: 3,
+                result:
+                    JobResult::Failed {
+                        reason, evidence, ..
+                    },
+            } => {
                 assert!(reason.contains("kvm_pgtable_stage2_map"), "{reason}");
-                assert!(evidence.iter().any(|l| l.contains("Unable to handle kernel paging request")), "{evidence:?}");
+                assert!(
+                    evidence
+                        .iter()
+                        .any(|l| l.contains("Unable to handle kernel paging request")),
+                    "{evidence:?}"
+                );
             }
             other => panic!("{other:?}"),
         }
         let state = tempfile::tempdir().unwrap();
         archive(&log, state.path());
-        assert!(pstore_records(dir.path()).is_empty(), "taken records leave pstore");
+        assert!(
+            pstore_records(dir.path()).is_empty(),
+            "taken records leave pstore"
+        );
         assert!(recover(dir.path(), false, false).is_none());
     }
 
@@ -192,6 +257,12 @@ mod tests {
     fn without_a_log_the_job_is_a_lab_failure() {
         let frames = lost_job_frames(7, 3, None);
         assert_eq!(frames.len(), 2);
-        assert!(matches!(frames[1].message, AgentMessage::JobFinished { result: JobResult::InfraError { .. }, .. }));
+        assert!(matches!(
+            frames[1].message,
+            AgentMessage::JobFinished {
+                result: JobResult::InfraError { .. },
+                ..
+            }
+        ));
     }
 }

@@ -30,7 +30,9 @@ pub fn gather(choice: ExecutorChoice) -> BoardFacts {
         arch: arch.to_owned(),
         cpu_implementer: field("CPU implementer"),
         cpu_part: field("CPU part"),
-        cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         mem_total_kib,
         kvm: probe.kvm,
         qemu: probe.qemu,
@@ -40,5 +42,7 @@ pub fn gather(choice: ExecutorChoice) -> BoardFacts {
 }
 
 fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

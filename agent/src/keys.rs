@@ -9,7 +9,10 @@ use russh::keys::{HashAlg, PrivateKey};
 /// public line to paste into fleet.toml. Refuses to overwrite a key.
 pub fn keygen(path: &Path) -> anyhow::Result<String> {
     if path.exists() {
-        anyhow::bail!("{} exists; refusing to overwrite a board key", path.display());
+        anyhow::bail!(
+            "{} exists; refusing to overwrite a board key",
+            path.display()
+        );
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -36,7 +39,8 @@ pub fn keygen(path: &Path) -> anyhow::Result<String> {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<PrivateKey> {
-    russh::keys::load_secret_key(path, None).with_context(|| format!("loading the board key {}", path.display()))
+    russh::keys::load_secret_key(path, None)
+        .with_context(|| format!("loading the board key {}", path.display()))
 }
 
 pub fn fingerprint(key: &russh::keys::PublicKey) -> String {
@@ -50,7 +54,10 @@ pub enum HostKeyPolicy {
     Pinned(String),
     /// Trust on first use, remembered in this file (one line per server
     /// address: `ADDR FINGERPRINT`).
-    KnownHosts { file: std::path::PathBuf, server: String },
+    KnownHosts {
+        file: std::path::PathBuf,
+        server: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +66,11 @@ pub enum HostKeyError {
         "SERVER HOST KEY MISMATCH for {server}: expected {expected}, got {got}. \
          Someone may be impersonating the server, or its key changed. Refusing to connect."
     )]
-    Mismatch { server: String, expected: String, got: String },
+    Mismatch {
+        server: String,
+        expected: String,
+        got: String,
+    },
     #[error("cannot record the server's host key in {0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -71,7 +82,11 @@ impl HostKeyPolicy {
                 if expected == got {
                     Ok(())
                 } else {
-                    Err(HostKeyError::Mismatch { server: "pinned".into(), expected: expected.clone(), got: got.into() })
+                    Err(HostKeyError::Mismatch {
+                        server: "pinned".into(),
+                        expected: expected.clone(),
+                        got: got.into(),
+                    })
                 }
             }
             HostKeyPolicy::KnownHosts { file, server } => {

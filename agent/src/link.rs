@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use armfleet_protocol::{
-    AgentMessage, Frame, FrameError, Hello, PROTOCOL_VERSION, ServerMessage, read_frame, write_frame,
+    AgentMessage, Frame, FrameError, Hello, PROTOCOL_VERSION, ServerMessage, read_frame,
+    write_frame,
 };
 use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
@@ -43,7 +44,10 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
     let key = Arc::new(keys::load(&config.key_path)?);
     let policy = match &config.server_key {
         Some(fp) => HostKeyPolicy::Pinned(fp.clone()),
-        None => HostKeyPolicy::KnownHosts { file: config.state_dir.join("known_hosts"), server: config.server.clone() },
+        None => HostKeyPolicy::KnownHosts {
+            file: config.state_dir.join("known_hosts"),
+            server: config.server.clone(),
+        },
     };
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
@@ -51,7 +55,8 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
     {
         let token = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -74,7 +79,10 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
             tracing::warn!(source = %log.source, "recovered the previous boot's kernel log");
         }
         for (job_id, epoch) in &unfinished {
-            tracing::warn!(job_id, "the agent restarted while this job ran; reporting it ended");
+            tracing::warn!(
+                job_id,
+                "the agent restarted while this job ran; reporting it ended"
+            );
             for frame in crate::crash::lost_job_frames(*job_id, *epoch, recovered.as_ref()) {
                 if let Err(e) = spool.push(frame) {
                     tracing::error!(job_id, "cannot spool the lost job's report: {e}");
@@ -85,13 +93,21 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
             crate::crash::archive(log, &config.state_dir);
         }
     }
-    let outbox = Outbox { spool: Arc::new(Mutex::new(spool)), ready: Arc::new(tokio::sync::Notify::new()) };
+    let outbox = Outbox {
+        spool: Arc::new(Mutex::new(spool)),
+        ready: Arc::new(tokio::sync::Notify::new()),
+    };
     let executor = tokio::task::spawn_blocking({
         let choice = config.executor;
         move || facts::gather(choice).executor
     })
     .await?;
-    let mut runner = JobRunner::new(config.clone(), executor, outbox.clone(), shutdown.child_token());
+    let mut runner = JobRunner::new(
+        config.clone(),
+        executor,
+        outbox.clone(),
+        shutdown.child_token(),
+    );
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();
@@ -103,7 +119,9 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
             }
         };
         match outcome {
-            Ok(SessionEnd::Dropped(why)) => tracing::warn!("connection to {} ended: {why}", config.server),
+            Ok(SessionEnd::Dropped(why)) => {
+                tracing::warn!("connection to {} ended: {why}", config.server)
+            }
             Err(LinkError::HostKey(e @ HostKeyError::Mismatch { .. })) => {
                 tracing::error!("{e}");
                 return Err(e.into());
@@ -140,7 +158,10 @@ struct ClientHandler {
 impl client::Handler for ClientHandler {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             return Ok(false);
         };
@@ -169,7 +190,10 @@ async fn session(
         ..Default::default()
     });
     let rejection = Arc::new(Mutex::new(None));
-    let handler = ClientHandler { policy: policy.clone(), rejection: rejection.clone() };
+    let handler = ClientHandler {
+        policy: policy.clone(),
+        rejection: rejection.clone(),
+    };
     let connect = client::connect(ssh_config, config.server.as_str(), handler);
     let mut handle = match tokio::time::timeout(Duration::from_secs(20), connect).await {
         Err(_) => return Err(anyhow::anyhow!("SSH handshake timed out").into()),
@@ -192,7 +216,10 @@ async fn session(
         )
         .into());
     }
-    let channel = handle.channel_open_session().await.context("opening the agent channel")?;
+    let channel = handle
+        .channel_open_session()
+        .await
+        .context("opening the agent channel")?;
     let (mut reader, mut writer) = tokio::io::split(channel.into_stream());
 
     let facts = tokio::task::spawn_blocking({
@@ -222,13 +249,22 @@ async fn session(
         facts,
         running_jobs,
     });
-    write_frame(&mut writer, &Frame::new(hello)).await.context("sending hello")?;
-    let welcome = tokio::time::timeout(Duration::from_secs(15), read_frame::<ServerMessage, _>(&mut reader))
+    write_frame(&mut writer, &Frame::new(hello))
         .await
-        .map_err(|_| anyhow::anyhow!("no welcome from the server within 15 s"))?
-        .context("reading welcome")?;
+        .context("sending hello")?;
+    let welcome = tokio::time::timeout(
+        Duration::from_secs(15),
+        read_frame::<ServerMessage, _>(&mut reader),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no welcome from the server within 15 s"))?
+    .context("reading welcome")?;
     let heartbeat_every = match welcome.message {
-        ServerMessage::Welcome { protocol_version, heartbeat_interval_ms, .. } if protocol_version == PROTOCOL_VERSION => {
+        ServerMessage::Welcome {
+            protocol_version,
+            heartbeat_interval_ms,
+            ..
+        } if protocol_version == PROTOCOL_VERSION => {
             Duration::from_millis(heartbeat_interval_ms.max(100))
         }
         ServerMessage::Refused { reason } => {
@@ -304,6 +340,8 @@ async fn session(
     reader_task.abort();
     // Jobs keep running: the server holds their leases for a grace period
     // and the spool resends everything after the reconnect.
-    let _ = handle.disconnect(russh::Disconnect::ByApplication, "bye", "en").await;
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "bye", "en")
+        .await;
     Ok(end)
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use armfleet_agent::settings::{self, AgentFile, Overrides};
-use armfleet_agent::{check, facts, keys, link, ExecutorChoice};
+use armfleet_agent::{ExecutorChoice, check, facts, keys, link};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -94,7 +94,8 @@ fn main() -> std::process::ExitCode {
 /// The configuration from flags and environment over the file.
 fn config(cli: Cli) -> anyhow::Result<armfleet_agent::Config> {
     // The default path may be absent; a path the operator named may not.
-    let named = std::env::args_os().any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
+    let named = std::env::args_os()
+        .any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
         || std::env::var_os("ARMFLEET_AGENT_CONFIG").is_some();
     let file = AgentFile::load(&cli.config, named)?;
     let over = Overrides {
@@ -111,7 +112,9 @@ fn config(cli: Cli) -> anyhow::Result<armfleet_agent::Config> {
 
 fn self_test(cli: Cli) -> anyhow::Result<bool> {
     let config = config(cli)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let results = runtime.block_on(check::run(&config));
     Ok(check::print(&results, &mut std::io::stdout()))
 }

@@ -32,7 +32,13 @@ pub fn fatal_detector() -> FatalDetector {
 fn seed_for(spec: &JobSpec, params: &MigrateCancelParams, board: &str) -> u64 {
     // Reproducible per (kernel, plan, board, seed), different across them.
     let mut h: u64 = 0xcbf29ce484222325 ^ params.seed;
-    for b in spec.kernel.commit.bytes().chain(spec.plan.bytes()).chain(board.bytes()) {
+    for b in spec
+        .kernel
+        .commit
+        .bytes()
+        .chain(spec.plan.bytes())
+        .chain(board.bytes())
+    {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
     h
@@ -47,10 +53,15 @@ pub async fn run(
 ) -> JobResult {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_for(spec, params, board));
     let started = Instant::now();
-    let log = |stream: LogStream, text: String| StressEvent::Log { stream, data: text.into_bytes() };
+    let log = |stream: LogStream, text: String| StressEvent::Log {
+        stream,
+        data: text.into_bytes(),
+    };
     let stamp = |t: Instant| format!("{:>8.6}", t.duration_since(started).as_secs_f64() + 0.42);
 
-    let _ = events.send(log(LogStream::GuestConsole, GUEST_BOOT.to_owned())).await;
+    let _ = events
+        .send(log(LogStream::GuestConsole, GUEST_BOOT.to_owned()))
+        .await;
     let _ = events
         .send(log(LogStream::HostDmesg, format!(
             "[{}] armfleet replay: simulated host kernel log window for job (no real /dev/kmsg)\n",
@@ -73,14 +84,17 @@ pub async fn run(
                 return JobResult::Cancelled { cycles_completed: cycle - 1, reason: "cancelled".into() };
             }
         }
-        let bytes = (delay * params.bandwidth_mib_s * 1024 * 1024 / 1000).min(params.memory_mib as u64 * 1024 * 1024);
+        let bytes = (delay * params.bandwidth_mib_s * 1024 * 1024 / 1000)
+            .min(params.memory_mib as u64 * 1024 * 1024);
         let qmp = format!(
             "-> {{\"execute\": \"migrate\", \"arguments\": {{\"uri\": \"tcp:127.0.0.1:4{cycle:04}\"}}, \"id\": {}}}\n\
              <- {{\"return\": {{}}, \"id\": {}}}\n\
              <- {{\"event\": \"MIGRATION\", \"data\": {{\"status\": \"active\"}}}}\n\
              -> {{\"execute\": \"migrate_cancel\", \"id\": {}}}\n\
              <- {{\"event\": \"MIGRATION\", \"data\": {{\"status\": \"cancelled\"}}}}\n",
-            cycle * 3, cycle * 3, cycle * 3 + 1
+            cycle * 3,
+            cycle * 3,
+            cycle * 3 + 1
         );
         let _ = events.send(log(LogStream::Qmp, qmp)).await;
         let mut console = String::new();
@@ -88,19 +102,29 @@ pub async fn run(
             heartbeat += 1;
             console.push_str(&format!("ARMFLEET-HB {heartbeat}\n"));
         }
-        let aborted = params.replay_abort_probability > 0.0 && rng.random_bool(params.replay_abort_probability.min(1.0));
+        let aborted = params.replay_abort_probability > 0.0
+            && rng.random_bool(params.replay_abort_probability.min(1.0));
         if aborted {
             let t = stamp(Instant::now());
             console.push_str(&GUEST_TLB_CONFLICT.replace("{T}", &t));
         }
-        let _ = events.send(log(LogStream::GuestConsole, console.clone())).await;
         let _ = events
-            .send(log(LogStream::HostDmesg, format!(
-                "[{}] kvm [4{:03}]: dirty logging {} for memslot 0 (simulated)\n",
-                stamp(Instant::now()),
-                cycle % 1000,
-                if aborted { "stopped" } else { "stopped; blocks re-installed on fault" }
-            )))
+            .send(log(LogStream::GuestConsole, console.clone()))
+            .await;
+        let _ = events
+            .send(log(
+                LogStream::HostDmesg,
+                format!(
+                    "[{}] kvm [4{:03}]: dirty logging {} for memslot 0 (simulated)\n",
+                    stamp(Instant::now()),
+                    cycle % 1000,
+                    if aborted {
+                        "stopped"
+                    } else {
+                        "stopped; blocks re-installed on fault"
+                    }
+                ),
+            ))
             .await;
         let evidence: Vec<String> = console
             .lines()
@@ -146,5 +170,7 @@ pub async fn run(
             };
         }
     }
-    JobResult::Passed { cycles_completed: params.cycles }
+    JobResult::Passed {
+        cycles_completed: params.cycles,
+    }
 }

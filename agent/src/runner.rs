@@ -25,18 +25,33 @@ pub struct Outbox {
 /// suite) can check that the server stored each exactly once.
 fn ledger(frame: &Frame<AgentMessage>) {
     use std::io::Write;
-    static LEDGER: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> = std::sync::OnceLock::new();
+    static LEDGER: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
+        std::sync::OnceLock::new();
     let file = LEDGER.get_or_init(|| {
         let path = std::env::var_os("ARMFLEET_LEDGER")?;
-        std::fs::OpenOptions::new().create(true).append(true).open(path).ok().map(std::sync::Mutex::new)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+            .map(std::sync::Mutex::new)
     });
     let Some(file) = file else { return };
     let line = match &frame.message {
-        AgentMessage::LogChunk { job_id, stream, seq, .. } => {
+        AgentMessage::LogChunk {
+            job_id,
+            stream,
+            seq,
+            ..
+        } => {
             serde_json::json!({"job": job_id, "kind": "log", "stream": stream, "seq": seq, "bytes": frame.payload.len()})
         }
-        AgentMessage::CycleDone { job_id, record, .. } => serde_json::json!({"job": job_id, "kind": "cycle", "cycle": record.cycle}),
-        AgentMessage::JobFinished { job_id, result, .. } => serde_json::json!({"job": job_id, "kind": "result", "result": result}),
+        AgentMessage::CycleDone { job_id, record, .. } => {
+            serde_json::json!({"job": job_id, "kind": "cycle", "cycle": record.cycle})
+        }
+        AgentMessage::JobFinished { job_id, result, .. } => {
+            serde_json::json!({"job": job_id, "kind": "result", "result": result})
+        }
         _ => return,
     };
     // A write(2) survives the process being killed; that is what the
@@ -46,7 +61,9 @@ fn ledger(frame: &Frame<AgentMessage>) {
 
 impl Outbox {
     pub fn send(&self, frame: Frame<AgentMessage>) {
-        let summary = std::env::var_os("ARMFLEET_LEDGER").is_some().then(|| frame.clone());
+        let summary = std::env::var_os("ARMFLEET_LEDGER")
+            .is_some()
+            .then(|| frame.clone());
         if let Err(e) = self.spool.lock().unwrap().push(frame) {
             tracing::error!("cannot spool a frame (it is lost): {e}");
         } else if let Some(f) = summary {
@@ -75,7 +92,14 @@ impl JobRunner {
         out: Outbox,
         parent: CancellationToken,
     ) -> JobRunner {
-        JobRunner { config, executor, out, parent, running: HashMap::new(), tasks: JoinSet::new() }
+        JobRunner {
+            config,
+            executor,
+            out,
+            parent,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
     }
 
     pub fn running_jobs(&self) -> Vec<i64> {
@@ -83,7 +107,13 @@ impl JobRunner {
     }
 
     pub fn leases(&self) -> Vec<armfleet_protocol::JobLease> {
-        self.running.iter().map(|(job, (epoch, _))| armfleet_protocol::JobLease { job_id: *job, epoch: *epoch }).collect()
+        self.running
+            .iter()
+            .map(|(job, (epoch, _))| armfleet_protocol::JobLease {
+                job_id: *job,
+                epoch: *epoch,
+            })
+            .collect()
     }
 
     pub fn has_jobs(&self) -> bool {
@@ -155,7 +185,14 @@ struct JobContext {
 }
 
 async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
-    let JobContext { job_id, epoch, out, executor, work_dir, board } = ctx;
+    let JobContext {
+        job_id,
+        epoch,
+        out,
+        executor,
+        work_dir,
+        board,
+    } = ctx;
     out.send(Frame::new(AgentMessage::JobStarted { job_id, epoch }));
     let Task::MigrateCancel(params) = spec.task.clone();
     let (ev_tx, mut ev_rx) = mpsc::channel::<StressEvent>(256);
@@ -166,15 +203,27 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
         ),
         ExecutorKind::Qemu => format!("armfleet-agent: job {job_id} with the QEMU executor\n"),
     };
-    let _ = ev_tx.send(StressEvent::Log { stream: LogStream::Agent, data: banner.into_bytes() }).await;
+    let _ = ev_tx
+        .send(StressEvent::Log {
+            stream: LogStream::Agent,
+            data: banner.into_bytes(),
+        })
+        .await;
 
     let timeout = Duration::from_secs(spec.timeout_s.max(1));
     let exec = async move {
         match executor {
             ExecutorKind::Replay => {
-                match tokio::time::timeout(timeout, crate::replay::run(&board, &spec, &params, ev_tx, cancel)).await {
+                match tokio::time::timeout(
+                    timeout,
+                    crate::replay::run(&board, &spec, &params, ev_tx, cancel),
+                )
+                .await
+                {
                     Ok(r) => r,
-                    Err(_) => JobResult::TimedOut { cycles_completed: 0 },
+                    Err(_) => JobResult::TimedOut {
+                        cycles_completed: 0,
+                    },
                 }
             }
             ExecutorKind::Qemu => {
@@ -185,9 +234,13 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
                 // that a busy guest's I/O never competes with the link's
                 // heartbeats, and its futures need not be Send.
                 let worker = tokio::task::spawn_blocking(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
                     match rt {
-                        Ok(rt) => rt.block_on(armfleet_migrate_stress::run_migrate_cancel(&env, &params, ev_tx, cancel)),
+                        Ok(rt) => rt.block_on(armfleet_migrate_stress::run_migrate_cancel(
+                            &env, &params, ev_tx, cancel,
+                        )),
                         Err(e) => JobResult::InfraError {
                             cycles_completed: 0,
                             reason: format!("cannot start the executor runtime: {e}"),
@@ -211,14 +264,23 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
                     StressEvent::Log { stream, data } => {
                         for piece in data.chunks(CHUNK_BYTES) {
                             let n = seq.entry(stream).or_insert(0);
-                            let msg = AgentMessage::LogChunk { job_id, epoch, stream, seq: *n };
+                            let msg = AgentMessage::LogChunk {
+                                job_id,
+                                epoch,
+                                stream,
+                                seq: *n,
+                            };
                             *n += 1;
                             out.send(Frame::with_payload(msg, piece.to_vec()));
                         }
                     }
                     StressEvent::Cycle(record) => {
                         last_cycle = record.cycle;
-                        out.send(Frame::new(AgentMessage::CycleDone { job_id, epoch, record }));
+                        out.send(Frame::new(AgentMessage::CycleDone {
+                            job_id,
+                            epoch,
+                            record,
+                        }));
                     }
                 }
             }
@@ -227,5 +289,9 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
     };
     let (result, _) = tokio::join!(exec, forward);
     tracing::info!(job_id, ?result, "job finished");
-    out.send(Frame::new(AgentMessage::JobFinished { job_id, epoch, result }));
+    out.send(Frame::new(AgentMessage::JobFinished {
+        job_id,
+        epoch,
+        result,
+    }));
 }

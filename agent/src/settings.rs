@@ -57,23 +57,41 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
     #[error("missing `{field}`: set it in {file} or pass --{flag} (or ${env})")]
-    Missing { field: &'static str, flag: &'static str, env: &'static str, file: String },
+    Missing {
+        field: &'static str,
+        flag: &'static str,
+        env: &'static str,
+        file: String,
+    },
 }
 
 impl AgentFile {
     pub fn parse(path: &Path, text: &str) -> Result<AgentFile, SettingsError> {
         toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1);
+            let line = e.span().map(|s| {
+                text[..s.start.min(text.len())]
+                    .bytes()
+                    .filter(|&b| b == b'\n')
+                    .count()
+                    + 1
+            });
             let field = e.span().and_then(|s| {
                 // The key at the start of the offending line, when there is one.
-                let line_start = text[..s.start.min(text.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
+                let line_start = text[..s.start.min(text.len())]
+                    .rfind('\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
                 let rest = &text[line_start..];
                 let key = rest.split(['=', '\n']).next()?.trim();
-                (!key.is_empty() && rest.contains('=') && !key.starts_with('[')).then(|| key.to_owned())
+                (!key.is_empty() && rest.contains('=') && !key.starts_with('['))
+                    .then(|| key.to_owned())
             });
             let msg = e.message().trim().to_owned();
             let message = match (line, field) {
@@ -81,7 +99,10 @@ impl AgentFile {
                 (Some(l), None) => format!("line {l}: {msg}"),
                 _ => msg,
             };
-            SettingsError::Invalid { path: path.display().to_string(), message }
+            SettingsError::Invalid {
+                path: path.display().to_string(),
+                message,
+            }
         })
     }
 
@@ -91,27 +112,59 @@ impl AgentFile {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(Some(AgentFile::parse(path, &text)?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
-            Err(source) => Err(SettingsError::Read { path: path.display().to_string(), source }),
+            Err(source) => Err(SettingsError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 }
 
 /// Combines flags/environment over the file over the defaults.
-pub fn resolve(over: Overrides, file: Option<AgentFile>, file_path: &Path) -> Result<Config, SettingsError> {
+pub fn resolve(
+    over: Overrides,
+    file: Option<AgentFile>,
+    file_path: &Path,
+) -> Result<Config, SettingsError> {
     let file = file.unwrap_or_default();
     let file_name = file_path.display().to_string();
-    let missing = |field, flag, env| SettingsError::Missing { field, flag, env, file: file_name.clone() };
-    let executor_text = over.executor.or(file.executor).unwrap_or_else(|| "auto".into());
-    let executor = ExecutorChoice::parse(&executor_text)
-        .map_err(|e| SettingsError::Invalid { path: file_name.clone(), message: format!("field `executor`: {e}") })?;
+    let missing = |field, flag, env| SettingsError::Missing {
+        field,
+        flag,
+        env,
+        file: file_name.clone(),
+    };
+    let executor_text = over
+        .executor
+        .or(file.executor)
+        .unwrap_or_else(|| "auto".into());
+    let executor = ExecutorChoice::parse(&executor_text).map_err(|e| SettingsError::Invalid {
+        path: file_name.clone(),
+        message: format!("field `executor`: {e}"),
+    })?;
     Ok(Config {
-        server: over.server.or(file.server).ok_or_else(|| missing("server", "server", "ARMFLEET_SERVER"))?,
-        board: over.board.or(file.board).ok_or_else(|| missing("board", "board", "ARMFLEET_BOARD"))?,
-        key_path: over.key.or(file.key).ok_or_else(|| missing("key", "key", "ARMFLEET_KEY"))?,
+        server: over
+            .server
+            .or(file.server)
+            .ok_or_else(|| missing("server", "server", "ARMFLEET_SERVER"))?,
+        board: over
+            .board
+            .or(file.board)
+            .ok_or_else(|| missing("board", "board", "ARMFLEET_BOARD"))?,
+        key_path: over
+            .key
+            .or(file.key)
+            .ok_or_else(|| missing("key", "key", "ARMFLEET_KEY"))?,
         server_key: over.server_key.or(file.server_key),
-        state_dir: over.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        state_dir: over
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
         executor,
-        pstore_dir: over.pstore_dir.or(file.pstore_dir).unwrap_or_else(|| DEFAULT_PSTORE_DIR.into()),
+        pstore_dir: over
+            .pstore_dir
+            .or(file.pstore_dir)
+            .unwrap_or_else(|| DEFAULT_PSTORE_DIR.into()),
         journal: file.journal.unwrap_or(true),
     })
 }
@@ -140,13 +193,25 @@ mod tests {
 
     #[test]
     fn flags_and_environment_override_the_file_and_the_file_overrides_defaults() {
-        let f = AgentFile::parse(Path::new("agent.toml"), "server = \"a:1\"\nboard = \"b\"\nkey = \"/k\"\n").unwrap();
-        let over = Overrides { server: Some("flag:2".into()), state_dir: Some("/flag/state".into()), ..Default::default() };
+        let f = AgentFile::parse(
+            Path::new("agent.toml"),
+            "server = \"a:1\"\nboard = \"b\"\nkey = \"/k\"\n",
+        )
+        .unwrap();
+        let over = Overrides {
+            server: Some("flag:2".into()),
+            state_dir: Some("/flag/state".into()),
+            ..Default::default()
+        };
         let c = resolve(over, Some(f), Path::new("agent.toml")).unwrap();
         assert_eq!(c.server, "flag:2", "flag wins over the file");
         assert_eq!(c.board, "b", "file wins over nothing");
         assert_eq!(c.state_dir, PathBuf::from("/flag/state"));
-        assert_eq!(c.pstore_dir, PathBuf::from(DEFAULT_PSTORE_DIR), "default when neither says");
+        assert_eq!(
+            c.pstore_dir,
+            PathBuf::from(DEFAULT_PSTORE_DIR),
+            "default when neither says"
+        );
         assert_eq!(c.executor, ExecutorChoice::Auto);
         assert!(c.journal);
     }
@@ -154,15 +219,37 @@ mod tests {
     #[test]
     fn errors_name_the_file_line_and_field() {
         let bad_type = "server = \"a:1\"\nboard = 42\n";
-        let e = AgentFile::parse(Path::new("/etc/armfleet/agent.toml"), bad_type).unwrap_err().to_string();
-        assert!(e.contains("/etc/armfleet/agent.toml") && e.contains("line 2") && e.contains("`board`"), "{e}");
+        let e = AgentFile::parse(Path::new("/etc/armfleet/agent.toml"), bad_type)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/armfleet/agent.toml") && e.contains("line 2") && e.contains("`board`"),
+            "{e}"
+        );
         let unknown = "server = \"a:1\"\n\nbord = \"x\"\n";
-        let e = AgentFile::parse(Path::new("agent.toml"), unknown).unwrap_err().to_string();
+        let e = AgentFile::parse(Path::new("agent.toml"), unknown)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3") && e.contains("bord"), "{e}");
-        let e = resolve(Overrides::default(), None, Path::new("/etc/armfleet/agent.toml")).unwrap_err().to_string();
-        assert!(e.contains("missing `server`") && e.contains("--server") && e.contains("agent.toml"), "{e}");
-        let f = AgentFile::parse(Path::new("a.toml"), "executor = \"kvm\"\nserver=\"s\"\nboard=\"b\"\nkey=\"k\"").unwrap();
-        let e = resolve(Overrides::default(), Some(f), Path::new("a.toml")).unwrap_err().to_string();
+        let e = resolve(
+            Overrides::default(),
+            None,
+            Path::new("/etc/armfleet/agent.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("missing `server`") && e.contains("--server") && e.contains("agent.toml"),
+            "{e}"
+        );
+        let f = AgentFile::parse(
+            Path::new("a.toml"),
+            "executor = \"kvm\"\nserver=\"s\"\nboard=\"b\"\nkey=\"k\"",
+        )
+        .unwrap();
+        let e = resolve(Overrides::default(), Some(f), Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("executor") && e.contains("kvm"), "{e}");
     }
 
@@ -171,6 +258,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("none.toml");
         assert!(AgentFile::load(&p, false).unwrap().is_none());
-        assert!(AgentFile::load(&p, true).unwrap_err().to_string().contains("none.toml"));
+        assert!(
+            AgentFile::load(&p, true)
+                .unwrap_err()
+                .to_string()
+                .contains("none.toml")
+        );
     }
 }

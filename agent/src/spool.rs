@@ -36,13 +36,19 @@ pub struct Spool {
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("spool: {0}")]
     Frame(String),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.display().to_string(), source }
+    move |source| SpoolError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl Spool {
@@ -68,19 +74,50 @@ impl Spool {
             };
             let len = frames.last().map(|(end, _)| *end).unwrap_or(0);
             // A torn write at the end (crash mid-append) is cut off.
-            let file = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
             file.set_len(len).map_err(io(&path))?;
-            let log_bytes = frames.iter().filter(|(_, f)| matches!(f.message, AgentMessage::LogChunk { .. })).map(|(_, f)| f.payload.len() as u64).sum();
-            let finished = frames.iter().any(|(_, f)| matches!(f.message, AgentMessage::JobFinished { .. }));
-            tracing::info!(job, frames = frames.len(), finished, "spool recovered from a previous run");
-            jobs.insert(job, JobSpool { path, epoch, sent: 0, len, log_bytes, truncated: false, finished });
+            let log_bytes = frames
+                .iter()
+                .filter(|(_, f)| matches!(f.message, AgentMessage::LogChunk { .. }))
+                .map(|(_, f)| f.payload.len() as u64)
+                .sum();
+            let finished = frames
+                .iter()
+                .any(|(_, f)| matches!(f.message, AgentMessage::JobFinished { .. }));
+            tracing::info!(
+                job,
+                frames = frames.len(),
+                finished,
+                "spool recovered from a previous run"
+            );
+            jobs.insert(
+                job,
+                JobSpool {
+                    path,
+                    epoch,
+                    sent: 0,
+                    len,
+                    log_bytes,
+                    truncated: false,
+                    finished,
+                },
+            );
         }
-        Ok(Spool { dir: dir.to_owned(), jobs, max_log_bytes })
+        Ok(Spool {
+            dir: dir.to_owned(),
+            jobs,
+            max_log_bytes,
+        })
     }
 
     /// Appends a frame of `job` (fsync'd for results, so they survive a crash).
     pub fn push(&mut self, frame: Frame<AgentMessage>) -> Result<(), SpoolError> {
-        let Some((job, epoch)) = job_of(&frame.message) else { return Ok(()) };
+        let Some((job, epoch)) = job_of(&frame.message) else {
+            return Ok(());
+        };
         let dir = self.dir.clone();
         let spool = self.jobs.entry(job).or_insert_with(|| JobSpool {
             path: dir.join(format!("job-{job}.spool")),
@@ -107,12 +144,19 @@ impl Spool {
             }
             spool.log_bytes += frame.payload.len() as u64;
         }
-        let durable = matches!(frame.message, AgentMessage::JobFinished { .. } | AgentMessage::CycleDone { .. });
+        let durable = matches!(
+            frame.message,
+            AgentMessage::JobFinished { .. } | AgentMessage::CycleDone { .. }
+        );
         if matches!(frame.message, AgentMessage::JobFinished { .. }) {
             spool.finished = true;
         }
         let bytes = encode(&frame).map_err(|e| SpoolError::Frame(e.to_string()))?;
-        let mut file = OpenOptions::new().create(true).append(true).open(&spool.path).map_err(io(&spool.path))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spool.path)
+            .map_err(io(&spool.path))?;
         file.write_all(&bytes).map_err(io(&spool.path))?;
         if durable {
             file.sync_data().map_err(io(&spool.path))?;
@@ -128,7 +172,8 @@ impl Spool {
                 continue;
             }
             let mut file = File::open(&spool.path).map_err(io(&spool.path))?;
-            file.seek(SeekFrom::Start(spool.sent)).map_err(io(&spool.path))?;
+            file.seek(SeekFrom::Start(spool.sent))
+                .map_err(io(&spool.path))?;
             let mut len = [0u8; 4];
             file.read_exact(&mut len).map_err(io(&spool.path))?;
             let total = u32::from_be_bytes(len) as usize;
@@ -157,13 +202,23 @@ impl Spool {
 
     /// Jobs whose spool awaits acknowledgement (for the Hello).
     pub fn leases(&self) -> Vec<JobLease> {
-        self.jobs.iter().map(|(job, s)| JobLease { job_id: *job, epoch: s.epoch }).collect()
+        self.jobs
+            .iter()
+            .map(|(job, s)| JobLease {
+                job_id: *job,
+                epoch: s.epoch,
+            })
+            .collect()
     }
 
     /// Jobs recovered from disk whose end was never produced (the agent
     /// died mid-job): the caller reports them.
     pub fn unfinished(&self) -> Vec<(i64, i64)> {
-        self.jobs.iter().filter(|(_, s)| !s.finished).map(|(j, s)| (*j, s.epoch)).collect()
+        self.jobs
+            .iter()
+            .filter(|(_, s)| !s.finished)
+            .map(|(j, s)| (*j, s.epoch))
+            .collect()
     }
 
     pub fn has_unsent(&self) -> bool {
@@ -201,7 +256,9 @@ fn read_frames(path: &Path) -> Result<Vec<(u64, Frame<AgentMessage>)>, SpoolErro
         if reader.read_exact(&mut body).is_err() {
             break;
         }
-        let Ok(frame) = decode_body(body.into()) else { break };
+        let Ok(frame) = decode_body(body.into()) else {
+            break;
+        };
         offset += 4 + total as u64;
         out.push((offset, frame));
     }
@@ -210,7 +267,15 @@ fn read_frames(path: &Path) -> Result<Vec<(u64, Frame<AgentMessage>)>, SpoolErro
 
 /// A log line the agent adds itself (for jobs it lost with a crash).
 pub fn agent_note(job_id: i64, epoch: i64, seq: u64, text: &str) -> Frame<AgentMessage> {
-    Frame::with_payload(AgentMessage::LogChunk { job_id, epoch, stream: LogStream::Agent, seq }, text.as_bytes().to_vec())
+    Frame::with_payload(
+        AgentMessage::LogChunk {
+            job_id,
+            epoch,
+            stream: LogStream::Agent,
+            seq,
+        },
+        text.as_bytes().to_vec(),
+    )
 }
 
 #[cfg(test)]
@@ -219,7 +284,15 @@ mod tests {
     use armfleet_protocol::JobResult;
 
     fn chunk(seq: u64, n: usize) -> Frame<AgentMessage> {
-        Frame::with_payload(AgentMessage::LogChunk { job_id: 5, epoch: 1, stream: LogStream::GuestConsole, seq }, vec![b'x'; n])
+        Frame::with_payload(
+            AgentMessage::LogChunk {
+                job_id: 5,
+                epoch: 1,
+                stream: LogStream::GuestConsole,
+                seq,
+            },
+            vec![b'x'; n],
+        )
     }
 
     #[test]
@@ -227,11 +300,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
         s.push(chunk(0, 10)).unwrap();
-        s.push(Frame::new(AgentMessage::JobFinished { job_id: 5, epoch: 1, result: JobResult::Passed { cycles_completed: 3 } })).unwrap();
+        s.push(Frame::new(AgentMessage::JobFinished {
+            job_id: 5,
+            epoch: 1,
+            result: JobResult::Passed {
+                cycles_completed: 3,
+            },
+        }))
+        .unwrap();
         assert!(s.next_unsent().unwrap().is_some());
         drop(s);
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(s.leases(), vec![JobLease { job_id: 5, epoch: 1 }]);
+        assert_eq!(
+            s.leases(),
+            vec![JobLease {
+                job_id: 5,
+                epoch: 1
+            }]
+        );
         assert!(s.unfinished().is_empty());
         let mut n = 0;
         while s.next_unsent().unwrap().is_some() {
@@ -242,7 +328,11 @@ mod tests {
         assert!(s.has_unsent());
         s.ack(5);
         assert!(!s.has_unsent() && s.leases().is_empty());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "acked spools are deleted");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "acked spools are deleted"
+        );
     }
 
     #[test]
@@ -252,14 +342,24 @@ mod tests {
         for seq in 0..10 {
             s.push(chunk(seq, 40)).unwrap();
         }
-        s.push(Frame::new(AgentMessage::JobFinished { job_id: 5, epoch: 1, result: JobResult::Passed { cycles_completed: 3 } })).unwrap();
+        s.push(Frame::new(AgentMessage::JobFinished {
+            job_id: 5,
+            epoch: 1,
+            result: JobResult::Passed {
+                cycles_completed: 3,
+            },
+        }))
+        .unwrap();
         let mut frames = Vec::new();
         while let Some(f) = s.next_unsent().unwrap() {
             frames.push(f);
         }
         assert_eq!(frames.len(), 4, "2 chunks, 1 marker, the result");
         assert!(String::from_utf8_lossy(&frames[2].payload).contains("truncated"));
-        assert!(matches!(frames[3].message, AgentMessage::JobFinished { .. }));
+        assert!(matches!(
+            frames[3].message,
+            AgentMessage::JobFinished { .. }
+        ));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use armfleet_protocol::frame::{decode_body, encode};
 use armfleet_protocol::{
-    AgentMessage, BoardFacts, CycleRecord, ExecutorKind, Frame, Hello, JobLease, JobResult, KvmStatus, LogStream,
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage, Task,
+    AgentMessage, BoardFacts, CycleRecord, ExecutorKind, Frame, Hello, JobLease, JobResult,
+    KvmStatus, LogStream, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage, Task,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -27,7 +27,11 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::AgentIdentity;
 
 /// The streams chunks rotate over (all three are real job streams).
-pub const STREAMS: [LogStream; 3] = [LogStream::GuestConsole, LogStream::HostDmesg, LogStream::Qmp];
+pub const STREAMS: [LogStream; 3] = [
+    LogStream::GuestConsole,
+    LogStream::HostDmesg,
+    LogStream::Qmp,
+];
 
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
@@ -112,7 +116,11 @@ impl ErrorLog {
 }
 
 impl Shared {
-    pub fn new(settings: AgentSettings, events: mpsc::UnboundedSender<Event>, connect_concurrency: usize) -> Shared {
+    pub fn new(
+        settings: AgentSettings,
+        events: mpsc::UnboundedSender<Event>,
+        connect_concurrency: usize,
+    ) -> Shared {
         Shared {
             settings,
             jobs: Mutex::new(HashMap::new()),
@@ -139,14 +147,20 @@ fn make_log_text() -> Bytes {
     let mut rng = rand::rng();
     let mut s = String::with_capacity((1 << 20) + 256);
     let mut t = 0.0f64;
-    let words = ["kvm", "stage2", "migrate", "cancel", "dirty", "log", "split", "block", "tlbi", "vmid", "fault", "mmu"];
+    let words = [
+        "kvm", "stage2", "migrate", "cancel", "dirty", "log", "split", "block", "tlbi", "vmid",
+        "fault", "mmu",
+    ];
     while s.len() < 1 << 20 {
         t += rng.random_range(0.0..0.01);
         let w1 = words[rng.random_range(0..words.len())];
         let w2 = words[rng.random_range(0..words.len())];
         let a: u64 = rng.random();
         let b: u32 = rng.random();
-        s.push_str(&format!("[{t:>12.6}] loadgen: {w1} {w2} addr=0x{a:016x} val=0x{b:08x} cpu{}\n", b % 8));
+        s.push_str(&format!(
+            "[{t:>12.6}] loadgen: {w1} {w2} addr=0x{a:016x} val=0x{b:08x} cpu{}\n",
+            b % 8
+        ));
     }
     s.truncate(1 << 20);
     Bytes::from(s)
@@ -161,7 +175,12 @@ fn facts() -> BoardFacts {
         cpu_part: Some("0xd01".into()),
         cores: 4,
         mem_total_kib: 8 << 20,
-        kvm: KvmStatus { present: true, accessible: true, hardware: true, note: None },
+        kvm: KvmStatus {
+            present: true,
+            accessible: true,
+            hardware: true,
+            note: None,
+        },
         qemu: Vec::new(),
         hugepages: Default::default(),
         executor: ExecutorKind::Replay,
@@ -174,8 +193,13 @@ struct Handler {
 
 impl client::Handler for Handler {
     type Error = russh::Error;
-    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let Some(want) = &self.fingerprint else { return Ok(true) };
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let Some(want) = &self.fingerprint else {
+            return Ok(true);
+        };
         Ok(match key {
             russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
                 key.fingerprint(russh::keys::HashAlg::Sha256).to_string() == *want
@@ -197,7 +221,10 @@ struct Link {
 impl Link {
     async fn send(&self, shared: &Shared, msg: AgentMessage, payload: Bytes) -> anyhow::Result<()> {
         let bytes = encode(&Frame::with_payload(msg, payload))?;
-        self.wr.data_bytes(Bytes::from(bytes)).await.context("writing to the channel")?;
+        self.wr
+            .data_bytes(Bytes::from(bytes))
+            .await
+            .context("writing to the channel")?;
         shared.frames_sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -234,27 +261,45 @@ impl Link {
     }
 }
 
-async fn connect(id: &AgentIdentity, shared: &Shared, leases: Vec<JobLease>) -> anyhow::Result<Link> {
+async fn connect(
+    id: &AgentIdentity,
+    shared: &Shared,
+    leases: Vec<JobLease>,
+) -> anyhow::Result<Link> {
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
         keepalive_interval: None,
         nodelay: true,
         ..Default::default()
     });
-    let handler = Handler { fingerprint: shared.settings.server_fingerprint.clone() };
+    let handler = Handler {
+        fingerprint: shared.settings.server_fingerprint.clone(),
+    };
     let mut handle = client::connect(config, shared.settings.server_addr.as_str(), handler)
         .await
         .context("SSH connect")?;
     let auth = handle
-        .authenticate_publickey(id.board.clone(), PrivateKeyWithHashAlg::new(id.key.clone(), None))
+        .authenticate_publickey(
+            id.board.clone(),
+            PrivateKeyWithHashAlg::new(id.key.clone(), None),
+        )
         .await
         .context("SSH authentication")?;
     if !auth.success() {
         bail!("the server refused the key of {}", id.board);
     }
-    let channel = handle.channel_open_session().await.context("opening the agent channel")?;
+    let channel = handle
+        .channel_open_session()
+        .await
+        .context("opening the agent channel")?;
     let (rd, wr) = channel.split();
-    let mut link = Link { handle, rd, wr, buf: BytesMut::with_capacity(4096), heartbeat_every: Duration::ZERO };
+    let mut link = Link {
+        handle,
+        rd,
+        wr,
+        buf: BytesMut::with_capacity(4096),
+        heartbeat_every: Duration::ZERO,
+    };
     let hello = AgentMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: concat!("loadgen-", env!("CARGO_PKG_VERSION")).into(),
@@ -263,9 +308,16 @@ async fn connect(id: &AgentIdentity, shared: &Shared, leases: Vec<JobLease>) -> 
         running_jobs: leases,
     });
     link.send(shared, hello, Bytes::new()).await?;
-    let welcome = link.read_frame().await?.context("the server closed the channel before its welcome")?;
+    let welcome = link
+        .read_frame()
+        .await?
+        .context("the server closed the channel before its welcome")?;
     link.heartbeat_every = match welcome.message {
-        ServerMessage::Welcome { protocol_version, heartbeat_interval_ms, .. } if protocol_version == PROTOCOL_VERSION => {
+        ServerMessage::Welcome {
+            protocol_version,
+            heartbeat_interval_ms,
+            ..
+        } if protocol_version == PROTOCOL_VERSION => {
             Duration::from_millis(heartbeat_interval_ms.max(100))
         }
         ServerMessage::Refused { reason } => bail!("refused: {reason}"),
@@ -302,7 +354,12 @@ impl Running {
 pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken) {
     let s = &shared.settings;
     let board: Arc<str> = Arc::from(id.board.as_str());
-    let mut st = AgentState { job: None, pending: VecDeque::new(), unacked: HashMap::new(), free_since: Utc::now() };
+    let mut st = AgentState {
+        job: None,
+        pending: VecDeque::new(),
+        unacked: HashMap::new(),
+        free_since: Utc::now(),
+    };
     let mut first = true;
     loop {
         let mut attempt = 0;
@@ -312,9 +369,16 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
                 _ = stop.cancelled() => return,
             };
             // Protocol v2: the jobs we still hold keep their leases.
-            let mut leases: Vec<JobLease> = st.unacked.iter().map(|(&job_id, &(epoch, _))| JobLease { job_id, epoch }).collect();
+            let mut leases: Vec<JobLease> = st
+                .unacked
+                .iter()
+                .map(|(&job_id, &(epoch, _))| JobLease { job_id, epoch })
+                .collect();
             if let Some(j) = &st.job {
-                leases.push(JobLease { job_id: j.id, epoch: j.epoch });
+                leases.push(JobLease {
+                    job_id: j.id,
+                    epoch: j.epoch,
+                });
             }
             let started = Instant::now();
             let r = tokio::select! {
@@ -325,7 +389,9 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
             let err = match r {
                 Ok(Ok(link)) => {
                     if first {
-                        let _ = shared.events.send(Event::Connected { handshake: started.elapsed() });
+                        let _ = shared.events.send(Event::Connected {
+                            handshake: started.elapsed(),
+                        });
                     }
                     break link;
                 }
@@ -335,9 +401,14 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
             attempt += 1;
             if attempt > s.connect_retries {
                 if first {
-                    let _ = shared.events.send(Event::ConnectFailed { board: id.board.clone(), error: err });
+                    let _ = shared.events.send(Event::ConnectFailed {
+                        board: id.board.clone(),
+                        error: err,
+                    });
                 } else {
-                    shared.errors.push(format!("{board}: could not reconnect: {err}"));
+                    shared
+                        .errors
+                        .push(format!("{board}: could not reconnect: {err}"));
                 }
                 return;
             }
@@ -352,11 +423,16 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
         }
         .await;
         first = false;
-        let _ = link.handle.disconnect(russh::Disconnect::ByApplication, "loadgen done", "en").await;
+        let _ = link
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "loadgen done", "en")
+            .await;
         match result {
             Ok(()) => return,
             Err(e) => {
-                shared.errors.push(format!("{board}: connection lost: {e:#}"));
+                shared
+                    .errors
+                    .push(format!("{board}: connection lost: {e:#}"));
                 let _ = shared.events.send(Event::Disconnected);
                 if stop.is_cancelled() {
                     return;
@@ -389,8 +465,19 @@ async fn resume(link: &Link, shared: &Shared, st: &mut AgentState) -> anyhow::Re
         st.job = Some(start(link, shared, j.id, j.epoch, j.cycles_total).await?);
     }
     for (&job_id, &(epoch, cycles)) in &st.unacked {
-        let result = JobResult::Passed { cycles_completed: cycles };
-        link.send(shared, AgentMessage::JobFinished { job_id, epoch, result }, Bytes::new()).await?;
+        let result = JobResult::Passed {
+            cycles_completed: cycles,
+        };
+        link.send(
+            shared,
+            AgentMessage::JobFinished {
+                job_id,
+                epoch,
+                result,
+            },
+            Bytes::new(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -409,7 +496,9 @@ async fn serve(
         let job = &st.job;
         let step = async {
             match job {
-                Some(j) if s.log_rate_bytes_per_s > 0 => tokio::time::sleep_until(j.next_step).await,
+                Some(j) if s.log_rate_bytes_per_s > 0 => {
+                    tokio::time::sleep_until(j.next_step).await
+                }
                 Some(_) => {}
                 None => std::future::pending().await,
             }
@@ -508,8 +597,19 @@ async fn serve(
     }
 }
 
-async fn start(link: &Link, shared: &Shared, id: i64, epoch: i64, cycles: u32) -> anyhow::Result<Running> {
-    link.send(shared, AgentMessage::JobStarted { job_id: id, epoch }, Bytes::new()).await?;
+async fn start(
+    link: &Link,
+    shared: &Shared,
+    id: i64,
+    epoch: i64,
+    cycles: u32,
+) -> anyhow::Result<Running> {
+    link.send(
+        shared,
+        AgentMessage::JobStarted { job_id: id, epoch },
+        Bytes::new(),
+    )
+    .await?;
     let s = &shared.settings;
     let chunk = s.chunk_bytes.max(1) as u64;
     Ok(Running {
@@ -546,7 +646,16 @@ async fn step_job(link: &Link, shared: &Shared, j: &mut Running) -> anyhow::Resu
             events: vec!["MIGRATION active".into(), "MIGRATION cancelled".into()],
             wall_ms: 10.0,
         };
-        link.send(shared, AgentMessage::CycleDone { job_id: j.id, epoch: j.epoch, record }, Bytes::new()).await?;
+        link.send(
+            shared,
+            AgentMessage::CycleDone {
+                job_id: j.id,
+                epoch: j.epoch,
+                record,
+            },
+            Bytes::new(),
+        )
+        .await?;
         if let Some(rec) = shared.jobs.lock().unwrap().get_mut(&j.id) {
             rec.cycles = j.cycles_sent;
         }
@@ -555,20 +664,33 @@ async fn step_job(link: &Link, shared: &Shared, j: &mut Running) -> anyhow::Resu
     if j.bytes_left > 0 {
         let len = j.bytes_left.min(s.chunk_bytes.max(1) as u64) as usize;
         let text = &shared.log_text;
-        let off = ((j.chunk_idx as usize).wrapping_mul(len) + (j.id as usize % 4096)) % (text.len() - len.min(text.len()));
+        let off = ((j.chunk_idx as usize).wrapping_mul(len) + (j.id as usize % 4096))
+            % (text.len() - len.min(text.len()));
         let payload = text.slice(off..off + len);
         let si = (j.chunk_idx % STREAMS.len() as u64) as usize;
         let seq = j.seq[si];
         j.seq[si] += 1;
-        let msg = AgentMessage::LogChunk { job_id: j.id, epoch: j.epoch, stream: STREAMS[si], seq };
+        let msg = AgentMessage::LogChunk {
+            job_id: j.id,
+            epoch: j.epoch,
+            stream: STREAMS[si],
+            seq,
+        };
         if shared.first_chunk_us.load(Ordering::Relaxed) == 0 {
             let now = Utc::now().timestamp_micros() as u64;
-            let _ = shared.first_chunk_us.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = shared.first_chunk_us.compare_exchange(
+                0,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         link.send(shared, msg, payload).await?;
         j.bytes_left -= len as u64;
         j.chunk_idx += 1;
-        shared.log_bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        shared
+            .log_bytes_sent
+            .fetch_add(len as u64, Ordering::Relaxed);
         shared.chunks_sent.fetch_add(1, Ordering::Relaxed);
         if let Some(rec) = shared.jobs.lock().unwrap().get_mut(&j.id) {
             rec.bytes[si] += len as u64;
@@ -578,7 +700,18 @@ async fn step_job(link: &Link, shared: &Shared, j: &mut Running) -> anyhow::Resu
         }
         return Ok(false);
     }
-    let result = JobResult::Passed { cycles_completed: j.cycles_sent };
-    link.send(shared, AgentMessage::JobFinished { job_id: j.id, epoch: j.epoch, result }, Bytes::new()).await?;
+    let result = JobResult::Passed {
+        cycles_completed: j.cycles_sent,
+    };
+    link.send(
+        shared,
+        AgentMessage::JobFinished {
+            job_id: j.id,
+            epoch: j.epoch,
+            result,
+        },
+        Bytes::new(),
+    )
+    .await?;
     Ok(true)
 }

@@ -40,7 +40,11 @@ pub fn group_plan(g: usize) -> String {
 
 /// Number of group plans for `agents` boards in groups of `group_size`.
 pub fn groups(agents: usize, group_size: usize) -> usize {
-    if group_size == 0 { 0 } else { agents.div_ceil(group_size) }
+    if group_size == 0 {
+        0
+    } else {
+        agents.div_ceil(group_size)
+    }
 }
 
 /// Writes `DIR/agents.keys` and `DIR/fleet.toml`.
@@ -63,7 +67,8 @@ pub fn generate(dir: &Path, spec: &FleetSpec) -> anyhow::Result<()> {
     let mut rng = rand::rng();
     for i in 0..spec.agents {
         let name = board_name(i);
-        let key = PrivateKey::random(&mut rng, russh::keys::Algorithm::Ed25519).context("generating a key")?;
+        let key = PrivateKey::random(&mut rng, russh::keys::Algorithm::Ed25519)
+            .context("generating a key")?;
         let seed = key
             .key_data()
             .ed25519()
@@ -98,7 +103,8 @@ pub fn generate(dir: &Path, spec: &FleetSpec) -> anyhow::Result<()> {
         )?;
     }
     write_private(&dir.join(KEYS_FILE), keys.as_bytes())?;
-    std::fs::write(dir.join(FLEET_FILE), toml).with_context(|| format!("writing {}", dir.join(FLEET_FILE).display()))?;
+    std::fs::write(dir.join(FLEET_FILE), toml)
+        .with_context(|| format!("writing {}", dir.join(FLEET_FILE).display()))?;
     Ok(())
 }
 
@@ -124,8 +130,12 @@ pub struct AgentIdentity {
 /// Loads the first `n` identities of `DIR/agents.keys`.
 pub fn load(dir: &Path, n: usize) -> anyhow::Result<Vec<AgentIdentity>> {
     let path: PathBuf = dir.join(KEYS_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (generate it with `armfleet-loadgen fleet`)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (generate it with `armfleet-loadgen fleet`)",
+            path.display()
+        )
+    })?;
     let mut out = Vec::with_capacity(n);
     for (lineno, line) in text.lines().enumerate() {
         if out.len() == n {
@@ -139,10 +149,17 @@ pub fn load(dir: &Path, n: usize) -> anyhow::Result<Vec<AgentIdentity>> {
             .and_then(|b| b.try_into().ok())
             .with_context(|| format!("{}:{}: bad seed", path.display(), lineno + 1))?;
         let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-        out.push(AgentIdentity { board: name.to_owned(), key: Arc::new(key) });
+        out.push(AgentIdentity {
+            board: name.to_owned(),
+            key: Arc::new(key),
+        });
     }
     if out.len() < n {
-        bail!("{} holds {} agents, {n} requested", path.display(), out.len());
+        bail!(
+            "{} holds {} agents, {n} requested",
+            path.display(),
+            out.len()
+        );
     }
     Ok(out)
 }

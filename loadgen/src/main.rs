@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "armfleet-loadgen", version, about = "Load generator: simulated agents over real SSH against an armfleet server")]
+#[command(
+    name = "armfleet-loadgen",
+    version,
+    about = "Load generator: simulated agents over real SSH against an armfleet server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -173,7 +177,10 @@ impl LoadArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(main_async(cli)) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::from(1),
@@ -188,10 +195,25 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
     let outcome = match cli.command {
         Command::Fleet { fleet, out } => {
             fleet::generate(&out, &fleet.spec())?;
-            println!("{} boards: {} and {}", fleet.agents, out.join(fleet::FLEET_FILE).display(), out.join(fleet::KEYS_FILE).display());
+            println!(
+                "{} boards: {} and {}",
+                fleet.agents,
+                out.join(fleet::FLEET_FILE).display(),
+                out.join(fleet::KEYS_FILE).display()
+            );
             return Ok(true);
         }
-        Command::Run { server_ssh, server_http, server_key, fleet_dir, agents, server_pid, pg_pid, database_url, load } => {
+        Command::Run {
+            server_ssh,
+            server_http,
+            server_key,
+            fleet_dir,
+            agents,
+            server_pid,
+            pg_pid,
+            database_url,
+            load,
+        } => {
             let mut o = load.options(agents);
             o.server_ssh = server_ssh;
             o.server_http = server_http;
@@ -203,7 +225,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
             let json = o.json;
             (run::run(o).await?, json)
         }
-        Command::ServeAndRun { fleet, server_bin, dir, keep, pg_pid, load } => {
+        Command::ServeAndRun {
+            fleet,
+            server_bin,
+            dir,
+            keep,
+            pg_pid,
+            load,
+        } => {
             let json = load.json;
             let mut run = load.options(Some(fleet.agents));
             run.pg_pid = pg_pid;

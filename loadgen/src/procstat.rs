@@ -55,7 +55,13 @@ pub fn sample_tree(pid: u32) -> Option<ProcSample> {
     let mut ticks = own;
     let mut rss = status_kib(pid, "VmRSS:");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if let Some((ppid, t)) = stat(child) {
             if ppid == pid {
                 ticks += t;
@@ -63,24 +69,40 @@ pub fn sample_tree(pid: u32) -> Option<ProcSample> {
             }
         }
     }
-    Some(ProcSample { cpu_s: ticks as f64 / ticks_per_s(), rss_bytes: rss * 1024, peak_rss_bytes: 0 })
+    Some(ProcSample {
+        cpu_s: ticks as f64 / ticks_per_s(),
+        rss_bytes: rss * 1024,
+        peak_rss_bytes: 0,
+    })
 }
 
 /// The postmaster pid of a cluster data dir.
 pub fn postmaster_pid(pgdata: &Path) -> Option<u32> {
-    std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Raises the open-file soft limit to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 return want.rlim_cur;
             }

@@ -83,7 +83,9 @@ fn ms(d: chrono::TimeDelta) -> f64 {
 }
 
 fn ts(v: &Value) -> Option<DateTime<Utc>> {
-    v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|d| d.with_timezone(&Utc))
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc))
 }
 
 struct Api {
@@ -93,12 +95,22 @@ struct Api {
 
 impl Api {
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.client.get(format!("{}{path}", self.base)).send().await.with_context(|| format!("GET {path}"))?;
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
         let status = resp.status();
         if !status.is_success() {
-            bail!("GET {path}: {status}: {}", resp.text().await.unwrap_or_default());
+            bail!(
+                "GET {path}: {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
         }
-        resp.json().await.with_context(|| format!("GET {path}: bad JSON"))
+        resp.json()
+            .await
+            .with_context(|| format!("GET {path}: bad JSON"))
     }
 
     async fn create_run(&self, commit: &str, plan: &str) -> anyhow::Result<(i64, Vec<i64>)> {
@@ -112,11 +124,19 @@ impl Api {
             .context("POST /api/v1/runs")?;
         let status = resp.status();
         if status.as_u16() != 201 {
-            bail!("POST /api/v1/runs: {status}: {}", resp.text().await.unwrap_or_default());
+            bail!(
+                "POST /api/v1/runs: {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
         }
         let v: Value = resp.json().await.context("POST /api/v1/runs: bad JSON")?;
         let run = v["run_id"].as_i64().context("no run_id in the answer")?;
-        let jobs = v["jobs"].as_array().context("no jobs in the answer")?.iter().filter_map(Value::as_i64).collect();
+        let jobs = v["jobs"]
+            .as_array()
+            .context("no jobs in the answer")?
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect();
         Ok((run, jobs))
     }
 }
@@ -133,10 +153,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         );
     }
     if (n as u64) * 2 + 256 > nofile {
-        eprintln!("loadgen: warning: open-file limit {nofile} is low for {n} agents (raise `ulimit -n`)");
+        eprintln!(
+            "loadgen: warning: open-file limit {nofile} is low for {n} agents (raise `ulimit -n`)"
+        );
     }
-    if opts.chunk_bytes == 0 || opts.chunk_bytes > (armfleet_protocol::MAX_FRAME_BYTES as usize) - 4096 {
-        bail!("--chunk-bytes must be within 1..={}", armfleet_protocol::MAX_FRAME_BYTES - 4096);
+    if opts.chunk_bytes == 0
+        || opts.chunk_bytes > (armfleet_protocol::MAX_FRAME_BYTES as usize) - 4096
+    {
+        bail!(
+            "--chunk-bytes must be within 1..={}",
+            armfleet_protocol::MAX_FRAME_BYTES - 4096
+        );
     }
     let groups = fleet::group_plans_in(&opts.fleet_dir)?;
     if opts.rate.is_some() && groups == 0 {
@@ -145,7 +172,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let identities = fleet::load(&opts.fleet_dir, n)?;
     let api = Api {
         base: opts.server_http.trim_end_matches('/').to_owned(),
-        client: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?,
     };
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared::new(
@@ -182,15 +211,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let connect_deadline = tokio::time::Instant::now() + Duration::from_secs(opts.timeout_s);
     while handshakes.len() + connect_failed.len() < n {
         match tokio::time::timeout_at(connect_deadline, ev_rx.recv()).await {
-            Ok(Some(Event::Connected { handshake })) => handshakes.push(handshake.as_secs_f64() * 1000.0),
+            Ok(Some(Event::Connected { handshake })) => {
+                handshakes.push(handshake.as_secs_f64() * 1000.0)
+            }
             Ok(Some(Event::ConnectFailed { board, error })) => {
-                shared.errors.push(format!("{board}: could not connect: {error}"));
+                shared
+                    .errors
+                    .push(format!("{board}: could not connect: {error}"));
                 connect_failed.push(board);
             }
             Ok(Some(Event::Disconnected)) | Ok(Some(Event::JobFinished { .. })) => {}
             Ok(None) => bail!("event channel closed"),
             Err(_) => {
-                shared.errors.push(format!("only {} of {n} agents connected within {} s", handshakes.len(), opts.timeout_s));
+                shared.errors.push(format!(
+                    "only {} of {n} agents connected within {} s",
+                    handshakes.len(),
+                    opts.timeout_s
+                ));
                 break;
             }
         }
@@ -216,7 +253,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                         .as_array()
                         .map(|b| {
                             b.iter()
-                                .filter(|b| b["state"] == "idle" && ts(&b["last_heartbeat"]) > ts(&b["connected_at"]))
+                                .filter(|b| {
+                                    b["state"] == "idle"
+                                        && ts(&b["last_heartbeat"]) > ts(&b["connected_at"])
+                                })
                                 .count()
                         })
                         .unwrap_or(0);
@@ -227,7 +267,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 Err(e) => eprintln!("loadgen: {e:#}"),
             }
             if idle_started.elapsed() > Duration::from_secs(opts.timeout_s) {
-                shared.errors.push(format!("the server lists only {idle_seen} of {n} boards idle"));
+                shared.errors.push(format!(
+                    "the server lists only {idle_seen} of {n} boards idle"
+                ));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(if n > 2000 { 1000 } else { 200 })).await;
@@ -274,8 +316,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let commit = |k: usize| format!("{salt:08x}{k:08x}");
     let group_size = if groups > 0 { n.div_ceil(groups) } else { n };
     let (runs_total, plan_of): (usize, Box<dyn Fn(usize) -> String + Send>) = match opts.rate {
-        None => (opts.jobs.div_ceil(n), Box::new(|_| fleet::FULL_PLAN.to_owned())),
-        Some(_) => (opts.jobs.div_ceil(group_size), Box::new(move |k| fleet::group_plan(k % groups))),
+        None => (
+            opts.jobs.div_ceil(n),
+            Box::new(|_| fleet::FULL_PLAN.to_owned()),
+        ),
+        Some(_) => (
+            opts.jobs.div_ceil(group_size),
+            Box::new(move |k| fleet::group_plan(k % groups)),
+        ),
     };
     let mut submitted = 0usize;
     let mut runs_done = 0usize;
@@ -289,7 +337,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let load_deadline = tokio::time::Instant::now() + Duration::from_secs(opts.timeout_s);
     let can_run = connected == n && idle_seen >= n;
     if !can_run {
-        shared.errors.push("not all agents are online; no runs submitted".into());
+        shared
+            .errors
+            .push("not all agents are online; no runs submitted".into());
     }
     let mut post_failures = 0usize;
     let mut stall_check = tokio::time::interval_at(
@@ -300,7 +350,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     while can_run {
         // Burst mode: keep `runs_in_flight` full runs outstanding.
         if opts.rate.is_none() {
-            while submitted < runs_total && submitted.saturating_sub(runs_done) < opts.runs_in_flight.max(1) {
+            while submitted < runs_total
+                && submitted.saturating_sub(runs_done) < opts.runs_in_flight.max(1)
+            {
                 let k = submitted;
                 submitted += 1;
                 posts_in_flight += 1;
@@ -407,11 +459,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     // ---- verify against the server ----
     let mut violations: Vec<String> = Vec::new();
     let run_ids: Vec<i64> = runs.iter().filter(|r| r.id >= 0).map(|r| r.id).collect();
-    let server_jobs: Vec<anyhow::Result<Vec<ServerJob>>> = futures::stream::iter(run_ids.iter().copied())
-        .map(|id| wait_run(&api, id))
-        .buffer_unordered(opts.verify_concurrency.max(1))
-        .collect()
-        .await;
+    let server_jobs: Vec<anyhow::Result<Vec<ServerJob>>> =
+        futures::stream::iter(run_ids.iter().copied())
+            .map(|id| wait_run(&api, id))
+            .buffer_unordered(opts.verify_concurrency.max(1))
+            .collect()
+            .await;
     let mut sjobs: HashMap<i64, ServerJob> = HashMap::new();
     for r in server_jobs {
         match r {
@@ -430,18 +483,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     for id in &planned {
         match local.get(id) {
             None => violations.push(format!("job {id} was never assigned to any agent")),
-            Some(rec) if rec.assigned != 1 => violations.push(format!("job {id} was assigned {} times", rec.assigned)),
+            Some(rec) if rec.assigned != 1 => {
+                violations.push(format!("job {id} was assigned {} times", rec.assigned))
+            }
             Some(rec) => {
                 acked_once += 1;
                 if rec.acks == 0 && rec.finished_at.is_some() {
-                    violations.push(format!("job {id}: the server never sent JobAck for its result"));
+                    violations.push(format!(
+                        "job {id}: the server never sent JobAck for its result"
+                    ));
                 }
                 if rec.finished_at.is_none() {
                     violations.push(format!("job {id} did not finish on {}", rec.board));
                 }
                 if let Some(sj) = sjobs.get(id) {
                     if *sj.board != *rec.board {
-                        violations.push(format!("job {id} belongs to {} but ran on {}", sj.board, rec.board));
+                        violations.push(format!(
+                            "job {id} belongs to {} but ran on {}",
+                            sj.board, rec.board
+                        ));
                     }
                 }
             }
@@ -454,7 +514,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     }
     for (id, rec) in &local {
         if !planned.contains(id) {
-            violations.push(format!("job {id} (not from this load run) was assigned to {}", rec.board));
+            violations.push(format!(
+                "job {id} (not from this load run) was assigned to {}",
+                rec.board
+            ));
         }
     }
     // Per-job details: every log byte stored, one assignment in the history.
@@ -490,15 +553,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         let sent = local.get(&id).map(|r| r.bytes).unwrap_or_default();
         bytes_sent_planned += sent.iter().sum::<u64>();
         if stored != sent {
-            violations.push(format!("job {id}: log bytes sent {sent:?} but stored {stored:?} (streams {STREAMS:?})"));
+            violations.push(format!(
+                "job {id}: log bytes sent {sent:?} but stored {stored:?} (streams {STREAMS:?})"
+            ));
         }
-        let assigned = d["events"].as_array().map(|e| e.iter().filter(|e| e["to_state"] == "assigned").count()).unwrap_or(0);
+        let assigned = d["events"]
+            .as_array()
+            .map(|e| e.iter().filter(|e| e["to_state"] == "assigned").count())
+            .unwrap_or(0);
         if assigned != 1 {
-            violations.push(format!("job {id}: {assigned} `assigned` events in its history"));
+            violations.push(format!(
+                "job {id}: {assigned} `assigned` events in its history"
+            ));
         }
         let want_cycles = local.get(&id).map(|r| r.cycles as u64).unwrap_or(0);
         if d["cycles"].as_array().map(|c| c.len() as u64) != Some(want_cycles) {
-            violations.push(format!("job {id}: {want_cycles} cycles sent, {} stored", d["cycles"].as_array().map_or(0, |c| c.len())));
+            violations.push(format!(
+                "job {id}: {want_cycles} cycles sent, {} stored",
+                d["cycles"].as_array().map_or(0, |c| c.len())
+            ));
         }
     }
 
@@ -515,7 +588,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let mut by_board: HashMap<&str, Vec<(DateTime<Utc>, i64)>> = HashMap::new();
     for id in &planned {
         if let Some(rec) = local.get(id) {
-            by_board.entry(&*rec.board).or_default().push((rec.assigned_at, *id));
+            by_board
+                .entry(&*rec.board)
+                .or_default()
+                .push((rec.assigned_at, *id));
         }
     }
     let mut board_ready: HashMap<i64, DateTime<Utc>> = HashMap::new();
@@ -528,7 +604,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         }
     }
     for id in &planned {
-        let (Some(rec), Some(sj)) = (local.get(id), sjobs.get(id)) else { continue };
+        let (Some(rec), Some(sj)) = (local.get(id), sjobs.get(id)) else {
+            continue;
+        };
         *per_second.entry(rec.assigned_at.timestamp()).or_default() += 1;
         last_assigned = last_assigned.max(Some(rec.assigned_at));
         last_finished = last_finished.max(sj.finished_at);
@@ -543,14 +621,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     agent_free.sort_by(f64::total_cmp);
     dispatch.sort_by(f64::total_cmp);
     since_created.sort_by(f64::total_cmp);
-    let e2e_s = last_finished.map(|l| ms(l - first_post_at) / 1000.0).unwrap_or(load_s).max(1e-9);
+    let e2e_s = last_finished
+        .map(|l| ms(l - first_post_at) / 1000.0)
+        .unwrap_or(load_s)
+        .max(1e-9);
     let dispatch_window_s = match (first_created, last_assigned) {
         (Some(f), Some(l)) => (ms(l - f) / 1000.0).max(1e-9),
         _ => f64::NAN,
     };
     let log_bytes_sent = shared.log_bytes_sent.load(Ordering::Relaxed);
     if log_bytes_sent != bytes_sent_planned {
-        violations.push(format!("{log_bytes_sent} log bytes sent in all, {bytes_sent_planned} for the planned jobs"));
+        violations.push(format!(
+            "{log_bytes_sent} log bytes sent in all, {bytes_sent_planned} for the planned jobs"
+        ));
     }
     let first_chunk_us = shared.first_chunk_us.load(Ordering::Relaxed);
     let ingest_s = match (first_chunk_us, last_finished) {
@@ -580,7 +663,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     };
 
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
 
     // Disconnects after the stop are expected; before it they were errors
     // already recorded by the agent.
@@ -637,7 +723,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         "violations": violations.len(),
         "wall_s": wall_start.elapsed().as_secs_f64(),
     });
-    let ok = errors == 0 && connected == n && acked_once == jobs_planned && passed == jobs_planned && jobs_planned >= opts.jobs;
+    let ok = errors == 0
+        && connected == n
+        && acked_once == jobs_planned
+        && passed == jobs_planned
+        && jobs_planned >= opts.jobs;
     Ok(Outcome { report, ok })
 }
 
@@ -682,7 +772,13 @@ fn cpu_cores(a: Option<ProcSample>, b: Option<ProcSample>, secs: f64) -> Option<
     Some((b?.cpu_s - a?.cpu_s) / secs.max(1e-9))
 }
 
-fn proc_report(s0: Option<ProcSample>, s1: Option<ProcSample>, s2: Option<ProcSample>, connect_s: f64, load_s: f64) -> Value {
+fn proc_report(
+    s0: Option<ProcSample>,
+    s1: Option<ProcSample>,
+    s2: Option<ProcSample>,
+    connect_s: f64,
+    load_s: f64,
+) -> Value {
     let Some(end) = s2 else { return Value::Null };
     json!({
         "rss_connected_mib": s1.map(|s| mib(s.rss_bytes)),
@@ -697,9 +793,15 @@ fn proc_report(s0: Option<ProcSample>, s1: Option<ProcSample>, s2: Option<ProcSa
 
 async fn db_stats(url: &str) -> anyhow::Result<Value> {
     use sqlx::Row;
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await.context("connecting to the database")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("connecting to the database")?;
     let mut out = serde_json::Map::new();
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&pool).await?;
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await?;
     out.insert("jobs".into(), json!(jobs));
     let mut total_bytes = 0i64;
     for table in ["jobs", "job_events", "job_cycles", "log_chunks"] {
@@ -710,15 +812,23 @@ async fn db_stats(url: &str) -> anyhow::Result<Value> {
         .await?;
         let (rows, bytes): (i64, i64) = (row.get("n"), row.get("b"));
         total_bytes += bytes;
-        out.insert(table.into(), json!({
-            "rows": rows,
-            "bytes": bytes,
-            "rows_per_job": rows as f64 / jobs.max(1) as f64,
-            "bytes_per_job": bytes as f64 / jobs.max(1) as f64,
-        }));
+        out.insert(
+            table.into(),
+            json!({
+                "rows": rows,
+                "bytes": bytes,
+                "rows_per_job": rows as f64 / jobs.max(1) as f64,
+                "bytes_per_job": bytes as f64 / jobs.max(1) as f64,
+            }),
+        );
     }
-    out.insert("bytes_per_job".into(), json!(total_bytes as f64 / jobs.max(1) as f64));
-    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())::int8").fetch_one(&pool).await?;
+    out.insert(
+        "bytes_per_job".into(),
+        json!(total_bytes as f64 / jobs.max(1) as f64),
+    );
+    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())::int8")
+        .fetch_one(&pool)
+        .await?;
     out.insert("database_bytes".into(), json!(size));
     pool.close().await;
     Ok(Value::Object(out))
@@ -726,8 +836,12 @@ async fn db_stats(url: &str) -> anyhow::Result<Value> {
 
 fn count_keys(dir: &std::path::Path) -> anyhow::Result<usize> {
     let path = dir.join(fleet::KEYS_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (generate it with `armfleet-loadgen fleet`)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (generate it with `armfleet-loadgen fleet`)",
+            path.display()
+        )
+    })?;
     Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
@@ -742,26 +856,104 @@ pub fn print_table(r: &Value) {
         ("agents connected", &r["agents_connected"]),
         ("connect time, s", &r["connect_s"]),
         ("connection set-up rate, /s", &r["connect_per_s"]),
-        ("SSH+hello handshake p50 / p99, ms", &json!(format!("{} / {}", f(&r["handshake_p50_ms"]), f(&r["handshake_p99_ms"])))),
+        (
+            "SSH+hello handshake p50 / p99, ms",
+            &json!(format!(
+                "{} / {}",
+                f(&r["handshake_p50_ms"]),
+                f(&r["handshake_p99_ms"])
+            )),
+        ),
         ("mode", &r["mode"]),
-        ("runs / jobs", &json!(format!("{} / {}", r["runs"], r["jobs"]))),
+        (
+            "runs / jobs",
+            &json!(format!("{} / {}", r["runs"], r["jobs"])),
+        ),
         ("acknowledged exactly once", &r["acked_once"]),
         ("passed", &r["passed"]),
-        ("dispatch latency p50 / p90 / p99 / max, ms", &json!(format!("{} / {} / {} / {}", f(&r["dispatch_p50_ms"]), f(&r["dispatch_p90_ms"]), f(&r["dispatch_p99_ms"]), f(&r["dispatch_max_ms"])))),
-        ("agent sent JobFinished→next AssignJob p50 / p99, ms", &json!(format!("{} / {}", f(&r["from_agent_free_p50_ms"]), f(&r["from_agent_free_p99_ms"])))),
-        ("created→assigned p50 / p99, ms", &json!(format!("{} / {}", f(&r["since_created_p50_ms"]), f(&r["since_created_p99_ms"])))),
-        ("dispatch rate (jobs / created→last assign), /s", &r["dispatch_jobs_per_s"]),
+        (
+            "dispatch latency p50 / p90 / p99 / max, ms",
+            &json!(format!(
+                "{} / {} / {} / {}",
+                f(&r["dispatch_p50_ms"]),
+                f(&r["dispatch_p90_ms"]),
+                f(&r["dispatch_p99_ms"]),
+                f(&r["dispatch_max_ms"])
+            )),
+        ),
+        (
+            "agent sent JobFinished→next AssignJob p50 / p99, ms",
+            &json!(format!(
+                "{} / {}",
+                f(&r["from_agent_free_p50_ms"]),
+                f(&r["from_agent_free_p99_ms"])
+            )),
+        ),
+        (
+            "created→assigned p50 / p99, ms",
+            &json!(format!(
+                "{} / {}",
+                f(&r["since_created_p50_ms"]),
+                f(&r["since_created_p99_ms"])
+            )),
+        ),
+        (
+            "dispatch rate (jobs / created→last assign), /s",
+            &r["dispatch_jobs_per_s"],
+        ),
         ("dispatch peak in 1 s", &r["dispatch_peak_jobs_per_s_1s"]),
         ("end-to-end jobs/s", &r["jobs_per_s"]),
-        ("log bytes sent / stored", &json!(format!("{} / {}", r["log_bytes_sent"], r["log_bytes_stored"]))),
+        (
+            "log bytes sent / stored",
+            &json!(format!(
+                "{} / {}",
+                r["log_bytes_sent"], r["log_bytes_stored"]
+            )),
+        ),
         ("log ingest, MB/s", &r["ingest_mb_per_s"]),
-        ("server RSS connected / peak, MiB", &json!(format!("{} / {}", f(&r["server"]["rss_connected_mib"]), f(&r["server"]["rss_peak_mib"])))),
-        ("server CPU cores (connect / load)", &json!(format!("{} / {}", f(&r["server"]["cpu_cores_connect"]), f(&r["server"]["cpu_cores_load"])))),
-        ("PostgreSQL CPU cores (connect / load)", &json!(format!("{} / {}", f(&r["postgres"]["cpu_cores_connect"]), f(&r["postgres"]["cpu_cores_load"])))),
-        ("loadgen CPU cores (connect / load)", &json!(format!("{} / {}", f(&r["loadgen"]["cpu_cores_connect"]), f(&r["loadgen"]["cpu_cores_load"])))),
+        (
+            "server RSS connected / peak, MiB",
+            &json!(format!(
+                "{} / {}",
+                f(&r["server"]["rss_connected_mib"]),
+                f(&r["server"]["rss_peak_mib"])
+            )),
+        ),
+        (
+            "server CPU cores (connect / load)",
+            &json!(format!(
+                "{} / {}",
+                f(&r["server"]["cpu_cores_connect"]),
+                f(&r["server"]["cpu_cores_load"])
+            )),
+        ),
+        (
+            "PostgreSQL CPU cores (connect / load)",
+            &json!(format!(
+                "{} / {}",
+                f(&r["postgres"]["cpu_cores_connect"]),
+                f(&r["postgres"]["cpu_cores_load"])
+            )),
+        ),
+        (
+            "loadgen CPU cores (connect / load)",
+            &json!(format!(
+                "{} / {}",
+                f(&r["loadgen"]["cpu_cores_connect"]),
+                f(&r["loadgen"]["cpu_cores_load"])
+            )),
+        ),
         ("loadgen RSS peak, MiB", &r["loadgen"]["rss_peak_mib"]),
         ("DB bytes per job", &r["db"]["bytes_per_job"]),
-        ("DB rows per job (events / cycles / chunks)", &json!(format!("{} / {} / {}", f(&r["db"]["job_events"]["rows_per_job"]), f(&r["db"]["job_cycles"]["rows_per_job"]), f(&r["db"]["log_chunks"]["rows_per_job"])))),
+        (
+            "DB rows per job (events / cycles / chunks)",
+            &json!(format!(
+                "{} / {} / {}",
+                f(&r["db"]["job_events"]["rows_per_job"]),
+                f(&r["db"]["job_cycles"]["rows_per_job"]),
+                f(&r["db"]["log_chunks"]["rows_per_job"])
+            )),
+        ),
         ("errors", &r["errors"]),
     ];
     println!("{:-<72}", "");
@@ -783,7 +975,16 @@ pub fn summary_line(r: &Value) -> String {
     };
     format!(
         "loadgen: agents={} jobs={} acked_once={} passed={} log_bytes_sent={} log_bytes_stored={} dispatch_p50_ms={} dispatch_p99_ms={} jobs_per_s={} ingest_mb_per_s={} errors={}",
-        f("agents_connected"), f("jobs"), f("acked_once"), f("passed"), f("log_bytes_sent"), f("log_bytes_stored"),
-        f("dispatch_p50_ms"), f("dispatch_p99_ms"), f("jobs_per_s"), f("ingest_mb_per_s"), f("errors")
+        f("agents_connected"),
+        f("jobs"),
+        f("acked_once"),
+        f("passed"),
+        f("log_bytes_sent"),
+        f("log_bytes_stored"),
+        f("dispatch_p50_ms"),
+        f("dispatch_p99_ms"),
+        f("jobs_per_s"),
+        f("ingest_mb_per_s"),
+        f("errors")
     )
 }

@@ -37,11 +37,16 @@ pub fn default_server_bin() -> PathBuf {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn replace_db(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map(|(b, q)| (b, Some(q))).unwrap_or((url, None));
+    let (base, query) = url
+        .split_once('?')
+        .map(|(b, q)| (b, Some(q)))
+        .unwrap_or((url, None));
     let base = match base.rfind('/') {
         Some(i) if i > "postgres://".len() => &base[..i],
         _ => base,
@@ -57,22 +62,35 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
     let server_bin = opts.server_bin.clone().unwrap_or_else(default_server_bin);
     let dir = match &opts.dir {
         Some(d) => d.clone(),
-        None => PathBuf::from(format!("/tmp/lg-{}-{:04x}", std::process::id(), rand::random::<u16>())),
+        None => PathBuf::from(format!(
+            "/tmp/lg-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        )),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The private PostgreSQL runs as `postgres` when we are root.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let t = Instant::now();
     fleet::generate(&dir, &opts.fleet)?;
-    eprintln!("loadgen: generated {} boards in {} ({:.1} s)", opts.fleet.agents, dir.display(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "loadgen: generated {} boards in {} ({:.1} s)",
+        opts.fleet.agents,
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
 
     // A fresh database when DATABASE_URL points at a shared server.
     let admin = std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty());
     let mut fresh_db: Option<(String, String)> = None;
     if let Some(admin) = &admin {
         let name = format!("loadgen_{}_{}", std::process::id(), rand::random::<u32>());
-        let pool = sqlx::PgPool::connect(admin).await.context("connecting to DATABASE_URL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
+        let pool = sqlx::PgPool::connect(admin)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await?;
         pool.close().await;
         fresh_db = Some((name.clone(), replace_db(admin, &name)));
     }
@@ -83,10 +101,14 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
     let log = std::fs::File::create(&log_path)?;
     let mut cmd = tokio::process::Command::new(&server_bin);
     cmd.arg("serve")
-        .arg("--config").arg(dir.join(fleet::FLEET_FILE))
-        .arg("--data-dir").arg(&data)
-        .arg("--http").arg(format!("127.0.0.1:{http}"))
-        .arg("--ssh").arg(format!("127.0.0.1:{ssh}"))
+        .arg("--config")
+        .arg(dir.join(fleet::FLEET_FILE))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--http")
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--ssh")
+        .arg(format!("127.0.0.1:{ssh}"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -96,29 +118,49 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
         None => cmd.env_remove("DATABASE_URL"),
     };
     let mut child = cmd.spawn().with_context(|| {
-        format!("starting {} (build it with `cargo build -p armfleet-server`, or pass --server-bin)", server_bin.display())
+        format!(
+            "starting {} (build it with `cargo build -p armfleet-server`, or pass --server-bin)",
+            server_bin.display()
+        )
     })?;
     let pid = child.id().context("server pid")?;
-    eprintln!("loadgen: server {} pid {pid}, http 127.0.0.1:{http}, ssh 127.0.0.1:{ssh}, log {}", server_bin.display(), log_path.display());
+    eprintln!(
+        "loadgen: server {} pid {pid}, http 127.0.0.1:{http}, ssh 127.0.0.1:{ssh}, log {}",
+        server_bin.display(),
+        log_path.display()
+    );
 
     let result = async {
         let client = reqwest::Client::new();
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
-                bail!("the server exited with {status} before becoming healthy; its log:\n{}", tail(&log_path));
+                bail!(
+                    "the server exited with {status} before becoming healthy; its log:\n{}",
+                    tail(&log_path)
+                );
             }
-            if let Ok(r) = client.get(format!("http://127.0.0.1:{http}/healthz")).send().await {
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{http}/healthz"))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     break;
                 }
             }
             if started.elapsed() > Duration::from_secs(180) {
-                bail!("the server did not become healthy within 180 s; its log:\n{}", tail(&log_path));
+                bail!(
+                    "the server did not become healthy within 180 s; its log:\n{}",
+                    tail(&log_path)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        eprintln!("loadgen: server healthy after {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "loadgen: server healthy after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         let fingerprint = std::fs::read_to_string(&log_path)
             .unwrap_or_default()
             .lines()
@@ -130,7 +172,10 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
                 procstat::postmaster_pid(&pgdata),
                 Some(format!(
                     "postgres://postgres@localhost/postgres?host={}&port=5432",
-                    data.join("postgres/pgsock").canonicalize().unwrap_or(data.join("postgres/pgsock")).display()
+                    data.join("postgres/pgsock")
+                        .canonicalize()
+                        .unwrap_or(data.join("postgres/pgsock"))
+                        .display()
                 )),
             ),
         };
@@ -154,7 +199,10 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
     let stop_s = stop_started.elapsed().as_secs_f64();
     let clean = matches!(&status, Ok(Ok(s)) if s.success());
     if !clean {
-        eprintln!("loadgen: the server did not stop cleanly on SIGTERM ({status:?}); see {}", log_path.display());
+        eprintln!(
+            "loadgen: the server did not stop cleanly on SIGTERM ({status:?}); see {}",
+            log_path.display()
+        );
         let _ = child.kill().await;
     }
     let mut outcome = result?;
@@ -167,13 +215,21 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
     if let (Some(admin), Some((name, _))) = (&admin, &fresh_db) {
         if !opts.keep {
             if let Ok(pool) = sqlx::PgPool::connect(admin).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&pool).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name}"
+                )))
+                .execute(&pool)
+                .await;
                 pool.close().await;
             }
         }
     }
     if opts.keep || !outcome.ok {
-        eprintln!("loadgen: kept {} (server log: {})", dir.display(), log_path.display());
+        eprintln!(
+            "loadgen: kept {} (server log: {})",
+            dir.display(),
+            log_path.display()
+        );
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -49,7 +49,11 @@ fn stats(name: &str, v: &[f64]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let mut params = MigrateCancelParams { cycles: 30, memory_mib: 256, ..Default::default() };
+    let mut params = MigrateCancelParams {
+        cycles: 30,
+        memory_mib: 256,
+        ..Default::default()
+    };
     let mut dump: Option<std::path::PathBuf> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -75,7 +79,10 @@ async fn main() {
         }
         i += 2;
     }
-    let env = StressEnv::new(StressEnv::default_guest_dir(), std::env::temp_dir().join("afms-bench"));
+    let env = StressEnv::new(
+        StressEnv::default_guest_dir(),
+        std::env::temp_dir().join("afms-bench"),
+    );
     let (tx, mut rx) = mpsc::channel(256);
     let collector = tokio::spawn(async move {
         let mut logs: BTreeMap<LogStream, Vec<u8>> = BTreeMap::new();
@@ -91,10 +98,18 @@ async fn main() {
                         r.delay_ms,
                         r.final_state,
                         r.bytes_transferred >> 20,
-                        r.cancel_to_cancelled_ms.map(|v| format!("{v:.1}")).unwrap_or("-".into()),
-                        r.guest_progress_ms.map(|v| format!("{v:.0}")).unwrap_or("-".into()),
+                        r.cancel_to_cancelled_ms
+                            .map(|v| format!("{v:.1}"))
+                            .unwrap_or("-".into()),
+                        r.guest_progress_ms
+                            .map(|v| format!("{v:.0}"))
+                            .unwrap_or("-".into()),
                         r.wall_ms,
-                        if r.resumed_paused_source { "  RESUMED" } else { "" }
+                        if r.resumed_paused_source {
+                            "  RESUMED"
+                        } else {
+                            ""
+                        }
                     );
                     recs.push(r);
                 }
@@ -106,25 +121,36 @@ async fn main() {
     let result = run_migrate_cancel(&env, &params, tx, CancellationToken::new()).await;
     let total = t0.elapsed();
     let (logs, recs) = collector.await.unwrap();
-    let agent = String::from_utf8_lossy(logs.get(&LogStream::Agent).map(|v| &v[..]).unwrap_or(b"")).to_string();
+    let agent = String::from_utf8_lossy(logs.get(&LogStream::Agent).map(|v| &v[..]).unwrap_or(b""))
+        .to_string();
 
     // "vmN: guest ready ... after X ms" and "vmN: pid P, QMP ready after Y ms"
     let mut boot_ms = None;
     let mut dest_start = vec![];
     for l in agent.lines() {
         if let Some(p) = l.find("guest ready, workload filled, after ") {
-            boot_ms = l[p + 36..].split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
+            boot_ms = l[p + 36..]
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok());
         }
         if let Some(p) = l.find("QMP ready after ")
             && !l.contains(" vm1:")
-            && let Some(v) = l[p + 16..].split_whitespace().next().and_then(|v| v.parse::<f64>().ok())
+            && let Some(v) = l[p + 16..]
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
         {
             dest_start.push(v);
         }
     }
 
     println!("\nresult: {result:?}");
-    let accel = agent.lines().find(|l| l.contains("profile:")).unwrap_or("").to_string();
+    let accel = agent
+        .lines()
+        .find(|l| l.contains("profile:"))
+        .unwrap_or("")
+        .to_string();
     println!("{}", accel.trim());
     let cycles_time: f64 = recs.iter().map(|r| r.wall_ms).sum();
     println!(
@@ -135,20 +161,32 @@ async fn main() {
         cycles_time / 1000.0
     );
     if !recs.is_empty() {
-        println!("cycles per minute (cycle loop only): {:.1}", recs.len() as f64 * 60_000.0 / cycles_time);
-        println!("cycles per minute (whole job):       {:.1}", recs.len() as f64 * 60.0 / total.as_secs_f64());
+        println!(
+            "cycles per minute (cycle loop only): {:.1}",
+            recs.len() as f64 * 60_000.0 / cycles_time
+        );
+        println!(
+            "cycles per minute (whole job):       {:.1}",
+            recs.len() as f64 * 60.0 / total.as_secs_f64()
+        );
     }
     let cancel: Vec<_> = recs.iter().filter(|r| r.action == "cancel").collect();
     let wall: Vec<f64> = cancel.iter().map(|r| r.wall_ms).collect();
     let delay: Vec<f64> = cancel.iter().map(|r| r.delay_ms as f64).collect();
-    let c2c: Vec<f64> = cancel.iter().filter_map(|r| r.cancel_to_cancelled_ms).collect();
+    let c2c: Vec<f64> = cancel
+        .iter()
+        .filter_map(|r| r.cancel_to_cancelled_ms)
+        .collect();
     let overhead: Vec<f64> = cancel
         .iter()
         .map(|r| r.wall_ms - r.delay_ms as f64 - r.cancel_to_cancelled_ms.unwrap_or(0.0))
         .collect();
     let progress: Vec<f64> = cancel.iter().filter_map(|r| r.guest_progress_ms).collect();
-    let rest: Vec<f64> =
-        overhead.iter().zip(cancel.iter()).map(|(o, r)| o - r.guest_progress_ms.unwrap_or(0.0)).collect();
+    let rest: Vec<f64> = overhead
+        .iter()
+        .zip(cancel.iter())
+        .map(|(o, r)| o - r.guest_progress_ms.unwrap_or(0.0))
+        .collect();
     println!("per cancel cycle:");
     stats("wall", &wall);
     stats("hold delay", &delay);
@@ -157,10 +195,15 @@ async fn main() {
     stats("  of which heartbeat wait", &progress);
     stats("  of which the rest", &rest);
     stats("dest QEMU spawn->QMP ready", &dest_start);
-    println!("  (destinations are pre-started during the previous hold unless --hugepages; then their start is in 'the rest')");
+    println!(
+        "  (destinations are pre-started during the previous hold unless --hugepages; then their start is in 'the rest')"
+    );
     let total_overhead: f64 = overhead.iter().sum();
     if !wall.is_empty() {
-        println!("overhead share of cycle time: {:.1} %", 100.0 * total_overhead / wall.iter().sum::<f64>());
+        println!(
+            "overhead share of cycle time: {:.1} %",
+            100.0 * total_overhead / wall.iter().sum::<f64>()
+        );
     }
 
     if let Some(dir) = dump {
@@ -168,7 +211,11 @@ async fn main() {
         for (s, data) in &logs {
             std::fs::write(dir.join(format!("{}.log", s.as_str())), data).unwrap();
         }
-        std::fs::write(dir.join("cycles.json"), serde_json::to_string_pretty(&recs).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("cycles.json"),
+            serde_json::to_string_pretty(&recs).unwrap(),
+        )
+        .unwrap();
         println!("logs written to {}", dir.display());
     }
 }

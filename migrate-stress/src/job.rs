@@ -146,7 +146,10 @@ struct Progress {
 
 enum Stop {
     Infra(String),
-    Failed { reason: String, evidence: Vec<String> },
+    Failed {
+        reason: String,
+        evidence: Vec<String>,
+    },
 }
 
 /// Everything decided before the first QEMU starts.
@@ -219,20 +222,36 @@ enum Outcome {
     Fatal(Finding),
 }
 
-async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, cancel: CancellationToken) -> JobResult {
+async fn run_job(
+    env: &StressEnv,
+    params: &MigrateCancelParams,
+    logs: &Logs,
+    cancel: CancellationToken,
+) -> JobResult {
     let plan = match prepare(env, params, logs) {
         Ok(p) => p,
         Err(reason) => {
             logs.agent(format!("infra error: {reason}"));
-            return JobResult::InfraError { cycles_completed: 0, reason };
+            return JobResult::InfraError {
+                cycles_completed: 0,
+                reason,
+            };
         }
     };
     if cancel.is_cancelled() {
-        return JobResult::Cancelled { cycles_completed: 0, reason: "cancelled before start".into() };
+        return JobResult::Cancelled {
+            cycles_completed: 0,
+            reason: "cancelled before start".into(),
+        };
     }
     let dir = match make_job_dir(&env.work_dir) {
         Ok(d) => d,
-        Err(reason) => return JobResult::InfraError { cycles_completed: 0, reason },
+        Err(reason) => {
+            return JobResult::InfraError {
+                cycles_completed: 0,
+                reason,
+            };
+        }
     };
     logs.agent(format!("scratch dir {}", dir.display()));
 
@@ -247,8 +266,13 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
         shutting_down: AtomicBool::new(false),
     });
     let kmsg_stop = CancellationToken::new();
-    let mut guard =
-        Guard { registry: registry.clone(), shared: shared.clone(), dir: dir.clone(), kmsg_stop: kmsg_stop.clone(), armed: true };
+    let mut guard = Guard {
+        registry: registry.clone(),
+        shared: shared.clone(),
+        dir: dir.clone(),
+        kmsg_stop: kmsg_stop.clone(),
+        armed: true,
+    };
     let kmsg_task = start_kmsg(&shared, kmsg_stop.clone());
     let progress = Arc::new(Progress::default());
 
@@ -273,7 +297,9 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
             downtime_limit_ms: params.downtime_limit_ms,
         },
     };
-    let timeout = env.job_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let timeout = env
+        .job_timeout
+        .unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let outcome = tokio::select! {
         r = driver.run() => Outcome::Driver(r),
         _ = cancel.cancelled() => Outcome::Cancelled,
@@ -289,7 +315,9 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
         Outcome::Driver(Err(Stop::Infra(reason))) => {
             match tokio::time::timeout(Duration::from_millis(700), fatal_rx.recv()).await {
                 Ok(Some(f)) => {
-                    logs.agent(format!("driver stopped ({reason}); a fatal finding explains it"));
+                    logs.agent(format!(
+                        "driver stopped ({reason}); a fatal finding explains it"
+                    ));
                     Outcome::Fatal(f)
                 }
                 _ => Outcome::Driver(Err(Stop::Infra(reason))),
@@ -316,12 +344,18 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
     shared.shutting_down.store(true, Ordering::SeqCst);
     registry.kill_all();
     if !registry.wait_empty(Duration::from_secs(10)).await {
-        logs.agent(format!("WARNING: QEMU processes not reaped after SIGKILL: {:?}", registry.live()));
+        logs.agent(format!(
+            "WARNING: QEMU processes not reaped after SIGKILL: {:?}",
+            registry.live()
+        ));
     }
     let tasks: Vec<_> = std::mem::take(&mut *shared.tasks.lock().unwrap());
     for t in tasks {
         let abort = t.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), t).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), t)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -351,10 +385,15 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
         r
     });
     match outcome {
-        Outcome::Driver(Ok(n)) => JobResult::Passed { cycles_completed: n },
+        Outcome::Driver(Ok(n)) => JobResult::Passed {
+            cycles_completed: n,
+        },
         Outcome::Driver(Err(Stop::Infra(reason))) => {
             logs.agent(format!("infra error: {reason}"));
-            JobResult::InfraError { cycles_completed: completed, reason }
+            JobResult::InfraError {
+                cycles_completed: completed,
+                reason,
+            }
         }
         Outcome::Driver(Err(Stop::Failed { reason, evidence })) => {
             if let Some(mut rec) = partial {
@@ -369,10 +408,13 @@ async fn run_job(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs, can
                 evidence,
             }
         }
-        Outcome::Cancelled => {
-            JobResult::Cancelled { cycles_completed: completed, reason: "cancelled by the agent".into() }
-        }
-        Outcome::TimedOut => JobResult::TimedOut { cycles_completed: completed },
+        Outcome::Cancelled => JobResult::Cancelled {
+            cycles_completed: completed,
+            reason: "cancelled by the agent".into(),
+        },
+        Outcome::TimedOut => JobResult::TimedOut {
+            cycles_completed: completed,
+        },
         Outcome::Fatal(_) => {
             let (reason, evidence) = judge(&findings, logs);
             if let Some(mut rec) = partial {
@@ -395,7 +437,11 @@ fn judge(findings: &[Finding], logs: &Logs) -> (String, Vec<String>) {
     let primary = findings
         .iter()
         .find(|f| f.kind == FindingKind::Line)
-        .or_else(|| findings.iter().find(|f| f.kind == FindingKind::GuestPanicked))
+        .or_else(|| {
+            findings
+                .iter()
+                .find(|f| f.kind == FindingKind::GuestPanicked)
+        })
         .or_else(|| findings.first())
         .expect("at least one finding");
     let reason = format!("{} — {}", primary.reason, primary.line.trim());
@@ -406,7 +452,11 @@ fn judge(findings: &[Finding], logs: &Logs) -> (String, Vec<String>) {
             // and what followed it (the rest of an oops/panic).
             let before: Vec<String> = logs
                 .rings
-                .range(primary.stream, idx.saturating_sub(60), idx.saturating_sub(1))
+                .range(
+                    primary.stream,
+                    idx.saturating_sub(60),
+                    idx.saturating_sub(1),
+                )
                 .into_iter()
                 .filter(|l| !l.contains("ARMFLEET-HB "))
                 .collect();
@@ -416,7 +466,12 @@ fn judge(findings: &[Finding], logs: &Logs) -> (String, Vec<String>) {
         _ => {
             ev.push(primary.line.clone());
             ev.extend(logs.rings.tail(LogStream::GuestConsole, 40));
-            ev.extend(logs.rings.tail(LogStream::QemuStderr, 10).into_iter().map(|l| format!("[qemu_stderr] {l}")));
+            ev.extend(
+                logs.rings
+                    .tail(LogStream::QemuStderr, 10)
+                    .into_iter()
+                    .map(|l| format!("[qemu_stderr] {l}")),
+            );
         }
     }
     for f in findings {
@@ -432,8 +487,12 @@ fn judge(findings: &[Finding], logs: &Logs) -> (String, Vec<String>) {
 }
 
 fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result<Plan, String> {
-    let arch = GuestArch::parse(&params.guest_arch)
-        .ok_or_else(|| format!("invalid parameters: guest_arch '{}' (arm64 | x86_64)", params.guest_arch))?;
+    let arch = GuestArch::parse(&params.guest_arch).ok_or_else(|| {
+        format!(
+            "invalid parameters: guest_arch '{}' (arm64 | x86_64)",
+            params.guest_arch
+        )
+    })?;
     if params.cancel_delay_ms_min > params.cancel_delay_ms_max {
         return Err(format!(
             "invalid parameters: cancel_delay_ms_min {} > cancel_delay_ms_max {}",
@@ -441,22 +500,36 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
         ));
     }
     if params.memory_mib < 64 {
-        return Err(format!("invalid parameters: memory_mib {} < 64", params.memory_mib));
+        return Err(format!(
+            "invalid parameters: memory_mib {} < 64",
+            params.memory_mib
+        ));
     }
 
     // QEMU binary.
     let qemu_name = format!("qemu-system-{}", arch.qemu());
-    let binary = match env.qemu_binary.clone().or_else(|| probe::find_qemu(arch.qemu())) {
+    let binary = match env
+        .qemu_binary
+        .clone()
+        .or_else(|| probe::find_qemu(arch.qemu()))
+    {
         Some(b) => b,
         None => {
             return Err(format!(
                 "{qemu_name} not installed (not in PATH; install qemu-system-{})",
-                if arch == GuestArch::Arm64 { "arm" } else { "x86" }
+                if arch == GuestArch::Arm64 {
+                    "arm"
+                } else {
+                    "x86"
+                }
             ));
         }
     };
     if !probe::is_executable(&binary) {
-        return Err(format!("QEMU binary {} ({qemu_name}) does not exist or is not executable", binary.display()));
+        return Err(format!(
+            "QEMU binary {} ({qemu_name}) does not exist or is not executable",
+            binary.display()
+        ));
     }
     let version = probe::qemu_version(&binary).unwrap_or_else(|| "unknown version".into());
     logs.agent(format!("qemu: {} ({version})", binary.display()));
@@ -468,13 +541,22 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
     let accel = match params.accel.as_str() {
         "kvm" => {
             if !same_arch {
-                return Err(format!("accel=kvm: a {} guest needs a {} host; this host is {host}", arch.dir(), arch.qemu()));
+                return Err(format!(
+                    "accel=kvm: a {} guest needs a {} host; this host is {host}",
+                    arch.dir(),
+                    arch.qemu()
+                ));
             }
             if !kvm.present {
-                return Err("accel=kvm but /dev/kvm does not exist (KVM not enabled on this host)".into());
+                return Err(
+                    "accel=kvm but /dev/kvm does not exist (KVM not enabled on this host)".into(),
+                );
             }
             if !kvm.accessible {
-                return Err("accel=kvm but /dev/kvm is not accessible read-write (permissions / kvm group)".into());
+                return Err(
+                    "accel=kvm but /dev/kvm is not accessible read-write (permissions / kvm group)"
+                        .into(),
+                );
             }
             if !kvm.hardware {
                 return Err(format!(
@@ -501,7 +583,11 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
                 Accel::Tcg
             }
         }
-        other => return Err(format!("invalid parameters: accel '{other}' (kvm | tcg | auto)")),
+        other => {
+            return Err(format!(
+                "invalid parameters: accel '{other}' (kvm | tcg | auto)"
+            ));
+        }
     };
     if accel == Accel::Tcg && params.eager_split_size.is_some() {
         logs.agent("eager_split_size ignored: it is a KVM option and this run uses TCG");
@@ -529,7 +615,11 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
         }
     }
     if let Ok(stamp) = std::fs::read_to_string(env.guest_dir.join(arch.dir()).join("stamp")) {
-        logs.agent(format!("guest: {} ({})", kernel.display(), stamp.trim().replace('\n', ", ")));
+        logs.agent(format!(
+            "guest: {} ({})",
+            kernel.display(),
+            stamp.trim().replace('\n', ", ")
+        ));
     }
 
     // Hugepages: source and destination hold their RAM at the same time.
@@ -565,7 +655,11 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
         memory_mib: params.memory_mib,
         vcpus: params.vcpus.max(1),
         hugepages: params.hugepages,
-        eager_split_size: if accel == Accel::Kvm { params.eager_split_size.clone() } else { None },
+        eager_split_size: if accel == Accel::Kvm {
+            params.eager_split_size.clone()
+        } else {
+            None
+        },
         kernel,
         initrd,
         dirty_percent: params.dirty_percent.min(95),
@@ -589,14 +683,22 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
 
 fn make_job_dir(work_dir: &Path) -> Result<PathBuf, String> {
     static N: AtomicU32 = AtomicU32::new(0);
-    std::fs::create_dir_all(work_dir).map_err(|e| format!("cannot create work dir {}: {e}", work_dir.display()))?;
-    let dir = work_dir.join(format!("ms{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(work_dir)
+        .map_err(|e| format!("cannot create work dir {}: {e}", work_dir.display()))?;
+    let dir = work_dir.join(format!(
+        "ms{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // UNIX socket paths are limited to 107 bytes.
     if dir.join("q999.sock").as_os_str().len() > 100 {
         let _ = std::fs::remove_dir(&dir);
-        return Err(format!("work dir path too long for UNIX sockets: {}", dir.display()));
+        return Err(format!(
+            "work dir path too long for UNIX sockets: {}",
+            dir.display()
+        ));
     }
     Ok(dir)
 }
@@ -610,7 +712,10 @@ fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandl
             return None;
         }
     };
-    logs.agent(format!("host dmesg window opened at kernel sequence {}", reader.base_seq));
+    logs.agent(format!(
+        "host dmesg window opened at kernel sequence {}",
+        reader.base_seq
+    ));
     // The window is stored even when the host stays quiet, so a reader can
     // tell "nothing happened" from "not captured".
     logs.write(
@@ -632,9 +737,14 @@ fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandl
                         match it {
                             KmsgItem::Record(r) => {
                                 let line = r.format(base);
-                                shared.logs.write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
-                                let idx = shared.logs.rings.push(LogStream::HostDmesg, line.clone());
-                                if let Some(reason) = (shared.detector)(LogStream::HostDmesg, &r.text) {
+                                shared
+                                    .logs
+                                    .write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
+                                let idx =
+                                    shared.logs.rings.push(LogStream::HostDmesg, line.clone());
+                                if let Some(reason) =
+                                    (shared.detector)(LogStream::HostDmesg, &r.text)
+                                {
                                     let _ = shared.fatal_tx.send(Finding {
                                         stream: LogStream::HostDmesg,
                                         reason,
@@ -651,14 +761,18 @@ fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandl
                                     from - base,
                                     to - base
                                 );
-                                shared.logs.write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
+                                shared
+                                    .logs
+                                    .write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
                                 shared.logs.agent(format!("host dmesg: {line}"));
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    shared.logs.agent(format!("host dmesg window: read error {e}; window closed"));
+                    shared
+                        .logs
+                        .agent(format!("host dmesg window: read error {e}; window closed"));
                     return;
                 }
             }
@@ -711,7 +825,11 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
     fn range_inclusive(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo { lo } else { lo + self.next() % (hi - lo + 1) }
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.next() % (hi - lo + 1)
+        }
     }
 }
 
@@ -720,7 +838,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn status_of(v: &Value) -> String {
-    v.get("status").and_then(Value::as_str).unwrap_or("none").to_string()
+    v.get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("none")
+        .to_string()
 }
 
 /// Starts QEMUs; cheap to clone into a task (destinations are pre-started
@@ -781,7 +902,10 @@ impl Launcher {
                     }
                     if Instant::now() >= deadline {
                         proc.kill();
-                        return Err(format!("{name}: console socket {} not connectable: {e}", con_sock.display()));
+                        return Err(format!(
+                            "{name}: console socket {} not connectable: {e}",
+                            con_sock.display()
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -790,13 +914,21 @@ impl Launcher {
         let (rd, wr) = stream.into_split();
         let console_w = Arc::new(tokio::sync::Mutex::new(wr));
         let (st_tx, st_rx) = watch::channel(ConsoleStatus::default());
-        let h = tokio::spawn(console_reader(rd, console_w.clone(), self.shared.clone(), st_tx));
+        let h = tokio::spawn(console_reader(
+            rd,
+            console_w.clone(),
+            self.shared.clone(),
+            st_tx,
+        ));
         self.shared.track(h);
 
         let logs = self.shared.logs.clone();
         let n2 = name.clone();
         let transcript: Transcript = Arc::new(move |dir: Dir, line: &str| {
-            logs.write(LogStream::Qmp, format!("+{:.3} {n2} {} {line}\n", logs.rel(), dir.arrow()).into_bytes());
+            logs.write(
+                LogStream::Qmp,
+                format!("+{:.3} {n2} {} {line}\n", logs.rel(), dir.arrow()).into_bytes(),
+            );
         });
         let mut exit_w = proc.exit_watch();
         let (qmp, ev_rx) = tokio::select! {
@@ -818,7 +950,12 @@ impl Launcher {
             }
         };
         let events = Arc::new(Mutex::new(vec![]));
-        let h = tokio::spawn(event_forwarder(ev_rx, name.clone(), self.shared.clone(), events.clone()));
+        let h = tokio::spawn(event_forwarder(
+            ev_rx,
+            name.clone(),
+            self.shared.clone(),
+            events.clone(),
+        ));
         self.shared.track(h);
 
         let vm = Vm {
@@ -844,7 +981,11 @@ impl Launcher {
             vm.proc.kill();
             return Err(format!("{name}: configuring migration: {e}"));
         }
-        self.shared.logs.agent(format!("{name}: pid {}, QMP ready after {:.0} ms", vm.proc.pid, ms(t0.elapsed())));
+        self.shared.logs.agent(format!(
+            "{name}: pid {}, QMP ready after {:.0} ms",
+            vm.proc.pid,
+            ms(t0.elapsed())
+        ));
         Ok(vm)
     }
 
@@ -855,7 +996,8 @@ impl Launcher {
         if self.bandwidth_mib_s > 0 {
             p["max-bandwidth"] = json!(self.bandwidth_mib_s * MIB);
         }
-        qmp.execute("migrate-set-parameters", Some(p), self.qmp_timeout).await
+        qmp.execute("migrate-set-parameters", Some(p), self.qmp_timeout)
+            .await
     }
 
     async fn start_dest(&self, index: u32) -> Result<Vm, Stop> {
@@ -867,7 +1009,15 @@ impl Launcher {
         for _ in 0..3 {
             let port = free_port().map_err(|e| Stop::Infra(format!("no free TCP port: {e}")))?;
             let uri = format!("tcp:127.0.0.1:{port}");
-            match vm.qmp.execute("migrate-incoming", Some(json!({ "uri": uri })), self.qmp_timeout).await {
+            match vm
+                .qmp
+                .execute(
+                    "migrate-incoming",
+                    Some(json!({ "uri": uri })),
+                    self.qmp_timeout,
+                )
+                .await
+            {
                 Ok(_) => {
                     vm.uri = Some(uri);
                     return Ok(vm);
@@ -881,9 +1031,11 @@ impl Launcher {
         }
         vm.proc.set_role(ROLE_RETIRED);
         vm.proc.kill();
-        Err(Stop::Infra(format!("destination failed to start: {}: migrate-incoming: {last_err}", vm.name)))
+        Err(Stop::Infra(format!(
+            "destination failed to start: {}: migrate-incoming: {last_err}",
+            vm.name
+        )))
     }
-
 }
 
 struct Driver<'a> {
@@ -912,7 +1064,10 @@ impl Driver<'_> {
 
     async fn run(mut self) -> Result<u32, Stop> {
         let boot_t0 = Instant::now();
-        let mut src = self.start_vm(false).await.map_err(|e| Stop::Infra(format!("source QEMU failed to start: {e}")))?;
+        let mut src = self
+            .start_vm(false)
+            .await
+            .map_err(|e| Stop::Infra(format!("source QEMU failed to start: {e}")))?;
         self.wait_boot(&src).await?;
         self.logs().agent(format!(
             "{}: guest ready, workload filled, after {:.0} ms",
@@ -923,8 +1078,11 @@ impl Driver<'_> {
             self.progress.current.store(n, Ordering::SeqCst);
             *self.progress.current_started.lock().unwrap() = Some(Instant::now());
             let pingpong = self.params.complete_every > 0 && n % self.params.complete_every == 0;
-            let mut rec =
-                if pingpong { self.pingpong_cycle(n, &mut src).await? } else { self.cancel_cycle(n, &mut src).await? };
+            let mut rec = if pingpong {
+                self.pingpong_cycle(n, &mut src).await?
+            } else {
+                self.cancel_cycle(n, &mut src).await?
+            };
             sort_events(&mut rec.events);
             self.logs().agent(format!(
                 "cycle {n}: {} delay {} ms, reached {}, final {}, {} MiB sent, cancel->cancelled {}, progress {}, wall {:.0} ms{}",
@@ -983,11 +1141,20 @@ impl Driver<'_> {
     /// The pre-started destination if it is still alive, else a new one.
     async fn take_dest(&mut self, rec: &mut CycleRecord) -> Result<Vm, Stop> {
         if let Some(h) = self.next_dest.take() {
-            let d = h.await.map_err(|e| Stop::Infra(format!("destination start task: {e}")))??;
+            let d = h
+                .await
+                .map_err(|e| Stop::Infra(format!("destination start task: {e}")))??;
             match d.proc.exited() {
                 None => return Ok(d),
                 Some(exit) => {
-                    note(&self.shared, rec, format!("pre-started destination {} had exited ({exit}); starting another", d.name));
+                    note(
+                        &self.shared,
+                        rec,
+                        format!(
+                            "pre-started destination {} had exited ({exit}); starting another",
+                            d.name
+                        ),
+                    );
                     self.retire(d, rec);
                 }
             }
@@ -998,8 +1165,16 @@ impl Driver<'_> {
     async fn wait_boot(&self, vm: &Vm) -> Result<(), Stop> {
         let mut rx = vm.console.clone();
         let t = self.plan.boot_timeout;
-        let tail = || self.logs().rings.tail(LogStream::GuestConsole, 15).join(" | ");
-        if tokio::time::timeout(t, rx.wait_for(|s| s.ready)).await.is_err() {
+        let tail = || {
+            self.logs()
+                .rings
+                .tail(LogStream::GuestConsole, 15)
+                .join(" | ")
+        };
+        if tokio::time::timeout(t, rx.wait_for(|s| s.ready))
+            .await
+            .is_err()
+        {
             return Err(Stop::Infra(format!(
                 "guest on {} did not print ARMFLEET-GUEST-READY within {} s (is the initrd an armfleet guest?); console tail: {}",
                 vm.name,
@@ -1008,7 +1183,9 @@ impl Driver<'_> {
             )));
         }
         if self.params.dirty_percent > 0
-            && tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|s| s.dirty_ready)).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|s| s.dirty_ready))
+                .await
+                .is_err()
         {
             return Err(Stop::Infra(format!(
                 "guest workload on {} did not finish its first fill (ARMFLEET-DIRTY-READY) within 120 s; console tail: {}",
@@ -1016,8 +1193,15 @@ impl Driver<'_> {
                 tail()
             )));
         }
-        if tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.heartbeats > 0)).await.is_err() {
-            return Err(Stop::Infra(format!("guest on {} prints no heartbeat; console tail: {}", vm.name, tail())));
+        if tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.heartbeats > 0))
+            .await
+            .is_err()
+        {
+            return Err(Stop::Infra(format!(
+                "guest on {} prints no heartbeat; console tail: {}",
+                vm.name,
+                tail()
+            )));
         }
         Ok(())
     }
@@ -1049,14 +1233,22 @@ impl Driver<'_> {
             rec.bytes_transferred = b;
         }
         // QEMU reports 0 until its first dirty-rate measurement (~1 s in).
-        rec.dirty_pages_rate = ram.get("dirty-pages-rate").and_then(Value::as_u64).filter(|r| *r > 0);
+        rec.dirty_pages_rate = ram
+            .get("dirty-pages-rate")
+            .and_then(Value::as_u64)
+            .filter(|r| *r > 0);
     }
 
     /// Fault injection (`inject_guest_panic_after = N`): in cycle N+1, while
     /// the migration is active, the guest is told to panic (sysrq-c). The
     /// cycle then waits for the panic, so the failure is attributed to
     /// exactly this cycle (the job ends through the fatal-finding path).
-    async fn maybe_inject_panic(&self, n: u32, src: &Vm, rec: &mut CycleRecord) -> Result<(), Stop> {
+    async fn maybe_inject_panic(
+        &self,
+        n: u32,
+        src: &Vm,
+        rec: &mut CycleRecord,
+    ) -> Result<(), Stop> {
         if self.params.inject_guest_panic_after != Some(n - 1) {
             return Ok(());
         }
@@ -1066,12 +1258,22 @@ impl Driver<'_> {
             n - 1
         ));
         if let Err(e) = src.send_console("ARMFLEET-PANIC\n").await {
-            return Err(Stop::Infra(format!("fault injection: console write to {}: {e}", src.name)));
+            return Err(Stop::Infra(format!(
+                "fault injection: console write to {}: {e}",
+                src.name
+            )));
         }
-        note(&self.shared, rec, "fault injection: ARMFLEET-PANIC sent to the guest console");
+        note(
+            &self.shared,
+            rec,
+            "fault injection: ARMFLEET-PANIC sent to the guest console",
+        );
         self.snap(rec);
         tokio::time::sleep(Duration::from_secs(60)).await;
-        Err(Stop::Infra(format!("fault injection: the guest on {} did not panic within 60 s of ARMFLEET-PANIC", src.name)))
+        Err(Stop::Infra(format!(
+            "fault injection: the guest on {} did not panic within 60 s of ARMFLEET-PANIC",
+            src.name
+        )))
     }
 
     async fn cancel_cycle(&mut self, n: u32, src: &mut Vm) -> Result<CycleRecord, Stop> {
@@ -1079,16 +1281,29 @@ impl Driver<'_> {
         let mut rec = CycleRecord {
             cycle: n,
             action: "cancel".into(),
-            delay_ms: self.rng.range_inclusive(self.params.cancel_delay_ms_min, self.params.cancel_delay_ms_max),
+            delay_ms: self.rng.range_inclusive(
+                self.params.cancel_delay_ms_min,
+                self.params.cancel_delay_ms_max,
+            ),
             ..Default::default()
         };
         self.snap(&rec);
         let dst = self.take_dest(&mut rec).await?;
         let uri = dst.uri.clone().unwrap_or_default();
-        note(&self.shared, &mut rec, format!("{} -> {} via {uri}", src.name, dst.name));
-        self.qmp(src, "migrate", Some(json!({ "uri": uri }))).await?;
+        note(
+            &self.shared,
+            &mut rec,
+            format!("{} -> {} via {uri}", src.name, dst.name),
+        );
+        self.qmp(src, "migrate", Some(json!({ "uri": uri })))
+            .await?;
         let (q, _) = self
-            .poll_migrate(src, Duration::from_millis(5), Duration::from_secs(20), |s| s != "setup" && s != "none")
+            .poll_migrate(
+                src,
+                Duration::from_millis(5),
+                Duration::from_secs(20),
+                |s| s != "setup" && s != "none",
+            )
             .await?;
         rec.state_reached = status_of(&q);
         self.snap(&rec);
@@ -1104,7 +1319,14 @@ impl Driver<'_> {
             }
             tokio::time::sleep(Duration::from_millis(rec.delay_ms)).await;
             if self.hooks.pause_source_before_cancel.contains(&n) {
-                note(&self.shared, &mut rec, format!("fault hook: stopping source {} before the cancel (trap 2)", src.name));
+                note(
+                    &self.shared,
+                    &mut rec,
+                    format!(
+                        "fault hook: stopping source {} before the cancel (trap 2)",
+                        src.name
+                    ),
+                );
                 self.qmp(src, "stop", None).await?;
             }
             let q = self.query_migrate(src).await?;
@@ -1118,13 +1340,19 @@ impl Driver<'_> {
             let tc = Instant::now();
             self.qmp(src, "migrate_cancel", None).await?;
             let (q, done) = self
-                .poll_migrate(src, Duration::from_millis(2), Duration::from_secs(15), |s| {
-                    matches!(s, "cancelled" | "failed" | "completed")
-                })
+                .poll_migrate(
+                    src,
+                    Duration::from_millis(2),
+                    Duration::from_secs(15),
+                    |s| matches!(s, "cancelled" | "failed" | "completed"),
+                )
                 .await?;
             let s = status_of(&q);
             if !done {
-                return Err(Stop::Infra(format!("{}: migration still '{s}' 15 s after migrate_cancel", src.name)));
+                return Err(Stop::Infra(format!(
+                    "{}: migration still '{s}' 15 s after migrate_cancel",
+                    src.name
+                )));
             }
             rec.cancel_to_cancelled_ms = Some(ms(tc.elapsed()));
             if let Some(b) = q["ram"].get("transferred").and_then(Value::as_u64) {
@@ -1141,7 +1369,10 @@ impl Driver<'_> {
         if rec.final_state == "failed" {
             // Most likely the destination died mid-migration.
             let why = match dst.proc.wait_exit(Duration::from_millis(300)).await {
-                Some(exit) => format!("destination {} exited during the migration ({exit})", dst.name),
+                Some(exit) => format!(
+                    "destination {} exited during the migration ({exit})",
+                    dst.name
+                ),
                 None => format!("migration failed; destination {} still running", dst.name),
             };
             note(&self.shared, &mut rec, why.clone());
@@ -1159,8 +1390,18 @@ impl Driver<'_> {
 
         let mut dst = dst;
         if completed {
-            note(&self.shared, &mut rec, format!("migration completed before the cancel took effect; {} is now the source", dst.name));
-            self.logs().agent(format!("cycle {n}: migration completed (cancel too late); switching source to {}", dst.name));
+            note(
+                &self.shared,
+                &mut rec,
+                format!(
+                    "migration completed before the cancel took effect; {} is now the source",
+                    dst.name
+                ),
+            );
+            self.logs().agent(format!(
+                "cycle {n}: migration completed (cancel too late); switching source to {}",
+                dst.name
+            ));
             std::mem::swap(src, &mut dst);
             src.proc.set_role(ROLE_SOURCE);
             self.ensure_dest_running(src, &mut rec).await?;
@@ -1178,35 +1419,69 @@ impl Driver<'_> {
 
     async fn pingpong_cycle(&mut self, n: u32, src: &mut Vm) -> Result<CycleRecord, Stop> {
         let t0 = Instant::now();
-        let mut rec = CycleRecord { cycle: n, action: "pingpong".into(), ..Default::default() };
+        let mut rec = CycleRecord {
+            cycle: n,
+            action: "pingpong".into(),
+            ..Default::default()
+        };
         self.snap(&rec);
         let dst = self.take_dest(&mut rec).await?;
         let uri = dst.uri.clone().unwrap_or_default();
-        note(&self.shared, &mut rec, format!("{} -> {} via {uri} (complete, ping-pong)", src.name, dst.name));
+        note(
+            &self.shared,
+            &mut rec,
+            format!(
+                "{} -> {} via {uri} (complete, ping-pong)",
+                src.name, dst.name
+            ),
+        );
         // Let it converge: no bandwidth cap, generous downtime.
-        self.qmp(src, "migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 2000})))
-            .await?;
+        self.qmp(
+            src,
+            "migrate-set-parameters",
+            Some(json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 2000})),
+        )
+        .await?;
         self.maybe_inject_panic(n, src, &mut rec).await?;
-        self.qmp(src, "migrate", Some(json!({ "uri": uri }))).await?;
+        self.qmp(src, "migrate", Some(json!({ "uri": uri })))
+            .await?;
         let (q, _) = self
-            .poll_migrate(src, Duration::from_millis(5), Duration::from_secs(20), |s| s != "setup" && s != "none")
+            .poll_migrate(
+                src,
+                Duration::from_millis(5),
+                Duration::from_secs(20),
+                |s| s != "setup" && s != "none",
+            )
             .await?;
         rec.state_reached = status_of(&q);
         let (mut q, mut done) = self
-            .poll_migrate(src, Duration::from_millis(20), Duration::from_secs(10), |s| {
-                matches!(s, "completed" | "failed" | "cancelled")
-            })
+            .poll_migrate(
+                src,
+                Duration::from_millis(20),
+                Duration::from_secs(10),
+                |s| matches!(s, "completed" | "failed" | "cancelled"),
+            )
             .await?;
         if !done {
-            note(&self.shared, &mut rec, "did not converge in 10 s: paused the source to force completion");
+            note(
+                &self.shared,
+                &mut rec,
+                "did not converge in 10 s: paused the source to force completion",
+            );
             self.qmp(src, "stop", None).await?;
             (q, done) = self
-                .poll_migrate(src, Duration::from_millis(20), Duration::from_secs(30), |s| {
-                    matches!(s, "completed" | "failed" | "cancelled")
-                })
+                .poll_migrate(
+                    src,
+                    Duration::from_millis(20),
+                    Duration::from_secs(30),
+                    |s| matches!(s, "completed" | "failed" | "cancelled"),
+                )
                 .await?;
             if !done {
-                return Err(Stop::Infra(format!("{}: forced migration did not complete in 30 s", src.name)));
+                return Err(Stop::Infra(format!(
+                    "{}: forced migration did not complete in 30 s",
+                    src.name
+                )));
             }
         }
         Self::fill_stats(&mut rec, &q);
@@ -1226,8 +1501,14 @@ impl Driver<'_> {
             self.ensure_dest_running(src, &mut rec).await?;
         } else {
             let why = match dst.proc.wait_exit(Duration::from_millis(300)).await {
-                Some(exit) => format!("destination {} exited during the migration ({exit})", dst.name),
-                None => format!("migration {}; destination {} still running", rec.final_state, dst.name),
+                Some(exit) => format!(
+                    "destination {} exited during the migration ({exit})",
+                    dst.name
+                ),
+                None => format!(
+                    "migration {}; destination {} still running",
+                    rec.final_state, dst.name
+                ),
             };
             note(&self.shared, &mut rec, why.clone());
             self.dest_failures_in_a_row += 1;
@@ -1239,7 +1520,9 @@ impl Driver<'_> {
                 )));
             }
             // Restore the cycle parameters on the source we keep.
-            self.set_cycle_params(&src.qmp).await.map_err(|e| Stop::Infra(e.to_string()))?;
+            self.set_cycle_params(&src.qmp)
+                .await
+                .map_err(|e| Stop::Infra(e.to_string()))?;
             mark = Instant::now();
             self.ensure_running(src, &mut rec).await?;
         }
@@ -1260,7 +1543,14 @@ impl Driver<'_> {
                 return Ok(());
             }
             if s == "paused" || Instant::now() >= deadline {
-                note(&self.shared, rec, format!("new source {} was '{s}' after completion; sent cont", vm.name));
+                note(
+                    &self.shared,
+                    rec,
+                    format!(
+                        "new source {} was '{s}' after completion; sent cont",
+                        vm.name
+                    ),
+                );
                 self.qmp(vm, "cont", None).await?;
                 return Ok(());
             }
@@ -1280,19 +1570,33 @@ impl Driver<'_> {
     }
 
     async fn resume(&self, vm: &Vm, rec: &mut CycleRecord, state: &str) -> Result<(), Stop> {
-        self.logs().agent(format!("cycle {}: source {} is '{state}' after the migration; sending cont", rec.cycle, vm.name));
-        note(&self.shared, rec, format!("source {} was '{state}'; resumed with cont", vm.name));
+        self.logs().agent(format!(
+            "cycle {}: source {} is '{state}' after the migration; sending cont",
+            rec.cycle, vm.name
+        ));
+        note(
+            &self.shared,
+            rec,
+            format!("source {} was '{state}'; resumed with cont", vm.name),
+        );
         self.qmp(vm, "cont", None).await?;
         rec.resumed_paused_source = true;
         Ok(())
     }
 
     /// Waits for the guest heartbeat to advance past what was seen at `mark`.
-    async fn check_progress(&self, vm: &Vm, rec: &mut CycleRecord, mark: Instant) -> Result<(), Stop> {
+    async fn check_progress(
+        &self,
+        vm: &Vm,
+        rec: &mut CycleRecord,
+        mark: Instant,
+    ) -> Result<(), Stop> {
         let mut rx = vm.console.clone();
         let seen = rx.borrow().heartbeats;
         let advanced = |s: &ConsoleStatus| s.heartbeats > seen;
-        let first_ok = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(advanced)).await.is_ok();
+        let first_ok = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(advanced))
+            .await
+            .is_ok();
         if !first_ok {
             // Trap 2 again: query-status may have said "running" too early.
             let st = self.qmp(vm, "query-status", None).await?;
@@ -1301,8 +1605,15 @@ impl Driver<'_> {
                 self.resume(vm, rec, &s).await?;
             }
             let left = self.plan.progress_timeout.saturating_sub(mark.elapsed());
-            if tokio::time::timeout(left, rx.wait_for(advanced)).await.is_err() {
-                let st = self.qmp(vm, "query-status", None).await.map(|v| status_of(&v)).unwrap_or_default();
+            if tokio::time::timeout(left, rx.wait_for(advanced))
+                .await
+                .is_err()
+            {
+                let st = self
+                    .qmp(vm, "query-status", None)
+                    .await
+                    .map(|v| status_of(&v))
+                    .unwrap_or_default();
                 let reason = format!(
                     "guest on {} made no progress for {} s after cycle {} (no new ARMFLEET-HB; QEMU status '{st}')",
                     vm.name,
@@ -1311,7 +1622,10 @@ impl Driver<'_> {
                 );
                 rec.guest_alive = false;
                 self.snap(rec);
-                return Err(Stop::Failed { reason, evidence: self.logs().rings.tail(LogStream::GuestConsole, 40) });
+                return Err(Stop::Failed {
+                    reason,
+                    evidence: self.logs().rings.tail(LogStream::GuestConsole, 40),
+                });
             }
         }
         rec.guest_progress_ms = Some(ms(mark.elapsed()));
@@ -1330,19 +1644,30 @@ impl Driver<'_> {
 /// A driver note in a cycle record: `+<seconds since job start>s text`,
 /// the same clock as the QMP event entries.
 fn note(shared: &Shared, rec: &mut CycleRecord, text: impl AsRef<str>) {
-    rec.events.push(format!("+{:.3}s {}", shared.logs.rel(), text.as_ref()));
+    rec.events
+        .push(format!("+{:.3}s {}", shared.logs.rel(), text.as_ref()));
 }
 
 /// Orders entries by their `+<seconds>s` prefix (stable for equal times).
 fn sort_events(ev: &mut [String]) {
     let key = |e: &String| -> f64 {
-        e.strip_prefix('+').and_then(|r| r.split('s').next()).and_then(|v| v.parse().ok()).unwrap_or(f64::MAX)
+        e.strip_prefix('+')
+            .and_then(|r| r.split('s').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::MAX)
     };
-    ev.sort_by(|a, b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal));
+    ev.sort_by(|a, b| {
+        key(a)
+            .partial_cmp(&key(b))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
 }
 
 fn is_in_progress(s: &str) -> bool {
-    matches!(s, "active" | "setup" | "pre-switchover" | "device" | "postcopy-active" | "wait-unplug")
+    matches!(
+        s,
+        "active" | "setup" | "pre-switchover" | "device" | "postcopy-active" | "wait-unplug"
+    )
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -1351,7 +1676,10 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -1375,7 +1703,9 @@ async fn console_reader(
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                shared.logs.write(LogStream::GuestConsole, buf[..n].to_vec());
+                shared
+                    .logs
+                    .write(LogStream::GuestConsole, buf[..n].to_vec());
                 split.push(&buf[..n], &mut handle);
             }
         }
@@ -1384,9 +1714,15 @@ async fn console_reader(
 }
 
 fn console_line(shared: &Arc<Shared>, status: &watch::Sender<ConsoleStatus>, line: String) {
-    let idx = shared.logs.rings.push(LogStream::GuestConsole, line.clone());
+    let idx = shared
+        .logs
+        .rings
+        .push(LogStream::GuestConsole, line.clone());
     if let Some(pos) = line.find("ARMFLEET-HB ") {
-        let n = line[pos + 12..].split_whitespace().next().and_then(|v| v.parse().ok());
+        let n = line[pos + 12..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok());
         status.send_modify(|s| {
             s.heartbeats += 1;
             s.last_hb = n;

@@ -26,7 +26,10 @@ pub struct KmsgRecord {
 pub enum KmsgItem {
     Record(KmsgRecord),
     /// Records `from..=to` were overwritten before they could be read.
-    Missed { from: u64, to: u64 },
+    Missed {
+        from: u64,
+        to: u64,
+    },
 }
 
 /// Parses one `/dev/kmsg` record: `prio,seq,ts,flags[,...];text\n[ KEY=v\n]*`.
@@ -38,7 +41,13 @@ pub fn parse_record(buf: &[u8]) -> Option<KmsgRecord> {
     let seq: u64 = f.next()?.parse().ok()?;
     let ts_us: u64 = f.next()?.parse().ok()?;
     let text = rest.split('\n').next().unwrap_or("").to_string();
-    Some(KmsgRecord { seq, level: (prio & 7) as u8, facility: (prio >> 3) as u8, ts_us, text })
+    Some(KmsgRecord {
+        seq,
+        level: (prio & 7) as u8,
+        facility: (prio >> 3) as u8,
+        ts_us,
+        text,
+    })
 }
 
 impl KmsgRecord {
@@ -71,8 +80,16 @@ impl KmsgReader {
     }
 
     pub fn open_path(path: &str) -> std::io::Result<KmsgReader> {
-        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
-        let mut r = KmsgReader { file, base_seq: 0, next_seq: 0, buf: vec![0u8; 16 * 1024] };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let mut r = KmsgReader {
+            file,
+            base_seq: 0,
+            next_seq: 0,
+            buf: vec![0u8; 16 * 1024],
+        };
         // Drain the existing ring to learn where "now" is.
         let mut last = None;
         loop {
@@ -115,7 +132,10 @@ impl KmsgReader {
                         continue; // already reported
                     }
                     if rec.seq > self.next_seq {
-                        out.push(KmsgItem::Missed { from: self.next_seq, to: rec.seq - 1 });
+                        out.push(KmsgItem::Missed {
+                            from: self.next_seq,
+                            to: rec.seq - 1,
+                        });
                     }
                     self.next_seq = rec.seq + 1;
                     out.push(KmsgItem::Record(rec));
@@ -141,7 +161,10 @@ mod tests {
         assert_eq!(r.level, 6);
         assert_eq!(r.ts_us, 5678901);
         assert_eq!(r.text, "kvm [42]: hello world");
-        assert_eq!(r.format(1200), "#34 [    5.678901] <6> kvm [42]: hello world");
+        assert_eq!(
+            r.format(1200),
+            "#34 [    5.678901] <6> kvm [42]: hello world"
+        );
         assert!(parse_record(b"garbage").is_none());
     }
 
@@ -162,6 +185,11 @@ mod tests {
             .filter(|i| matches!(i, KmsgItem::Record(rec) if rec.text.contains(&marker)))
             .collect();
         assert_eq!(hits.len(), 1, "{items:?}");
-        assert!(r.read_available().unwrap().iter().all(|i| !matches!(i, KmsgItem::Record(rec) if rec.text.contains(&marker))));
+        assert!(
+            r.read_available()
+                .unwrap()
+                .iter()
+                .all(|i| !matches!(i, KmsgItem::Record(rec) if rec.text.contains(&marker)))
+        );
     }
 }

@@ -90,7 +90,9 @@ impl StressEnv {
         if let Some(d) = std::env::var_os("ARMFLEET_GUEST_DIR") {
             return PathBuf::from(d);
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/root".into());
         home.join(".cache/armfleet/guest")
     }
 }
@@ -164,7 +166,12 @@ pub fn default_fatal_detector() -> FatalDetector {
 fn _job_future_is_send(env: &StressEnv, p: &MigrateCancelParams) {
     fn is_send<T: Send>(_: T) {}
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    is_send(run_migrate_cancel(env, p, tx, tokio_util::sync::CancellationToken::new()));
+    is_send(run_migrate_cancel(
+        env,
+        p,
+        tx,
+        tokio_util::sync::CancellationToken::new(),
+    ));
 }
 
 #[cfg(test)]
@@ -174,16 +181,30 @@ mod tests {
     #[test]
     fn default_detector_markers() {
         let d = default_fatal_detector();
-        assert!(d(LogStream::GuestConsole, "[ 3.8] Kernel panic - not syncing: sysrq triggered crash").is_some());
+        assert!(
+            d(
+                LogStream::GuestConsole,
+                "[ 3.8] Kernel panic - not syncing: sysrq triggered crash"
+            )
+            .is_some()
+        );
         assert!(d(LogStream::QemuStderr, "error: kvm run failed Bad address").is_some());
-        assert!(d(LogStream::HostDmesg, "kvm [1234]: Unexpected L2 read permission error").is_some());
+        assert!(
+            d(
+                LogStream::HostDmesg,
+                "kvm [1234]: Unexpected L2 read permission error"
+            )
+            .is_some()
+        );
         assert!(d(LogStream::HostDmesg, "kvm [1234]: IPA Size Limit: 48 bits").is_none());
         assert!(d(LogStream::GuestConsole, "ARMFLEET-HB 12 passes=3").is_none());
         assert!(
-            d(LogStream::QemuStderr, "qemu-system-aarch64: load of migration failed: Input/output error")
-                .is_none()
+            d(
+                LogStream::QemuStderr,
+                "qemu-system-aarch64: load of migration failed: Input/output error"
+            )
+            .is_none()
         );
         assert!(d(LogStream::Agent, "Kernel panic").is_none());
     }
 }
-

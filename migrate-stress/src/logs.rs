@@ -34,7 +34,14 @@ impl Logs {
     pub fn spawn(events: mpsc::Sender<StressEvent>) -> (Logs, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = tokio::spawn(logger(rx, events));
-        (Logs { tx, t0: Instant::now(), rings: Arc::new(Rings::default()) }, handle)
+        (
+            Logs {
+                tx,
+                t0: Instant::now(),
+                rings: Arc::new(Rings::default()),
+            },
+            handle,
+        )
     }
 
     pub fn write(&self, stream: LogStream, data: Vec<u8>) {
@@ -107,7 +114,12 @@ async fn flush_all(bufs: &mut BTreeMap<LogStream, Vec<u8>>, events: &mpsc::Sende
             let n = buf.len().min(MAX_CHUNK);
             let rest = buf.split_off(n);
             let chunk = std::mem::replace(buf, rest);
-            let _ = events.send(StressEvent::Log { stream: *stream, data: chunk }).await;
+            let _ = events
+                .send(StressEvent::Log {
+                    stream: *stream,
+                    data: chunk,
+                })
+                .await;
         }
     }
 }
@@ -123,7 +135,9 @@ impl LineSplitter {
     pub fn push(&mut self, data: &[u8], mut f: impl FnMut(String)) {
         for &b in data {
             if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.partial).trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&self.partial)
+                    .trim_end_matches('\r')
+                    .to_string();
                 self.partial.clear();
                 f(line);
             } else if self.partial.len() < 16 * 1024 {
@@ -133,7 +147,9 @@ impl LineSplitter {
     }
     pub fn finish(&mut self, mut f: impl FnMut(String)) {
         if !self.partial.is_empty() {
-            let line = String::from_utf8_lossy(&self.partial).trim_end_matches('\r').to_string();
+            let line = String::from_utf8_lossy(&self.partial)
+                .trim_end_matches('\r')
+                .to_string();
             self.partial.clear();
             f(line);
         }
@@ -172,14 +188,28 @@ impl Rings {
     pub fn range(&self, stream: LogStream, from: u64, to: u64) -> Vec<String> {
         let g = self.inner.lock().unwrap();
         g.get(&stream)
-            .map(|r| r.lines.iter().filter(|(i, _)| *i >= from && *i <= to).map(|(_, l)| l.clone()).collect())
+            .map(|r| {
+                r.lines
+                    .iter()
+                    .filter(|(i, _)| *i >= from && *i <= to)
+                    .map(|(_, l)| l.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     pub fn tail(&self, stream: LogStream, n: usize) -> Vec<String> {
         let g = self.inner.lock().unwrap();
         g.get(&stream)
-            .map(|r| r.lines.iter().rev().take(n).rev().map(|(_, l)| l.clone()).collect())
+            .map(|r| {
+                r.lines
+                    .iter()
+                    .rev()
+                    .take(n)
+                    .rev()
+                    .map(|(_, l)| l.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -205,7 +235,10 @@ mod tests {
         let (logs, h) = Logs::spawn(tx);
         let big = vec![b'x'; MAX_CHUNK * 2 + 10];
         logs.write(LogStream::GuestConsole, big.clone());
-        logs.cycle(CycleRecord { cycle: 1, ..Default::default() });
+        logs.cycle(CycleRecord {
+            cycle: 1,
+            ..Default::default()
+        });
         drop(logs);
         h.await.unwrap();
         let mut got = vec![];

@@ -18,10 +18,18 @@ pub fn probe_host() -> HostProbe {
     for arch in ["aarch64", "x86_64"] {
         if let Some(path) = find_qemu(arch) {
             let version = qemu_version(&path).unwrap_or_else(|| "unknown".into());
-            qemu.push(QemuBinary { arch: arch.into(), path: path.display().to_string(), version });
+            qemu.push(QemuBinary {
+                arch: arch.into(),
+                path: path.display().to_string(),
+                version,
+            });
         }
     }
-    HostProbe { kvm: probe_kvm(), qemu, hugepages: hugepages() }
+    HostProbe {
+        kvm: probe_kvm(),
+        qemu,
+        hugepages: hugepages(),
+    }
 }
 
 /// QEMU's name for the guest architecture (`arm64` → `aarch64`).
@@ -44,12 +52,16 @@ pub fn find_qemu(arch: &str) -> Option<PathBuf> {
 
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 pub fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// First line of `qemu --version`, e.g. `7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`.
@@ -62,7 +74,12 @@ pub fn qemu_version(path: &Path) -> Option<String> {
         .ok()?;
     let s = String::from_utf8_lossy(&out.stdout);
     let first = s.lines().next()?.trim();
-    Some(first.strip_prefix("QEMU emulator version ").unwrap_or(first).to_string())
+    Some(
+        first
+            .strip_prefix("QEMU emulator version ")
+            .unwrap_or(first)
+            .to_string(),
+    )
 }
 
 fn module_loaded(name: &str) -> bool {
@@ -93,16 +110,25 @@ fn cpu_flag(flag: &str) -> bool {
 pub fn probe_kvm() -> KvmStatus {
     let dev = Path::new("/dev/kvm");
     let present = dev.exists();
-    let accessible = present && std::fs::OpenOptions::new().read(true).write(true).open(dev).is_ok();
+    let accessible = present
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev)
+            .is_ok();
     let mut note = None;
     let hardware = if !present {
         note = Some("/dev/kvm does not exist".to_string());
         false
     } else if !accessible {
-        note = Some("/dev/kvm exists but cannot be opened read-write (permissions / kvm group?)".to_string());
+        note = Some(
+            "/dev/kvm exists but cannot be opened read-write (permissions / kvm group?)"
+                .to_string(),
+        );
         false
     } else if module_loaded("kvm_pvm") {
-        note = Some("/dev/kvm is kvm_pvm (paravirtual KVM inside a VM), not hardware KVM".to_string());
+        note =
+            Some("/dev/kvm is kvm_pvm (paravirtual KVM inside a VM), not hardware KVM".to_string());
         false
     } else {
         match std::env::consts::ARCH {
@@ -110,7 +136,10 @@ pub fn probe_kvm() -> KvmStatus {
                 let intel = module_loaded("kvm_intel") && cpu_flag("vmx");
                 let amd = module_loaded("kvm_amd") && cpu_flag("svm");
                 if !(intel || amd) {
-                    note = Some("no kvm_intel/kvm_amd with vmx/svm: /dev/kvm is not hardware-backed".to_string());
+                    note = Some(
+                        "no kvm_intel/kvm_amd with vmx/svm: /dev/kvm is not hardware-backed"
+                            .to_string(),
+                    );
                 }
                 intel || amd
             }
@@ -121,7 +150,12 @@ pub fn probe_kvm() -> KvmStatus {
             }
         }
     };
-    KvmStatus { present, accessible, hardware, note }
+    KvmStatus {
+        present,
+        accessible,
+        hardware,
+        note,
+    }
 }
 
 /// Default-size hugepages from /proc/meminfo.
@@ -129,10 +163,21 @@ pub fn hugepages() -> HugepageInfo {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let get = |key: &str| -> u64 {
         s.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .strip_prefix(':')?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
     };
-    HugepageInfo { size_kib: get("Hugepagesize"), total: get("HugePages_Total"), free: get("HugePages_Free") }
+    HugepageInfo {
+        size_kib: get("Hugepagesize"),
+        total: get("HugePages_Total"),
+        free: get("HugePages_Free"),
+    }
 }
 
 /// Free 2 MiB hugepages, from sysfs (independent of the default size).

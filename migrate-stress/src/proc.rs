@@ -94,7 +94,14 @@ impl QemuProc {
             .process_group(0);
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The parent may have died between fork and prctl.
@@ -158,7 +165,9 @@ impl QemuProc {
                 pids.remove(&pid);
             }
             reg2.changed.notify_waiters();
-            shared2.logs.agent(format!("{name2} (pid {pid}) exited: {desc}"));
+            shared2
+                .logs
+                .agent(format!("{name2} (pid {pid}) exited: {desc}"));
             if role2.load(Ordering::SeqCst) == ROLE_SOURCE && !shared2.shutting_down() {
                 let _ = shared2.fatal_tx.send(Finding {
                     stream: LogStream::Agent,
@@ -171,7 +180,14 @@ impl QemuProc {
             let _ = exit_tx.send(Some(desc));
         });
 
-        Ok(QemuProc { pid, name: name.to_string(), exit: exit_rx, role, stderr_tail, registry })
+        Ok(QemuProc {
+            pid,
+            name: name.to_string(),
+            exit: exit_rx,
+            role,
+            stderr_tail,
+            registry,
+        })
     }
 
     pub fn set_role(&self, role: u8) {
@@ -198,7 +214,11 @@ impl QemuProc {
     /// Waits for the exit; `None` on timeout.
     pub async fn wait_exit(&self, timeout: Duration) -> Option<String> {
         let mut rx = self.exit.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|e| e.is_some())).await.ok()?.ok().and_then(|v| v.clone())
+        tokio::time::timeout(timeout, rx.wait_for(|e| e.is_some()))
+            .await
+            .ok()?
+            .ok()
+            .and_then(|v| v.clone())
     }
 
     pub fn stderr_tail(&self, n: usize) -> Vec<String> {
@@ -212,7 +232,14 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
     if let Some(c) = s.code() {
         format!("exit status {c}")
     } else if let Some(sig) = s.signal() {
-        format!("killed by signal {sig}{}", if s.core_dumped() { " (core dumped)" } else { "" })
+        format!(
+            "killed by signal {sig}{}",
+            if s.core_dumped() {
+                " (core dumped)"
+            } else {
+                ""
+            }
+        )
     } else {
         format!("{s}")
     }
@@ -220,7 +247,9 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
 
 fn stderr_line(shared: &Arc<Shared>, name: &str, tail: &Mutex<VecDeque<String>>, line: String) {
     let text = format!("{name}: {line}");
-    shared.logs.write(LogStream::QemuStderr, format!("{text}\n").into_bytes());
+    shared
+        .logs
+        .write(LogStream::QemuStderr, format!("{text}\n").into_bytes());
     let idx = shared.logs.rings.push(LogStream::QemuStderr, text.clone());
     {
         let mut t = tail.lock().unwrap();

@@ -90,17 +90,26 @@ impl VmProfile {
     pub fn describe(&self) -> String {
         let what = match (self.arch, self.accel) {
             (GuestArch::Arm64, Accel::Kvm) => "arm64 KVM (exercises stage-2 dirty logging)",
-            (GuestArch::Arm64, Accel::Tcg) => "arm64 TCG (emulation: does NOT exercise KVM, mechanics only)",
+            (GuestArch::Arm64, Accel::Tcg) => {
+                "arm64 TCG (emulation: does NOT exercise KVM, mechanics only)"
+            }
             (GuestArch::X86_64, Accel::Kvm) => "x86_64 KVM (not the arm64 bug class)",
             (GuestArch::X86_64, Accel::Tcg) => "x86_64 TCG (emulation: mechanics only)",
         };
         format!(
             "{what}; {} MiB {}, {} vCPU(s), dirty {}%{}",
             self.memory_mib,
-            if self.hugepages { "hugetlb 2M (memfd)" } else { "anonymous RAM" },
+            if self.hugepages {
+                "hugetlb 2M (memfd)"
+            } else {
+                "anonymous RAM"
+            },
             self.vcpus,
             self.dirty_percent,
-            self.eager_split_size.as_deref().map(|s| format!(", eager-split-size={s}")).unwrap_or_default()
+            self.eager_split_size
+                .as_deref()
+                .map(|s| format!(", eager-split-size={s}"))
+                .unwrap_or_default()
         )
     }
 
@@ -117,7 +126,11 @@ impl VmProfile {
     pub fn args(&self, inst: &Instance<'_>) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec![];
         let mut push = |s: &str| a.push(OsString::from(s));
-        let mem_backend = if self.hugepages { ",memory-backend=mem0" } else { "" };
+        let mem_backend = if self.hugepages {
+            ",memory-backend=mem0"
+        } else {
+            ""
+        };
         match (self.arch, self.accel) {
             (GuestArch::Arm64, Accel::Kvm) => {
                 push("-machine");
@@ -164,7 +177,15 @@ impl VmProfile {
         push(&self.vcpus.max(1).to_string());
         push("-name");
         push(inst.name);
-        for s in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-monitor", "none"] {
+        for s in [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ] {
             push(s);
         }
         // A guest panic becomes a QMP GUEST_PANICKED event when the guest
@@ -185,7 +206,11 @@ impl VmProfile {
         // starts (wait=on), so no early output is lost; it is also the
         // control channel into the guest (fault injection).
         push("-chardev");
-        a.push(sock_opt("socket,id=con0,path=", inst.console_socket, ",server=on,wait=on"));
+        a.push(sock_opt(
+            "socket,id=con0,path=",
+            inst.console_socket,
+            ",server=on,wait=on",
+        ));
         let mut push = |s: &str| a.push(OsString::from(s));
         push("-serial");
         push("chardev:con0");
@@ -230,15 +255,27 @@ mod tests {
     }
 
     fn joined(p: &VmProfile, incoming: bool) -> String {
-        let inst = Instance { name: "vm1", qmp_socket: Path::new("/w/q1"), console_socket: Path::new("/w/c1"), incoming };
-        p.args(&inst).iter().map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        let inst = Instance {
+            name: "vm1",
+            qmp_socket: Path::new("/w/q1"),
+            console_socket: Path::new("/w/c1"),
+            incoming,
+        };
+        p.args(&inst)
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
     fn arm64_kvm_hugepages() {
         let s = joined(&prof(GuestArch::Arm64, Accel::Kvm, true), true);
         assert!(s.contains("-machine virt,gic-version=host,memory-backend=mem0 -cpu host -accel kvm,eager-split-size=2M"), "{s}");
-        assert!(s.contains("memory-backend-memfd,id=mem0,size=256M,hugetlb=on,hugetlbsize=2M"), "{s}");
+        assert!(
+            s.contains("memory-backend-memfd,id=mem0,size=256M,hugetlb=on,hugetlbsize=2M"),
+            "{s}"
+        );
         assert!(s.contains("-device pvpanic-pci"));
         assert!(s.ends_with("-incoming defer"));
     }
@@ -246,7 +283,10 @@ mod tests {
     #[test]
     fn arm64_tcg_plain() {
         let s = joined(&prof(GuestArch::Arm64, Accel::Tcg, false), false);
-        assert!(s.contains("-machine virt -cpu cortex-a57 -accel tcg -m 256M"), "{s}");
+        assert!(
+            s.contains("-machine virt -cpu cortex-a57 -accel tcg -m 256M"),
+            "{s}"
+        );
         assert!(!s.contains("eager-split"));
         assert!(!s.contains("-incoming"));
         assert!(s.contains("-append console=ttyAMA0 panic=-1 armfleet.dirty=50"));

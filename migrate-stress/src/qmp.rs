@@ -60,7 +60,11 @@ pub enum QmpError {
     #[error("QMP {cmd}: no answer within {ms} ms")]
     Timeout { cmd: String, ms: u64 },
     #[error("QMP {cmd} failed: {class}: {desc}")]
-    Command { cmd: String, class: String, desc: String },
+    Command {
+        cmd: String,
+        class: String,
+        desc: String,
+    },
     #[error("QMP connection closed")]
     Disconnected,
     #[error("QMP protocol: {0}")]
@@ -97,7 +101,10 @@ impl Qmp {
                 Ok(s) => break s,
                 Err(e) => {
                     if Instant::now() >= deadline {
-                        return Err(QmpError::Connect { path: path.display().to_string(), msg: e.to_string() });
+                        return Err(QmpError::Connect {
+                            path: path.display().to_string(),
+                            msg: e.to_string(),
+                        });
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -106,17 +113,27 @@ impl Qmp {
         transcript(Dir::Note, &format!("connected to {}", path.display()));
         let (rd, wr) = stream.into_split();
         let mut lines = BufReader::new(rd).lines();
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
         let greeting = match tokio::time::timeout(left, lines.next_line()).await {
-            Err(_) => return Err(QmpError::Timeout { cmd: "greeting".into(), ms: left.as_millis() as u64 }),
+            Err(_) => {
+                return Err(QmpError::Timeout {
+                    cmd: "greeting".into(),
+                    ms: left.as_millis() as u64,
+                });
+            }
             Ok(Err(e)) => return Err(QmpError::Io(e.to_string())),
             Ok(Ok(None)) => return Err(QmpError::Disconnected),
             Ok(Ok(Some(l))) => l,
         };
         transcript(Dir::In, &greeting);
-        let v: Value = serde_json::from_str(&greeting).map_err(|e| QmpError::Protocol(format!("greeting: {e}")))?;
+        let v: Value = serde_json::from_str(&greeting)
+            .map_err(|e| QmpError::Protocol(format!("greeting: {e}")))?;
         if v.get("QMP").is_none() {
-            return Err(QmpError::Protocol(format!("not a QMP greeting: {greeting}")));
+            return Err(QmpError::Protocol(format!(
+                "not a QMP greeting: {greeting}"
+            )));
         }
         let inner = Arc::new(Inner {
             writer: tokio::sync::Mutex::new(wr),
@@ -128,12 +145,18 @@ impl Qmp {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         tokio::spawn(reader(lines, inner.clone(), ev_tx));
         let qmp = Qmp { inner };
-        qmp.execute("qmp_capabilities", None, Duration::from_secs(5)).await?;
+        qmp.execute("qmp_capabilities", None, Duration::from_secs(5))
+            .await?;
         Ok((qmp, ev_rx))
     }
 
     /// Runs one command; `Ok` carries the `return` value.
-    pub async fn execute(&self, cmd: &str, args: Option<Value>, timeout: Duration) -> Result<Value, QmpError> {
+    pub async fn execute(
+        &self,
+        cmd: &str,
+        args: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(QmpError::Disconnected);
         }
@@ -163,13 +186,24 @@ impl Qmp {
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => {
                 self.inner.pending.lock().unwrap().remove(&id);
-                (self.inner.transcript)(Dir::Note, &format!("id {id} ({cmd}): no answer within {} ms", timeout.as_millis()));
-                Err(QmpError::Timeout { cmd: cmd.to_string(), ms: timeout.as_millis() as u64 })
+                (self.inner.transcript)(
+                    Dir::Note,
+                    &format!(
+                        "id {id} ({cmd}): no answer within {} ms",
+                        timeout.as_millis()
+                    ),
+                );
+                Err(QmpError::Timeout {
+                    cmd: cmd.to_string(),
+                    ms: timeout.as_millis() as u64,
+                })
             }
             Ok(Err(_)) => Err(QmpError::Disconnected),
-            Ok(Ok(Err(QmpError::Command { class, desc, .. }))) => {
-                Err(QmpError::Command { cmd: cmd.to_string(), class, desc })
-            }
+            Ok(Ok(Err(QmpError::Command { class, desc, .. }))) => Err(QmpError::Command {
+                cmd: cmd.to_string(),
+                class,
+                desc,
+            }),
             Ok(Ok(r)) => r,
         }
     }
@@ -226,11 +260,21 @@ async fn reader(
         } else if let Some(err) = v.get("error") {
             Err(QmpError::Command {
                 cmd: String::new(),
-                class: err.get("class").and_then(Value::as_str).unwrap_or("?").to_string(),
-                desc: err.get("desc").and_then(Value::as_str).unwrap_or("?").to_string(),
+                class: err
+                    .get("class")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string(),
+                desc: err
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string(),
             })
         } else {
-            Err(QmpError::Protocol(format!("neither return nor error: {line}")))
+            Err(QmpError::Protocol(format!(
+                "neither return nor error: {line}"
+            )))
         };
         let _ = tx.send(r);
     }
@@ -259,7 +303,9 @@ mod tests {
             let (s, _) = listener.accept().await.unwrap();
             let (rd, mut wr) = s.into_split();
             let mut lines = BufReader::new(rd).lines();
-            wr.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
+            wr.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
             while let Ok(Some(l)) = lines.next_line().await {
                 let v: Value = serde_json::from_str(&l).unwrap();
                 let id = v["id"].clone();
@@ -272,7 +318,8 @@ mod tests {
                         wr.write_all(format!("{r}\n").as_bytes()).await.unwrap();
                     }
                     "bad" => {
-                        let r = json!({"error": {"class": "GenericError", "desc": "nope"}, "id": id});
+                        let r =
+                            json!({"error": {"class": "GenericError", "desc": "nope"}, "id": id});
                         wr.write_all(format!("{r}\n").as_bytes()).await.unwrap();
                     }
                     "never" => {}
@@ -285,16 +332,31 @@ mod tests {
         });
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
         let l2 = log.clone();
-        let t: Transcript = Arc::new(move |d, s| l2.lock().unwrap().push(format!("{} {}", d.arrow(), s)));
-        let (q, mut ev) = Qmp::connect(&path, t, Duration::from_secs(2)).await.unwrap();
-        let r = q.execute("query-status", None, Duration::from_secs(2)).await.unwrap();
+        let t: Transcript =
+            Arc::new(move |d, s| l2.lock().unwrap().push(format!("{} {}", d.arrow(), s)));
+        let (q, mut ev) = Qmp::connect(&path, t, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let r = q
+            .execute("query-status", None, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert_eq!(r["status"], "running");
         let e = ev.recv().await.unwrap();
         assert_eq!(e.name, "STOP");
         assert_eq!(e.timestamp, Some(1.000005));
-        let err = q.execute("bad", None, Duration::from_secs(2)).await.unwrap_err();
-        assert!(matches!(err, QmpError::Command { ref desc, .. } if desc == "nope"), "{err:?}");
-        let err = q.execute("never", None, Duration::from_millis(100)).await.unwrap_err();
+        let err = q
+            .execute("bad", None, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, QmpError::Command { ref desc, .. } if desc == "nope"),
+            "{err:?}"
+        );
+        let err = q
+            .execute("never", None, Duration::from_millis(100))
+            .await
+            .unwrap_err();
         assert!(matches!(err, QmpError::Timeout { .. }));
         let t = log.lock().unwrap().join("\n");
         assert!(t.contains("-> {\"execute\":\"qmp_capabilities\""), "{t}");

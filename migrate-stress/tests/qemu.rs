@@ -32,7 +32,11 @@ fn assert_all_cancelled_and_alive(c: &Collected, n: usize) {
 }
 
 fn assert_logs(c: &Collected) {
-    assert!(c.console.contains("ARMFLEET-GUEST-READY"), "no boot marker: {}", c.dump());
+    assert!(
+        c.console.contains("ARMFLEET-GUEST-READY"),
+        "no boot marker: {}",
+        c.dump()
+    );
     assert!(c.console.contains("ARMFLEET-DIRTY-READY"));
     assert!(c.console.matches("ARMFLEET-HB ").count() > 20);
     assert!(c.qmp.contains("\"execute\":\"migrate_cancel\""));
@@ -43,7 +47,8 @@ fn assert_logs(c: &Collected) {
     assert!(c.max_chunk <= 64 * 1024);
     // Host dmesg window: either records or an explicit note why not.
     assert!(
-        c.agent.contains("host dmesg window opened") || c.agent.contains("host dmesg window unavailable"),
+        c.agent.contains("host dmesg window opened")
+            || c.agent.contains("host dmesg window unavailable"),
         "{}",
         c.agent
     );
@@ -53,13 +58,19 @@ fn assert_no_leftovers(env: &StressEnv) {
     let needle = env.work_dir.display().to_string();
     let left = procs_mentioning(&needle);
     assert!(left.is_empty(), "QEMU processes left: {left:?}");
-    assert!(dir_is_empty(&env.work_dir), "scratch left in {}", env.work_dir.display());
+    assert!(
+        dir_is_empty(&env.work_dir),
+        "scratch left in {}",
+        env.work_dir.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm64_tcg_20_cycles() {
     let _s = serial();
-    let Some(env) = env_for("arm64", "arm64-20") else { return };
+    let Some(env) = env_for("arm64", "arm64-20") else {
+        return;
+    };
     let params = tcg_params("arm64", 20);
     // A line in the host kernel log while the job runs must show up in the
     // job's host_dmesg window (root can write /dev/kmsg).
@@ -68,7 +79,10 @@ async fn arm64_tcg_20_cycles() {
     let m2 = marker.clone();
     let writer = tokio::spawn(async move {
         for _ in 0..600 {
-            if procs_mentioning(&needle).iter().any(|(_, c)| c.contains("-incoming")) {
+            if procs_mentioning(&needle)
+                .iter()
+                .any(|(_, c)| c.contains("-incoming"))
+            {
                 return std::fs::write("/dev/kmsg", format!("{m2}\n")).is_ok();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -78,13 +92,33 @@ async fn arm64_tcg_20_cycles() {
     let t0 = Instant::now();
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
     if writer.await.unwrap() {
-        assert_eq!(c.dmesg.matches(&marker).count(), 1, "host_dmesg window: {}", c.dmesg);
-        assert!(c.dmesg.lines().any(|l| l.starts_with('#') && l.contains(&marker)));
+        assert_eq!(
+            c.dmesg.matches(&marker).count(),
+            1,
+            "host_dmesg window: {}",
+            c.dmesg
+        );
+        assert!(
+            c.dmesg
+                .lines()
+                .any(|l| l.starts_with('#') && l.contains(&marker))
+        );
     } else {
         eprintln!("note: /dev/kmsg not writable; host_dmesg content not checked");
     }
-    eprintln!("arm64 TCG 20 cycles: {:?} in {:.1} s", r, t0.elapsed().as_secs_f64());
-    assert_eq!(r, JobResult::Passed { cycles_completed: 20 }, "{}", c.dump());
+    eprintln!(
+        "arm64 TCG 20 cycles: {:?} in {:.1} s",
+        r,
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        r,
+        JobResult::Passed {
+            cycles_completed: 20
+        },
+        "{}",
+        c.dump()
+    );
     assert_all_cancelled_and_alive(&c, 20);
     assert_logs(&c);
     // Reproducible delays from the seed, within bounds, not all equal.
@@ -97,7 +131,9 @@ async fn arm64_tcg_20_cycles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm64_tcg_hugepages() {
     let _s = serial();
-    let Some(env) = env_for("arm64", "arm64-huge") else { return };
+    let Some(env) = env_for("arm64", "arm64-huge") else {
+        return;
+    };
     if !is_root() {
         skip_or_fail("hugepage test needs root to reserve /proc/sys/vm/nr_hugepages");
         return;
@@ -109,7 +145,14 @@ async fn arm64_tcg_hugepages() {
     let _g = HugepageGuard::reserve(2 * 96 + 16).expect("reserve hugepages");
     let before = armfleet_migrate_stress::probe::free_2m_hugepages();
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
-    assert_eq!(r, JobResult::Passed { cycles_completed: 8 }, "{}", c.dump());
+    assert_eq!(
+        r,
+        JobResult::Passed {
+            cycles_completed: 8
+        },
+        "{}",
+        c.dump()
+    );
     assert_all_cancelled_and_alive(&c, 8);
     assert_logs(&c);
     assert!(c.agent.contains("hugetlb 2M"), "{}", c.agent);
@@ -121,7 +164,9 @@ async fn arm64_tcg_hugepages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hugepages_missing_is_infra_error() {
-    let Some(env) = env_for("arm64", "huge-missing") else { return };
+    let Some(env) = env_for("arm64", "huge-missing") else {
+        return;
+    };
     let mut params = tcg_params("arm64", 1);
     params.hugepages = true;
     params.memory_mib = 1 << 20; // 1 TiB: never enough
@@ -135,12 +180,25 @@ async fn hugepages_missing_is_infra_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x86_64_tcg_few_cycles() {
     let _s = serial();
-    let Some(env) = env_for("x86_64", "x86-3") else { return };
+    let Some(env) = env_for("x86_64", "x86-3") else {
+        return;
+    };
     let params = tcg_params("x86_64", 3);
     let t0 = Instant::now();
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
-    eprintln!("x86_64 TCG 3 cycles: {:?} in {:.1} s", r, t0.elapsed().as_secs_f64());
-    assert_eq!(r, JobResult::Passed { cycles_completed: 3 }, "{}", c.dump());
+    eprintln!(
+        "x86_64 TCG 3 cycles: {:?} in {:.1} s",
+        r,
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        r,
+        JobResult::Passed {
+            cycles_completed: 3
+        },
+        "{}",
+        c.dump()
+    );
     assert_all_cancelled_and_alive(&c, 3);
     assert!(c.console.contains("arch=x86_64"));
     assert_no_leftovers(&env);
@@ -149,20 +207,38 @@ async fn x86_64_tcg_few_cycles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_guest_panic_fails_the_right_cycle() {
     let _s = serial();
-    let Some(env) = env_for("arm64", "panic") else { return };
+    let Some(env) = env_for("arm64", "panic") else {
+        return;
+    };
     let mut params = tcg_params("arm64", 6);
     params.inject_guest_panic_after = Some(2);
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
-    eprintln!("panic job result: {r:#?}\ninterrupted cycle: {:#?}", c.cycles.last());
+    eprintln!(
+        "panic job result: {r:#?}\ninterrupted cycle: {:#?}",
+        c.cycles.last()
+    );
     eprintln!("console tail:\n{}", tail(&c.console, 30));
     match &r {
-        JobResult::Failed { cycles_completed, failed_cycle, reason, evidence } => {
+        JobResult::Failed {
+            cycles_completed,
+            failed_cycle,
+            reason,
+            evidence,
+        } => {
             assert_eq!(*cycles_completed, 2, "{}", c.dump());
             assert_eq!(*failed_cycle, Some(3));
             assert!(reason.contains("Kernel panic"), "{reason}");
-            assert!(evidence.iter().any(|l| l.contains("Kernel panic - not syncing: sysrq triggered crash")), "{evidence:#?}");
+            assert!(
+                evidence
+                    .iter()
+                    .any(|l| l.contains("Kernel panic - not syncing: sysrq triggered crash")),
+                "{evidence:#?}"
+            );
             // the grace period captured the trace after the panic line
-            assert!(evidence.iter().any(|l| l.contains("sysrq")), "{evidence:#?}");
+            assert!(
+                evidence.iter().any(|l| l.contains("sysrq")),
+                "{evidence:#?}"
+            );
         }
         other => panic!("expected Failed, got {other:?}\n{}", c.dump()),
     }
@@ -170,7 +246,12 @@ async fn injected_guest_panic_fails_the_right_cycle() {
     assert_eq!(c.cycles.len(), 3, "{}", c.dump());
     assert!(c.cycles[..2].iter().all(|r| r.guest_alive));
     assert!(!c.cycles[2].guest_alive);
-    assert!(c.cycles[2].events.iter().any(|e| e.contains("ARMFLEET-PANIC")));
+    assert!(
+        c.cycles[2]
+            .events
+            .iter()
+            .any(|e| e.contains("ARMFLEET-PANIC"))
+    );
     assert_no_leftovers(&env);
 }
 
@@ -180,8 +261,14 @@ async fn missing_qemu_is_infra_error_naming_the_binary() {
     env.qemu_binary = Some("/nonexistent/bin/qemu-system-aarch64".into());
     let (r, c) = run_job(&env, &tcg_params("arm64", 1), CancellationToken::new()).await;
     match r {
-        JobResult::InfraError { cycles_completed: 0, reason } => {
-            assert!(reason.contains("/nonexistent/bin/qemu-system-aarch64"), "{reason}")
+        JobResult::InfraError {
+            cycles_completed: 0,
+            reason,
+        } => {
+            assert!(
+                reason.contains("/nonexistent/bin/qemu-system-aarch64"),
+                "{reason}"
+            )
         }
         other => panic!("{other:?}\n{}", c.agent),
     }
@@ -189,7 +276,9 @@ async fn missing_qemu_is_infra_error_naming_the_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_guest_is_infra_error() {
-    let Some(mut env) = env_for("arm64", "noguest") else { return };
+    let Some(mut env) = env_for("arm64", "noguest") else {
+        return;
+    };
     env.guest_dir = "/nonexistent/guest".into();
     let (r, _) = run_job(&env, &tcg_params("arm64", 1), CancellationToken::new()).await;
     match r {
@@ -201,12 +290,18 @@ async fn missing_guest_is_infra_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_without_hardware_kvm_is_infra_error() {
     let probe = armfleet_migrate_stress::probe_host();
-    let host_arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "x86_64" };
+    let host_arch = if std::env::consts::ARCH == "aarch64" {
+        "arm64"
+    } else {
+        "x86_64"
+    };
     if probe.kvm.hardware {
         eprintln!("SKIPPED (not passing): this host has hardware KVM; nothing to refuse");
         return;
     }
-    let Some(env) = env_for(host_arch, "nokvm") else { return };
+    let Some(env) = env_for(host_arch, "nokvm") else {
+        return;
+    };
     let mut params = tcg_params(host_arch, 1);
     params.accel = "kvm".into();
     let (r, _) = run_job(&env, &params, CancellationToken::new()).await;
@@ -219,7 +314,9 @@ async fn kvm_without_hardware_kvm_is_infra_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_killed_mid_migration_is_recorded() {
     let _s = serial();
-    let Some(env) = env_for("arm64", "dstkill") else { return };
+    let Some(env) = env_for("arm64", "dstkill") else {
+        return;
+    };
     let mut params = tcg_params("arm64", 3);
     params.cancel_delay_ms_min = 1500;
     params.cancel_delay_ms_max = 1500;
@@ -248,12 +345,22 @@ async fn destination_killed_mid_migration_is_recorded() {
     let killed = killer.await.unwrap();
     eprintln!("destination-kill cycle: {:#?}", c.cycles.first());
     assert!(killed.is_some(), "never saw a destination");
-    assert_eq!(r, JobResult::Passed { cycles_completed: 3 }, "{}", c.dump());
+    assert_eq!(
+        r,
+        JobResult::Passed {
+            cycles_completed: 3
+        },
+        "{}",
+        c.dump()
+    );
     assert_eq!(c.cycles.len(), 3);
     let first = &c.cycles[0];
     assert_eq!(first.final_state, "failed", "{first:?}");
     assert!(
-        first.events.iter().any(|e| e.contains("exited during the migration") && e.contains("signal 9")),
+        first
+            .events
+            .iter()
+            .any(|e| e.contains("exited during the migration") && e.contains("signal 9")),
         "{first:?}"
     );
     assert!(first.guest_alive);
@@ -267,7 +374,9 @@ async fn destination_killed_mid_migration_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_kills_everything() {
     let _s = serial();
-    let Some(env) = env_for("arm64", "cancel") else { return };
+    let Some(env) = env_for("arm64", "cancel") else {
+        return;
+    };
     let params = tcg_params("arm64", 1000);
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
@@ -276,8 +385,10 @@ async fn cancellation_kills_everything() {
     let watcher = tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
-            let q: Vec<_> =
-                procs_mentioning(&needle).into_iter().filter(|(_, c)| c.contains("qemu-system")).collect();
+            let q: Vec<_> = procs_mentioning(&needle)
+                .into_iter()
+                .filter(|(_, c)| c.contains("qemu-system"))
+                .collect();
             if q.len() >= 2 {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 c2.cancel();
@@ -292,7 +403,11 @@ async fn cancellation_kills_everything() {
     let (r, c) = run_job(&env, &params, cancel).await;
     let seen = watcher.await.unwrap();
     assert!(seen >= 2, "never saw source + destination");
-    assert!(matches!(r, JobResult::Cancelled { .. }), "{r:?}\n{}", c.dump());
+    assert!(
+        matches!(r, JobResult::Cancelled { .. }),
+        "{r:?}\n{}",
+        c.dump()
+    );
     assert!(t0.elapsed() < Duration::from_secs(120));
     assert_no_leftovers(&env);
 }
@@ -300,15 +415,33 @@ async fn cancellation_kills_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_every_ping_pongs() {
     let _s = serial();
-    let Some(env) = env_for("arm64", "pingpong") else { return };
+    let Some(env) = env_for("arm64", "pingpong") else {
+        return;
+    };
     let mut params = tcg_params("arm64", 4);
     params.complete_every = 2;
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
-    assert_eq!(r, JobResult::Passed { cycles_completed: 4 }, "{}", c.dump());
-    let actions: Vec<_> = c.cycles.iter().map(|r| (r.action.as_str(), r.final_state.as_str())).collect();
+    assert_eq!(
+        r,
+        JobResult::Passed {
+            cycles_completed: 4
+        },
+        "{}",
+        c.dump()
+    );
+    let actions: Vec<_> = c
+        .cycles
+        .iter()
+        .map(|r| (r.action.as_str(), r.final_state.as_str()))
+        .collect();
     assert_eq!(
         actions,
-        vec![("cancel", "cancelled"), ("pingpong", "completed"), ("cancel", "cancelled"), ("pingpong", "completed")],
+        vec![
+            ("cancel", "cancelled"),
+            ("pingpong", "completed"),
+            ("cancel", "cancelled"),
+            ("pingpong", "completed")
+        ],
         "{}",
         c.dump()
     );
@@ -319,14 +452,27 @@ async fn complete_every_ping_pongs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_source_after_cancel_is_resumed() {
     let _s = serial();
-    let Some(mut env) = env_for("arm64", "trap2") else { return };
+    let Some(mut env) = env_for("arm64", "trap2") else {
+        return;
+    };
     env.fault_hooks.pause_source_before_cancel = vec![2];
     let params = tcg_params("arm64", 3);
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
-    assert_eq!(r, JobResult::Passed { cycles_completed: 3 }, "{}", c.dump());
+    assert_eq!(
+        r,
+        JobResult::Passed {
+            cycles_completed: 3
+        },
+        "{}",
+        c.dump()
+    );
     let resumed: Vec<bool> = c.cycles.iter().map(|r| r.resumed_paused_source).collect();
     assert_eq!(resumed, vec![false, true, false], "{}", c.dump());
-    assert!(c.cycles.iter().all(|r| r.guest_alive && r.final_state == "cancelled"));
+    assert!(
+        c.cycles
+            .iter()
+            .all(|r| r.guest_alive && r.final_state == "cancelled")
+    );
     assert!(c.qmp.contains("\"execute\":\"cont\""));
     assert_no_leftovers(&env);
 }
@@ -334,14 +480,24 @@ async fn paused_source_after_cancel_is_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x86_64_guest_panic_raises_guest_panicked() {
     let _s = serial();
-    let Some(env) = env_for("x86_64", "x86-panic") else { return };
+    let Some(env) = env_for("x86_64", "x86-panic") else {
+        return;
+    };
     let mut params = tcg_params("x86_64", 3);
     params.inject_guest_panic_after = Some(1);
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
     eprintln!("x86 panic: {r:#?}");
     match &r {
-        JobResult::Failed { cycles_completed: 1, failed_cycle: Some(2), evidence, .. } => {
-            assert!(evidence.iter().any(|l| l.contains("Kernel panic")), "{evidence:#?}");
+        JobResult::Failed {
+            cycles_completed: 1,
+            failed_cycle: Some(2),
+            evidence,
+            ..
+        } => {
+            assert!(
+                evidence.iter().any(|l| l.contains("Kernel panic")),
+                "{evidence:#?}"
+            );
         }
         other => panic!("{other:?}\n{}", c.dump()),
     }
@@ -353,8 +509,14 @@ async fn x86_64_guest_panic_raises_guest_panicked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_dmesg_finding_fails_the_job() {
     let _s = serial();
-    let Some(mut env) = env_for("arm64", "dmesg-fatal") else { return };
-    if std::fs::OpenOptions::new().write(true).open("/dev/kmsg").is_err() {
+    let Some(mut env) = env_for("arm64", "dmesg-fatal") else {
+        return;
+    };
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .is_err()
+    {
         skip_or_fail("cannot write /dev/kmsg (needs root)");
         return;
     }
@@ -374,7 +536,10 @@ async fn host_dmesg_finding_fails_the_job() {
     let m2 = marker.clone();
     tokio::spawn(async move {
         for _ in 0..600 {
-            if procs_mentioning(&needle).iter().any(|(_, c)| c.contains("-incoming")) {
+            if procs_mentioning(&needle)
+                .iter()
+                .any(|(_, c)| c.contains("-incoming"))
+            {
                 let _ = std::fs::write("/dev/kmsg", format!("{m2}\n"));
                 return;
             }
@@ -383,7 +548,12 @@ async fn host_dmesg_finding_fails_the_job() {
     });
     let (r, c) = run_job(&env, &tcg_params("arm64", 30), CancellationToken::new()).await;
     match &r {
-        JobResult::Failed { failed_cycle: Some(n), reason, evidence, .. } => {
+        JobResult::Failed {
+            failed_cycle: Some(n),
+            reason,
+            evidence,
+            ..
+        } => {
             assert!(*n >= 1);
             assert!(reason.contains("test fault marker"), "{reason}");
             assert!(evidence.iter().any(|l| l.contains(&marker)), "{evidence:?}");
@@ -396,7 +566,9 @@ async fn host_dmesg_finding_fails_the_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_that_cannot_start_is_infra_error() {
     let _s = serial();
-    let Some(mut env) = env_for("arm64", "dst-nostart") else { return };
+    let Some(mut env) = env_for("arm64", "dst-nostart") else {
+        return;
+    };
     let real = armfleet_migrate_stress::probe::find_qemu("aarch64").unwrap();
     // A wrapper that is QEMU, except as a destination.
     let wrapper = std::env::temp_dir().join(format!("afms-qemu-wrapper-{}", std::process::id()));
@@ -414,9 +586,15 @@ async fn destination_that_cannot_start_is_infra_error() {
     let (r, c) = run_job(&env, &tcg_params("arm64", 3), CancellationToken::new()).await;
     let _ = std::fs::remove_file(&wrapper);
     match &r {
-        JobResult::InfraError { cycles_completed: 0, reason } => {
+        JobResult::InfraError {
+            cycles_completed: 0,
+            reason,
+        } => {
             assert!(reason.contains("destination failed to start"), "{reason}");
-            assert!(reason.contains("simulated: cannot allocate guest RAM"), "{reason}");
+            assert!(
+                reason.contains("simulated: cannot allocate guest RAM"),
+                "{reason}"
+            );
         }
         other => panic!("{other:?}\n{}", c.dump()),
     }
@@ -426,16 +604,24 @@ async fn destination_that_cannot_start_is_infra_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_job_future_kills_qemu() {
     let _s = serial();
-    let Some(env) = env_for("arm64", "drop") else { return };
+    let Some(env) = env_for("arm64", "drop") else {
+        return;
+    };
     let needle = env.work_dir.display().to_string();
     let params = tcg_params("arm64", 1000);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let job = armfleet_migrate_stress::run_migrate_cancel(&env, &params, tx, CancellationToken::new());
+    let job =
+        armfleet_migrate_stress::run_migrate_cancel(&env, &params, tx, CancellationToken::new());
     let n2 = needle.clone();
     let up = async move {
         loop {
-            if procs_mentioning(&n2).iter().filter(|(_, c)| c.contains("qemu-system")).count() >= 2 {
+            if procs_mentioning(&n2)
+                .iter()
+                .filter(|(_, c)| c.contains("qemu-system"))
+                .count()
+                >= 2
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -448,12 +634,17 @@ async fn dropping_the_job_future_kills_qemu() {
     // The job future is dropped here.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left: Vec<_> =
-            procs_mentioning(&needle).into_iter().filter(|(_, c)| c.contains("qemu-system")).collect();
+        let left: Vec<_> = procs_mentioning(&needle)
+            .into_iter()
+            .filter(|(_, c)| c.contains("qemu-system"))
+            .collect();
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "QEMU survived the dropped job: {left:?}");
+        assert!(
+            Instant::now() < deadline,
+            "QEMU survived the dropped job: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(dir_is_empty(&env.work_dir));
@@ -462,11 +653,17 @@ async fn dropping_the_job_future_kills_qemu() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_timeout_is_timed_out() {
     let _s = serial();
-    let Some(mut env) = env_for("arm64", "timeout") else { return };
+    let Some(mut env) = env_for("arm64", "timeout") else {
+        return;
+    };
     env.job_timeout = Some(Duration::from_secs(8));
     let t0 = Instant::now();
     let (r, c) = run_job(&env, &tcg_params("arm64", 1000), CancellationToken::new()).await;
-    assert!(matches!(r, JobResult::TimedOut { .. }), "{r:?}\n{}", c.dump());
+    assert!(
+        matches!(r, JobResult::TimedOut { .. }),
+        "{r:?}\n{}",
+        c.dump()
+    );
     assert!(t0.elapsed() < Duration::from_secs(20));
     assert_no_leftovers(&env);
 }

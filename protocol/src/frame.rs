@@ -26,10 +26,16 @@ pub struct Frame<M> {
 
 impl<M> Frame<M> {
     pub fn new(message: M) -> Self {
-        Frame { message, payload: Bytes::new() }
+        Frame {
+            message,
+            payload: Bytes::new(),
+        }
     }
     pub fn with_payload(message: M, payload: impl Into<Bytes>) -> Self {
-        Frame { message, payload: payload.into() }
+        Frame {
+            message,
+            payload: payload.into(),
+        }
     }
 }
 
@@ -64,7 +70,9 @@ pub fn encode<M: Serialize>(frame: &Frame<M>) -> Result<Vec<u8>, FrameError> {
 /// Decodes the body of a frame (everything after the leading `total`).
 pub fn decode_body<M: DeserializeOwned>(body: Bytes) -> Result<Frame<M>, FrameError> {
     if body.len() < 4 {
-        return Err(FrameError::Malformed("frame shorter than its header".into()));
+        return Err(FrameError::Malformed(
+            "frame shorter than its header".into(),
+        ));
     }
     let json_len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
     if json_len > body.len() - 4 {
@@ -75,7 +83,10 @@ pub fn decode_body<M: DeserializeOwned>(body: Bytes) -> Result<Frame<M>, FrameEr
     }
     let message = serde_json::from_slice(&body[4..4 + json_len])
         .map_err(|e| FrameError::Malformed(format!("bad message: {e}")))?;
-    Ok(Frame { message, payload: body.slice(4 + json_len..) })
+    Ok(Frame {
+        message,
+        payload: body.slice(4 + json_len..),
+    })
 }
 
 /// Decodes one complete frame from a byte slice (used by fuzzing and tests).

@@ -15,11 +15,24 @@ pub enum AgentMessage {
     /// A piece of one of the job's log streams; the bytes travel as the
     /// frame payload. `seq` counts chunks per (job, stream) from 0, so the
     /// server can store each chunk exactly once.
-    LogChunk { job_id: i64, epoch: i64, stream: LogStream, seq: u64 },
+    LogChunk {
+        job_id: i64,
+        epoch: i64,
+        stream: LogStream,
+        seq: u64,
+    },
     /// One stress cycle finished (successfully or not).
-    CycleDone { job_id: i64, epoch: i64, record: CycleRecord },
+    CycleDone {
+        job_id: i64,
+        epoch: i64,
+        record: CycleRecord,
+    },
     /// The job reached its end on the agent's side.
-    JobFinished { job_id: i64, epoch: i64, result: JobResult },
+    JobFinished {
+        job_id: i64,
+        epoch: i64,
+        result: JobResult,
+    },
 }
 
 /// The agent's opening message.
@@ -62,7 +75,11 @@ pub enum ServerMessage {
     Refused { reason: String },
     /// Run this job. `epoch` fences stale agents: every message about the
     /// job must carry it back.
-    AssignJob { job_id: i64, epoch: i64, spec: JobSpec },
+    AssignJob {
+        job_id: i64,
+        epoch: i64,
+        spec: JobSpec,
+    },
     /// Stop this job as soon as possible and report it `cancelled`.
     CancelJob { job_id: i64, reason: String },
     /// The server has the job's final result (or the job is no longer this
@@ -290,7 +307,9 @@ pub struct CycleRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum JobResult {
-    Passed { cycles_completed: u32 },
+    Passed {
+        cycles_completed: u32,
+    },
     /// The kernel under test misbehaved.
     Failed {
         cycles_completed: u32,
@@ -300,18 +319,32 @@ pub enum JobResult {
         evidence: Vec<String>,
     },
     /// The lab misbehaved (QEMU missing, no KVM, ...); not a kernel verdict.
-    InfraError { cycles_completed: u32, reason: String },
-    Cancelled { cycles_completed: u32, reason: String },
-    TimedOut { cycles_completed: u32 },
+    InfraError {
+        cycles_completed: u32,
+        reason: String,
+    },
+    Cancelled {
+        cycles_completed: u32,
+        reason: String,
+    },
+    TimedOut {
+        cycles_completed: u32,
+    },
 }
 
 impl JobResult {
     pub fn cycles_completed(&self) -> u32 {
         match self {
             JobResult::Passed { cycles_completed }
-            | JobResult::Failed { cycles_completed, .. }
-            | JobResult::InfraError { cycles_completed, .. }
-            | JobResult::Cancelled { cycles_completed, .. }
+            | JobResult::Failed {
+                cycles_completed, ..
+            }
+            | JobResult::InfraError {
+                cycles_completed, ..
+            }
+            | JobResult::Cancelled {
+                cycles_completed, ..
+            }
             | JobResult::TimedOut { cycles_completed } => *cycles_completed,
         }
     }

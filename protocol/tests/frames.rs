@@ -11,15 +11,36 @@ fn sample_messages() -> Vec<Frame<AgentMessage>> {
             protocol_version: PROTOCOL_VERSION,
             agent_version: "0.1.0".into(),
             board: "kunpeng-01".into(),
-            facts: BoardFacts { kernel_release: "6.12.0".into(), cores: 96, ..Default::default() },
-            running_jobs: vec![JobLease { job_id: 7, epoch: 2 }],
+            facts: BoardFacts {
+                kernel_release: "6.12.0".into(),
+                cores: 96,
+                ..Default::default()
+            },
+            running_jobs: vec![JobLease {
+                job_id: 7,
+                epoch: 2,
+            }],
         })),
-        Frame::new(AgentMessage::Heartbeat { running_job: Some(7) }),
+        Frame::new(AgentMessage::Heartbeat {
+            running_job: Some(7),
+        }),
         Frame::with_payload(
-            AgentMessage::LogChunk { job_id: 7, epoch: 2, stream: LogStream::GuestConsole, seq: 3 },
+            AgentMessage::LogChunk {
+                job_id: 7,
+                epoch: 2,
+                stream: LogStream::GuestConsole,
+                seq: 3,
+            },
             b"\x00\xffnot utf-8 \x1b[31mred\r\n".to_vec(),
         ),
-        Frame::new(AgentMessage::CycleDone { job_id: 7, epoch: 2, record: CycleRecord { cycle: 4, ..Default::default() } }),
+        Frame::new(AgentMessage::CycleDone {
+            job_id: 7,
+            epoch: 2,
+            record: CycleRecord {
+                cycle: 4,
+                ..Default::default()
+            },
+        }),
         Frame::new(AgentMessage::JobFinished {
             job_id: 7,
             epoch: 2,
@@ -46,12 +67,23 @@ fn every_message_round_trips_with_its_payload() {
 fn oversized_frames_are_refused_before_reading_them() {
     let mut bytes = (MAX_FRAME_BYTES + 1).to_be_bytes().to_vec();
     bytes.extend_from_slice(&[0; 16]);
-    assert!(matches!(decode::<AgentMessage>(&bytes), Err(FrameError::TooLarge(_))));
+    assert!(matches!(
+        decode::<AgentMessage>(&bytes),
+        Err(FrameError::TooLarge(_))
+    ));
     let big = Frame::with_payload(
-        AgentMessage::LogChunk { job_id: 1, epoch: 1, stream: LogStream::Agent, seq: 0 },
+        AgentMessage::LogChunk {
+            job_id: 1,
+            epoch: 1,
+            stream: LogStream::Agent,
+            seq: 0,
+        },
         vec![b'x'; MAX_FRAME_BYTES as usize],
     );
-    assert!(matches!(encode(&big), Err(FrameError::TooLarge(_))), "the sender refuses too");
+    assert!(
+        matches!(encode(&big), Err(FrameError::TooLarge(_))),
+        "the sender refuses too"
+    );
 }
 
 #[test]
@@ -62,16 +94,25 @@ fn unknown_message_types_are_malformed_not_fatal() {
     bytes.extend_from_slice(json);
     let err = decode::<AgentMessage>(&bytes).unwrap_err();
     assert!(matches!(err, FrameError::Malformed(_)), "{err}");
-    assert!(err.to_string().contains("format_disk"), "the error names what was wrong: {err}");
+    assert!(
+        err.to_string().contains("format_disk"),
+        "the error names what was wrong: {err}"
+    );
 }
 
 #[tokio::test]
 async fn the_async_reader_reports_a_clean_close_and_a_truncated_frame_differently() {
     let mut empty: &[u8] = &[];
-    assert!(matches!(read_frame::<AgentMessage, _>(&mut empty).await, Err(FrameError::Closed)));
+    assert!(matches!(
+        read_frame::<AgentMessage, _>(&mut empty).await,
+        Err(FrameError::Closed)
+    ));
     let bytes = encode(&Frame::new(AgentMessage::Heartbeat { running_job: None })).unwrap();
     let mut truncated = &bytes[..bytes.len() - 2];
-    assert!(matches!(read_frame::<AgentMessage, _>(&mut truncated).await, Err(FrameError::Io(_))));
+    assert!(matches!(
+        read_frame::<AgentMessage, _>(&mut truncated).await,
+        Err(FrameError::Io(_))
+    ));
 }
 
 proptest! {

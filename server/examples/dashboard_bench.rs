@@ -44,21 +44,39 @@ timeout_s = 600
 cycles = 200
 "#;
 
-const FAMILIES: [&str; 6] = ["kunpeng920", "ampere-altra", "ampere-one", "nvidia-grace", "rpi4", "rpi5"];
+const FAMILIES: [&str; 6] = [
+    "kunpeng920",
+    "ampere-altra",
+    "ampere-one",
+    "nvidia-grace",
+    "rpi4",
+    "rpi5",
+];
 const BOARDS_PER_FAMILY: usize = 4;
 const KERNELS: i64 = 4200;
 
 async fn exec(pool: &PgPool, sql: &str) {
     let t = Instant::now();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.unwrap_or_else(|e| panic!("{e}: {sql}"));
-    eprintln!("  {:>6.1} s  {}", t.elapsed().as_secs_f64(), sql.split_whitespace().take(6).collect::<Vec<_>>().join(" "));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"));
+    eprintln!(
+        "  {:>6.1} s  {}",
+        t.elapsed().as_secs_f64(),
+        sql.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
+    );
 }
 
 async fn seed(pool: &PgPool, log_mb: usize) -> (i64, i64, i64) {
     eprintln!("seeding…");
     let boards: Vec<String> = FAMILIES
         .iter()
-        .flat_map(|f| (1..=BOARDS_PER_FAMILY).map(move |i| format!("('{f}-{i:02}', '{f}', 'arm64', '{{kvm}}', 'idle', true, now())")))
+        .flat_map(|f| {
+            (1..=BOARDS_PER_FAMILY).map(move |i| {
+                format!("('{f}-{i:02}', '{f}', 'arm64', '{{kvm}}', 'idle', true, now())")
+            })
+        })
         .collect();
     exec(pool, &format!("INSERT INTO boards (name, family, arch, labels, state, simulated, last_heartbeat) VALUES {} ON CONFLICT DO NOTHING", boards.join(","))).await;
     exec(pool, "UPDATE boards SET facts = '{\"kernel_release\": \"6.12.9-arm64\", \"cores\": 80, \"mem_total_kib\": 268435456, \"cpu_implementer\": \"0x41\"}'::jsonb").await;
@@ -123,11 +141,23 @@ async fn seed(pool: &PgPool, log_mb: usize) -> (i64, i64, i64) {
     exec(pool, &format!("INSERT INTO job_cycles (job_id, cycle, record)
                 SELECT j.id, c, {cycle_json} FROM (SELECT id, cycles_completed FROM jobs ORDER BY id DESC LIMIT 200) j
                 CROSS JOIN LATERAL generate_series(1, GREATEST(j.cycles_completed, 1)) c")).await;
-    let long_job: i64 = sqlx::query_scalar("SELECT min(id) FROM jobs WHERE state = 'passed'").fetch_one(pool).await.unwrap();
-    exec(pool, &format!("UPDATE jobs SET cycles_total = 20000, cycles_completed = 20000 WHERE id = {long_job}")).await;
+    let long_job: i64 = sqlx::query_scalar("SELECT min(id) FROM jobs WHERE state = 'passed'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    exec(
+        pool,
+        &format!(
+            "UPDATE jobs SET cycles_total = 20000, cycles_completed = 20000 WHERE id = {long_job}"
+        ),
+    )
+    .await;
     exec(pool, &format!("INSERT INTO job_cycles (job_id, cycle, record) SELECT {long_job}, c, {cycle_json} FROM generate_series(1, 20000) c")).await;
     // A console of `log_mb` MB in 64 KiB chunks, with an abort in the middle.
-    let log_job: i64 = sqlx::query_scalar("SELECT min(id) FROM jobs WHERE state = 'failed'").fetch_one(pool).await.unwrap();
+    let log_job: i64 = sqlx::query_scalar("SELECT min(id) FROM jobs WHERE state = 'failed'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     let t = Instant::now();
     let mut line_no = 0u64;
     let target = log_mb * 1024 * 1024;
@@ -140,24 +170,50 @@ async fn seed(pool: &PgPool, log_mb: usize) -> (i64, i64, i64) {
             if line_no == 1_000_000 {
                 chunk.push_str("[ 4242.000000] Unable to handle kernel TLB conflict abort at virtual address ffff00000a2c3000\n");
             } else {
-                chunk.push_str(&format!("[{:6}.{:06}] armfleet-dirty: pass {line_no} ok, 262144 pages dirtied\n", line_no / 1000, line_no % 1_000_000));
+                chunk.push_str(&format!(
+                    "[{:6}.{:06}] armfleet-dirty: pass {line_no} ok, 262144 pages dirtied\n",
+                    line_no / 1000,
+                    line_no % 1_000_000
+                ));
             }
         }
         written += chunk.len();
-        armfleet_server::logs::store_chunk(pool, log_job, LogStream::GuestConsole, seq, chunk.as_bytes()).await.unwrap();
+        armfleet_server::logs::store_chunk(
+            pool,
+            log_job,
+            LogStream::GuestConsole,
+            seq,
+            chunk.as_bytes(),
+        )
+        .await
+        .unwrap();
         seq += 1;
     }
-    eprintln!("  {:>6.1} s  {} MB console ({line_no} lines, {seq} chunks) for job {log_job}", t.elapsed().as_secs_f64(), written >> 20);
+    eprintln!(
+        "  {:>6.1} s  {} MB console ({line_no} lines, {seq} chunks) for job {log_job}",
+        t.elapsed().as_secs_f64(),
+        written >> 20
+    );
     exec(pool, "ANALYZE").await;
     (long_job, log_job, (line_no as i64 + 1999) / 2000)
 }
 
 async fn time_get(app: &axum::Router, uri: &str) -> (Duration, usize) {
     let t = Instant::now();
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), 256 << 20).await.unwrap();
-    assert!(status.is_success(), "GET {uri}: {status}: {}", String::from_utf8_lossy(&body[..body.len().min(500)]));
+    let body = axum::body::to_bytes(resp.into_body(), 256 << 20)
+        .await
+        .unwrap();
+    assert!(
+        status.is_success(),
+        "GET {uri}: {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(500)])
+    );
     (t.elapsed(), body.len())
 }
 
@@ -179,29 +235,47 @@ async fn main() -> anyhow::Result<()> {
         Ok(u) if !u.is_empty() => u,
         _ => {
             let pg = armfleet_server::db::embedded::EmbeddedPostgres::start(&dir.join("pg"))?;
-            let url = format!("postgres://postgres@localhost/postgres?host={}&port=5432", pg.socket_dir().display());
+            let url = format!(
+                "postgres://postgres@localhost/postgres?host={}&port=5432",
+                pg.socket_dir().display()
+            );
             embedded = Some(pg);
             url
         }
     };
     let db = format!("armfleet_dashbench_{}", std::process::id());
     let admin_pool = PgPool::connect(&admin).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin_pool).await?;
-    let (base, query) = admin.split_once('?').map(|(b, q)| (b.to_owned(), format!("?{q}"))).unwrap_or((admin.clone(), String::new()));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin_pool)
+        .await?;
+    let (base, query) = admin
+        .split_once('?')
+        .map(|(b, q)| (b.to_owned(), format!("?{q}")))
+        .unwrap_or((admin.clone(), String::new()));
     let url = format!("{}/{db}{query}", &base[..base.rfind('/').unwrap()]);
     std::fs::write(dir.join("fleet.toml"), FLEET)?;
-    let server = Server::prepare(Settings { fleet_path: dir.join("fleet.toml"), data_dir: dir.join("data"), database_url: Some(url) }).await?;
+    let server = Server::prepare(Settings {
+        fleet_path: dir.join("fleet.toml"),
+        data_dir: dir.join("data"),
+        database_url: Some(url),
+    })
+    .await?;
     let state = server.state.clone();
     let (long_job, log_job, log_pages) = seed(&state.pool, log_mb).await;
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&state.pool).await?;
-    let recent_job: i64 = sqlx::query_scalar("SELECT max(id) FROM jobs WHERE state = 'running'").fetch_one(&state.pool).await?;
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&state.pool)
+        .await?;
+    let recent_job: i64 = sqlx::query_scalar("SELECT max(id) FROM jobs WHERE state = 'running'")
+        .fetch_one(&state.pool)
+        .await?;
     let mid_kernel = KERNELS / 2;
     let app = armfleet_server::http::app(state.clone());
 
     // The first view of the last page of the big log builds its line index.
     let last_log = format!("/jobs/{log_job}/log/guest_console?page={log_pages}");
     let (cold, _) = time_get(&app, &last_log).await;
-    let (cold_mid, _) = time_get(&app, &format!("/jobs/{log_job}/log/guest_console?page=500")).await;
+    let (cold_mid, _) =
+        time_get(&app, &format!("/jobs/{log_job}/log/guest_console?page=500")).await;
 
     let pages: Vec<(&str, String)> = vec![
         ("fleet", "/".into()),
@@ -224,10 +298,19 @@ async fn main() -> anyhow::Result<()> {
         ("signatures", "/signatures".into()),
         ("signatures p4", "/signatures?page=4".into()),
     ];
-    println!("\n{jobs} jobs, {KERNELS} kernels, {} boards; {n} renders per page (after 2 warm-ups)", FAMILIES.len() * BOARDS_PER_FAMILY + 3);
-    println!("log: {log_mb} MB, {log_pages} pages; first view of its last page {:.0} ms, then page 500 {:.0} ms (line index built once, then cached)",
-             cold.as_secs_f64() * 1000.0, cold_mid.as_secs_f64() * 1000.0);
-    println!("{:<22} {:>9} {:>9} {:>9} {:>10}", "page", "p50 ms", "p99 ms", "max ms", "bytes");
+    println!(
+        "\n{jobs} jobs, {KERNELS} kernels, {} boards; {n} renders per page (after 2 warm-ups)",
+        FAMILIES.len() * BOARDS_PER_FAMILY + 3
+    );
+    println!(
+        "log: {log_mb} MB, {log_pages} pages; first view of its last page {:.0} ms, then page 500 {:.0} ms (line index built once, then cached)",
+        cold.as_secs_f64() * 1000.0,
+        cold_mid.as_secs_f64() * 1000.0
+    );
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>10}",
+        "page", "p50 ms", "p99 ms", "max ms", "bytes"
+    );
     for (name, uri) in &pages {
         for _ in 0..2 {
             time_get(&app, uri).await;
@@ -240,10 +323,19 @@ async fn main() -> anyhow::Result<()> {
             size = s;
         }
         times.sort();
-        println!("{name:<22} {:>9.1} {:>9.1} {:>9.1} {size:>10}", pct(&times, 0.5), pct(&times, 0.99), times.last().unwrap().as_secs_f64() * 1000.0);
+        println!(
+            "{name:<22} {:>9.1} {:>9.1} {:>9.1} {size:>10}",
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            times.last().unwrap().as_secs_f64() * 1000.0
+        );
     }
     state.pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).execute(&admin_pool).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {db} WITH (FORCE)"
+    )))
+    .execute(&admin_pool)
+    .await?;
     admin_pool.close().await;
     if let Some(mut pg) = embedded {
         pg.stop();

@@ -31,7 +31,11 @@ impl AnalysisQueue {
 /// Runs until `shutdown`. Besides the queue it sweeps for ended jobs that
 /// were never analysed (lost or timed out by the watchdog, or left over from
 /// a crash). A failure is logged and retried at the next sweep.
-pub async fn run(state: crate::state::AppState, mut rx: mpsc::UnboundedReceiver<i64>, shutdown: CancellationToken) {
+pub async fn run(
+    state: crate::state::AppState,
+    mut rx: mpsc::UnboundedReceiver<i64>,
+    shutdown: CancellationToken,
+) {
     let pool = state.pool.clone();
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
@@ -69,7 +73,10 @@ async fn unanalysed(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
 
 /// Returns whether the job was analysed now (false: it already was).
 pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<bool> {
-    let row = sqlx::query("SELECT kernel_id, plan FROM jobs WHERE id = $1").bind(job).fetch_one(pool).await?;
+    let row = sqlx::query("SELECT kernel_id, plan FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(pool)
+        .await?;
     let kernel: i64 = row.get("kernel_id");
     let plan: String = row.get("plan");
     let mut found = Vec::new();
@@ -78,18 +85,26 @@ pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<bool> {
         if log.is_empty() {
             continue;
         }
-        let mut f = tokio::task::spawn_blocking(move || findings::triage_stream(stream, source, &log)).await?;
+        let mut f =
+            tokio::task::spawn_blocking(move || findings::triage_stream(stream, source, &log))
+                .await?;
         found.append(&mut f);
     }
     let mut tx = pool.begin().await?;
     let done: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE").bind(job).fetch_one(&mut *tx).await?;
+        sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
     if done.is_some() {
         return Ok(false);
     }
     findings::store(&mut tx, job, &found).await?;
     results::recompute(&mut tx, kernel, &plan).await?;
-    sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = $1").bind(job).execute(&mut *tx).await?;
+    sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = $1")
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     tracing::info!(job, findings = found.len(), "job analysed");
     Ok(true)
@@ -102,19 +117,32 @@ pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<bool> {
 pub async fn reanalyse(pool: &PgPool, job: i64) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let done: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE").bind(job).fetch_one(&mut *tx).await?;
+        sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
     if done.is_none() {
         return Ok(false); // not analysed yet: it will see the log anyway
     }
-    let gone: Vec<String> = sqlx::query_scalar("DELETE FROM findings WHERE job_id = $1 RETURNING signature")
-        .bind(job)
-        .fetch_all(&mut *tx)
-        .await?;
+    let gone: Vec<String> =
+        sqlx::query_scalar("DELETE FROM findings WHERE job_id = $1 RETURNING signature")
+            .bind(job)
+            .fetch_all(&mut *tx)
+            .await?;
     for sig in gone {
-        sqlx::query("UPDATE signatures SET count = GREATEST(count - 1, 0) WHERE signature = $1").bind(sig).execute(&mut *tx).await?;
+        sqlx::query("UPDATE signatures SET count = GREATEST(count - 1, 0) WHERE signature = $1")
+            .bind(sig)
+            .execute(&mut *tx)
+            .await?;
     }
-    sqlx::query("UPDATE jobs SET analyzed_at = NULL WHERE id = $1").bind(job).execute(&mut *tx).await?;
+    sqlx::query("UPDATE jobs SET analyzed_at = NULL WHERE id = $1")
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    tracing::info!(job, "a recovered kernel log arrived after the analysis: analysing the job again");
+    tracing::info!(
+        job,
+        "a recovered kernel log arrived after the analysis: analysing the job again"
+    );
     Ok(true)
 }

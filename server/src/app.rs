@@ -44,7 +44,8 @@ impl Server {
             Some(url) => (db::options_from_url(url)?, None),
             None => {
                 let dir = settings.data_dir.join("postgres");
-                let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir)).await??;
+                let pg =
+                    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir)).await??;
                 (pg.connect_options(), Some(pg))
             }
         };
@@ -61,7 +62,11 @@ impl Server {
         let grace = fleet.server.heartbeat_deadline_ms as f64 / 1000.0;
         let leased = jobs::resolve_after_restart(&pool, &server_id, grace).await?;
         if !leased.is_empty() {
-            tracing::warn!(?leased, grace, "jobs in flight when the previous server stopped wait for their agents");
+            tracing::warn!(
+                ?leased,
+                grace,
+                "jobs in flight when the previous server stopped wait for their agents"
+            );
         }
         let shared = SharedFleet::new(fleet);
         let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -83,7 +88,15 @@ impl Server {
             host_key_fingerprint: Arc::from(fingerprint.as_str()),
             shutdown: CancellationToken::new(),
         };
-        Ok(Server { state, api_token, fingerprint, host_key, analysis_rx: Some(analysis_rx), mirror_rx: Some(mirror_rx), postgres })
+        Ok(Server {
+            state,
+            api_token,
+            fingerprint,
+            host_key,
+            analysis_rx: Some(analysis_rx),
+            mirror_rx: Some(mirror_rx),
+            postgres,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -92,10 +105,23 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then stops every task it
     /// started, ends in-flight jobs and stops the private database.
-    pub async fn run(mut self, http: TcpListener, ssh_listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let state = AppState { shutdown: shutdown.clone(), ..self.state.clone() };
+    pub async fn run(
+        mut self,
+        http: TcpListener,
+        ssh_listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let state = AppState {
+            shutdown: shutdown.clone(),
+            ..self.state.clone()
+        };
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(ssh::serve(state.clone(), self.host_key.clone(), ssh_listener, shutdown.clone()));
+        tasks.spawn(ssh::serve(
+            state.clone(),
+            self.host_key.clone(),
+            ssh_listener,
+            shutdown.clone(),
+        ));
         let listener = state.dispatcher.clone();
         tasks.spawn(listener.listen(shutdown.clone()).map(Ok));
         let watcher = state.dispatcher.clone();
@@ -109,17 +135,22 @@ impl Server {
         }
         if let Some(rx) = self.mirror_rx.take() {
             let data_dir = state.data_dir.as_ref().clone();
-            tasks.spawn(crate::mirror::worker(state.pool.clone(), data_dir, rx, shutdown.clone()).map(Ok));
+            tasks.spawn(
+                crate::mirror::worker(state.pool.clone(), data_dir, rx, shutdown.clone()).map(Ok),
+            );
         }
         tasks.spawn(crate::power::worker(state.clone(), shutdown.clone()).map(Ok));
         tasks.spawn(crate::bisect::worker(state.clone(), shutdown.clone()).map(Ok));
         let app = crate::http::app(state.clone());
         let http_token = shutdown.clone();
         tasks.spawn(async move {
-            axum::serve(http, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(async move { http_token.cancelled().await })
-                .await
-                .context("HTTP server failed")
+            axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { http_token.cancelled().await })
+            .await
+            .context("HTTP server failed")
         });
         // Any task ending early (an error) brings the whole server down.
         let mut first_error = None;
@@ -153,7 +184,8 @@ fn load_or_create_server_id(data_dir: &std::path::Path) -> anyhow::Result<String
         }
     }
     let id = format!("srv-{}", hex::encode(rand::random::<[u8; 8]>()));
-    std::fs::write(&path, format!("{id}\n")).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
 }
 

@@ -118,22 +118,41 @@ async fn git(dir: &Path, args: &[&str]) -> Result<(bool, String), BisectError> {
     .await
     .map_err(|_| BisectError::Git(format!("{} timed out", args.join(" "))))?
     .map_err(|e| BisectError::Git(format!("running git: {e}")))?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
 }
 
 async fn rev_parse(mirror: &Mirror, rev: &str) -> Result<String, BisectError> {
     if rev.starts_with('-') || rev.is_empty() {
         return Err(BisectError::Invalid(format!("`{rev}` is not a commit")));
     }
-    let (ok, out) = git(&mirror.path, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).await?;
+    let (ok, out) = git(
+        &mirror.path,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
+    )
+    .await?;
     if !ok {
-        return Err(BisectError::Invalid(format!("`{rev}` is not a commit of {}", mirror.url)));
+        return Err(BisectError::Invalid(format!(
+            "`{rev}` is not a commit of {}",
+            mirror.url
+        )));
     }
     Ok(out.trim().to_owned())
 }
 
 /// The contents of `file` in `commit`'s tree, if it has one.
-async fn tree_file(mirror: &Mirror, commit: &str, file: &str) -> Result<Option<String>, BisectError> {
+async fn tree_file(
+    mirror: &Mirror,
+    commit: &str,
+    file: &str,
+) -> Result<Option<String>, BisectError> {
     let (ok, out) = git(&mirror.path, &["show", &format!("{commit}:{file}")]).await?;
     Ok(ok.then_some(out))
 }
@@ -152,13 +171,26 @@ pub async fn start(state: &AppState, req: &StartRequest, actor: &str) -> Result<
     start_for(state, req, actor, None).await
 }
 
-async fn start_for(state: &AppState, req: &StartRequest, actor: &str, regression: Option<&FromRegression>) -> Result<i64, BisectError> {
+async fn start_for(
+    state: &AppState,
+    req: &StartRequest,
+    actor: &str,
+    regression: Option<&FromRegression>,
+) -> Result<i64, BisectError> {
     let fleet = state.fleet.current();
-    let plan = fleet.plan(&req.plan).ok_or_else(|| BisectError::Invalid(format!("unknown plan `{}`", req.plan)))?;
+    let plan = fleet
+        .plan(&req.plan)
+        .ok_or_else(|| BisectError::Invalid(format!("unknown plan `{}`", req.plan)))?;
     if let Some(f) = &req.family
-        && !plan.boards.iter().any(|b| fleet.board(b).is_some_and(|b| b.family.as_str() == f))
+        && !plan
+            .boards
+            .iter()
+            .any(|b| fleet.board(b).is_some_and(|b| b.family.as_str() == f))
     {
-        return Err(BisectError::Invalid(format!("plan `{}` has no board of family `{f}`", plan.name)));
+        return Err(BisectError::Invalid(format!(
+            "plan `{}` has no board of family `{f}`",
+            plan.name
+        )));
     }
     if let Some(r) = req.rate
         && !(r > 0.0 && r <= 1.0)
@@ -167,20 +199,33 @@ async fn start_for(state: &AppState, req: &StartRequest, actor: &str, regression
     }
     let confidence = req.confidence.unwrap_or(0.99);
     if !(0.5..1.0).contains(&confidence) {
-        return Err(BisectError::Invalid("confidence must be within [0.5, 1)".into()));
+        return Err(BisectError::Invalid(
+            "confidence must be within [0.5, 1)".into(),
+        ));
     }
     let mirror = Mirror::for_url(&state.data_dir, &req.tree);
-    mirror.fetch().await.map_err(|e| BisectError::Git(format!("mirroring {}: {e}", req.tree)))?;
+    mirror
+        .fetch()
+        .await
+        .map_err(|e| BisectError::Git(format!("mirroring {}: {e}", req.tree)))?;
     let good = rev_parse(&mirror, &req.good).await?;
     let bad = rev_parse(&mirror, &req.bad).await?;
     let (is_ancestor, _) = git(&mirror.path, &["merge-base", "--is-ancestor", &good, &bad]).await?;
     if !is_ancestor || good == bad {
-        return Err(BisectError::Invalid(format!("good {good} is not an ancestor of bad {bad}")));
+        return Err(BisectError::Invalid(format!(
+            "good {good} is not an ancestor of bad {bad}"
+        )));
     }
-    let (_, list) = git(&mirror.path, &["rev-list", "--count", &bad, &format!("^{good}")]).await?;
+    let (_, list) = git(
+        &mirror.path,
+        &["rev-list", "--count", &bad, &format!("^{good}")],
+    )
+    .await?;
     let n: f64 = list.trim().parse().unwrap_or(1.0);
     // Generous: skips and top-ups take steps too.
-    let max_steps = req.max_steps.unwrap_or((n.max(2.0).log2().ceil() as u32) * 2 + 6) as i32;
+    let max_steps = req
+        .max_steps
+        .unwrap_or((n.max(2.0).log2().ceil() as u32) * 2 + 6) as i32;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO bisections (tree, branch, plan, family, good_sha, bad_sha, failure_rate, confidence, seed, max_steps, requested_by)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
@@ -199,7 +244,10 @@ async fn start_for(state: &AppState, req: &StartRequest, actor: &str, regression
     .fetch_one(&state.pool)
     .await?;
     if let Some(r) = regression {
-        let (cycles, failed) = r.measured.filter(|(c, f)| *c > 0 && *f > 0).unwrap_or((0, 0));
+        let (cycles, failed) = r
+            .measured
+            .filter(|(c, f)| *c > 0 && *f > 0)
+            .unwrap_or((0, 0));
         sqlx::query(
             "UPDATE bisections SET regression_id = $2, signature = $3, rate_cycles = $4, rate_failures = $5,
                     failure_rate = CASE WHEN $4 > 0 THEN $5::float8 / $4 ELSE NULL END
@@ -213,7 +261,14 @@ async fn start_for(state: &AppState, req: &StartRequest, actor: &str, regression
         .execute(&state.pool)
         .await?;
     }
-    audit::record(&state.pool, actor, "bisect-start", &format!("bisection {id}"), &format!("{} good {good} bad {bad} plan {}", req.tree, plan.name)).await;
+    audit::record(
+        &state.pool,
+        actor,
+        "bisect-start",
+        &format!("bisection {id}"),
+        &format!("{} good {good} bad {bad} plan {}", req.tree, plan.name),
+    )
+    .await;
     tracing::info!(id, %good, %bad, plan = %plan.name, "bisection started");
     Ok(id)
 }
@@ -225,19 +280,36 @@ pub async fn stop(state: &AppState, id: i64, actor: &str) -> Result<(), BisectEr
         .execute(&state.pool)
         .await?;
     if r.rows_affected() == 0 {
-        sqlx::query_scalar::<_, i64>("SELECT id FROM bisections WHERE id = $1").bind(id).fetch_optional(&state.pool).await?.ok_or(BisectError::NotFound(id))?;
+        sqlx::query_scalar::<_, i64>("SELECT id FROM bisections WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?
+            .ok_or(BisectError::NotFound(id))?;
         return Ok(());
     }
     // Its queued jobs are of no use any more.
-    let runs: Vec<i64> = sqlx::query_scalar("SELECT unnest(runs) FROM bisect_steps WHERE bisection_id = $1 AND verdict IS NULL")
-        .bind(id)
-        .fetch_all(&state.pool)
-        .await?;
-    let jobs: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE run_id = ANY($1) AND state = 'queued'").bind(&runs).fetch_all(&state.pool).await?;
+    let runs: Vec<i64> = sqlx::query_scalar(
+        "SELECT unnest(runs) FROM bisect_steps WHERE bisection_id = $1 AND verdict IS NULL",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    let jobs: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE run_id = ANY($1) AND state = 'queued'")
+            .bind(&runs)
+            .fetch_all(&state.pool)
+            .await?;
     for job in jobs {
         let _ = crate::jobs::cancel(&state.pool, job, "the bisection was stopped").await;
     }
-    audit::record(&state.pool, actor, "bisect-stop", &format!("bisection {id}"), "").await;
+    audit::record(
+        &state.pool,
+        actor,
+        "bisect-stop",
+        &format!("bisection {id}"),
+        "",
+    )
+    .await;
     Ok(())
 }
 
@@ -287,7 +359,10 @@ pub struct StepRow {
 }
 
 async fn load(pool: &PgPool, id: i64) -> Result<Option<BisectionRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM bisections WHERE id = $1").bind(id).fetch_optional(pool).await
+    sqlx::query_as("SELECT * FROM bisections WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 async fn steps(pool: &PgPool, id: i64) -> Result<Vec<StepRow>, sqlx::Error> {
@@ -325,7 +400,12 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
         if let Err(e) = adopt_regressions(&state, &mut asked_mirrors).await {
             tracing::warn!("starting bisections for confirmed regressions: {e}");
         }
-        let running: Vec<i64> = match sqlx::query_scalar("SELECT id FROM bisections WHERE state = 'running' ORDER BY id").fetch_all(&state.pool).await {
+        let running: Vec<i64> = match sqlx::query_scalar(
+            "SELECT id FROM bisections WHERE state = 'running' ORDER BY id",
+        )
+        .fetch_all(&state.pool)
+        .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("bisect worker: {e}");
@@ -345,7 +425,10 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
 
 /// Confirmed regressions on watched trees (whose mirror the server keeps)
 /// get a bisection from their good to their bad kernel, on their family.
-async fn adopt_regressions(state: &AppState, asked: &mut std::collections::HashMap<String, std::time::Instant>) -> Result<(), BisectError> {
+async fn adopt_regressions(
+    state: &AppState,
+    asked: &mut std::collections::HashMap<String, std::time::Instant>,
+) -> Result<(), BisectError> {
     let fleet = state.fleet.current();
     if fleet.trees.is_empty() {
         return Ok(());
@@ -369,8 +452,15 @@ async fn adopt_regressions(state: &AppState, asked: &mut std::collections::HashM
         if !fleet.trees.iter().any(|t| t.matches_url(&tree)) {
             continue;
         }
-        if !Mirror::for_url(&state.data_dir, &tree).path.join("HEAD").exists() {
-            if asked.get(&tree).is_none_or(|t| t.elapsed() > Duration::from_secs(600)) {
+        if !Mirror::for_url(&state.data_dir, &tree)
+            .path
+            .join("HEAD")
+            .exists()
+        {
+            if asked
+                .get(&tree)
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(600))
+            {
                 state.mirrors.request(&tree);
                 asked.insert(tree.clone(), std::time::Instant::now());
             }
@@ -379,7 +469,9 @@ async fn adopt_regressions(state: &AppState, asked: &mut std::collections::HashM
         let regression = FromRegression {
             id: row.get("id"),
             signature: row.get("signature"),
-            measured: row.get::<Option<i64>, _>("cycles_run").zip(row.get::<Option<i64>, _>("failed_cycles")),
+            measured: row
+                .get::<Option<i64>, _>("cycles_run")
+                .zip(row.get::<Option<i64>, _>("failed_cycles")),
         };
         let req = StartRequest {
             tree: tree.clone(),
@@ -395,11 +487,18 @@ async fn adopt_regressions(state: &AppState, asked: &mut std::collections::HashM
         };
         let actor = format!("auto:regression {}", regression.id);
         match start_for(state, &req, &actor, Some(&regression)).await {
-            Ok(id) => tracing::info!(regression = regression.id, bisection = id, "bisecting a confirmed regression"),
+            Ok(id) => tracing::info!(
+                regression = regression.id,
+                bisection = id,
+                "bisecting a confirmed regression"
+            ),
             Err(BisectError::Db(e)) => return Err(BisectError::Db(e)),
             Err(e) => {
                 // Recorded as a failed bisection, so it is not retried in a loop.
-                tracing::warn!(regression = regression.id, "cannot bisect the regression: {e}");
+                tracing::warn!(
+                    regression = regression.id,
+                    "cannot bisect the regression: {e}"
+                );
                 sqlx::query(
                     "INSERT INTO bisections (tree, branch, plan, family, good_sha, bad_sha, state, confidence, max_steps, requested_by, reason, regression_id, finished_at)
                      VALUES ($1, $2, $3, $4, $5, $6, 'failed', 0.99, 0, $7, $8, $9, now())",
@@ -421,7 +520,14 @@ async fn adopt_regressions(state: &AppState, asked: &mut std::collections::HashM
     Ok(())
 }
 
-async fn finish(pool: &PgPool, id: i64, to: &str, first_bad: Option<&str>, candidates: &[String], reason: &str) -> Result<(), sqlx::Error> {
+async fn finish(
+    pool: &PgPool,
+    id: i64,
+    to: &str,
+    first_bad: Option<&str>,
+    candidates: &[String],
+    reason: &str,
+) -> Result<(), sqlx::Error> {
     // Probability that no good call missed the bug.
     let conf: Option<f64> = sqlx::query_scalar(
         "SELECT exp(sum(ln(GREATEST(confidence, 1e-12)))) FROM bisect_steps WHERE bisection_id = $1 AND verdict = 'good'",
@@ -444,7 +550,10 @@ async fn finish(pool: &PgPool, id: i64, to: &str, first_bad: Option<&str>, candi
     .await?;
     if let (Some(first_bad), Some(regression)) = (
         first_bad,
-        sqlx::query_scalar::<_, Option<i64>>("SELECT regression_id FROM bisections WHERE id = $1").bind(id).fetch_one(pool).await?,
+        sqlx::query_scalar::<_, Option<i64>>("SELECT regression_id FROM bisections WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await?,
     ) {
         let r = sqlx::query("UPDATE regressions SET state = 'bisected', updated_at = now() WHERE id = $1 AND state IN ('open', 'confirmed')")
             .bind(regression)
@@ -458,8 +567,21 @@ async fn finish(pool: &PgPool, id: i64, to: &str, first_bad: Option<&str>, candi
                 .await?;
         }
     }
-    tracing::info!(bisection = id, state = to, first_bad, reason, "bisection ended");
-    audit::record(pool, "bisect-worker", "bisect-end", &format!("bisection {id}"), &format!("{to}: {reason}")).await;
+    tracing::info!(
+        bisection = id,
+        state = to,
+        first_bad,
+        reason,
+        "bisection ended"
+    );
+    audit::record(
+        pool,
+        "bisect-worker",
+        "bisect-end",
+        &format!("bisection {id}"),
+        &format!("{to}: {reason}"),
+    )
+    .await;
     Ok(())
 }
 
@@ -467,7 +589,8 @@ async fn finish(pool: &PgPool, id: i64, to: &str, first_bad: Option<&str>, candi
 /// a good call is at least as sure as stated.
 fn planning_rate(b: &BisectionRow) -> f64 {
     if b.rate_cycles > 0 {
-        let (low, _) = armfleet_stats::wilson_interval(b.rate_failures as u64, b.rate_cycles as u64, 0.9);
+        let (low, _) =
+            armfleet_stats::wilson_interval(b.rate_failures as u64, b.rate_cycles as u64, 0.9);
         low.clamp(1e-4, 1.0)
     } else {
         b.failure_rate.unwrap_or(0.01).clamp(1e-4, 1.0)
@@ -476,7 +599,9 @@ fn planning_rate(b: &BisectionRow) -> f64 {
 
 async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
     let pool = &state.pool;
-    let Some(b) = load(pool, id).await? else { return Ok(()) };
+    let Some(b) = load(pool, id).await? else {
+        return Ok(());
+    };
     if b.state != "running" {
         return Ok(());
     }
@@ -486,7 +611,15 @@ async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
         return judge(state, &b, open).await;
     }
     if b.failure_rate.is_none() {
-        return open_step(state, &b, &mirror, all.len() as i32 + 1, &b.bad_sha, "calibrate").await;
+        return open_step(
+            state,
+            &b,
+            &mirror,
+            all.len() as i32 + 1,
+            &b.bad_sha,
+            "calibrate",
+        )
+        .await;
     }
     // Where the first bad commit can still be.
     let mut goods = vec![b.good_sha.clone()];
@@ -510,21 +643,48 @@ async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
         return Err(BisectError::Git("rev-list failed".into()));
     }
     let candidates: Vec<String> = out.lines().map(str::to_owned).collect();
-    let open: Vec<&String> = candidates.iter().filter(|c| **c != bad && !skipped.contains(*c)).collect();
+    let open: Vec<&String> = candidates
+        .iter()
+        .filter(|c| **c != bad && !skipped.contains(*c))
+        .collect();
     if open.is_empty() {
         let rest: Vec<String> = candidates.iter().filter(|c| **c != bad).cloned().collect();
         if rest.is_empty() {
-            finish(pool, id, "found", Some(&bad), &[], &format!("{bad} is the first bad commit")).await?;
+            finish(
+                pool,
+                id,
+                "found",
+                Some(&bad),
+                &[],
+                &format!("{bad} is the first bad commit"),
+            )
+            .await?;
         } else {
             let mut list = rest.clone();
             list.push(bad.clone());
-            finish(pool, id, "ambiguous", None, &list, "only skipped commits are left: the first bad commit is one of the candidates").await?;
+            finish(
+                pool,
+                id,
+                "ambiguous",
+                None,
+                &list,
+                "only skipped commits are left: the first bad commit is one of the candidates",
+            )
+            .await?;
         }
         return Ok(());
     }
     let tested = all.iter().filter(|s| s.kind == "test").count() as i32;
     if tested >= b.max_steps {
-        finish(pool, id, "failed", None, &candidates, &format!("step budget of {} spent", b.max_steps)).await?;
+        finish(
+            pool,
+            id,
+            "failed",
+            None,
+            &candidates,
+            &format!("step budget of {} spent", b.max_steps),
+        )
+        .await?;
         return Ok(());
     }
     args[0] = "rev-list".into();
@@ -541,7 +701,14 @@ async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
 }
 
 /// Opens a step on `commit`: a skip if it does not build, else a run.
-async fn open_step(state: &AppState, b: &BisectionRow, mirror: &Mirror, step: i32, commit: &str, kind: &str) -> Result<(), BisectError> {
+async fn open_step(
+    state: &AppState,
+    b: &BisectionRow,
+    mirror: &Mirror,
+    step: i32,
+    commit: &str,
+    kind: &str,
+) -> Result<(), BisectError> {
     let pool = &state.pool;
     if kind == "test" && tree_file(mirror, commit, BUILD_FAILS_FILE).await?.is_some() {
         sqlx::query(
@@ -559,7 +726,10 @@ async fn open_step(state: &AppState, b: &BisectionRow, mirror: &Mirror, step: i3
     }
     let fleet = state.fleet.current();
     let Some(plan) = fleet.plan(&b.plan) else {
-        return Err(BisectError::Invalid(format!("plan `{}` is no longer in fleet.toml", b.plan)));
+        return Err(BisectError::Invalid(format!(
+            "plan `{}` is no longer in fleet.toml",
+            b.plan
+        )));
     };
     let needed = if kind == "calibrate" {
         plan.params.cycles as u64 * plan.boards.len().max(1) as u64
@@ -580,15 +750,36 @@ async fn open_step(state: &AppState, b: &BisectionRow, mirror: &Mirror, step: i3
     .bind(needed as i64)
     .execute(pool)
     .await?;
-    tracing::info!(bisection = b.id, step, commit, kind, cycles = needed, run, "bisect step");
+    tracing::info!(
+        bisection = b.id,
+        step,
+        commit,
+        kind,
+        cycles = needed,
+        run,
+        "bisect step"
+    );
     Ok(())
 }
 
 /// Plans `cycles` of the plan on `commit`, spread over the healthy boards.
-async fn plan_cycles(state: &AppState, b: &BisectionRow, mirror: &Mirror, commit: &str, cycles: u64, step: i32, attempt: usize) -> Result<Option<i64>, BisectError> {
+async fn plan_cycles(
+    state: &AppState,
+    b: &BisectionRow,
+    mirror: &Mirror,
+    commit: &str,
+    cycles: u64,
+    step: i32,
+    attempt: usize,
+) -> Result<Option<i64>, BisectError> {
     let fleet = state.fleet.current();
-    let plan = fleet.plan(&b.plan).ok_or_else(|| BisectError::Invalid(format!("plan `{}` is gone", b.plan)))?;
-    let online: Vec<String> = sqlx::query_scalar("SELECT name FROM boards WHERE state IN ('idle', 'busy')").fetch_all(&state.pool).await?;
+    let plan = fleet
+        .plan(&b.plan)
+        .ok_or_else(|| BisectError::Invalid(format!("plan `{}` is gone", b.plan)))?;
+    let online: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM boards WHERE state IN ('idle', 'busy')")
+            .fetch_all(&state.pool)
+            .await?;
     let boards: Vec<String> = plan
         .boards
         .iter()
@@ -602,7 +793,9 @@ async fn plan_cycles(state: &AppState, b: &BisectionRow, mirror: &Mirror, commit
     if boards.is_empty() {
         return Ok(None);
     }
-    let per_board = cycles.div_ceil(boards.len() as u64).clamp(1, u32::MAX as u64) as u32;
+    let per_board = cycles
+        .div_ceil(boards.len() as u64)
+        .clamp(1, u32::MAX as u64) as u32;
     let mut params = plan.params_for(commit);
     params.cycles = per_board;
     if let Some(p) = tree_file(mirror, commit, BUG_FILE).await? {
@@ -613,7 +806,12 @@ async fn plan_cycles(state: &AppState, b: &BisectionRow, mirror: &Mirror, commit
         .wrapping_add(b.seed as u64)
         .wrapping_mul(1_000_003)
         .wrapping_add((b.id as u64) << 20 | (step as u64) << 4 | attempt as u64);
-    let kernel = KernelInput { tree: b.tree.clone(), branch: b.branch.clone(), commit: commit.to_owned(), ..Default::default() };
+    let kernel = KernelInput {
+        tree: b.tree.clone(),
+        branch: b.branch.clone(),
+        commit: commit.to_owned(),
+        ..Default::default()
+    };
     let origin = format!("bisect:{}", b.id);
     let mut tx = state.pool.begin().await?;
     let kernel_id = runs::record_kernel(&mut tx, &kernel).await?;
@@ -627,12 +825,19 @@ async fn plan_cycles(state: &AppState, b: &BisectionRow, mirror: &Mirror, commit
     .await?;
     for board in &boards {
         let spec = JobSpec {
-            kernel: KernelRef { tree: kernel.tree.clone(), branch: kernel.branch.clone(), commit: commit.to_owned() },
+            kernel: KernelRef {
+                tree: kernel.tree.clone(),
+                branch: kernel.branch.clone(),
+                commit: commit.to_owned(),
+            },
             plan: plan.name.clone(),
             timeout_s: plan.timeout_s,
             task: Task::MigrateCancel(params.clone()),
         };
-        runs::insert_job(&mut tx, run_id, kernel_id, board, &plan.name, &spec, None, 1).await?;
+        runs::insert_job(
+            &mut tx, run_id, kernel_id, board, &plan.name, &spec, None, 1,
+        )
+        .await?;
     }
     tx.commit().await?;
     state.dispatcher.announce(&boards).await;
@@ -656,10 +861,17 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
         return Ok(()); // still running, or not triaged yet
     }
     let jobs: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
-    let failed_jobs: Vec<i64> = rows.iter().filter(|r| r.get::<&str, _>("state") == "failed").map(|r| r.get("id")).collect();
+    let failed_jobs: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.get::<&str, _>("state") == "failed")
+        .map(|r| r.get("id"))
+        .collect();
     let cycles: i64 = rows
         .iter()
-        .map(|r| r.get::<i32, _>("cycles_completed") as i64 + i64::from(r.get::<&str, _>("state") == "failed"))
+        .map(|r| {
+            r.get::<i32, _>("cycles_completed") as i64
+                + i64::from(r.get::<&str, _>("state") == "failed")
+        })
         .sum();
     let secs: f64 = rows.iter().map(|r| r.get::<f64, _>("secs")).sum();
     // Fatal findings of the step's failed jobs: (job, signature, title).
@@ -672,7 +884,10 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
     // One entry per (job, signature): a job counts once per signature.
     let mut per_job_sig: Vec<(i64, String, String)> = Vec::new();
     for f in fatal {
-        if !per_job_sig.iter().any(|(j, sig, _)| *j == f.0 && *sig == f.1) {
+        if !per_job_sig
+            .iter()
+            .any(|(j, sig, _)| *j == f.0 && *sig == f.1)
+        {
             per_job_sig.push(f);
         }
     }
@@ -683,26 +898,68 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
             for (_, sig, _) in &per_job_sig {
                 *counts.entry(sig.as_str()).or_default() += 1;
             }
-            counts.into_iter().max_by_key(|(_, n)| *n).map(|(s, _)| s.to_owned())
+            counts
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(s, _)| s.to_owned())
         });
-        let failures = per_job_sig.iter().filter(|(_, sig, _)| Some(sig) == signature.as_ref()).count() as i64;
+        let failures = per_job_sig
+            .iter()
+            .filter(|(_, sig, _)| Some(sig) == signature.as_ref())
+            .count() as i64;
         let rounds = s.runs.len();
         sqlx::query("UPDATE bisections SET rate_cycles = $2, rate_failures = $3, signature = $4 WHERE id = $1")
             .bind(b.id).bind(cycles).bind(failures).bind(&signature).execute(pool).await?;
         if failures < MIN_CALIBRATION_FAILURES && rounds < MAX_CALIBRATION_ROUNDS {
-            if let Some(run) = plan_cycles(state, b, &Mirror::for_url(&state.data_dir, &b.tree), &s.commit_sha, s.cycles_needed as u64, s.step, rounds).await? {
+            if let Some(run) = plan_cycles(
+                state,
+                b,
+                &Mirror::for_url(&state.data_dir, &b.tree),
+                &s.commit_sha,
+                s.cycles_needed as u64,
+                s.step,
+                rounds,
+            )
+            .await?
+            {
                 sqlx::query("UPDATE bisect_steps SET runs = array_append(runs, $3), cycles_run = $4, failures = $5, board_seconds = $6 WHERE bisection_id = $1 AND step = $2")
                     .bind(b.id).bind(s.step).bind(run).bind(cycles).bind(failures).bind(secs).execute(pool).await?;
             }
             return Ok(());
         }
         if failures == 0 {
-            decide(pool, b, s, "skip", cycles, 0, None, secs, serde_json::json!({"jobs": jobs, "why": "the bad commit did not reproduce"})).await?;
-            finish(pool, b.id, "failed", None, &[], &format!("the bad commit {} did not fail in {cycles} cycles", b.bad_sha)).await?;
+            decide(
+                pool,
+                b,
+                s,
+                "skip",
+                cycles,
+                0,
+                None,
+                secs,
+                serde_json::json!({"jobs": jobs, "why": "the bad commit did not reproduce"}),
+            )
+            .await?;
+            finish(
+                pool,
+                b.id,
+                "failed",
+                None,
+                &[],
+                &format!(
+                    "the bad commit {} did not fail in {cycles} cycles",
+                    b.bad_sha
+                ),
+            )
+            .await?;
             return Ok(());
         }
         let rate = failures as f64 / cycles.max(1) as f64;
-        sqlx::query("UPDATE bisections SET failure_rate = $2 WHERE id = $1").bind(b.id).bind(rate).execute(pool).await?;
+        sqlx::query("UPDATE bisections SET failure_rate = $2 WHERE id = $1")
+            .bind(b.id)
+            .bind(rate)
+            .execute(pool)
+            .await?;
         let titles: Vec<&String> = per_job_sig.iter().map(|(_, _, t)| t).collect();
         return decide(pool, b, s, "bad", cycles, failures, None, secs, serde_json::json!({
             "jobs": jobs, "rate": rate, "cycles": cycles, "failures": failures, "signature": signature, "titles": titles,
@@ -717,9 +974,19 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
     if failures > 0 {
         let titles: Vec<&String> = matching.iter().map(|(_, _, t)| t).collect();
         let failing: Vec<i64> = matching.iter().map(|(j, _, _)| *j).collect();
-        return decide(pool, b, s, "bad", cycles, failures, None, secs, serde_json::json!({
-            "jobs": jobs, "failing_jobs": failing, "titles": titles, "signature": b.signature,
-        }))
+        return decide(
+            pool,
+            b,
+            s,
+            "bad",
+            cycles,
+            failures,
+            None,
+            secs,
+            serde_json::json!({
+                "jobs": jobs, "failing_jobs": failing, "titles": titles, "signature": b.signature,
+            }),
+        )
         .await;
     }
     let clean = cycles;
@@ -727,15 +994,35 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
         let p = planning_rate(b);
         let conf = 1.0 - (1.0 - p).powf(clean as f64);
         let other: Vec<&String> = per_job_sig.iter().map(|(_, _, t)| t).collect();
-        return decide(pool, b, s, "good", clean, 0, Some(conf), secs, serde_json::json!({
-            "jobs": jobs, "clean_cycles": clean, "rate": p, "other_failures": other,
-        }))
+        return decide(
+            pool,
+            b,
+            s,
+            "good",
+            clean,
+            0,
+            Some(conf),
+            secs,
+            serde_json::json!({
+                "jobs": jobs, "clean_cycles": clean, "rate": p, "other_failures": other,
+            }),
+        )
         .await;
     }
     // Lab failures cut the cycles short: top up, a few times.
     if s.runs.len() <= MAX_TOPUPS {
         let mirror = Mirror::for_url(&state.data_dir, &b.tree);
-        if let Some(run) = plan_cycles(state, b, &mirror, &s.commit_sha, (s.cycles_needed - clean) as u64, s.step, s.runs.len()).await? {
+        if let Some(run) = plan_cycles(
+            state,
+            b,
+            &mirror,
+            &s.commit_sha,
+            (s.cycles_needed - clean) as u64,
+            s.step,
+            s.runs.len(),
+        )
+        .await?
+        {
             sqlx::query("UPDATE bisect_steps SET runs = array_append(runs, $3), cycles_run = $4, board_seconds = $5 WHERE bisection_id = $1 AND step = $2")
                 .bind(b.id).bind(s.step).bind(run).bind(clean).bind(secs).execute(pool).await?;
         }
@@ -748,7 +1035,17 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn decide(pool: &PgPool, b: &BisectionRow, s: &StepRow, verdict: &str, cycles: i64, failures: i64, confidence: Option<f64>, secs: f64, evidence: serde_json::Value) -> Result<(), BisectError> {
+async fn decide(
+    pool: &PgPool,
+    b: &BisectionRow,
+    s: &StepRow,
+    verdict: &str,
+    cycles: i64,
+    failures: i64,
+    confidence: Option<f64>,
+    secs: f64,
+    evidence: serde_json::Value,
+) -> Result<(), BisectError> {
     sqlx::query(
         "UPDATE bisect_steps SET verdict = $3, cycles_run = $4, failures = $5, confidence = $6, board_seconds = $7, evidence = $8, decided_at = now()
          WHERE bisection_id = $1 AND step = $2 AND verdict IS NULL",
@@ -773,20 +1070,38 @@ async fn decide(pool: &PgPool, b: &BisectionRow, s: &StepRow, verdict: &str, cyc
 
 // ---- API ----
 
-pub async fn api_start(caller: Caller, State(state): State<AppState>, Json(req): Json<StartRequest>) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+pub async fn api_start(
+    caller: Caller,
+    State(state): State<AppState>,
+    Json(req): Json<StartRequest>,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
     caller.require(Scope::Trigger)?;
     let id = start(&state, &req, &format!("api:{}", caller.name)).await?;
-    Ok((axum::http::StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(serde_json::json!({ "id": id })),
+    ))
 }
 
-pub async fn api_show(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a valid bisection id")))?;
+pub async fn api_show(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a valid bisection id")))?;
     Ok(Json(show(&state.pool, id).await?))
 }
 
-pub async fn api_stop(caller: Caller, State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn api_stop(
+    caller: Caller,
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Scope::Trigger)?;
-    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a valid bisection id")))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a valid bisection id")))?;
     stop(&state, id, &format!("api:{}", caller.name)).await?;
     Ok(Json(show(&state.pool, id).await?))
 }
@@ -794,29 +1109,63 @@ pub async fn api_stop(caller: Caller, State(state): State<AppState>, UrlPath(id)
 /// `armfleet bisect show` as text.
 pub fn render(v: &serde_json::Value) -> String {
     let b = &v["bisection"];
-    let short = |s: &serde_json::Value| s.as_str().map(|s| s.chars().take(12).collect::<String>()).unwrap_or_else(|| "-".into());
+    let short = |s: &serde_json::Value| {
+        s.as_str()
+            .map(|s| s.chars().take(12).collect::<String>())
+            .unwrap_or_else(|| "-".into())
+    };
     let mut out = format!(
         "bisection {} [{}] plan {} on {}\n  good {}  bad {}\n",
-        b["id"], b["state"].as_str().unwrap_or("?"), b["plan"].as_str().unwrap_or("?"), b["tree"].as_str().unwrap_or("?"),
-        short(&b["good_sha"]), short(&b["bad_sha"]),
+        b["id"],
+        b["state"].as_str().unwrap_or("?"),
+        b["plan"].as_str().unwrap_or("?"),
+        b["tree"].as_str().unwrap_or("?"),
+        short(&b["good_sha"]),
+        short(&b["bad_sha"]),
     );
     if let Some(r) = b["failure_rate"].as_f64() {
-        out.push_str(&format!("  failure rate {:.4}/cycle ({} failures in {} cycles), signature {}\n", r, b["rate_failures"], b["rate_cycles"], b["signature"].as_str().unwrap_or("-")));
+        out.push_str(&format!(
+            "  failure rate {:.4}/cycle ({} failures in {} cycles), signature {}\n",
+            r,
+            b["rate_failures"],
+            b["rate_cycles"],
+            b["signature"].as_str().unwrap_or("-")
+        ));
     }
-    out.push_str(&format!("  {:>4}  {:<12} {:<9} {:<7} {:>8} {:>8} {:>10}  {}\n", "step", "commit", "kind", "verdict", "cycles", "failures", "confidence", "evidence"));
+    out.push_str(&format!(
+        "  {:>4}  {:<12} {:<9} {:<7} {:>8} {:>8} {:>10}  {}\n",
+        "step", "commit", "kind", "verdict", "cycles", "failures", "confidence", "evidence"
+    ));
     for s in v["steps"].as_array().into_iter().flatten() {
         let ev = &s["evidence"];
-        let why = ev["titles"].as_array().and_then(|t| t.first()).and_then(|t| t.as_str()).or_else(|| ev["why"].as_str()).unwrap_or("");
+        let why = ev["titles"]
+            .as_array()
+            .and_then(|t| t.first())
+            .and_then(|t| t.as_str())
+            .or_else(|| ev["why"].as_str())
+            .unwrap_or("");
         out.push_str(&format!(
             "  {:>4}  {:<12} {:<9} {:<7} {:>8} {:>8} {:>10}  {}\n",
-            s["step"], short(&s["commit_sha"]), s["kind"].as_str().unwrap_or(""), s["verdict"].as_str().unwrap_or("…"),
-            s["cycles_run"], s["failures"], s["confidence"].as_f64().map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into()), why,
+            s["step"],
+            short(&s["commit_sha"]),
+            s["kind"].as_str().unwrap_or(""),
+            s["verdict"].as_str().unwrap_or("…"),
+            s["cycles_run"],
+            s["failures"],
+            s["confidence"]
+                .as_f64()
+                .map(|c| format!("{c:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            why,
         ));
     }
     match b["state"].as_str() {
         Some("found") => out.push_str(&format!(
             "first bad commit: {} (confidence {:.4}; {} tested steps, {:.1} board-minutes)\n",
-            b["first_bad_sha"].as_str().unwrap_or("?"), b["result_confidence"].as_f64().unwrap_or(0.0), v["tested_steps"], v["board_minutes"].as_f64().unwrap_or(0.0)
+            b["first_bad_sha"].as_str().unwrap_or("?"),
+            b["result_confidence"].as_f64().unwrap_or(0.0),
+            v["tested_steps"],
+            v["board_minutes"].as_f64().unwrap_or(0.0)
         )),
         Some("running") => out.push_str("running…\n"),
         _ => out.push_str(&format!("{}\n", b["reason"].as_str().unwrap_or(""))),
@@ -899,7 +1248,10 @@ async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value>
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
-        anyhow::bail!("server answered {status}: {}", body["error"].as_str().unwrap_or("?"));
+        anyhow::bail!(
+            "server answered {status}: {}",
+            body["error"].as_str().unwrap_or("?")
+        );
     }
     Ok(body)
 }
@@ -907,7 +1259,19 @@ async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value>
 pub async fn run_cli(cmd: BisectCommand) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     match cmd {
-        BisectCommand::Start { good, bad, plan, tree, branch, family, rate, confidence, seed, max_steps, api } => {
+        BisectCommand::Start {
+            good,
+            bad,
+            plan,
+            tree,
+            branch,
+            family,
+            rate,
+            confidence,
+            seed,
+            max_steps,
+            api,
+        } => {
             let body = serde_json::json!({
                 "tree": tree, "branch": branch, "good": good, "bad": bad, "plan": plan, "family": family,
                 "rate": rate, "confidence": confidence, "seed": seed, "max_steps": max_steps,
@@ -917,12 +1281,19 @@ pub async fn run_cli(cmd: BisectCommand) -> anyhow::Result<()> {
             println!("bisection {} started", v["id"]);
         }
         BisectCommand::Stop { id, api } => {
-            let url = format!("{}/api/v1/bisections/{id}/stop", api.server.trim_end_matches('/'));
+            let url = format!(
+                "{}/api/v1/bisections/{id}/stop",
+                api.server.trim_end_matches('/')
+            );
             let v = call(client.post(url).bearer_auth(token(&api)?)).await?;
             print!("{}", render(&v));
         }
         BisectCommand::Show { id, json, server } => {
-            let v = call(client.get(format!("{}/api/v1/bisections/{id}", server.trim_end_matches('/')))).await?;
+            let v = call(client.get(format!(
+                "{}/api/v1/bisections/{id}",
+                server.trim_end_matches('/')
+            )))
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -48,10 +48,12 @@ pub async fn sync_with_fleet(pool: &PgPool, fleet: &Fleet) -> Result<(), sqlx::E
         .await?;
     }
     let names: Vec<String> = fleet.boards.iter().map(|b| b.name.clone()).collect();
-    sqlx::query("UPDATE boards SET state = 'retired', updated_at = now() WHERE NOT (name = ANY($1))")
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE boards SET state = 'retired', updated_at = now() WHERE NOT (name = ANY($1))",
+    )
+    .bind(&names)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 

@@ -13,7 +13,9 @@ use toml::Spanned;
 
 /// Board families armfleet knows. An unknown family is a configuration error,
 /// so that per-family verdicts never split over a typo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Family {
     Kunpeng920,
@@ -62,7 +64,10 @@ impl Family {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -101,7 +106,10 @@ pub struct ApiToken {
 
 impl std::fmt::Debug for ApiToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiToken").field("name", &self.name).field("scopes", &self.scopes).finish_non_exhaustive()
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -146,7 +154,9 @@ impl std::fmt::Debug for Tree {
 impl Tree {
     pub fn matches_url(&self, url: &str) -> bool {
         let want = normalize_url(url);
-        std::iter::once(&self.url).chain(&self.aliases).any(|u| normalize_url(u) == want)
+        std::iter::once(&self.url)
+            .chain(&self.aliases)
+            .any(|u| normalize_url(u) == want)
     }
     pub fn watches_branch(&self, branch: &str) -> bool {
         self.branches.iter().any(|b| b == branch || b == "*")
@@ -282,7 +292,11 @@ impl Plan {
             .replay_buggy_commits
             .iter()
             .any(|prefix| !prefix.is_empty() && commit.starts_with(prefix.as_str()));
-        params.replay_abort_probability = if buggy { self.replay_abort_probability } else { 0.0 };
+        params.replay_abort_probability = if buggy {
+            self.replay_abort_probability
+        } else {
+            0.0
+        };
         params
     }
 }
@@ -301,17 +315,26 @@ impl Fleet {
     }
 
     pub fn load(path: &Path) -> Result<Fleet, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Fleet::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Fleet, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
-        let raw: RawFleet = toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let raw: RawFleet =
+            toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         let at = |span: std::ops::Range<usize>, field: &str, msg: String| {
-            invalid(format!("line {}, field `{field}`: {msg}", line_of(text, span.start)))
+            invalid(format!(
+                "line {}, field `{field}`: {msg}",
+                line_of(text, span.start)
+            ))
         };
 
         let server = raw.server.unwrap_or_default();
@@ -344,16 +367,25 @@ impl Fleet {
             let name = raw_board.name.get_ref().clone();
             let name_span = raw_board.name.span();
             if !valid_name(&name) {
-                return Err(at(name_span, "board.name", format!(
-                    "`{name}` is not a valid board name (letters, digits, `-`, `_`, `.`; at most 64)"
-                )));
+                return Err(at(
+                    name_span,
+                    "board.name",
+                    format!(
+                        "`{name}` is not a valid board name (letters, digits, `-`, `_`, `.`; at most 64)"
+                    ),
+                ));
             }
             // Offsets, not lines: counting lines per board would make a
             // 10,000-board file quadratic to load.
             if let Some(first) = names.insert(name.clone(), name_span.start) {
-                return Err(at(name_span, "board.name", format!(
-                    "duplicate board `{name}` (first defined on line {})", line_of(text, first)
-                )));
+                return Err(at(
+                    name_span,
+                    "board.name",
+                    format!(
+                        "duplicate board `{name}` (first defined on line {})",
+                        line_of(text, first)
+                    ),
+                ));
             }
             let mut keys = Vec::new();
             let mut key_sources: Vec<(String, std::ops::Range<usize>, &str)> = Vec::new();
@@ -366,29 +398,48 @@ impl Fleet {
             if let Some(f) = &raw_board.key_file {
                 let file = base_dir.join(f.get_ref());
                 let line = std::fs::read_to_string(&file).map_err(|e| {
-                    at(f.span(), "board.key_file", format!("cannot read {}: {e}", file.display()))
+                    at(
+                        f.span(),
+                        "board.key_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
                 })?;
                 key_sources.push((line.trim().to_owned(), f.span(), "board.key_file"));
             }
             if key_sources.is_empty() {
-                return Err(at(name_span, "board.key", format!(
-                    "board `{name}` has no agent key (set `key = \"ssh-ed25519 …\"` or `key_file`)"
-                )));
+                return Err(at(
+                    name_span,
+                    "board.key",
+                    format!(
+                        "board `{name}` has no agent key (set `key = \"ssh-ed25519 …\"` or `key_file`)"
+                    ),
+                ));
             }
             for (line, span, field) in key_sources {
                 let key = russh::keys::PublicKey::from_openssh(line.trim()).map_err(|e| {
-                    at(span.clone(), field, format!("not an OpenSSH public key: {e}"))
+                    at(
+                        span.clone(),
+                        field,
+                        format!("not an OpenSSH public key: {e}"),
+                    )
                 })?;
                 if key.algorithm() != russh::keys::Algorithm::Ed25519 {
-                    return Err(at(span, field, format!(
-                        "agent keys must be ed25519, this one is {}", key.algorithm()
-                    )));
+                    return Err(at(
+                        span,
+                        field,
+                        format!(
+                            "agent keys must be ed25519, this one is {}",
+                            key.algorithm()
+                        ),
+                    ));
                 }
                 let bytes = key_bytes(&key);
                 if let Some(owner) = key_owner.insert(bytes, name.clone()) {
-                    return Err(at(span, field, format!(
-                        "duplicate key: board `{name}` uses the key of board `{owner}`"
-                    )));
+                    return Err(at(
+                        span,
+                        field,
+                        format!("duplicate key: board `{name}` uses the key of board `{owner}`"),
+                    ));
                 }
                 keys.push(key);
             }
@@ -415,62 +466,94 @@ impl Fleet {
             let name = raw_plan.name.get_ref().clone();
             let span = raw_plan.name.span();
             if !valid_name(&name) {
-                return Err(at(span, "plan.name", format!("`{name}` is not a valid plan name")));
+                return Err(at(
+                    span,
+                    "plan.name",
+                    format!("`{name}` is not a valid plan name"),
+                ));
             }
             if plans.iter().any(|p| p.name == name) {
                 return Err(at(span, "plan.name", format!("duplicate plan `{name}`")));
             }
             if raw_plan.r#type != "migrate-cancel" {
-                return Err(at(span, "plan.type", format!(
-                    "plan `{name}`: unknown job type `{}` (known: migrate-cancel)", raw_plan.r#type
-                )));
+                return Err(at(
+                    span,
+                    "plan.type",
+                    format!(
+                        "plan `{name}`: unknown job type `{}` (known: migrate-cancel)",
+                        raw_plan.r#type
+                    ),
+                ));
             }
             let params = raw_plan.params.unwrap_or_default();
             if params.cycles == 0 {
-                return Err(at(span, "plan.params.cycles", format!("plan `{name}`: cycles must be at least 1")));
+                return Err(at(
+                    span,
+                    "plan.params.cycles",
+                    format!("plan `{name}`: cycles must be at least 1"),
+                ));
             }
             if params.cancel_delay_ms_min > params.cancel_delay_ms_max {
-                return Err(at(span, "plan.params.cancel_delay_ms_min", format!(
-                    "plan `{name}`: cancel_delay_ms_min is larger than cancel_delay_ms_max"
-                )));
+                return Err(at(
+                    span,
+                    "plan.params.cancel_delay_ms_min",
+                    format!(
+                        "plan `{name}`: cancel_delay_ms_min is larger than cancel_delay_ms_max"
+                    ),
+                ));
             }
             if !["kvm", "tcg", "auto"].contains(&params.accel.as_str()) {
-                return Err(at(span, "plan.params.accel", format!(
-                    "plan `{name}`: accel must be kvm, tcg or auto, not `{}`", params.accel
-                )));
+                return Err(at(
+                    span,
+                    "plan.params.accel",
+                    format!(
+                        "plan `{name}`: accel must be kvm, tcg or auto, not `{}`",
+                        params.accel
+                    ),
+                ));
             }
             let replay = raw_plan.replay.unwrap_or_default();
             if !(0.0..=1.0).contains(&replay.abort_probability) {
-                return Err(at(span, "plan.replay.abort_probability", format!(
-                    "plan `{name}`: abort_probability must be within 0..1"
-                )));
+                return Err(at(
+                    span,
+                    "plan.replay.abort_probability",
+                    format!("plan `{name}`: abort_probability must be within 0..1"),
+                ));
             }
             let selected: Vec<String> = boards
                 .iter()
                 .filter(|b| {
                     let by_name = raw_plan.boards.is_empty()
                         || raw_plan.boards.iter().any(|p| p == "*" || *p == b.name);
-                    let by_family = raw_plan.families.is_empty()
-                        || raw_plan.families.contains(&b.family);
+                    let by_family =
+                        raw_plan.families.is_empty() || raw_plan.families.contains(&b.family);
                     let by_label = raw_plan.labels.iter().all(|l| b.labels.contains(l));
                     by_name && by_family && by_label
                 })
                 .map(|b| b.name.clone())
                 .collect();
             if selected.is_empty() {
-                return Err(at(span, "plan.boards", format!(
-                    "plan `{name}` matches no board (boards {:?}, families {:?}, labels {:?})",
-                    raw_plan.boards, raw_plan.families, raw_plan.labels
-                )));
+                return Err(at(
+                    span,
+                    "plan.boards",
+                    format!(
+                        "plan `{name}` matches no board (boards {:?}, families {:?}, labels {:?})",
+                        raw_plan.boards, raw_plan.families, raw_plan.labels
+                    ),
+                ));
             }
             let verdict = raw_plan.verdict.unwrap_or_default();
             if !(0.0 < verdict.alpha && verdict.alpha < 0.5)
                 || !(0.0 < verdict.min_detectable_rate && verdict.min_detectable_rate < 1.0)
                 || !(0.0 < verdict.power && verdict.power < 1.0)
             {
-                return Err(at(span, "plan.verdict", format!(
-                    "plan `{name}`: alpha must be in (0, 0.5), min_detectable_rate and power in (0, 1)"
-                )));
+                return Err(at(
+                    span,
+                    "plan.verdict",
+                    format!(
+                        "plan `{name}`: alpha must be in (0, 0.5), min_detectable_rate and power in (0, 1)"
+                    ),
+                ));
             }
             plans.push(Plan {
                 verdict,
@@ -493,14 +576,26 @@ impl Fleet {
                 return Err(at(span, "tree.name", format!("duplicate tree `{name}`")));
             }
             if raw_tree.url.trim().is_empty() {
-                return Err(at(span, "tree.url", format!("tree `{name}` has an empty url")));
+                return Err(at(
+                    span,
+                    "tree.url",
+                    format!("tree `{name}` has an empty url"),
+                ));
             }
             if raw_tree.branches.is_empty() {
-                return Err(at(span, "tree.branches", format!("tree `{name}` watches no branch")));
+                return Err(at(
+                    span,
+                    "tree.branches",
+                    format!("tree `{name}` watches no branch"),
+                ));
             }
             for p in &raw_tree.plans {
                 if !plans.iter().any(|x| &x.name == p) {
-                    return Err(at(span.clone(), "tree.plans", format!("tree `{name}` names unknown plan `{p}`")));
+                    return Err(at(
+                        span.clone(),
+                        "tree.plans",
+                        format!("tree `{name}` names unknown plan `{p}`"),
+                    ));
                 }
             }
             let secret = match (raw_tree.secret, raw_tree.secret_file) {
@@ -508,13 +603,21 @@ impl Fleet {
                 (None, Some(f)) => {
                     let file = base_dir.join(&f);
                     let s = std::fs::read_to_string(&file).map_err(|e| {
-                        at(span.clone(), "tree.secret_file", format!("cannot read {}: {e}", file.display()))
+                        at(
+                            span.clone(),
+                            "tree.secret_file",
+                            format!("cannot read {}: {e}", file.display()),
+                        )
                     })?;
                     Some(s.trim().to_owned())
                 }
                 (None, None) => None,
                 (Some(_), Some(_)) => {
-                    return Err(at(span, "tree.secret", "set `secret` or `secret_file`, not both".into()));
+                    return Err(at(
+                        span,
+                        "tree.secret",
+                        "set `secret` or `secret_file`, not both".into(),
+                    ));
                 }
             };
             trees.push(Tree {
@@ -538,19 +641,35 @@ impl Fleet {
                     "token `{name}`: sha256 must be 64 hex digits (print it with `armfleet token hash`)"
                 )))?;
             if raw_token.scopes.is_empty() {
-                return Err(at(span, "token.scopes", format!("token `{name}` has no scopes (read, trigger, admin)")));
+                return Err(at(
+                    span,
+                    "token.scopes",
+                    format!("token `{name}` has no scopes (read, trigger, admin)"),
+                ));
             }
             if tokens.iter().any(|t: &ApiToken| t.name == name) {
                 return Err(at(span, "token.name", format!("duplicate token `{name}`")));
             }
-            tokens.push(ApiToken { name, sha256: bytes, scopes: raw_token.scopes });
+            tokens.push(ApiToken {
+                name,
+                sha256: bytes,
+                scopes: raw_token.scopes,
+            });
         }
         let key_owner = boards
             .iter()
             .enumerate()
             .flat_map(|(i, b)| b.keys.iter().map(move |k| (key_bytes(k), i)))
             .collect();
-        Ok(Fleet { path: path.to_owned(), server: settings, boards, plans, trees, tokens, key_owner })
+        Ok(Fleet {
+            path: path.to_owned(),
+            server: settings,
+            boards,
+            plans,
+            trees,
+            tokens,
+            key_owner,
+        })
     }
 }
 
@@ -565,11 +684,17 @@ pub fn key_bytes(key: &russh::keys::PublicKey) -> Vec<u8> {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// toml's own message already shows line, column and the offending text;

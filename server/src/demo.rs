@@ -16,8 +16,8 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Server, Settings};
-use crate::runs::{self, TriggerRequest};
 use crate::boards;
+use crate::runs::{self, TriggerRequest};
 
 /// The example lab, compiled in so the demo needs no files.
 pub const EMBEDDED_FLEET: &str = include_str!("../../fleet.toml");
@@ -54,11 +54,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&keys_dir)?;
 
     // The embedded fleet with freshly made keys for the local agents.
-    let mut fleet: toml::Table = EMBEDDED_FLEET.parse().context("parsing the embedded fleet.toml")?;
+    let mut fleet: toml::Table = EMBEDDED_FLEET
+        .parse()
+        .context("parsing the embedded fleet.toml")?;
     let mut board_names = Vec::new();
     if let Some(toml::Value::Array(boards)) = fleet.get_mut("board") {
         for board in boards.iter_mut().filter_map(|b| b.as_table_mut()) {
-            let name = board.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let name = board
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
             let key_path = keys_dir.join(&name);
             let public = make_agent_key(&agent_exe, &key_path).await?;
             board.remove("key_file");
@@ -78,7 +84,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             plan.insert("verdict".into(), toml::Value::Table(verdict));
         }
     }
-    let server_section = fleet.entry("server").or_insert(toml::Value::Table(Default::default()));
+    let server_section = fleet
+        .entry("server")
+        .or_insert(toml::Value::Table(Default::default()));
     if let Some(t) = server_section.as_table_mut() {
         t.insert("heartbeat_interval_ms".into(), toml::Value::Integer(1000));
         t.insert("heartbeat_deadline_ms".into(), toml::Value::Integer(5000));
@@ -86,11 +94,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let fleet_path = data_dir.join("demo-fleet.toml");
     std::fs::write(&fleet_path, toml::to_string(&fleet)?)?;
 
-    let http = tokio::net::TcpListener::bind(&args.http).await.with_context(|| format!("binding {}", args.http))?;
-    let ssh = tokio::net::TcpListener::bind(&args.ssh).await.with_context(|| format!("binding {}", args.ssh))?;
+    let http = tokio::net::TcpListener::bind(&args.http)
+        .await
+        .with_context(|| format!("binding {}", args.http))?;
+    let ssh = tokio::net::TcpListener::bind(&args.ssh)
+        .await
+        .with_context(|| format!("binding {}", args.ssh))?;
     let http_addr = http.local_addr()?;
     let ssh_addr = ssh.local_addr()?;
-    println!("armfleet demo: starting the server (private PostgreSQL under {})", data_dir.display());
+    println!(
+        "armfleet demo: starting the server (private PostgreSQL under {})",
+        data_dir.display()
+    );
     let server = Server::prepare(Settings {
         fleet_path: fleet_path.clone(),
         data_dir: data_dir.clone(),
@@ -113,37 +128,63 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             other => other,
         };
         let child = Command::new(&agent_exe)
-            .arg("--server").arg(ssh_addr.to_string())
-            .arg("--board").arg(name)
-            .arg("--key").arg(keys_dir.join(name))
-            .arg("--server-key").arg(&fingerprint)
-            .arg("--executor").arg(executor)
-            .arg("--state-dir").arg(data_dir.join("agents").join(name))
+            .arg("--server")
+            .arg(ssh_addr.to_string())
+            .arg("--board")
+            .arg(name)
+            .arg("--key")
+            .arg(keys_dir.join(name))
+            .arg("--server-key")
+            .arg(&fingerprint)
+            .arg("--executor")
+            .arg(executor)
+            .arg("--state-dir")
+            .arg(data_dir.join("agents").join(name))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(data_dir.join(format!("agent-{name}.log")))?)
+            .stderr(std::fs::File::create(
+                data_dir.join(format!("agent-{name}.log")),
+            )?)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", agent_exe.display()))?;
         agents.insert(name.clone(), child);
     }
-    println!("armfleet demo: {} agents started (logs: {}/agent-*.log)", agents.len(), data_dir.display());
+    println!(
+        "armfleet demo: {} agents started (logs: {}/agent-*.log)",
+        agents.len(),
+        data_dir.display()
+    );
 
     // Wait for the boards, then test both kernels.
     let started = Instant::now();
     loop {
-        let online = boards::list(&pool).await?.iter().filter(|b| b.state != "offline").count();
-        println!("  [{:>4.1}s] boards online: {online}/{}", started.elapsed().as_secs_f64(), board_names.len());
+        let online = boards::list(&pool)
+            .await?
+            .iter()
+            .filter(|b| b.state != "offline")
+            .count();
+        println!(
+            "  [{:>4.1}s] boards online: {online}/{}",
+            started.elapsed().as_secs_f64(),
+            board_names.len()
+        );
         if online == board_names.len() {
             break;
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the demo agents did not come online within 60 s; see {}/agent-*.log", data_dir.display());
+            bail!(
+                "the demo agents did not come online within 60 s; see {}/agent-*.log",
+                data_dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let fleet_now = state.fleet.current();
     let mut run_ids = Vec::new();
-    for (label, commit) in [("parent (clean)", DEMO_PARENT), ("child (buggy in the replay plan)", DEMO_CHILD)] {
+    for (label, commit) in [
+        ("parent (clean)", DEMO_PARENT),
+        ("child (buggy in the replay plan)", DEMO_CHILD),
+    ] {
         let req = TriggerRequest {
             tree: DEMO_TREE.into(),
             branch: DEMO_BRANCH.into(),
@@ -152,7 +193,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             baseline: None,
         };
         let planned = runs::create(&pool, &fleet_now, &req, "demo").await?;
-        println!("armfleet demo: kernel {} {label}: run #{} with {} jobs", &commit[..12], planned.run_id, planned.jobs.len());
+        println!(
+            "armfleet demo: kernel {} {label}: run #{} with {} jobs",
+            &commit[..12],
+            planned.run_id,
+            planned.jobs.len()
+        );
         for b in &planned.boards {
             state.dispatcher.kick(b).await;
         }
@@ -180,10 +226,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .bind(&kernels)
         .fetch_all(&pool)
         .await?;
-        let unanalysed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kernel_id = ANY($1) AND analyzed_at IS NULL")
-            .bind(&kernels)
-            .fetch_one(&pool)
-            .await?;
+        let unanalysed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE kernel_id = ANY($1) AND analyzed_at IS NULL",
+        )
+        .bind(&kernels)
+        .fetch_one(&pool)
+        .await?;
         let verdicts: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT k.commit_sha, v.family, v.verdict FROM verdicts v JOIN kernels k ON k.id = v.kernel_id
              WHERE v.kernel_id = ANY($1) ORDER BY v.kernel_id, v.family",
@@ -195,14 +243,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(c, b, st, done, total)| format!("{}:{b} {st} {done}/{total}", &c[..7]))
             .collect();
-        let decided: Vec<String> = verdicts.iter().map(|(c, f, v)| format!("{}:{f}={v}", &c[..7])).collect();
-        let line = format!("jobs: {}  verdicts: {}", if running.is_empty() { "none running".into() } else { running.join(", ") },
-            if decided.is_empty() { "none yet".into() } else { decided.join(" ") });
+        let decided: Vec<String> = verdicts
+            .iter()
+            .map(|(c, f, v)| format!("{}:{f}={v}", &c[..7]))
+            .collect();
+        let line = format!(
+            "jobs: {}  verdicts: {}",
+            if running.is_empty() {
+                "none running".into()
+            } else {
+                running.join(", ")
+            },
+            if decided.is_empty() {
+                "none yet".into()
+            } else {
+                decided.join(" ")
+            }
+        );
         if line != last_line {
             println!("  [{:>5.1}s] {line}", started.elapsed().as_secs_f64());
             last_line = line;
         }
-        quiet_polls = if rows.is_empty() && unanalysed == 0 { quiet_polls + 1 } else { 0 };
+        quiet_polls = if rows.is_empty() && unanalysed == 0 {
+            quiet_polls + 1
+        } else {
+            0
+        };
         if quiet_polls >= 3 {
             break;
         }
@@ -222,7 +288,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     print_summary(&pool, &kernels).await?;
     println!();
     println!("armfleet demo: dashboard at http://{http_addr}/");
-    println!("armfleet demo: API at http://{http_addr}/api/v1/runs (token in {}/api-token)", data_dir.display());
+    println!(
+        "armfleet demo: API at http://{http_addr}/api/v1/runs (token in {}/api-token)",
+        data_dir.display()
+    );
     if !args.exit_when_done && !shutdown.is_cancelled() {
         println!("armfleet demo: serving until Ctrl-C");
         tokio::select! {
@@ -242,9 +311,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<()> {
     println!();
-    println!("{:<13} {:<14} {:<14} {:>12} {:>20}  {}", "kernel", "family", "verdict", "failed/run", "rate (95% CI)", "boards");
+    println!(
+        "{:<13} {:<14} {:<14} {:>12} {:>20}  {}",
+        "kernel", "family", "verdict", "failed/run", "rate (95% CI)", "boards"
+    );
     for kernel in kernels {
-        let commit: String = sqlx::query_scalar("SELECT commit_sha FROM kernels WHERE id = $1").bind(kernel).fetch_one(pool).await?;
+        let commit: String = sqlx::query_scalar("SELECT commit_sha FROM kernels WHERE id = $1")
+            .bind(kernel)
+            .fetch_one(pool)
+            .await?;
         let verdicts = crate::verdicts::for_kernel(pool, *kernel).await?;
         let boards: Vec<(String, String, bool)> = sqlx::query_as(
             "SELECT b.family, j.board, bool_or(j.simulated) FROM jobs j JOIN boards b ON b.name = j.board
@@ -257,7 +332,13 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
             let on: Vec<String> = boards
                 .iter()
                 .filter(|(f, _, _)| *f == v.family)
-                .map(|(_, b, sim)| if *sim { format!("{b} (simulated)") } else { format!("{b} (real QEMU)") })
+                .map(|(_, b, sim)| {
+                    if *sim {
+                        format!("{b} (simulated)")
+                    } else {
+                        format!("{b} (real QEMU)")
+                    }
+                })
                 .collect();
             println!(
                 "{:<13} {:<14} {:<14} {:>12} {:>20}  {}",
@@ -265,7 +346,12 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
                 v.family,
                 v.verdict,
                 format!("{}/{}", v.failed_cycles, v.cycles_run),
-                format!("{:.1}% ({:.1}–{:.1})", v.rate * 100.0, v.ci_low * 100.0, v.ci_high * 100.0),
+                format!(
+                    "{:.1}% ({:.1}–{:.1})",
+                    v.rate * 100.0,
+                    v.ci_low * 100.0,
+                    v.ci_high * 100.0
+                ),
                 on.join(", ")
             );
         }
@@ -281,7 +367,10 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
                 .bind(kernel)
                 .fetch_one(pool)
                 .await?;
-            println!("{:<13} finding: {title} ({count}x; first in job {job} on {board}: /jobs/{job})", "");
+            println!(
+                "{:<13} finding: {title} ({count}x; first in job {job} on {board}: /jobs/{job})",
+                ""
+            );
         }
     }
     Ok(())
@@ -290,9 +379,17 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
 /// `armfleet-agent keygen` writes the key pair and prints the public line.
 async fn make_agent_key(agent: &Path, path: &Path) -> anyhow::Result<String> {
     if !path.exists() {
-        let out = Command::new(agent).arg("keygen").arg("--out").arg(path).output().await?;
+        let out = Command::new(agent)
+            .arg("keygen")
+            .arg("--out")
+            .arg(path)
+            .output()
+            .await?;
         if !out.status.success() {
-            bail!("armfleet-agent keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "armfleet-agent keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     let public = std::fs::read_to_string(path.with_extension("pub"))
@@ -313,7 +410,11 @@ pub fn find_agent_binary() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
         dir = d.parent().map(Path::to_path_buf);
-        if dir.as_ref().is_some_and(|p| !p.join("deps").exists() && !p.ends_with("target")) && d.ends_with("deps") {
+        if dir
+            .as_ref()
+            .is_some_and(|p| !p.join("deps").exists() && !p.ends_with("target"))
+            && d.ends_with("deps")
+        {
             continue;
         }
     }

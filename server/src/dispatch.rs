@@ -83,16 +83,19 @@ impl Dispatcher {
     ) -> SessionTicket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let close = shutdown.child_token();
-        let old = self.sessions.lock().unwrap().insert(board.to_owned(), Session {
-            id,
-            tx,
-            last_seen: Instant::now(),
-            last_recorded: None,
-            executor,
-            simulated,
-            key,
-            close: close.clone(),
-        });
+        let old = self.sessions.lock().unwrap().insert(
+            board.to_owned(),
+            Session {
+                id,
+                tx,
+                last_seen: Instant::now(),
+                last_recorded: None,
+                executor,
+                simulated,
+                key,
+                close: close.clone(),
+            },
+        );
         match old {
             Some(old) => {
                 tracing::warn!(board, "a new connection replaces the board's previous one");
@@ -179,9 +182,15 @@ impl Dispatcher {
         // Its jobs get until the heartbeat deadline to come back with it
         // (or, with `boot_deadline_s`, until it could have rebooted).
         let settings = &self.fleet().server;
-        let grace = (settings.heartbeat_deadline_ms as f64 / 1000.0).max(settings.boot_deadline_s as f64);
+        let grace =
+            (settings.heartbeat_deadline_ms as f64 / 1000.0).max(settings.boot_deadline_s as f64);
         match jobs::lease_board_jobs(&self.pool, board, grace).await {
-            Ok(n) if n > 0 => tracing::warn!(board, jobs = n, grace, "jobs wait for their board to come back"),
+            Ok(n) if n > 0 => tracing::warn!(
+                board,
+                jobs = n,
+                grace,
+                "jobs wait for their board to come back"
+            ),
             Ok(_) => {}
             Err(e) => tracing::error!(board, "leasing the board's jobs: {e}"),
         }
@@ -212,7 +221,9 @@ impl Dispatcher {
     }
 
     async fn kick_locked(&self, board: &str) {
-        let Some(max_jobs) = self.fleet().board(board).map(|b| b.max_jobs) else { return };
+        let Some(max_jobs) = self.fleet().board(board).map(|b| b.max_jobs) else {
+            return;
+        };
         loop {
             let (tx, executor, simulated) = {
                 let sessions = self.sessions.lock().unwrap();
@@ -222,12 +233,21 @@ impl Dispatcher {
                 }
             };
             let deadline = self.fleet().server.assign_deadline_s;
-            match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await {
+            match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await
+            {
                 Ok(Some(a)) => {
-                    let waited = (chrono::Utc::now() - a.queued_at).num_microseconds().unwrap_or(0);
-                    self.metrics.dispatch_latency.observe(waited.max(0) as f64 / 1e6);
+                    let waited = (chrono::Utc::now() - a.queued_at)
+                        .num_microseconds()
+                        .unwrap_or(0);
+                    self.metrics
+                        .dispatch_latency
+                        .observe(waited.max(0) as f64 / 1e6);
                     tracing::info!(board, job = a.job_id, epoch = a.epoch, "job assigned");
-                    let msg = ServerMessage::AssignJob { job_id: a.job_id, epoch: a.epoch, spec: a.spec };
+                    let msg = ServerMessage::AssignJob {
+                        job_id: a.job_id,
+                        epoch: a.epoch,
+                        spec: a.spec,
+                    };
                     if tx.send(msg).await.is_err() {
                         // The session is going away; its end marks the job lost.
                         return;
@@ -248,10 +268,11 @@ impl Dispatcher {
     /// New work for `boards`: wakes the servers holding their sessions,
     /// this one included (several servers may share the database).
     pub async fn announce(&self, boards: &[String]) {
-        if let Err(e) = sqlx::query("SELECT pg_notify('armfleet_work', b) FROM unnest($1::text[]) AS b")
-            .bind(boards)
-            .execute(&self.pool)
-            .await
+        if let Err(e) =
+            sqlx::query("SELECT pg_notify('armfleet_work', b) FROM unnest($1::text[]) AS b")
+                .bind(boards)
+                .execute(&self.pool)
+                .await
         {
             tracing::warn!("notifying other servers: {e}");
         }
@@ -316,7 +337,12 @@ impl Dispatcher {
 
     /// Tells a board to stop a job (best effort: the board may be gone).
     pub async fn send(&self, board: &str, msg: ServerMessage) {
-        let tx = self.sessions.lock().unwrap().get(board).map(|s| s.tx.clone());
+        let tx = self
+            .sessions
+            .lock()
+            .unwrap()
+            .get(board)
+            .map(|s| s.tx.clone());
         if let Some(tx) = tx {
             let _ = tx.send(msg).await;
         }
@@ -327,7 +353,8 @@ impl Dispatcher {
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         let mut last_heartbeat_write = Instant::now() - Duration::from_secs(60);
         loop {
-            let interval = Duration::from_millis(self.fleet().server.heartbeat_interval_ms.max(100) / 2);
+            let interval =
+                Duration::from_millis(self.fleet().server.heartbeat_interval_ms.max(100) / 2);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
@@ -342,7 +369,11 @@ impl Dispatcher {
                 .map(|(b, s)| (b.clone(), s.close.clone()))
                 .collect();
             for (board, close) in silent {
-                tracing::warn!(board, ?deadline, "heartbeat deadline missed; closing the session");
+                tracing::warn!(
+                    board,
+                    ?deadline,
+                    "heartbeat deadline missed; closing the session"
+                );
                 close.cancel();
             }
             let heard = if last_heartbeat_write.elapsed() >= Duration::from_secs(5) {
@@ -358,12 +389,17 @@ impl Dispatcher {
             }
             // Safety net: a kick that failed (database busy or away) is
             // retried here, for connected boards with queued work.
-            match sqlx::query_scalar::<_, String>("SELECT DISTINCT board FROM jobs WHERE state = 'queued'")
-                .fetch_all(&self.pool)
-                .await
+            match sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT board FROM jobs WHERE state = 'queued'",
+            )
+            .fetch_all(&self.pool)
+            .await
             {
                 Ok(waiting) => {
-                    let waiting: Vec<String> = waiting.into_iter().filter(|b| self.is_connected(b)).collect();
+                    let waiting: Vec<String> = waiting
+                        .into_iter()
+                        .filter(|b| self.is_connected(b))
+                        .collect();
                     self.kick_many(&waiting).await;
                 }
                 Err(e) => tracing::warn!("listing boards with queued jobs: {e}"),
@@ -373,10 +409,13 @@ impl Dispatcher {
                 Ok(expired) => {
                     for (job, board, state) in expired {
                         tracing::warn!(job, board, state = state.as_str(), "job deadline passed");
-                        self.send(&board, ServerMessage::CancelJob {
-                            job_id: job,
-                            reason: format!("the server ended the job as {}", state.as_str()),
-                        })
+                        self.send(
+                            &board,
+                            ServerMessage::CancelJob {
+                                job_id: job,
+                                reason: format!("the server ended the job as {}", state.as_str()),
+                            },
+                        )
                         .await;
                         self.kick(&board).await;
                     }

@@ -22,7 +22,12 @@ fn kcidb_status(state: &str) -> &'static str {
 
 /// KCIDB v5 data for the kernels matching `commit` (prefix), or the newest
 /// ones. Unfinished jobs are left out: KCIDB records are final.
-pub async fn kcidb(pool: &PgPool, base_url: &str, commit: Option<&str>, limit: i64) -> Result<Value, sqlx::Error> {
+pub async fn kcidb(
+    pool: &PgPool,
+    base_url: &str,
+    commit: Option<&str>,
+    limit: i64,
+) -> Result<Value, sqlx::Error> {
     let rows = jobs::finished_for_export(pool, commit, limit).await?;
     let mut checkouts = Vec::new();
     let mut builds = Vec::new();
@@ -78,7 +83,12 @@ pub async fn kcidb(pool: &PgPool, base_url: &str, commit: Option<&str>, limit: i
         let excerpt: String = job
             .evidence
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("\n"))
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .unwrap_or_default();
         if !excerpt.is_empty() {
             test["log_excerpt"] = json!(truncate(&excerpt, 16 * 1024));
@@ -99,7 +109,15 @@ fn tree_name(url: &str) -> String {
 }
 
 fn kcidb_path_part(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -133,10 +151,19 @@ fn xml_escape(s: &str) -> String {
 /// JUnit XML for one run: a test case per job.
 pub fn junit(run_id: i64, jobs: &[JobRow]) -> String {
     let failures = jobs.iter().filter(|j| j.state == "failed").count();
-    let errors = jobs.iter().filter(|j| ["infra_error", "lost", "timed_out"].contains(&j.state.as_str())).count();
-    let skipped = jobs.iter().filter(|j| ["cancelled", "queued", "assigned", "running"].contains(&j.state.as_str())).count();
+    let errors = jobs
+        .iter()
+        .filter(|j| ["infra_error", "lost", "timed_out"].contains(&j.state.as_str()))
+        .count();
+    let skipped = jobs
+        .iter()
+        .filter(|j| ["cancelled", "queued", "assigned", "running"].contains(&j.state.as_str()))
+        .count();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let name = jobs.first().map(|j| format!("armfleet run {run_id}: {} {}", j.branch, &j.commit_sha)).unwrap_or_else(|| format!("armfleet run {run_id}"));
+    let name = jobs
+        .first()
+        .map(|j| format!("armfleet run {run_id}: {} {}", j.branch, &j.commit_sha))
+        .unwrap_or_else(|| format!("armfleet run {run_id}"));
     out.push_str(&format!(
         "<testsuites><testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\">\n",
         xml_escape(&name),
@@ -161,16 +188,26 @@ pub fn junit(run_id: i64, jobs: &[JobRow]) -> String {
                 let evidence: String = j
                     .evidence
                     .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("\n"))
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
                     .unwrap_or_default();
                 out.push_str(&format!(
                     "<failure message=\"{reason}\" type=\"kernel-failure\">cycle {}\n{}</failure>",
-                    j.failed_cycle.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    j.failed_cycle
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "?".into()),
                     xml_escape(&evidence)
                 ));
             }
             "infra_error" | "lost" | "timed_out" => {
-                out.push_str(&format!("<error message=\"{reason}\" type=\"{}\"/>", j.state));
+                out.push_str(&format!(
+                    "<error message=\"{reason}\" type=\"{}\"/>",
+                    j.state
+                ));
             }
             other => out.push_str(&format!("<skipped message=\"{}\"/>", xml_escape(other))),
         }

@@ -33,19 +33,35 @@ pub fn triage_stream(stream: LogStream, source: Source, log: &[u8]) -> Vec<Found
         .into_iter()
         .map(|finding| {
             let start = finding.start_line.saturating_sub(1).min(lines.len());
-            let end = finding.end_line.min(lines.len()).min(start + EXCERPT_LINES).max(start);
+            let end = finding
+                .end_line
+                .min(lines.len())
+                .min(start + EXCERPT_LINES)
+                .max(start);
             let excerpt = lines[start..end]
                 .iter()
-                .map(|l| String::from_utf8_lossy(l).trim_end_matches('\r').to_string())
+                .map(|l| {
+                    String::from_utf8_lossy(l)
+                        .trim_end_matches('\r')
+                        .to_string()
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
-            Found { stream, finding, excerpt }
+            Found {
+                stream,
+                finding,
+                excerpt,
+            }
         })
         .collect()
 }
 
 /// Replaces the job's findings (idempotent) and counts them into signatures.
-pub async fn store(tx: &mut Transaction<'_, Postgres>, job: i64, found: &[Found]) -> Result<(), sqlx::Error> {
+pub async fn store(
+    tx: &mut Transaction<'_, Postgres>,
+    job: i64,
+    found: &[Found],
+) -> Result<(), sqlx::Error> {
     let already: i64 = sqlx::query_scalar("SELECT count(*) FROM findings WHERE job_id = $1")
         .bind(job)
         .fetch_one(&mut **tx)
@@ -119,7 +135,11 @@ pub async fn for_job(pool: &PgPool, job: i64) -> Result<Vec<FindingRow>, sqlx::E
 }
 
 /// The API's signature listing is the dashboard's (see [`SignatureSummary`]).
-pub async fn signatures(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<SignatureSummary>, sqlx::Error> {
+pub async fn signatures(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<SignatureSummary>, sqlx::Error> {
     signature_summaries(pool, limit, offset).await
 }
 
@@ -141,7 +161,11 @@ pub struct FindingBrief {
 }
 
 /// Findings in the jobs of one kernel, newest first.
-pub async fn for_kernel(pool: &PgPool, kernel: i64, limit: i64) -> Result<Vec<FindingBrief>, sqlx::Error> {
+pub async fn for_kernel(
+    pool: &PgPool,
+    kernel: i64,
+    limit: i64,
+) -> Result<Vec<FindingBrief>, sqlx::Error> {
     sqlx::query_as::<_, FindingBrief>(
         "SELECT f.id, f.job_id, j.board, f.stream, f.title, f.class, f.fatal, f.signature, f.start_line, f.end_line
          FROM jobs j JOIN findings f ON f.job_id = j.id
@@ -173,7 +197,11 @@ pub struct SignatureSummary {
 }
 
 /// Signatures, most recently seen first, one page.
-pub async fn signature_summaries(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<SignatureSummary>, sqlx::Error> {
+pub async fn signature_summaries(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<SignatureSummary>, sqlx::Error> {
     sqlx::query_as::<_, SignatureSummary>(
         "SELECT s.signature, s.title, s.class, s.count, s.first_job_id, s.last_job_id, s.first_seen_at, s.last_seen_at,
                 kf.id AS first_kernel_id, kf.commit_sha AS first_commit,

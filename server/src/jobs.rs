@@ -61,7 +61,10 @@ impl JobState {
     }
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Assigned | JobState::Running)
+        !matches!(
+            self,
+            JobState::Queued | JobState::Assigned | JobState::Running
+        )
     }
 
     /// The edges of the state machine.
@@ -93,7 +96,11 @@ pub enum JobError {
     #[error("job {0} does not exist")]
     NotFound(i64),
     #[error("job {job} cannot move from {from} to {to}")]
-    IllegalTransition { job: i64, from: &'static str, to: &'static str },
+    IllegalTransition {
+        job: i64,
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("job {job}: stale epoch {got} (current {current}); message refused")]
     StaleEpoch { job: i64, got: i64, current: i64 },
     #[error("job {job} does not belong to board {board}")]
@@ -129,23 +136,45 @@ pub async fn transition(
     let current_epoch: i64 = row.get("epoch");
     if let Some(got) = epoch {
         if got != current_epoch {
-            return Err(JobError::StaleEpoch { job, got, current: current_epoch });
+            return Err(JobError::StaleEpoch {
+                job,
+                got,
+                current: current_epoch,
+            });
         }
     }
     if !from.can_move_to(to) {
-        return Err(JobError::IllegalTransition { job, from: from.as_str(), to: to.as_str() });
+        return Err(JobError::IllegalTransition {
+            job,
+            from: from.as_str(),
+            to: to.as_str(),
+        });
     }
     let (cycles_completed, failed_cycle, evidence, result_reason) = match effects.result {
-        Some(JobResult::Failed { cycles_completed, failed_cycle, reason, evidence }) => (
+        Some(JobResult::Failed {
+            cycles_completed,
+            failed_cycle,
+            reason,
+            evidence,
+        }) => (
             Some(*cycles_completed as i32),
             failed_cycle.map(|c| c as i32),
             Some(serde_json::json!(evidence)),
             Some(reason.clone()),
         ),
-        Some(JobResult::InfraError { cycles_completed, reason })
-        | Some(JobResult::Cancelled { cycles_completed, reason }) => {
-            (Some(*cycles_completed as i32), None, None, Some(reason.clone()))
-        }
+        Some(JobResult::InfraError {
+            cycles_completed,
+            reason,
+        })
+        | Some(JobResult::Cancelled {
+            cycles_completed,
+            reason,
+        }) => (
+            Some(*cycles_completed as i32),
+            None,
+            None,
+            Some(reason.clone()),
+        ),
         Some(r) => (Some(r.cycles_completed() as i32), None, None, None),
         None => (None, None, None, None),
     };
@@ -177,13 +206,15 @@ pub async fn transition(
     .bind(reason.as_deref())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO job_events (job_id, from_state, to_state, reason) VALUES ($1, $2, $3, $4)")
-        .bind(job)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(reason.as_deref())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO job_events (job_id, from_state, to_state, reason) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(job)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(reason.as_deref())
+    .execute(&mut **tx)
+    .await?;
     Ok(from)
 }
 
@@ -238,10 +269,16 @@ pub async fn claim_next(
     let spec: JobSpec = serde_json::from_value(spec).map_err(|e| {
         sqlx::Error::Decode(format!("job {job_id} has an unreadable spec: {e}").into())
     })?;
-    transition(&mut tx, job_id, JobState::Assigned, None, TransitionEffects {
-        assign_deadline_s: Some(assign_deadline_s),
-        ..Default::default()
-    })
+    transition(
+        &mut tx,
+        job_id,
+        JobState::Assigned,
+        None,
+        TransitionEffects {
+            assign_deadline_s: Some(assign_deadline_s),
+            ..Default::default()
+        },
+    )
     .await?;
     sqlx::query("UPDATE boards SET state = 'busy', updated_at = now() WHERE name = $1 AND state IN ('idle', 'busy')")
         .bind(board)
@@ -256,7 +293,12 @@ pub async fn claim_next(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(Assignment { job_id, epoch, spec, queued_at }))
+    Ok(Some(Assignment {
+        job_id,
+        epoch,
+        spec,
+        queued_at,
+    }))
 }
 
 /// Checks that a message about `job` comes from its board with its epoch.
@@ -269,18 +311,37 @@ pub async fn check_owner(pool: &PgPool, job: i64, board: &str, epoch: i64) -> Re
     let owner: String = row.get("board");
     let current: i64 = row.get("epoch");
     if owner != board {
-        return Err(JobError::WrongBoard { job, board: board.to_owned() });
+        return Err(JobError::WrongBoard {
+            job,
+            board: board.to_owned(),
+        });
     }
     if current != epoch {
-        return Err(JobError::StaleEpoch { job, got: epoch, current });
+        return Err(JobError::StaleEpoch {
+            job,
+            got: epoch,
+            current,
+        });
     }
     Ok(())
 }
 
-pub async fn mark_running(pool: &PgPool, job: i64, board: &str, epoch: i64) -> Result<(), JobError> {
+pub async fn mark_running(
+    pool: &PgPool,
+    job: i64,
+    board: &str,
+    epoch: i64,
+) -> Result<(), JobError> {
     check_owner(pool, job, board, epoch).await?;
     let mut tx = pool.begin().await?;
-    transition(&mut tx, job, JobState::Running, Some(epoch), TransitionEffects::default()).await?;
+    transition(
+        &mut tx,
+        job,
+        JobState::Running,
+        Some(epoch),
+        TransitionEffects::default(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -295,10 +356,16 @@ pub async fn finish(
     check_owner(pool, job, board, epoch).await?;
     let to = JobState::from_result(result);
     let mut tx = pool.begin().await?;
-    transition(&mut tx, job, to, Some(epoch), TransitionEffects {
-        result: Some(result),
-        ..Default::default()
-    })
+    transition(
+        &mut tx,
+        job,
+        to,
+        Some(epoch),
+        TransitionEffects {
+            result: Some(result),
+            ..Default::default()
+        },
+    )
     .await?;
     tx.commit().await?;
     Ok(to)
@@ -323,7 +390,11 @@ pub async fn record_cycle(
     .bind(serde_json::to_value(record).unwrap_or_default())
     .execute(&mut *tx)
     .await?;
-    let completed = if record.guest_alive { record.cycle } else { record.cycle.saturating_sub(1) };
+    let completed = if record.guest_alive {
+        record.cycle
+    } else {
+        record.cycle.saturating_sub(1)
+    };
     sqlx::query("UPDATE jobs SET cycles_completed = GREATEST(cycles_completed, $2), updated_at = now() WHERE id = $1")
         .bind(job)
         .bind(completed as i32)
@@ -335,7 +406,13 @@ pub async fn record_cycle(
 
 /// Ends every unfinished job matching `filter` as `to` with `reason`.
 /// Returns the ids moved.
-async fn end_where(pool: &PgPool, filter: &'static str, bind: Option<&str>, to: JobState, reason: &str) -> Result<Vec<i64>, JobError> {
+async fn end_where(
+    pool: &PgPool,
+    filter: &'static str,
+    bind: Option<&str>,
+    to: JobState,
+    reason: &str,
+) -> Result<Vec<i64>, JobError> {
     let sql = format!("SELECT id FROM jobs WHERE {filter} ORDER BY id");
     let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
     if let Some(b) = bind {
@@ -345,7 +422,18 @@ async fn end_where(pool: &PgPool, filter: &'static str, bind: Option<&str>, to: 
     let mut moved = Vec::new();
     for id in ids {
         let mut tx = pool.begin().await?;
-        match transition(&mut tx, id, to, None, TransitionEffects { reason: Some(reason), ..Default::default() }).await {
+        match transition(
+            &mut tx,
+            id,
+            to,
+            None,
+            TransitionEffects {
+                reason: Some(reason),
+                ..Default::default()
+            },
+        )
+        .await
+        {
             Ok(_) => {
                 tx.commit().await?;
                 moved.push(id);
@@ -361,7 +449,11 @@ async fn end_where(pool: &PgPool, filter: &'static str, bind: Option<&str>, to: 
 /// The board's connection ended: its in-flight jobs keep their state for
 /// `grace_s`, in case the agent comes back with them (a network blip, a
 /// server restart); after that the watchdog declares them lost.
-pub async fn lease_board_jobs(pool: &PgPool, board: &str, grace_s: f64) -> Result<u64, sqlx::Error> {
+pub async fn lease_board_jobs(
+    pool: &PgPool,
+    board: &str,
+    grace_s: f64,
+) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2)
          WHERE board = $1 AND state IN ('assigned', 'running') AND lease_expires_at IS NULL",
@@ -376,7 +468,11 @@ pub async fn lease_board_jobs(pool: &PgPool, board: &str, grace_s: f64) -> Resul
 /// The agent came back: the jobs it still has keep running (their leases
 /// are renewed); the board's other in-flight jobs died with the old agent.
 /// Returns the jobs the agent listed that are no longer its to run.
-pub async fn reconcile_leases(pool: &PgPool, board: &str, held: &[(i64, i64)]) -> Result<Vec<i64>, JobError> {
+pub async fn reconcile_leases(
+    pool: &PgPool,
+    board: &str,
+    held: &[(i64, i64)],
+) -> Result<Vec<i64>, JobError> {
     let in_flight: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT id, epoch FROM jobs WHERE board = $1 AND state IN ('assigned', 'running')",
     )
@@ -385,13 +481,22 @@ pub async fn reconcile_leases(pool: &PgPool, board: &str, held: &[(i64, i64)]) -
     .await?;
     for (id, epoch) in &in_flight {
         if held.contains(&(*id, *epoch)) {
-            sqlx::query("UPDATE jobs SET lease_expires_at = NULL WHERE id = $1").bind(id).execute(pool).await?;
+            sqlx::query("UPDATE jobs SET lease_expires_at = NULL WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?;
         } else {
             let mut tx = pool.begin().await?;
-            match transition(&mut tx, *id, JobState::Lost, None, TransitionEffects {
-                reason: Some("the board's agent came back without the job (it restarted)"),
-                ..Default::default()
-            })
+            match transition(
+                &mut tx,
+                *id,
+                JobState::Lost,
+                None,
+                TransitionEffects {
+                    reason: Some("the board's agent came back without the job (it restarted)"),
+                    ..Default::default()
+                },
+            )
             .await
             {
                 Ok(_) => tx.commit().await?,
@@ -400,18 +505,37 @@ pub async fn reconcile_leases(pool: &PgPool, board: &str, held: &[(i64, i64)]) -
             }
         }
     }
-    Ok(held.iter().filter(|h| !in_flight.contains(h)).map(|(id, _)| *id).collect())
+    Ok(held
+        .iter()
+        .filter(|h| !in_flight.contains(h))
+        .map(|(id, _)| *id)
+        .collect())
 }
 
 /// The board's connection is gone for good: none of its jobs can still run.
-pub async fn lose_board_jobs(pool: &PgPool, board: &str, reason: &str) -> Result<Vec<i64>, JobError> {
-    end_where(pool, "board = $1 AND state IN ('assigned', 'running')", Some(board), JobState::Lost, reason).await
+pub async fn lose_board_jobs(
+    pool: &PgPool,
+    board: &str,
+    reason: &str,
+) -> Result<Vec<i64>, JobError> {
+    end_where(
+        pool,
+        "board = $1 AND state IN ('assigned', 'running')",
+        Some(board),
+        JobState::Lost,
+        reason,
+    )
+    .await
 }
 
 /// At start-up: what a previous server process left in flight gets a
 /// grace period for its agent to reconnect with it; the watchdog ends the
 /// rest as lost.
-pub async fn resolve_after_restart(pool: &PgPool, server_id: &str, grace_s: f64) -> Result<Vec<i64>, JobError> {
+pub async fn resolve_after_restart(
+    pool: &PgPool,
+    server_id: &str,
+    grace_s: f64,
+) -> Result<Vec<i64>, JobError> {
     Ok(sqlx::query_scalar(
         "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $1)
          WHERE state IN ('assigned', 'running') AND lease_expires_at IS NULL
@@ -426,7 +550,10 @@ pub async fn resolve_after_restart(pool: &PgPool, server_id: &str, grace_s: f64)
 
 /// Jobs whose deadline passed: assigned but never started, or running past
 /// their timeout. Returns (job, board, new state).
-pub async fn expire_deadlines(pool: &PgPool, queue_deadline_s: u64) -> Result<Vec<(i64, String, JobState)>, JobError> {
+pub async fn expire_deadlines(
+    pool: &PgPool,
+    queue_deadline_s: u64,
+) -> Result<Vec<(i64, String, JobState)>, JobError> {
     let rows = sqlx::query(
         "SELECT id, board, state, (lease_expires_at IS NOT NULL AND lease_expires_at < now()) AS lease_gone
          FROM jobs
@@ -445,13 +572,30 @@ pub async fn expire_deadlines(pool: &PgPool, queue_deadline_s: u64) -> Result<Ve
         let state = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Running);
         let lease_gone: bool = row.get("lease_gone");
         let (to, reason) = match state {
-            _ if lease_gone => (JobState::Lost, "board went offline and did not come back with the job in time"),
-            JobState::Queued => (JobState::Lost, "no board took the job before the queue deadline"),
+            _ if lease_gone => (
+                JobState::Lost,
+                "board went offline and did not come back with the job in time",
+            ),
+            JobState::Queued => (
+                JobState::Lost,
+                "no board took the job before the queue deadline",
+            ),
             JobState::Assigned => (JobState::Lost, "the board never started the job"),
             _ => (JobState::TimedOut, "the job ran past its timeout"),
         };
         let mut tx = pool.begin().await?;
-        match transition(&mut tx, id, to, None, TransitionEffects { reason: Some(reason), ..Default::default() }).await {
+        match transition(
+            &mut tx,
+            id,
+            to,
+            None,
+            TransitionEffects {
+                reason: Some(reason),
+                ..Default::default()
+            },
+        )
+        .await
+        {
             Ok(_) => {
                 tx.commit().await?;
                 out.push((id, board, to));
@@ -467,10 +611,16 @@ pub async fn expire_deadlines(pool: &PgPool, queue_deadline_s: u64) -> Result<Ve
 /// the caller knows whether an agent must be told.
 pub async fn cancel(pool: &PgPool, job: i64, reason: &str) -> Result<(JobState, String), JobError> {
     let mut tx = pool.begin().await?;
-    let from = transition(&mut tx, job, JobState::Cancelled, None, TransitionEffects {
-        reason: Some(reason),
-        ..Default::default()
-    })
+    let from = transition(
+        &mut tx,
+        job,
+        JobState::Cancelled,
+        None,
+        TransitionEffects {
+            reason: Some(reason),
+            ..Default::default()
+        },
+    )
     .await?;
     let board: String = sqlx::query_scalar("SELECT board FROM jobs WHERE id = $1")
         .bind(job)
@@ -505,7 +655,8 @@ pub struct JobRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const JOB_SELECT: &str = "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
+const JOB_SELECT: &str =
+    "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
         j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
         k.tree, k.branch, k.commit_sha, j.created_at, j.started_at, j.finished_at
      FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
@@ -518,10 +669,12 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> 
 }
 
 pub async fn for_run(pool: &PgPool, run: i64) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!("{JOB_SELECT} WHERE j.run_id = $1 ORDER BY j.id")))
-        .bind(run)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+        "{JOB_SELECT} WHERE j.run_id = $1 ORDER BY j.id"
+    )))
+    .bind(run)
+    .fetch_all(pool)
+    .await
 }
 
 /// The job each board is busy with (newest active one).
@@ -534,10 +687,12 @@ pub async fn active_by_board(pool: &PgPool) -> Result<Vec<JobRow>, sqlx::Error> 
 }
 
 pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!("{JOB_SELECT} ORDER BY j.id DESC LIMIT $1")))
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+        "{JOB_SELECT} ORDER BY j.id DESC LIMIT $1"
+    )))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -580,9 +735,15 @@ mod tests {
     #[test]
     fn every_live_state_can_be_lost_or_cancelled() {
         for from in [Queued, Assigned, Running] {
-            assert!(from.can_move_to(Lost) && from.can_move_to(Cancelled), "{from:?}");
+            assert!(
+                from.can_move_to(Lost) && from.can_move_to(Cancelled),
+                "{from:?}"
+            );
         }
-        assert!(!Queued.can_move_to(Running), "a job must be assigned before it runs");
+        assert!(
+            !Queued.can_move_to(Running),
+            "a job must be assigned before it runs"
+        );
         assert!(!Queued.can_move_to(Passed));
     }
 }
@@ -611,7 +772,8 @@ pub struct JobBrief {
     pub finding: Option<String>,
 }
 
-const JOB_BRIEF_SELECT: &str = "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated,
+const JOB_BRIEF_SELECT: &str =
+    "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated,
         j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
         j.created_at, j.finished_at, NULL::text AS finding
      FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
@@ -627,10 +789,18 @@ pub async fn briefs_for_runs(pool: &PgPool, runs: &[i64]) -> Result<Vec<JobBrief
 }
 
 /// A board's jobs, newest first.
-pub async fn briefs_for_board(pool: &PgPool, board: &str, limit: i64, offset: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
+pub async fn briefs_for_board(
+    pool: &PgPool,
+    board: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<JobBrief>, sqlx::Error> {
     sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
         "{} ORDER BY j.id DESC",
-        JOB_BRIEF_SELECT.replace("FROM jobs j", "FROM (SELECT * FROM jobs WHERE board = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j")
+        JOB_BRIEF_SELECT.replace(
+            "FROM jobs j",
+            "FROM (SELECT * FROM jobs WHERE board = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
+        )
     )))
     .bind(board)
     .bind(limit)
@@ -640,10 +810,18 @@ pub async fn briefs_for_board(pool: &PgPool, board: &str, limit: i64, offset: i6
 }
 
 /// A kernel's jobs, newest first.
-pub async fn briefs_for_kernel(pool: &PgPool, kernel: i64, limit: i64, offset: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
+pub async fn briefs_for_kernel(
+    pool: &PgPool,
+    kernel: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<JobBrief>, sqlx::Error> {
     sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
         "{} ORDER BY j.id DESC",
-        JOB_BRIEF_SELECT.replace("FROM jobs j", "FROM (SELECT * FROM jobs WHERE kernel_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j")
+        JOB_BRIEF_SELECT.replace(
+            "FROM jobs j",
+            "FROM (SELECT * FROM jobs WHERE kernel_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
+        )
     )))
     .bind(kernel)
     .bind(limit)
@@ -654,7 +832,11 @@ pub async fn briefs_for_kernel(pool: &PgPool, kernel: i64, limit: i64, offset: i
 
 /// A board's failures (kernel failures and lab failures), newest first,
 /// each with its first finding's title.
-pub async fn failures_for_board(pool: &PgPool, board: &str, limit: i64) -> Result<Vec<JobBrief>, sqlx::Error> {
+pub async fn failures_for_board(
+    pool: &PgPool,
+    board: &str,
+    limit: i64,
+) -> Result<Vec<JobBrief>, sqlx::Error> {
     sqlx::query_as::<_, JobBrief>(
         "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated,
                 j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
@@ -672,17 +854,27 @@ pub async fn failures_for_board(pool: &PgPool, board: &str, limit: i64) -> Resul
 
 /// The job's spec as stored (the parameters it ran with).
 pub async fn spec(pool: &PgPool, job: i64) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    sqlx::query_scalar("SELECT spec FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await
+    sqlx::query_scalar("SELECT spec FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Cycle records with `cycle > after`, in order, at most `limit`.
-pub async fn cycles_after(pool: &PgPool, job: i64, after: i32, limit: i64) -> Result<Vec<serde_json::Value>, sqlx::Error> {
-    sqlx::query_scalar("SELECT record FROM job_cycles WHERE job_id = $1 AND cycle > $2 ORDER BY cycle LIMIT $3")
-        .bind(job)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+pub async fn cycles_after(
+    pool: &PgPool,
+    job: i64,
+    after: i32,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT record FROM job_cycles WHERE job_id = $1 AND cycle > $2 ORDER BY cycle LIMIT $3",
+    )
+    .bind(job)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Number of stored cycle records and the highest cycle number.
@@ -705,7 +897,11 @@ pub struct CyclePoint {
     pub all_alive: bool,
 }
 
-pub async fn cycle_series(pool: &PgPool, job: i64, step: i32) -> Result<Vec<CyclePoint>, sqlx::Error> {
+pub async fn cycle_series(
+    pool: &PgPool,
+    job: i64,
+    step: i32,
+) -> Result<Vec<CyclePoint>, sqlx::Error> {
     sqlx::query_as::<_, CyclePoint>(
         "SELECT min(cycle) AS cycle,
                 max((record->>'delay_ms')::float8) AS delay_ms,
@@ -744,14 +940,25 @@ pub async fn pulse(pool: &PgPool, job: i64) -> Result<Option<JobPulse>, sqlx::Er
 
 /// The kernel a job tests.
 pub async fn kernel_of(pool: &PgPool, job: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT kernel_id FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await
+    sqlx::query_scalar("SELECT kernel_id FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Finished jobs with their kernel id and board family, newest kernels
 /// first, for exports.
-pub async fn finished_for_export(pool: &PgPool, commit: Option<&str>, limit: i64) -> Result<Vec<(JobRow, i64, String)>, sqlx::Error> {
+pub async fn finished_for_export(
+    pool: &PgPool,
+    commit: Option<&str>,
+    limit: i64,
+) -> Result<Vec<(JobRow, i64, String)>, sqlx::Error> {
     use sqlx::FromRow;
-    let select = JOB_SELECT.replacen("\n     FROM jobs j", ", j.kernel_id AS x_kernel_id, b.family AS x_family\n     FROM jobs j", 1);
+    let select = JOB_SELECT.replacen(
+        "\n     FROM jobs j",
+        ", j.kernel_id AS x_kernel_id, b.family AS x_family\n     FROM jobs j",
+        1,
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{select} JOIN boards b ON b.name = j.board
          WHERE j.state IN ('passed', 'failed', 'infra_error', 'timed_out', 'lost', 'cancelled')
@@ -763,12 +970,21 @@ pub async fn finished_for_export(pool: &PgPool, commit: Option<&str>, limit: i64
     .fetch_all(pool)
     .await?;
     rows.iter()
-        .map(|row| Ok((JobRow::from_row(row)?, row.try_get("x_kernel_id")?, row.try_get("x_family")?)))
+        .map(|row| {
+            Ok((
+                JobRow::from_row(row)?,
+                row.try_get("x_kernel_id")?,
+                row.try_get("x_family")?,
+            ))
+        })
         .collect()
 }
 
 /// (kernel, board family) pairs with queued or running jobs, for kernels.
-pub async fn active_families(pool: &PgPool, kernels: &[i64]) -> Result<Vec<(i64, String)>, sqlx::Error> {
+pub async fn active_families(
+    pool: &PgPool,
+    kernels: &[i64],
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT DISTINCT j.kernel_id, b.family FROM jobs j JOIN boards b ON b.name = j.board
          WHERE j.kernel_id = ANY($1) AND j.state IN ('queued', 'assigned', 'running')",

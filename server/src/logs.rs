@@ -17,8 +17,11 @@ pub async fn store_chunk(
     data: &[u8],
 ) -> Result<bool, sqlx::Error> {
     let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 3 + 64), Compression::fast());
-    enc.write_all(data).map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
-    let compressed = enc.finish().map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
+    enc.write_all(data)
+        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
+    let compressed = enc
+        .finish()
+        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
     let result = sqlx::query(
         "INSERT INTO log_chunks (job_id, stream, seq, raw_len, data) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (job_id, stream, seq) DO NOTHING",
@@ -34,18 +37,25 @@ pub async fn store_chunk(
 }
 
 /// The whole stream as stored, chunks in order.
-pub async fn read_stream(pool: &PgPool, job: i64, stream: LogStream) -> Result<Vec<u8>, sqlx::Error> {
-    let rows = sqlx::query("SELECT data FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq")
-        .bind(job)
-        .bind(stream.as_str())
-        .fetch_all(pool)
-        .await?;
+pub async fn read_stream(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+) -> Result<Vec<u8>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT data FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq")
+            .bind(job)
+            .bind(stream.as_str())
+            .fetch_all(pool)
+            .await?;
     let mut out = Vec::new();
     for row in rows {
         let data: Vec<u8> = row.get("data");
         GzDecoder::new(&data[..])
             .read_to_end(&mut out)
-            .map_err(|e| sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}")))?;
+            .map_err(|e| {
+                sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}"))
+            })?;
     }
     Ok(out)
 }
@@ -59,25 +69,34 @@ pub async fn sizes(pool: &PgPool, job: i64) -> Result<Vec<(String, i64, i64)>, s
     .bind(job)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.get("stream"), r.get("raw"), r.get("stored"))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get("stream"), r.get("raw"), r.get("stored")))
+        .collect())
 }
 
 // ---- dashboard reads (appended for the web pages; read-only) ----
 
 /// The chunks of a stream without their data: (seq, raw length), in order.
-pub async fn chunk_list(pool: &PgPool, job: i64, stream: LogStream) -> Result<Vec<(i64, i32)>, sqlx::Error> {
-    sqlx::query_as("SELECT seq, raw_len FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq")
-        .bind(job)
-        .bind(stream.as_str())
-        .fetch_all(pool)
-        .await
+pub async fn chunk_list(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+) -> Result<Vec<(i64, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT seq, raw_len FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq",
+    )
+    .bind(job)
+    .bind(stream.as_str())
+    .fetch_all(pool)
+    .await
 }
 
 fn gunzip_chunk(job: i64, data: &[u8]) -> Result<Vec<u8>, sqlx::Error> {
     let mut out = Vec::with_capacity(data.len() * 3);
-    GzDecoder::new(data)
-        .read_to_end(&mut out)
-        .map_err(|e| sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}")))?;
+    GzDecoder::new(data).read_to_end(&mut out).map_err(|e| {
+        sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}"))
+    })?;
     Ok(out)
 }
 
@@ -97,12 +116,23 @@ pub async fn read_chunk_range(
         .fetch_all(pool)
         .await?;
     rows.into_iter()
-        .map(|r| Ok((r.get::<i64, _>("seq"), gunzip_chunk(job, r.get::<&[u8], _>("data"))?)))
+        .map(|r| {
+            Ok((
+                r.get::<i64, _>("seq"),
+                gunzip_chunk(job, r.get::<&[u8], _>("data"))?,
+            ))
+        })
         .collect()
 }
 
 /// Up to `limit` chunks with `seq > after`, decompressed, in order.
-pub async fn chunks_after(pool: &PgPool, job: i64, stream: LogStream, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+pub async fn chunks_after(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
     let rows = sqlx::query("SELECT seq, data FROM log_chunks WHERE job_id = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT $4")
         .bind(job)
         .bind(stream.as_str())
@@ -111,12 +141,22 @@ pub async fn chunks_after(pool: &PgPool, job: i64, stream: LogStream, after: i64
         .fetch_all(pool)
         .await?;
     rows.into_iter()
-        .map(|r| Ok((r.get::<i64, _>("seq"), gunzip_chunk(job, r.get::<&[u8], _>("data"))?)))
+        .map(|r| {
+            Ok((
+                r.get::<i64, _>("seq"),
+                gunzip_chunk(job, r.get::<&[u8], _>("data"))?,
+            ))
+        })
         .collect()
 }
 
 /// The last `limit` chunks of a stream, decompressed, in order.
-pub async fn tail_chunks(pool: &PgPool, job: i64, stream: LogStream, limit: i64) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+pub async fn tail_chunks(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
     let rows = sqlx::query("SELECT seq, data FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq DESC LIMIT $3")
         .bind(job)
         .bind(stream.as_str())
@@ -125,7 +165,12 @@ pub async fn tail_chunks(pool: &PgPool, job: i64, stream: LogStream, limit: i64)
         .await?;
     let mut out: Vec<(i64, Vec<u8>)> = rows
         .into_iter()
-        .map(|r| Ok((r.get::<i64, _>("seq"), gunzip_chunk(job, r.get::<&[u8], _>("data"))?)))
+        .map(|r| {
+            Ok((
+                r.get::<i64, _>("seq"),
+                gunzip_chunk(job, r.get::<&[u8], _>("data"))?,
+            ))
+        })
         .collect::<Result<_, sqlx::Error>>()?;
     out.reverse();
     Ok(out)
@@ -144,7 +189,13 @@ const MARKER_SEQ: u64 = 1 << 60;
 
 impl LogBudget {
     /// Whether a chunk of `bytes` for `job` may be stored.
-    pub async fn admit(&self, pool: &PgPool, job: i64, bytes: u64, cap: u64) -> Result<bool, sqlx::Error> {
+    pub async fn admit(
+        &self,
+        pool: &PgPool,
+        job: i64,
+        bytes: u64,
+        cap: u64,
+    ) -> Result<bool, sqlx::Error> {
         let known = self.used.lock().unwrap().get(&job).copied();
         let (used, truncated) = match known {
             Some(u) => u,
@@ -156,17 +207,28 @@ impl LogBudget {
                 .bind(job)
                 .fetch_one(pool)
                 .await?;
-                (row.get::<i64, _>("used") as u64, row.get::<bool, _>("log_truncated"))
+                (
+                    row.get::<i64, _>("used") as u64,
+                    row.get::<bool, _>("log_truncated"),
+                )
             }
         };
         if used + bytes <= cap {
-            self.used.lock().unwrap().insert(job, (used + bytes, truncated));
+            self.used
+                .lock()
+                .unwrap()
+                .insert(job, (used + bytes, truncated));
             return Ok(true);
         }
         if !truncated {
-            let marker = format!("\n[armfleet: logs of this job truncated at {used} bytes: the per-job limit is {cap} bytes]\n");
+            let marker = format!(
+                "\n[armfleet: logs of this job truncated at {used} bytes: the per-job limit is {cap} bytes]\n"
+            );
             store_chunk(pool, job, LogStream::Agent, MARKER_SEQ, marker.as_bytes()).await?;
-            sqlx::query("UPDATE jobs SET log_truncated = TRUE WHERE id = $1").bind(job).execute(pool).await?;
+            sqlx::query("UPDATE jobs SET log_truncated = TRUE WHERE id = $1")
+                .bind(job)
+                .execute(pool)
+                .await?;
             tracing::warn!(job, used, cap, "log flood: truncating the job's logs");
         }
         self.used.lock().unwrap().insert(job, (used, true));

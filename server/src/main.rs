@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "armfleet", version, about = "Distributed migrate→cancel stress testing for arm64 KVM board farms")]
+#[command(
+    name = "armfleet",
+    version,
+    about = "Distributed migrate→cancel stress testing for arm64 KVM board farms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,20 +158,30 @@ enum ExportFormat {
 }
 
 async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
-    let resp = reqwest::Client::new().get(url).send().await.with_context(|| format!("contacting {url}"))?;
+    let resp = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("contacting {url}"))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
-        anyhow::bail!("server answered {status}: {}", body["error"].as_str().unwrap_or("?"));
+        anyhow::bail!(
+            "server answered {status}: {}",
+            body["error"].as_str().unwrap_or("?")
+        );
     }
     Ok(body)
 }
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ARMFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,russh=warn"));
+    let filter = EnvFilter::try_from_env("ARMFLEET_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,russh=warn"));
     let json = std::env::var("ARMFLEET_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -182,7 +196,10 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -194,14 +211,23 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, data_dir, http, ssh } => {
+        Command::Serve {
+            config,
+            data_dir,
+            http,
+            ssh,
+        } => {
             let settings = Settings {
                 fleet_path: config,
                 data_dir,
                 database_url: std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()),
             };
-            let http = tokio::net::TcpListener::bind(&http).await.with_context(|| format!("binding HTTP {http}"))?;
-            let ssh = tokio::net::TcpListener::bind(&ssh).await.with_context(|| format!("binding SSH {ssh}"))?;
+            let http = tokio::net::TcpListener::bind(&http)
+                .await
+                .with_context(|| format!("binding HTTP {http}"))?;
+            let ssh = tokio::net::TcpListener::bind(&ssh)
+                .await
+                .with_context(|| format!("binding SSH {ssh}"))?;
             let server = Server::prepare(settings).await?;
             println!("armfleet: SSH host key {}", server.fingerprint);
             println!("armfleet: SSH for agents on {}", ssh.local_addr()?);
@@ -231,9 +257,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.run(http, ssh, shutdown).await
         }
         Command::Demo(args) => demo::run(args).await,
-        Command::Trigger { tree, branch, commit, plan, baseline, access: ServerAccess { server, token, data_dir } } => {
+        Command::Trigger {
+            tree,
+            branch,
+            commit,
+            plan,
+            baseline,
+            access:
+                ServerAccess {
+                    server,
+                    token,
+                    data_dir,
+                },
+        } => {
             let token = read_token(token, &data_dir)?;
-            let req = TriggerRequest { tree, branch, commit, plan, baseline };
+            let req = TriggerRequest {
+                tree,
+                branch,
+                commit,
+                plan,
+                baseline,
+            };
             let resp = reqwest::Client::new()
                 .post(format!("{}/api/v1/runs", server.trim_end_matches('/')))
                 .bearer_auth(token)
@@ -244,14 +288,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = resp.status();
             let body: serde_json::Value = resp.json().await.unwrap_or_default();
             if !status.is_success() {
-                anyhow::bail!("server answered {status}: {}", body["error"].as_str().unwrap_or("?"));
+                anyhow::bail!(
+                    "server answered {status}: {}",
+                    body["error"].as_str().unwrap_or("?")
+                );
             }
             println!("run {} planned with jobs {}", body["run_id"], body["jobs"]);
             Ok(())
         }
         Command::Boards { server } => {
             let body = get_json(&format!("{}/api/v1/boards", server.trim_end_matches('/'))).await?;
-            println!("{:<16} {:<14} {:<8} {:<9} {:<28} {}", "board", "family", "state", "executor", "kernel", "last heartbeat");
+            println!(
+                "{:<16} {:<14} {:<8} {:<9} {:<28} {}",
+                "board", "family", "state", "executor", "kernel", "last heartbeat"
+            );
             for b in body["boards"].as_array().into_iter().flatten() {
                 let sim = if b["simulated"] == true { " (sim)" } else { "" };
                 println!(
@@ -267,48 +317,102 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Runs { server, limit } => {
-            let body = get_json(&format!("{}/api/v1/runs?limit={limit}", server.trim_end_matches('/'))).await?;
-            println!("{:>6} {:<13} {:<12} {:>10} {:>7}  {}", "run", "commit", "branch", "jobs done", "failed", "requested by");
+            let body = get_json(&format!(
+                "{}/api/v1/runs?limit={limit}",
+                server.trim_end_matches('/')
+            ))
+            .await?;
+            println!(
+                "{:>6} {:<13} {:<12} {:>10} {:>7}  {}",
+                "run", "commit", "branch", "jobs done", "failed", "requested by"
+            );
             for r in body["runs"].as_array().into_iter().flatten() {
                 println!(
                     "{:>6} {:<13} {:<12} {:>10} {:>7}  {}{}",
                     r["id"],
-                    r["commit_sha"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+                    r["commit_sha"]
+                        .as_str()
+                        .unwrap_or("")
+                        .chars()
+                        .take(12)
+                        .collect::<String>(),
                     r["branch"].as_str().unwrap_or(""),
                     format!("{}/{}", r["jobs_done"], r["jobs_total"]),
                     r["jobs_failed"],
                     r["requested_by"].as_str().unwrap_or(""),
-                    if r["simulated"] == true { " (simulated)" } else { "" }
+                    if r["simulated"] == true {
+                        " (simulated)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(())
         }
         Command::Follow { run, server } => follow(&server, run).await,
         Command::Report { commit, server } => {
-            let body = get_json(&format!("{}/api/v1/kernels/{commit}", server.trim_end_matches('/'))).await?;
+            let body = get_json(&format!(
+                "{}/api/v1/kernels/{commit}",
+                server.trim_end_matches('/')
+            ))
+            .await?;
             for k in body["kernels"].as_array().into_iter().flatten() {
-                println!("{} {} {}", k["commit_sha"].as_str().unwrap_or(""), k["branch"].as_str().unwrap_or(""), k["tree"].as_str().unwrap_or(""));
+                println!(
+                    "{} {} {}",
+                    k["commit_sha"].as_str().unwrap_or(""),
+                    k["branch"].as_str().unwrap_or(""),
+                    k["tree"].as_str().unwrap_or("")
+                );
                 if let Some(subject) = k["subject"].as_str() {
                     println!("  {subject}");
                 }
-                println!("  {:<14} {:<24} {:<14} {:>10} {:>8} {:>18}  {}", "family", "plan", "verdict", "cycles", "failed", "rate (95% CI)", "baseline");
+                println!(
+                    "  {:<14} {:<24} {:<14} {:>10} {:>8} {:>18}  {}",
+                    "family", "plan", "verdict", "cycles", "failed", "rate (95% CI)", "baseline"
+                );
                 let verdicts = k["verdicts"].as_array().cloned().unwrap_or_default();
                 for r in k["results"].as_array().into_iter().flatten() {
-                    let v = verdicts.iter().find(|v| v["family"] == r["family"] && v["plan"] == r["plan"]);
+                    let v = verdicts
+                        .iter()
+                        .find(|v| v["family"] == r["family"] && v["plan"] == r["plan"]);
                     let verdict = v.and_then(|v| v["verdict"].as_str()).unwrap_or("running");
-                    let rate = v.map(|v| format!("{:.2}% ({:.2}–{:.2})", v["rate"].as_f64().unwrap_or(0.0) * 100.0,
-                        v["ci_low"].as_f64().unwrap_or(0.0) * 100.0, v["ci_high"].as_f64().unwrap_or(0.0) * 100.0)).unwrap_or_default();
-                    let baseline = v.and_then(|v| v["baseline_commit"].as_str()).map(|c| c.chars().take(12).collect()).unwrap_or_else(|| "-".to_owned());
-                    println!("  {:<14} {:<24} {:<14} {:>10} {:>8} {:>18}  {}", r["family"].as_str().unwrap_or(""), r["plan"].as_str().unwrap_or(""),
-                        verdict, r["cycles_run"], r["failed_cycles"], rate, baseline);
+                    let rate = v
+                        .map(|v| {
+                            format!(
+                                "{:.2}% ({:.2}–{:.2})",
+                                v["rate"].as_f64().unwrap_or(0.0) * 100.0,
+                                v["ci_low"].as_f64().unwrap_or(0.0) * 100.0,
+                                v["ci_high"].as_f64().unwrap_or(0.0) * 100.0
+                            )
+                        })
+                        .unwrap_or_default();
+                    let baseline = v
+                        .and_then(|v| v["baseline_commit"].as_str())
+                        .map(|c| c.chars().take(12).collect())
+                        .unwrap_or_else(|| "-".to_owned());
+                    println!(
+                        "  {:<14} {:<24} {:<14} {:>10} {:>8} {:>18}  {}",
+                        r["family"].as_str().unwrap_or(""),
+                        r["plan"].as_str().unwrap_or(""),
+                        verdict,
+                        r["cycles_run"],
+                        r["failed_cycles"],
+                        rate,
+                        baseline
+                    );
                     if r["infra_errors"].as_i64().unwrap_or(0) > 0 {
-                        println!("  {:<14} {} lab failures (not counted against the kernel)", "", r["infra_errors"]);
+                        println!(
+                            "  {:<14} {} lab failures (not counted against the kernel)",
+                            "", r["infra_errors"]
+                        );
                     }
                 }
             }
             Ok(())
         }
-        Command::Export { format: ExportFormat::Kcidb { commit, server } } => {
+        Command::Export {
+            format: ExportFormat::Kcidb { commit, server },
+        } => {
             let mut url = format!("{}/api/v1/export/kcidb", server.trim_end_matches('/'));
             if let Some(c) = commit {
                 url.push_str(&format!("?commit={c}"));
@@ -317,10 +421,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bisect { action } => armfleet_server::bisect::run_cli(action).await,
-        Command::Reload { access: ServerAccess { server, token, data_dir } } => {
+        Command::Reload {
+            access:
+                ServerAccess {
+                    server,
+                    token,
+                    data_dir,
+                },
+        } => {
             let token = read_token(token, &data_dir)?;
             let resp = reqwest::Client::new()
-                .post(format!("{}/api/v1/admin/reload", server.trim_end_matches('/')))
+                .post(format!(
+                    "{}/api/v1/admin/reload",
+                    server.trim_end_matches('/')
+                ))
                 .bearer_auth(token)
                 .send()
                 .await
@@ -328,23 +442,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = resp.status();
             let body: serde_json::Value = resp.json().await.unwrap_or_default();
             if !status.is_success() {
-                anyhow::bail!("reload refused ({status}): {}", body["error"].as_str().unwrap_or("?"));
+                anyhow::bail!(
+                    "reload refused ({status}): {}",
+                    body["error"].as_str().unwrap_or("?")
+                );
             }
             println!("{}", serde_json::to_string_pretty(&body)?);
             Ok(())
         }
-        Command::Token { action: TokenAction::New { name, scopes } } => {
+        Command::Token {
+            action: TokenAction::New { name, scopes },
+        } => {
             let token = hex::encode(rand::random::<[u8; 24]>());
             let hash = hex::encode(armfleet_server::config::token_hash(&token));
-            let scopes = scopes.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+            let scopes = scopes
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
             println!("token (give it to the caller; it is not stored): {token}");
             println!("\n[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]");
             Ok(())
         }
-        Command::Token { action: TokenAction::Hash } => {
+        Command::Token {
+            action: TokenAction::Hash,
+        } => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
-            println!("{}", hex::encode(armfleet_server::config::token_hash(&line)));
+            println!(
+                "{}",
+                hex::encode(armfleet_server::config::token_hash(&line))
+            );
             Ok(())
         }
         Command::Fingerprint { data_dir } => {
@@ -379,12 +507,19 @@ async fn follow(server: &str, run: i64) -> anyhow::Result<()> {
             });
             let state = j["state"].as_str().unwrap_or("");
             bar.set_position(j["cycles_completed"].as_u64().unwrap_or(0));
-            let sim = if j["simulated"] == true { " (simulated)" } else { "" };
+            let sim = if j["simulated"] == true {
+                " (simulated)"
+            } else {
+                ""
+            };
             bar.set_message(format!("{state}{sim}"));
             if ["queued", "assigned", "running"].contains(&state) {
                 open += 1;
             } else if !bar.is_finished() {
-                bar.finish_with_message(format!("{state}{sim} {}", j["reason"].as_str().unwrap_or("")));
+                bar.finish_with_message(format!(
+                    "{state}{sim} {}",
+                    j["reason"].as_str().unwrap_or("")
+                ));
             }
         }
         if open == 0 && !jobs.is_empty() {

@@ -68,20 +68,56 @@ impl Metrics {
             let mut r = m.registry.lock().unwrap();
             r.register("boards", "Boards by state", m.boards.clone());
             r.register("jobs", "Jobs by state", m.jobs.clone());
-            r.register("queue_depth", "Jobs waiting in the queue", m.queue_depth.clone());
-            r.register("queue_oldest_age_seconds", "Age of the oldest queued job", m.queue_oldest_seconds.clone());
-            r.register("db_pool_connections", "Open database connections", m.db_pool_size.clone());
-            r.register("db_pool_idle_connections", "Idle database connections", m.db_pool_idle.clone());
+            r.register(
+                "queue_depth",
+                "Jobs waiting in the queue",
+                m.queue_depth.clone(),
+            );
+            r.register(
+                "queue_oldest_age_seconds",
+                "Age of the oldest queued job",
+                m.queue_oldest_seconds.clone(),
+            );
+            r.register(
+                "db_pool_connections",
+                "Open database connections",
+                m.db_pool_size.clone(),
+            );
+            r.register(
+                "db_pool_idle_connections",
+                "Idle database connections",
+                m.db_pool_idle.clone(),
+            );
             r.register(
                 "dispatch_latency_seconds",
                 "Time from a job being queued to its assignment being sent to a board",
                 m.dispatch_latency.clone(),
             );
-            r.register("log_bytes_ingested", "Log bytes received from agents and stored", m.log_bytes.clone());
-            r.register("log_chunks_duplicate", "Log chunks received again and ignored", m.log_chunks_duplicate.clone());
-            r.register("webhook_deliveries", "Webhook deliveries by result", m.webhooks.clone());
-            r.register("ssh_connections", "SSH connections accepted", m.ssh_connections.clone());
-            r.register("ssh_auth_failures", "SSH authentications refused", m.ssh_auth_failures.clone());
+            r.register(
+                "log_bytes_ingested",
+                "Log bytes received from agents and stored",
+                m.log_bytes.clone(),
+            );
+            r.register(
+                "log_chunks_duplicate",
+                "Log chunks received again and ignored",
+                m.log_chunks_duplicate.clone(),
+            );
+            r.register(
+                "webhook_deliveries",
+                "Webhook deliveries by result",
+                m.webhooks.clone(),
+            );
+            r.register(
+                "ssh_connections",
+                "SSH connections accepted",
+                m.ssh_connections.clone(),
+            );
+            r.register(
+                "ssh_auth_failures",
+                "SSH authentications refused",
+                m.ssh_auth_failures.clone(),
+            );
             r.register("agent_sessions", "Agents connected now", m.sessions.clone());
         }
         m
@@ -89,21 +125,33 @@ impl Metrics {
 
     /// Refreshes the database-backed gauges and renders the text format.
     pub async fn render(&self, pool: &PgPool) -> Result<String, sqlx::Error> {
-        let boards: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM boards WHERE state <> 'retired' GROUP BY state")
-                .fetch_all(pool)
-                .await?;
+        let boards: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM boards WHERE state <> 'retired' GROUP BY state",
+        )
+        .fetch_all(pool)
+        .await?;
         self.boards.clear();
         for state in ["offline", "idle", "busy"] {
-            self.boards.get_or_create(&StateLabel { state: state.into() }).set(0);
+            self.boards
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(0);
         }
         for (state, n) in boards {
             self.boards.get_or_create(&StateLabel { state }).set(n);
         }
-        let jobs: Vec<(String, i64)> = sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state").fetch_all(pool).await?;
+        let jobs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+                .fetch_all(pool)
+                .await?;
         self.jobs.clear();
         for state in crate::jobs::JobState::ALL {
-            self.jobs.get_or_create(&StateLabel { state: state.as_str().into() }).set(0);
+            self.jobs
+                .get_or_create(&StateLabel {
+                    state: state.as_str().into(),
+                })
+                .set(0);
         }
         for (state, n) in jobs {
             self.jobs.get_or_create(&StateLabel { state }).set(n);

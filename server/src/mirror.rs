@@ -38,39 +38,75 @@ pub struct CommitInfo {
 impl Mirror {
     pub fn for_url(data_dir: &Path, url: &str) -> Mirror {
         let key = hex::encode(&Sha256::digest(crate::config::normalize_url(url).as_bytes())[..8]);
-        Mirror { path: data_dir.join("mirrors").join(format!("{key}.git")), url: url.to_owned() }
+        Mirror {
+            path: data_dir.join("mirrors").join(format!("{key}.git")),
+            url: url.to_owned(),
+        }
     }
 
     /// Clones on first use, fetches afterwards.
     pub async fn fetch(&self) -> Result<(), MirrorError> {
         if self.path.join("HEAD").exists() {
-            git(Some(&self.path), &["fetch", "--prune", "--quiet", "origin", "+refs/*:refs/*"], Duration::from_secs(600)).await?;
+            git(
+                Some(&self.path),
+                &["fetch", "--prune", "--quiet", "origin", "+refs/*:refs/*"],
+                Duration::from_secs(600),
+            )
+            .await?;
         } else {
             if let Some(parent) = self.path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
             let dest = self.path.to_string_lossy().to_string();
-            git(None, &["clone", "--mirror", "--quiet", &self.url, &dest], Duration::from_secs(1800)).await?;
+            git(
+                None,
+                &["clone", "--mirror", "--quiet", &self.url, &dest],
+                Duration::from_secs(1800),
+            )
+            .await?;
         }
         Ok(())
     }
 
     pub async fn commit_info(&self, commit: &str) -> Result<CommitInfo, MirrorError> {
-        let out = git(Some(&self.path), &["log", "-1", "--format=%P%x00%s%x00%an <%ae>%x00%cI", commit, "--"], Duration::from_secs(30)).await?;
+        let out = git(
+            Some(&self.path),
+            &[
+                "log",
+                "-1",
+                "--format=%P%x00%s%x00%an <%ae>%x00%cI",
+                commit,
+                "--",
+            ],
+            Duration::from_secs(30),
+        )
+        .await?;
         let mut parts = out.trim_end().split('\0');
         let parents = parts.next().unwrap_or_default();
         Ok(CommitInfo {
             parent: parents.split_whitespace().next().map(str::to_owned),
             subject: parts.next().unwrap_or_default().to_owned(),
             author: parts.next().unwrap_or_default().to_owned(),
-            committed_at: parts.next().and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok()).map(|d| d.to_utc()),
+            committed_at: parts
+                .next()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .map(|d| d.to_utc()),
         })
     }
 
     /// First-parent ancestors of `commit`, nearest first (excluding itself).
-    pub async fn first_parent_ancestors(&self, commit: &str, limit: usize) -> Result<Vec<String>, MirrorError> {
+    pub async fn first_parent_ancestors(
+        &self,
+        commit: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, MirrorError> {
         let max = format!("--max-count={}", limit + 1);
-        let out = git(Some(&self.path), &["rev-list", "--first-parent", &max, commit, "--"], Duration::from_secs(60)).await?;
+        let out = git(
+            Some(&self.path),
+            &["rev-list", "--first-parent", &max, commit, "--"],
+            Duration::from_secs(60),
+        )
+        .await?;
         Ok(out.lines().skip(1).map(str::to_owned).collect())
     }
 }
@@ -93,7 +129,12 @@ async fn git(dir: Option<&Path>, args: &[&str], timeout: Duration) -> Result<Str
     if !out.status.success() {
         return Err(MirrorError::Git {
             args: shown,
-            message: String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("failed").to_owned(),
+            message: String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("failed")
+                .to_owned(),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -161,7 +202,9 @@ async fn fill_kernel_details(pool: &sqlx::PgPool, mirror: &Mirror) -> anyhow::Re
     .fetch_all(pool)
     .await?;
     for (id, commit) in kernels {
-        let Ok(info) = mirror.commit_info(&commit).await else { continue };
+        let Ok(info) = mirror.commit_info(&commit).await else {
+            continue;
+        };
         sqlx::query(
             "UPDATE kernels SET parent_sha = COALESCE(parent_sha, $2), subject = COALESCE(subject, $3),
                 author = COALESCE(author, $4), committed_at = COALESCE(committed_at, $5) WHERE id = $1",

@@ -65,7 +65,9 @@ impl RunningGuard {
     fn take(server_id: &str, board: &str) -> Option<RunningGuard> {
         let key = (server_id.to_owned(), board.to_owned());
         let mut set = RUNNING.lock().unwrap();
-        set.get_or_insert_with(HashSet::new).insert(key.clone()).then_some(RunningGuard(key))
+        set.get_or_insert_with(HashSet::new)
+            .insert(key.clone())
+            .then_some(RunningGuard(key))
     }
 }
 
@@ -78,16 +80,31 @@ impl Drop for RunningGuard {
 }
 
 /// Runs `board`'s power-cycle command now and records it.
-pub async fn power_cycle(state: &AppState, board: &str, actor: &str, reason: &str) -> Result<PowerOutcome, PowerError> {
+pub async fn power_cycle(
+    state: &AppState,
+    board: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<PowerOutcome, PowerError> {
     let fleet = state.fleet.current();
-    let b = fleet.board(board).ok_or_else(|| PowerError::UnknownBoard(board.to_owned()))?;
-    let argv = b.power_cycle.clone().ok_or_else(|| PowerError::NotConfigured(board.to_owned()))?;
+    let b = fleet
+        .board(board)
+        .ok_or_else(|| PowerError::UnknownBoard(board.to_owned()))?;
+    let argv = b
+        .power_cycle
+        .clone()
+        .ok_or_else(|| PowerError::NotConfigured(board.to_owned()))?;
     let timeout = Duration::from_secs(fleet.server.power_cycle_timeout_s);
-    let _guard = RunningGuard::take(&state.server_id, board).ok_or_else(|| PowerError::Busy(board.to_owned()))?;
+    let _guard = RunningGuard::take(&state.server_id, board)
+        .ok_or_else(|| PowerError::Busy(board.to_owned()))?;
     tracing::warn!(board, actor, reason, ?argv, "power-cycling the board");
     let outcome = run_command(board, &argv, timeout, reason).await;
     if outcome.ok {
-        tracing::info!(board, ms = outcome.duration_ms, "power cycle command succeeded");
+        tracing::info!(
+            board,
+            ms = outcome.duration_ms,
+            "power cycle command succeeded"
+        );
     } else {
         tracing::error!(board, exit = ?outcome.exit_code, timed_out = outcome.timed_out, error = ?outcome.error, stderr = %outcome.stderr, "power cycle command failed");
     }
@@ -99,7 +116,12 @@ pub async fn power_cycle(state: &AppState, board: &str, actor: &str, reason: &st
 /// Runs `argv` (no shell) with a timeout; the output is read while it runs
 /// and kept up to [`MAX_OUTPUT`]. A command that leaves a background child
 /// holding its stdout is not waited for past its own exit.
-pub async fn run_command(board: &str, argv: &[String], timeout: Duration, reason: &str) -> PowerOutcome {
+pub async fn run_command(
+    board: &str,
+    argv: &[String],
+    timeout: Duration,
+    reason: &str,
+) -> PowerOutcome {
     let started = Instant::now();
     let mut outcome = PowerOutcome {
         board: board.to_owned(),
@@ -150,8 +172,18 @@ pub async fn run_command(board: &str, argv: &[String], timeout: Duration, reason
             String::from_utf8_lossy(&buf).into_owned()
         })
     };
-    let out_task = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>));
-    let err_task = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>));
+    let out_task = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    );
+    let err_task = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    );
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => {
             outcome.exit_code = status.code();
@@ -165,7 +197,10 @@ pub async fn run_command(board: &str, argv: &[String], timeout: Duration, reason
         }
     }
     // Give the readers a moment to drain what the command wrote.
-    for (task, slot) in [(out_task, &mut outcome.stdout), (err_task, &mut outcome.stderr)] {
+    for (task, slot) in [
+        (out_task, &mut outcome.stdout),
+        (err_task, &mut outcome.stderr),
+    ] {
         let abort = task.abort_handle();
         match tokio::time::timeout(Duration::from_millis(500), task).await {
             Ok(Ok(text)) => *slot = text,
@@ -193,7 +228,8 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
     let mut running = tokio::task::JoinSet::new();
     loop {
         let fleet = state.fleet.current();
-        let tick = Duration::from_millis((fleet.server.power_cycle_after_s * 1000 / 4).clamp(250, 5000));
+        let tick =
+            Duration::from_millis((fleet.server.power_cycle_after_s * 1000 / 4).clamp(250, 5000));
         tokio::select! {
             _ = shutdown.cancelled() => {
                 running.abort_all();
@@ -202,7 +238,10 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
             _ = tokio::time::sleep(tick) => {}
             Some(_) = running.join_next(), if !running.is_empty() => continue,
         }
-        let rows: Vec<(String, String)> = match sqlx::query_as("SELECT name, state FROM boards").fetch_all(&state.pool).await {
+        let rows: Vec<(String, String)> = match sqlx::query_as("SELECT name, state FROM boards")
+            .fetch_all(&state.pool)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("power worker: reading boards: {e}");
@@ -216,7 +255,9 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
                 offline_since.remove(&board);
                 continue;
             }
-            let since = *offline_since.entry(board.clone()).or_insert_with(Instant::now);
+            let since = *offline_since
+                .entry(board.clone())
+                .or_insert_with(Instant::now);
             if since.elapsed() < after {
                 continue;
             }
@@ -249,7 +290,14 @@ pub async fn api_power_cycle(
     Path(name): Path<String>,
 ) -> Result<Json<PowerOutcome>, ApiError> {
     caller.require(Scope::Admin)?;
-    match power_cycle(&state, &name, &format!("api:{}", caller.name), "requested through the API").await {
+    match power_cycle(
+        &state,
+        &name,
+        &format!("api:{}", caller.name),
+        "requested through the API",
+    )
+    .await
+    {
         Ok(outcome) => Ok(Json(outcome)),
         Err(PowerError::UnknownBoard(b)) => Err(ApiError::NotFound(format!("board `{b}`"))),
         Err(e @ PowerError::NotConfigured(_)) => Err(ApiError::Conflict(e.to_string())),

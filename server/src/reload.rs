@@ -25,19 +25,33 @@ pub async fn reload(state: &AppState, actor: &str) -> anyhow::Result<ReloadRepor
     let new = match Fleet::load(&old.path) {
         Ok(f) => f,
         Err(e) => {
-            audit::record(&state.pool, actor, "reload-refused", &old.path.display().to_string(), &e.to_string()).await;
+            audit::record(
+                &state.pool,
+                actor,
+                "reload-refused",
+                &old.path.display().to_string(),
+                &e.to_string(),
+            )
+            .await;
             tracing::error!("reload refused, keeping the fleet in force: {e}");
             return Err(e.into());
         }
     };
-    let names = |f: &Fleet| f.boards.iter().map(|b| b.name.clone()).collect::<BTreeSet<_>>();
+    let names = |f: &Fleet| {
+        f.boards
+            .iter()
+            .map(|b| b.name.clone())
+            .collect::<BTreeSet<_>>()
+    };
     let (before, after) = (names(&old), names(&new));
     let keys_changed: Vec<String> = new
         .boards
         .iter()
         .filter(|b| {
             old.board(&b.name).is_some_and(|o| {
-                let k = |keys: &[russh::keys::PublicKey]| keys.iter().map(key_bytes).collect::<BTreeSet<_>>();
+                let k = |keys: &[russh::keys::PublicKey]| {
+                    keys.iter().map(key_bytes).collect::<BTreeSet<_>>()
+                };
                 k(&o.keys) != k(&b.keys)
             })
         })
@@ -56,9 +70,23 @@ pub async fn reload(state: &AppState, actor: &str) -> anyhow::Result<ReloadRepor
         plans: report_plans,
     };
     for board in &report.keys_changed {
-        audit::record(&state.pool, actor, "keys-changed", board, "agent keys changed in fleet.toml").await;
+        audit::record(
+            &state.pool,
+            actor,
+            "keys-changed",
+            board,
+            "agent keys changed in fleet.toml",
+        )
+        .await;
     }
-    audit::record(&state.pool, actor, "reload", &fleet.path.display().to_string(), &serde_json::to_string(&report)?).await;
+    audit::record(
+        &state.pool,
+        actor,
+        "reload",
+        &fleet.path.display().to_string(),
+        &serde_json::to_string(&report)?,
+    )
+    .await;
     tracing::info!(?report, "fleet reloaded");
     state.dispatcher.kick_all().await;
     Ok(report)

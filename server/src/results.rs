@@ -9,7 +9,11 @@
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
-pub async fn recompute(tx: &mut Transaction<'_, Postgres>, kernel: i64, plan: &str) -> Result<(), sqlx::Error> {
+pub async fn recompute(
+    tx: &mut Transaction<'_, Postgres>,
+    kernel: i64,
+    plan: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO kernel_results (kernel_id, family, plan, jobs, boards, cycles_run, failed_cycles,
                                      infra_errors, simulated, board_seconds, updated_at)
@@ -63,7 +67,11 @@ pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<KernelResult>,
 // ---- dashboard reads (appended for the web pages; read-only) ----
 
 /// The results of several kernels in one query.
-pub async fn for_kernels(pool: &PgPool, kernels: &[i64], plan: Option<&str>) -> Result<Vec<KernelResult>, sqlx::Error> {
+pub async fn for_kernels(
+    pool: &PgPool,
+    kernels: &[i64],
+    plan: Option<&str>,
+) -> Result<Vec<KernelResult>, sqlx::Error> {
     sqlx::query_as::<_, KernelResult>(
         "SELECT kernel_id, family, plan, jobs, boards, cycles_run, failed_cycles, infra_errors, simulated, board_seconds
          FROM kernel_results WHERE kernel_id = ANY($1) AND ($2::text IS NULL OR plan = $2)
@@ -80,5 +88,7 @@ pub use crate::verdicts::{VerdictRow, for_kernels as verdicts_for_kernels};
 
 /// Plans that have results, for validating filters.
 pub async fn plans(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT DISTINCT plan FROM kernel_results ORDER BY 1").fetch_all(pool).await
+    sqlx::query_scalar("SELECT DISTINCT plan FROM kernel_results ORDER BY 1")
+        .fetch_all(pool)
+        .await
 }

@@ -94,7 +94,13 @@ pub async fn create(
         commit: req.commit.to_ascii_lowercase(),
         ..Default::default()
     };
-    let plans = select_plans(fleet, req.plan.as_deref().map(|p| vec![p.to_owned()]).unwrap_or_default())?;
+    let plans = select_plans(
+        fleet,
+        req.plan
+            .as_deref()
+            .map(|p| vec![p.to_owned()])
+            .unwrap_or_default(),
+    )?;
     let mut tx = pool.begin().await?;
     let kernel_id = record_kernel(&mut tx, &kernel).await?;
     let baseline = match &req.baseline {
@@ -108,29 +114,52 @@ pub async fn create(
         ),
         None => None,
     };
-    let planned = plan_run(&mut tx, kernel_id, &kernel, &plans, requested_by, req.plan.as_deref(), baseline, None, None).await?;
+    let planned = plan_run(
+        &mut tx,
+        kernel_id,
+        &kernel,
+        &plans,
+        requested_by,
+        req.plan.as_deref(),
+        baseline,
+        None,
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(planned)
 }
 
 /// The plans a request names (all when none).
-pub fn select_plans<'a>(fleet: &'a Fleet, names: Vec<String>) -> Result<Vec<&'a Plan>, TriggerError> {
+pub fn select_plans<'a>(
+    fleet: &'a Fleet,
+    names: Vec<String>,
+) -> Result<Vec<&'a Plan>, TriggerError> {
     let plans: Vec<&Plan> = if names.is_empty() {
         fleet.plans.iter().collect()
     } else {
         names
             .iter()
-            .map(|n| fleet.plan(n).ok_or_else(|| TriggerError::UnknownPlan(n.clone())))
+            .map(|n| {
+                fleet
+                    .plan(n)
+                    .ok_or_else(|| TriggerError::UnknownPlan(n.clone()))
+            })
             .collect::<Result<_, _>>()?
     };
     if plans.is_empty() {
-        return Err(TriggerError::Invalid("fleet.toml defines no test plan".into()));
+        return Err(TriggerError::Invalid(
+            "fleet.toml defines no test plan".into(),
+        ));
     }
     Ok(plans)
 }
 
 /// Inserts (or completes) the kernel row; returns its id.
-pub async fn record_kernel(tx: &mut Transaction<'_, Postgres>, k: &KernelInput) -> Result<i64, sqlx::Error> {
+pub async fn record_kernel(
+    tx: &mut Transaction<'_, Postgres>,
+    k: &KernelInput,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO kernels (tree, branch, commit_sha, parent_sha, subject, author, committed_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -192,13 +221,21 @@ pub async fn plan_run(
                 params.cycles = e.cycles;
                 // Each extension job draws fresh replay/cancel-delay randomness.
                 params.seed = params.seed.wrapping_add(run_id as u64);
-                e.boards.iter().filter(|b| plan.boards.contains(b)).cloned().collect()
+                e.boards
+                    .iter()
+                    .filter(|b| plan.boards.contains(b))
+                    .cloned()
+                    .collect()
             }
             None => plan.boards.clone(),
         };
         for board in &targets {
             let spec = JobSpec {
-                kernel: KernelRef { tree: kernel.tree.clone(), branch: kernel.branch.clone(), commit: kernel.commit.clone() },
+                kernel: KernelRef {
+                    tree: kernel.tree.clone(),
+                    branch: kernel.branch.clone(),
+                    commit: kernel.commit.clone(),
+                },
                 plan: plan.name.clone(),
                 timeout_s: plan.timeout_s,
                 task: Task::MigrateCancel(params.clone()),
@@ -210,7 +247,13 @@ pub async fn plan_run(
             }
         }
     }
-    Ok(PlannedRun { run_id, kernel_id, jobs, boards, existing: false })
+    Ok(PlannedRun {
+        run_id,
+        kernel_id,
+        jobs,
+        boards,
+        existing: false,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +297,11 @@ pub async fn insert_job(
 /// Queues another attempt of a job that ended with a lab failure, unless
 /// it was retried already or has used up `max_retries`. Returns the new
 /// job and its board.
-pub async fn retry_infra_failure(pool: &PgPool, job: i64, max_retries: u32) -> Result<Option<(i64, String)>, sqlx::Error> {
+pub async fn retry_infra_failure(
+    pool: &PgPool,
+    job: i64,
+    max_retries: u32,
+) -> Result<Option<(i64, String)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
         "SELECT run_id, kernel_id, board, plan, spec, attempt, state FROM jobs WHERE id = $1 FOR UPDATE",
@@ -264,11 +311,15 @@ pub async fn retry_infra_failure(pool: &PgPool, job: i64, max_retries: u32) -> R
     .await?;
     let state: String = row.get("state");
     let attempt: i32 = row.get("attempt");
-    let already: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE retry_of = $1)")
-        .bind(job)
-        .fetch_one(&mut *tx)
-        .await?;
-    if already || attempt as u32 > max_retries || !["infra_error", "lost", "timed_out"].contains(&state.as_str()) {
+    let already: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE retry_of = $1)")
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
+    if already
+        || attempt as u32 > max_retries
+        || !["infra_error", "lost", "timed_out"].contains(&state.as_str())
+    {
         return Ok(None);
     }
     let spec: JobSpec = match serde_json::from_value(row.get("spec")) {
@@ -276,7 +327,17 @@ pub async fn retry_infra_failure(pool: &PgPool, job: i64, max_retries: u32) -> R
         Err(_) => return Ok(None),
     };
     let board: String = row.get("board");
-    let id = insert_job(&mut tx, row.get("run_id"), row.get("kernel_id"), &board, &row.get::<String, _>("plan"), &spec, Some(job), attempt + 1).await?;
+    let id = insert_job(
+        &mut tx,
+        row.get("run_id"),
+        row.get("kernel_id"),
+        &board,
+        &row.get::<String, _>("plan"),
+        &spec,
+        Some(job),
+        attempt + 1,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Some((id, board)))
 }
@@ -294,10 +355,12 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<RunRow>, sqlx::Error> 
 }
 
 pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, sqlx::Error> {
-    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!("{RUN_SELECT} ORDER BY r.id DESC LIMIT $1")))
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+        "{RUN_SELECT} ORDER BY r.id DESC LIMIT $1"
+    )))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 // ---- dashboard reads (appended for the web pages; read-only) ----
@@ -330,10 +393,17 @@ const RUN_SUMMARY_SELECT: &str = "SELECT r.id, r.kernel_id, k.tree, k.branch, k.
         FROM jobs j WHERE j.run_id = r.id) a";
 
 /// Runs, newest first, one page.
-pub async fn summaries(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<RunSummary>, sqlx::Error> {
+pub async fn summaries(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<RunSummary>, sqlx::Error> {
     sqlx::query_as::<_, RunSummary>(sqlx::AssertSqlSafe(format!(
         "{} ORDER BY r.id DESC",
-        RUN_SUMMARY_SELECT.replace("FROM runs r", "FROM (SELECT * FROM runs ORDER BY id DESC LIMIT $1 OFFSET $2) r")
+        RUN_SUMMARY_SELECT.replace(
+            "FROM runs r",
+            "FROM (SELECT * FROM runs ORDER BY id DESC LIMIT $1 OFFSET $2) r"
+        )
     )))
     .bind(limit)
     .bind(offset)
@@ -342,7 +412,11 @@ pub async fn summaries(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<Run
 }
 
 /// The runs of one kernel, newest first.
-pub async fn summaries_for_kernel(pool: &PgPool, kernel: i64, limit: i64) -> Result<Vec<RunSummary>, sqlx::Error> {
+pub async fn summaries_for_kernel(
+    pool: &PgPool,
+    kernel: i64,
+    limit: i64,
+) -> Result<Vec<RunSummary>, sqlx::Error> {
     sqlx::query_as::<_, RunSummary>(sqlx::AssertSqlSafe(format!(
         "{RUN_SUMMARY_SELECT} WHERE r.kernel_id = $1 ORDER BY r.id DESC LIMIT $2"
     )))
@@ -415,11 +489,13 @@ pub async fn kernel_summaries(
 }
 
 pub async fn kernel_summary(pool: &PgPool, id: i64) -> Result<Option<KernelSummary>, sqlx::Error> {
-    sqlx::query_as::<_, KernelSummary>(sqlx::AssertSqlSafe(format!("{KERNEL_SUMMARY_SELECT} WHERE k.id = $2")))
-        .bind(None::<&str>)
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as::<_, KernelSummary>(sqlx::AssertSqlSafe(format!(
+        "{KERNEL_SUMMARY_SELECT} WHERE k.id = $2"
+    )))
+    .bind(None::<&str>)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// The (tree, branch) pairs kernels were tested on, with their kernel counts.
@@ -454,8 +530,10 @@ pub async fn kernels_by_commit(pool: &PgPool, prefix: &str) -> Result<Vec<Kernel
 }
 
 pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<RunRow>, sqlx::Error> {
-    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE r.kernel_id = $1 ORDER BY r.id")))
-        .bind(kernel)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+        "{RUN_SELECT} WHERE r.kernel_id = $1 ORDER BY r.id"
+    )))
+    .bind(kernel)
+    .fetch_all(pool)
+    .await
 }

@@ -37,7 +37,10 @@ pub fn load_or_create_host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
         .context("generating the SSH host key")?;
     let text = key.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
     write_private_file(&path, text.as_bytes())?;
-    std::fs::write(path.with_extension("pub"), format!("{}\n", key.public_key().to_openssh()?))?;
+    std::fs::write(
+        path.with_extension("pub"),
+        format!("{}\n", key.public_key().to_openssh()?),
+    )?;
     Ok(key)
 }
 
@@ -77,7 +80,11 @@ pub async fn serve(
         ..Default::default()
     });
     let tasks = TaskTracker::new();
-    let mut server = AgentServer { state, tasks: tasks.clone(), shutdown: shutdown.clone() };
+    let mut server = AgentServer {
+        state,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    };
     let running = server.run_on_socket(config, &listener);
     let handle = running.handle();
     tokio::select! {
@@ -127,7 +134,11 @@ struct AgentConnection {
 impl russh::server::Handler for AgentConnection {
     type Error = russh::Error;
 
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         let fleet = self.state.fleet.current();
         let offered = key_bytes(key.public_key);
         let owner = fleet.board_with_key(&offered);
@@ -161,7 +172,9 @@ impl russh::server::Handler for AgentConnection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(board) = self.board.clone() else { return Ok(()) };
+        let Some(board) = self.board.clone() else {
+            return Ok(());
+        };
         if self.channel_taken {
             tracing::warn!(board, "second channel refused");
             return Ok(());
@@ -172,26 +185,52 @@ impl russh::server::Handler for AgentConnection {
         let shutdown = self.shutdown.clone();
         let key = self.key.clone().unwrap_or_default();
         let span = tracing::info_span!("board", name = %board);
-        self.tasks.spawn(tracing::Instrument::instrument(agent_session(state, board, key, channel, shutdown), span));
+        self.tasks.spawn(tracing::Instrument::instrument(
+            agent_session(state, board, key, channel, shutdown),
+            span,
+        ));
         Ok(())
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         Ok(())
     }
 }
 
 /// One agent's conversation, from Hello to the end of the connection.
-async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Channel<Msg>, shutdown: CancellationToken) {
+async fn agent_session(
+    state: AppState,
+    board: String,
+    key: Vec<u8>,
+    channel: Channel<Msg>,
+    shutdown: CancellationToken,
+) {
     let stream = channel.into_stream();
     let (mut reader, mut writer) = tokio::io::split(stream);
 
-    let hello = tokio::time::timeout(Duration::from_secs(15), read_frame::<AgentMessage, _>(&mut reader)).await;
+    let hello = tokio::time::timeout(
+        Duration::from_secs(15),
+        read_frame::<AgentMessage, _>(&mut reader),
+    )
+    .await;
     let hello = match hello {
-        Ok(Ok(Frame { message: AgentMessage::Hello(h), .. })) => h,
+        Ok(Ok(Frame {
+            message: AgentMessage::Hello(h),
+            ..
+        })) => h,
         Ok(Ok(other)) => {
-            return refuse(&mut writer, &board, format!("expected hello, got {:?}", other.message)).await;
+            return refuse(
+                &mut writer,
+                &board,
+                format!("expected hello, got {:?}", other.message),
+            )
+            .await;
         }
         Ok(Err(e)) => {
             // The version may be the only thing we can read of a newer agent.
@@ -207,22 +246,38 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
         .await;
     }
     if hello.board != board {
-        return refuse(&mut writer, &board, format!(
-            "hello names board `{}` but the connection authenticated as `{board}`", hello.board
-        ))
+        return refuse(
+            &mut writer,
+            &board,
+            format!(
+                "hello names board `{}` but the connection authenticated as `{board}`",
+                hello.board
+            ),
+        )
         .await;
     }
 
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(64);
     let executor = hello.facts.executor;
-    let ticket = state.dispatcher.register(&board, key, tx, executor.as_str(), executor.is_simulated(), &shutdown);
+    let ticket = state.dispatcher.register(
+        &board,
+        key,
+        tx,
+        executor.as_str(),
+        executor.is_simulated(),
+        &shutdown,
+    );
     if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts, &state.server_id).await {
         tracing::error!(board, "recording board online: {e}");
     }
     // Jobs the agent still holds keep running; the board's others died
     // with its previous agent. Jobs it holds that are no longer its own are
     // stopped and acknowledged so it can drop their spools.
-    let held: Vec<(i64, i64)> = hello.running_jobs.iter().map(|l| (l.job_id, l.epoch)).collect();
+    let held: Vec<(i64, i64)> = hello
+        .running_jobs
+        .iter()
+        .map(|l| (l.job_id, l.epoch))
+        .collect();
     let mut stale = Vec::new();
     match jobs::reconcile_leases(&state.pool, &board, &held).await {
         Ok(s) => stale = s,
@@ -234,16 +289,22 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
         heartbeat_interval_ms: state.fleet.current().server.heartbeat_interval_ms,
     };
     if let Err(e) = write_frame(&mut writer, &Frame::new(welcome)).await {
-        state.dispatcher.session_ended(&board, ticket.id, &format!("writing welcome: {e}")).await;
+        state
+            .dispatcher
+            .session_ended(&board, ticket.id, &format!("writing welcome: {e}"))
+            .await;
         return;
     }
     tracing::info!(board, agent = %hello.agent_version, executor = executor.as_str(), held = held.len(), "board online");
     for job_id in stale {
         // Its spooled frames (logs) are still welcome; its result is not.
-        let _ = write_frame(&mut writer, &Frame::new(ServerMessage::CancelJob {
-            job_id,
-            reason: "the server no longer expects this job from this board".into(),
-        }))
+        let _ = write_frame(
+            &mut writer,
+            &Frame::new(ServerMessage::CancelJob {
+                job_id,
+                reason: "the server no longer expects this job from this board".into(),
+            }),
+        )
         .await;
     }
 
@@ -253,7 +314,8 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
     // Liveness is noted as frames arrive, even while their handling waits
     // (e.g. for the database to come back), so a slow database never makes
     // a live board look dead.
-    let (dispatcher, reader_board, ticket_id) = (state.dispatcher.clone(), board.clone(), ticket.id);
+    let (dispatcher, reader_board, ticket_id) =
+        (state.dispatcher.clone(), board.clone(), ticket.id);
     let read_task = tokio::spawn(async move {
         loop {
             let frame = read_frame::<AgentMessage, _>(&mut reader).await;
@@ -306,7 +368,10 @@ async fn agent_session(state: AppState, board: String, key: Vec<u8>, channel: Ch
         }
     };
     read_task.abort();
-    state.dispatcher.session_ended(&board, ticket.id, &reason).await;
+    state
+        .dispatcher
+        .session_ended(&board, ticket.id, &reason)
+        .await;
 }
 
 async fn refuse<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, board: &str, reason: String) {
@@ -348,7 +413,10 @@ async fn handle_with_retry(
                 if let Some(id) = session_id {
                     state.dispatcher.touch(board, id);
                 }
-                tracing::warn!(board, "database unavailable, retrying in {backoff:?}: {e:#}");
+                tracing::warn!(
+                    board,
+                    "database unavailable, retrying in {backoff:?}: {e:#}"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = close.cancelled() => return None,
@@ -368,38 +436,70 @@ async fn handle_with_retry(
     }
 }
 
-async fn handle_frame(state: &AppState, board: &str, frame: &Frame<AgentMessage>) -> anyhow::Result<Option<ServerMessage>> {
+async fn handle_frame(
+    state: &AppState,
+    board: &str,
+    frame: &Frame<AgentMessage>,
+) -> anyhow::Result<Option<ServerMessage>> {
     let pool = &state.pool;
     match &frame.message {
         AgentMessage::Hello(_) => anyhow::bail!("duplicate hello"),
         // Liveness is noted by the reader; the watchdog writes heartbeat
         // times for all boards at once.
         AgentMessage::Heartbeat { .. } => {}
-        AgentMessage::JobStarted { job_id, epoch } => match jobs::mark_running(pool, *job_id, board, *epoch).await {
-            // A resent start of a job that is already running.
-            Err(jobs::JobError::IllegalTransition { from: "running", .. }) => {}
-            other => other?,
-        },
-        AgentMessage::LogChunk { job_id, epoch, stream, seq } => {
+        AgentMessage::JobStarted { job_id, epoch } => {
+            match jobs::mark_running(pool, *job_id, board, *epoch).await {
+                // A resent start of a job that is already running.
+                Err(jobs::JobError::IllegalTransition {
+                    from: "running", ..
+                }) => {}
+                other => other?,
+            }
+        }
+        AgentMessage::LogChunk {
+            job_id,
+            epoch,
+            stream,
+            seq,
+        } => {
             jobs::check_owner(pool, *job_id, board, *epoch).await?;
-            if !state.log_budget.admit(pool, *job_id, frame.payload.len() as u64, state.fleet.current().server.max_log_bytes_per_job).await? {
+            if !state
+                .log_budget
+                .admit(
+                    pool,
+                    *job_id,
+                    frame.payload.len() as u64,
+                    state.fleet.current().server.max_log_bytes_per_job,
+                )
+                .await?
+            {
                 return Ok(None);
             }
             if logs::store_chunk(pool, *job_id, *stream, *seq, &frame.payload).await? {
                 state.metrics.log_bytes.inc_by(frame.payload.len() as u64);
                 // A crash log recovered after the job already ended (and
                 // was analysed): triage the job again with it.
-                if *seq >= armfleet_protocol::RECOVERED_LOG_SEQ_BASE && crate::analysis::reanalyse(pool, *job_id).await? {
+                if *seq >= armfleet_protocol::RECOVERED_LOG_SEQ_BASE
+                    && crate::analysis::reanalyse(pool, *job_id).await?
+                {
                     state.analysis.push(*job_id);
                 }
             } else {
                 state.metrics.log_chunks_duplicate.inc();
             }
         }
-        AgentMessage::CycleDone { job_id, epoch, record } => {
+        AgentMessage::CycleDone {
+            job_id,
+            epoch,
+            record,
+        } => {
             jobs::record_cycle(pool, *job_id, board, *epoch, record).await?;
         }
-        AgentMessage::JobFinished { job_id, epoch, result } => {
+        AgentMessage::JobFinished {
+            job_id,
+            epoch,
+            result,
+        } => {
             let to = jobs::finish(pool, *job_id, board, *epoch, result).await?;
             tracing::info!(board, job = job_id, state = to.as_str(), "job finished");
             state.analysis.push(*job_id);

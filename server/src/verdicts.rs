@@ -25,14 +25,21 @@ use crate::state::AppState;
 pub async fn after_job(state: &AppState, job: i64) -> anyhow::Result<()> {
     let pool = &state.pool;
     let fleet = state.fleet.current();
-    let row = sqlx::query("SELECT kernel_id, plan, state FROM jobs WHERE id = $1").bind(job).fetch_one(pool).await?;
+    let row = sqlx::query("SELECT kernel_id, plan, state FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(pool)
+        .await?;
     let kernel: i64 = row.get("kernel_id");
     let plan_name: String = row.get("plan");
     let job_state: String = row.get("state");
-    let Some(plan) = fleet.plan(&plan_name) else { return Ok(()) };
+    let Some(plan) = fleet.plan(&plan_name) else {
+        return Ok(());
+    };
 
     if ["infra_error", "lost", "timed_out"].contains(&job_state.as_str()) {
-        if let Some((retry, board)) = runs::retry_infra_failure(pool, job, plan.verdict.max_infra_retries).await? {
+        if let Some((retry, board)) =
+            runs::retry_infra_failure(pool, job, plan.verdict.max_infra_retries).await?
+        {
             tracing::warn!(job, retry, board, "lab failure: job queued again");
             state.dispatcher.announce(&[board]).await;
             return Ok(());
@@ -71,8 +78,16 @@ struct KernelRow {
 }
 
 async fn kernel_row(pool: &PgPool, id: i64) -> Result<KernelRow, sqlx::Error> {
-    let r = sqlx::query("SELECT id, tree, branch, commit_sha FROM kernels WHERE id = $1").bind(id).fetch_one(pool).await?;
-    Ok(KernelRow { id: r.get("id"), tree: r.get("tree"), branch: r.get("branch"), commit: r.get("commit_sha") })
+    let r = sqlx::query("SELECT id, tree, branch, commit_sha FROM kernels WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    Ok(KernelRow {
+        id: r.get("id"),
+        tree: r.get("tree"),
+        branch: r.get("branch"),
+        commit: r.get("commit_sha"),
+    })
 }
 
 /// The kernel to compare against, and why that one.
@@ -114,13 +129,24 @@ pub async fn choose_baseline(
             Ok(ancestors) => {
                 for (depth, a) in ancestors.into_iter().enumerate() {
                     if let Some(id) = tested_on_branch(a).await? {
-                        return Ok((Some(id), format!(
-                            "nearest tested first-parent ancestor on {} ({} commit{} back)",
-                            k.branch, depth + 1, if depth == 0 { "" } else { "s" }
-                        )));
+                        return Ok((
+                            Some(id),
+                            format!(
+                                "nearest tested first-parent ancestor on {} ({} commit{} back)",
+                                k.branch,
+                                depth + 1,
+                                if depth == 0 { "" } else { "s" }
+                            ),
+                        ));
                     }
                 }
-                return Ok((None, format!("no tested ancestor on {}: judged on its own cycles", k.branch)));
+                return Ok((
+                    None,
+                    format!(
+                        "no tested ancestor on {}: judged on its own cycles",
+                        k.branch
+                    ),
+                ));
             }
             Err(e) => tracing::warn!(kernel, "mirror lookup failed, falling back: {e}"),
         }
@@ -137,8 +163,20 @@ pub async fn choose_baseline(
     .fetch_optional(pool)
     .await?;
     Ok(match earlier {
-        Some(id) => (Some(id), format!("no mirror of the tree: the latest earlier tested kernel on {}", k.branch)),
-        None => (None, format!("no earlier tested kernel on {}: judged on its own cycles", k.branch)),
+        Some(id) => (
+            Some(id),
+            format!(
+                "no mirror of the tree: the latest earlier tested kernel on {}",
+                k.branch
+            ),
+        ),
+        None => (
+            None,
+            format!(
+                "no earlier tested kernel on {}: judged on its own cycles",
+                k.branch
+            ),
+        ),
     })
 }
 
@@ -152,12 +190,18 @@ fn verdict_config(plan: &Plan) -> VerdictConfig {
 }
 
 /// Decides (or re-decides) the verdicts of `kernel` for `plan`.
-pub async fn decide(state: &AppState, fleet: &Fleet, kernel: i64, plan: &Plan) -> anyhow::Result<()> {
+pub async fn decide(
+    state: &AppState,
+    fleet: &Fleet,
+    kernel: i64,
+    plan: &Plan,
+) -> anyhow::Result<()> {
     let pool = &state.pool;
     if pending_jobs(pool, kernel, &plan.name).await? > 0 {
         return Ok(());
     }
-    let (baseline, baseline_reason) = choose_baseline(pool, &state.data_dir, kernel, &plan.name).await?;
+    let (baseline, baseline_reason) =
+        choose_baseline(pool, &state.data_dir, kernel, &plan.name).await?;
     if let Some(b) = baseline {
         if pending_jobs(pool, b, &plan.name).await? > 0 {
             // The baseline is gathering cycles; its end re-decides us.
@@ -173,8 +217,12 @@ pub async fn decide(state: &AppState, fleet: &Fleet, kernel: i64, plan: &Plan) -
     };
     let k = kernel_row(pool, kernel).await?;
     for cand in candidate_rows.iter().filter(|r| r.plan == plan.name) {
-        let base = baseline_rows.iter().find(|r| r.family == cand.family && r.plan == plan.name);
-        let base_ev = base.map(|b| Evidence::new(b.failed_cycles as u64, b.cycles_run as u64)).unwrap_or_default();
+        let base = baseline_rows
+            .iter()
+            .find(|r| r.family == cand.family && r.plan == plan.name);
+        let base_ev = base
+            .map(|b| Evidence::new(b.failed_cycles as u64, b.cycles_run as u64))
+            .unwrap_or_default();
         let cand_ev = Evidence::new(cand.failed_cycles as u64, cand.cycles_run as u64);
         let report = armfleet_stats::verdict(base_ev, cand_ev, &cfg);
         let family_boards: Vec<String> = fleet
@@ -189,7 +237,8 @@ pub async fn decide(state: &AppState, fleet: &Fleet, kernel: i64, plan: &Plan) -
         let failing = failing_boards(pool, kernel, &plan.name, &cand.family).await?;
         if verdict == Verdict::Regression && family_boards.len() >= 2 && failing.len() < 2 {
             // One board failing alone: the kernel, or that board?
-            let clean = clean_cycles_on_siblings(pool, kernel, &plan.name, &cand.family, &failing).await?;
+            let clean =
+                clean_cycles_on_siblings(pool, kernel, &plan.name, &cand.family, &failing).await?;
             if clean >= cfg.required_clean_cycles() as i64 {
                 store(pool, kernel, cand, plan, baseline, &baseline_reason, "board-suspect", &report, base_ev, &format!(
                     "only {} failed; its siblings ran {clean} clean cycles: a board suspect, not a kernel regression",
@@ -209,12 +258,15 @@ pub async fn decide(state: &AppState, fleet: &Fleet, kernel: i64, plan: &Plan) -
         let previous = previous_extensions(pool, kernel, &cand.family, &plan.name).await?;
         if verdict == Verdict::Inconclusive {
             let budget_left = cand.board_seconds / 60.0 < plan.verdict.budget_board_minutes;
-            if previous < plan.verdict.max_extensions as i32 && budget_left && !extend_on.is_empty() {
+            if previous < plan.verdict.max_extensions as i32 && budget_left && !extend_on.is_empty()
+            {
                 let per_board = extension_cycles(&report, cand_ev, plan, extend_on.len());
                 extend(state, &k, kernel, plan, &extend_on, per_board).await?;
                 // The baseline needs cycles too, or no difference can be significant.
                 if let Some(b) = baseline {
-                    if base_ev.total_cycles < cand_ev.total_cycles + per_board as u64 * extend_on.len() as u64 {
+                    if base_ev.total_cycles
+                        < cand_ev.total_cycles + per_board as u64 * extend_on.len() as u64
+                    {
                         let bk = kernel_row(pool, b).await?;
                         extend(state, &bk, b, plan, &extend_on, per_board).await?;
                     }
@@ -225,7 +277,19 @@ pub async fn decide(state: &AppState, fleet: &Fleet, kernel: i64, plan: &Plan) -
                     previous + 1,
                     plan.verdict.max_extensions
                 );
-                store(pool, kernel, cand, plan, baseline, &baseline_reason, "inconclusive", &report, base_ev, &explanation).await?;
+                store(
+                    pool,
+                    kernel,
+                    cand,
+                    plan,
+                    baseline,
+                    &baseline_reason,
+                    "inconclusive",
+                    &report,
+                    base_ev,
+                    &explanation,
+                )
+                .await?;
                 bump_extensions(pool, kernel, &cand.family, &plan.name).await?;
                 continue;
             }
@@ -234,22 +298,61 @@ pub async fn decide(state: &AppState, fleet: &Fleet, kernel: i64, plan: &Plan) -
                 cand.board_seconds / 60.0
             );
         }
-        store(pool, kernel, cand, plan, baseline, &baseline_reason, verdict.as_str(), &report, base_ev, &explanation).await?;
-        regression_lifecycle(pool, &k, cand, plan, baseline, verdict, &report, failing.len(), family_boards.len()).await?;
+        store(
+            pool,
+            kernel,
+            cand,
+            plan,
+            baseline,
+            &baseline_reason,
+            verdict.as_str(),
+            &report,
+            base_ev,
+            &explanation,
+        )
+        .await?;
+        regression_lifecycle(
+            pool,
+            &k,
+            cand,
+            plan,
+            baseline,
+            verdict,
+            &report,
+            failing.len(),
+            family_boards.len(),
+        )
+        .await?;
     }
     Ok(())
 }
 
 fn extension_cycles(report: &VerdictReport, cand: Evidence, plan: &Plan, boards: usize) -> u32 {
     let batch = plan.verdict.extension_cycles.max(1) as u64;
-    let wanted = armfleet_stats::extra_cycles(report, cand, batch * boards as u64, u64::MAX / 2).max(batch);
+    let wanted =
+        armfleet_stats::extra_cycles(report, cand, batch * boards as u64, u64::MAX / 2).max(batch);
     (wanted.div_ceil(boards.max(1) as u64)).clamp(1, 100_000) as u32
 }
 
-async fn extend(state: &AppState, k: &KernelRow, kernel: i64, plan: &Plan, boards: &[String], cycles: u32) -> anyhow::Result<()> {
+async fn extend(
+    state: &AppState,
+    k: &KernelRow,
+    kernel: i64,
+    plan: &Plan,
+    boards: &[String],
+    cycles: u32,
+) -> anyhow::Result<()> {
     let pool = &state.pool;
-    let last_run: i64 = sqlx::query_scalar("SELECT max(id) FROM runs WHERE kernel_id = $1").bind(kernel).fetch_one(pool).await?;
-    let input = KernelInput { tree: k.tree.clone(), branch: k.branch.clone(), commit: k.commit.clone(), ..Default::default() };
+    let last_run: i64 = sqlx::query_scalar("SELECT max(id) FROM runs WHERE kernel_id = $1")
+        .bind(kernel)
+        .fetch_one(pool)
+        .await?;
+    let input = KernelInput {
+        tree: k.tree.clone(),
+        branch: k.branch.clone(),
+        commit: k.commit.clone(),
+        ..Default::default()
+    };
     let mut tx = pool.begin().await?;
     let planned = runs::plan_run(
         &mut tx,
@@ -259,17 +362,32 @@ async fn extend(state: &AppState, k: &KernelRow, kernel: i64, plan: &Plan, board
         "verdict-extension",
         Some(&plan.name),
         None,
-        Some(Extension { boards, cycles, extends_run: last_run }),
+        Some(Extension {
+            boards,
+            cycles,
+            extends_run: last_run,
+        }),
         None,
     )
     .await?;
     tx.commit().await?;
-    tracing::info!(kernel, run = planned.run_id, cycles, ?boards, "inconclusive: more cycles scheduled");
+    tracing::info!(
+        kernel,
+        run = planned.run_id,
+        cycles,
+        ?boards,
+        "inconclusive: more cycles scheduled"
+    );
     state.dispatcher.announce(&planned.boards).await;
     Ok(())
 }
 
-async fn failing_boards(pool: &PgPool, kernel: i64, plan: &str, family: &str) -> Result<Vec<String>, sqlx::Error> {
+async fn failing_boards(
+    pool: &PgPool,
+    kernel: i64,
+    plan: &str,
+    family: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT DISTINCT j.board FROM jobs j JOIN boards b ON b.name = j.board
          WHERE j.kernel_id = $1 AND j.plan = $2 AND b.family = $3 AND j.state = 'failed' ORDER BY j.board",
@@ -281,7 +399,13 @@ async fn failing_boards(pool: &PgPool, kernel: i64, plan: &str, family: &str) ->
     .await
 }
 
-async fn clean_cycles_on_siblings(pool: &PgPool, kernel: i64, plan: &str, family: &str, failing: &[String]) -> Result<i64, sqlx::Error> {
+async fn clean_cycles_on_siblings(
+    pool: &PgPool,
+    kernel: i64,
+    plan: &str,
+    family: &str,
+    failing: &[String],
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COALESCE(sum(j.cycles_completed), 0)::int8 FROM jobs j JOIN boards b ON b.name = j.board
          WHERE j.kernel_id = $1 AND j.plan = $2 AND b.family = $3 AND NOT (j.board = ANY($4))
@@ -295,17 +419,29 @@ async fn clean_cycles_on_siblings(pool: &PgPool, kernel: i64, plan: &str, family
     .await
 }
 
-async fn previous_extensions(pool: &PgPool, kernel: i64, family: &str, plan: &str) -> Result<i32, sqlx::Error> {
-    Ok(sqlx::query_scalar("SELECT extensions FROM verdicts WHERE kernel_id = $1 AND family = $2 AND plan = $3")
-        .bind(kernel)
-        .bind(family)
-        .bind(plan)
-        .fetch_optional(pool)
-        .await?
-        .unwrap_or(0))
+async fn previous_extensions(
+    pool: &PgPool,
+    kernel: i64,
+    family: &str,
+    plan: &str,
+) -> Result<i32, sqlx::Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT extensions FROM verdicts WHERE kernel_id = $1 AND family = $2 AND plan = $3",
+    )
+    .bind(kernel)
+    .bind(family)
+    .bind(plan)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(0))
 }
 
-async fn bump_extensions(pool: &PgPool, kernel: i64, family: &str, plan: &str) -> Result<(), sqlx::Error> {
+async fn bump_extensions(
+    pool: &PgPool,
+    kernel: i64,
+    family: &str,
+    plan: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE verdicts SET extensions = extensions + 1 WHERE kernel_id = $1 AND family = $2 AND plan = $3")
         .bind(kernel)
         .bind(family)
@@ -317,10 +453,28 @@ async fn bump_extensions(pool: &PgPool, kernel: i64, family: &str, plan: &str) -
 
 /// The baseline is still gathering cycles: say so, and point at it, so its
 /// end re-decides this kernel (see `after_job`'s dependents).
-async fn upsert_waiting(pool: &PgPool, kernel: i64, plan: &Plan, baseline: i64, reason: &str) -> Result<(), sqlx::Error> {
-    for cand in results::for_kernel(pool, kernel).await?.iter().filter(|r| r.plan == plan.name) {
-        let (low, high) = armfleet_stats::clopper_pearson(cand.failed_cycles as u64, cand.cycles_run as u64, 0.95);
-        let rate = if cand.cycles_run > 0 { cand.failed_cycles as f64 / cand.cycles_run as f64 } else { 0.0 };
+async fn upsert_waiting(
+    pool: &PgPool,
+    kernel: i64,
+    plan: &Plan,
+    baseline: i64,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    for cand in results::for_kernel(pool, kernel)
+        .await?
+        .iter()
+        .filter(|r| r.plan == plan.name)
+    {
+        let (low, high) = armfleet_stats::clopper_pearson(
+            cand.failed_cycles as u64,
+            cand.cycles_run as u64,
+            0.95,
+        );
+        let rate = if cand.cycles_run > 0 {
+            cand.failed_cycles as f64 / cand.cycles_run as f64
+        } else {
+            0.0
+        };
         sqlx::query(
             "INSERT INTO verdicts (kernel_id, family, plan, baseline_kernel_id, baseline_reason, verdict, cycles_run,
                                    failed_cycles, rate, ci_low, ci_high, explanation, board_seconds)
@@ -543,7 +697,11 @@ pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<VerdictRow>, s
 }
 
 /// The verdicts of several kernels, optionally of one plan.
-pub async fn for_kernels(pool: &PgPool, kernels: &[i64], plan: Option<&str>) -> Result<Vec<VerdictRow>, sqlx::Error> {
+pub async fn for_kernels(
+    pool: &PgPool,
+    kernels: &[i64],
+    plan: Option<&str>,
+) -> Result<Vec<VerdictRow>, sqlx::Error> {
     sqlx::query_as::<_, VerdictRow>(
         "SELECT v.kernel_id, v.family, v.plan, v.verdict, v.baseline_kernel_id, b.commit_sha AS baseline_commit,
                 v.baseline_reason, v.p_value, v.cycles_run, v.failed_cycles, v.rate, v.ci_low, v.ci_high,
@@ -574,7 +732,11 @@ pub struct RegressionRow {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn regressions(pool: &PgPool, state: Option<&str>, limit: i64) -> Result<Vec<RegressionRow>, sqlx::Error> {
+pub async fn regressions(
+    pool: &PgPool,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RegressionRow>, sqlx::Error> {
     sqlx::query_as::<_, RegressionRow>(
         "SELECT r.id, r.tree, r.branch, r.family, r.plan, r.state, g.commit_sha AS good_commit,
                 b.commit_sha AS bad_commit, f.commit_sha AS fixed_commit, r.signature, r.created_at, r.updated_at
@@ -596,7 +758,10 @@ pub struct RegressionEvent {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn regression_events(pool: &PgPool, ids: &[i64]) -> Result<Vec<RegressionEvent>, sqlx::Error> {
+pub async fn regression_events(
+    pool: &PgPool,
+    ids: &[i64],
+) -> Result<Vec<RegressionEvent>, sqlx::Error> {
     sqlx::query_as::<_, RegressionEvent>(
         "SELECT regression_id, to_state, evidence, at FROM regression_events WHERE regression_id = ANY($1) ORDER BY id",
     )

@@ -22,7 +22,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "t@example.org")
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -55,13 +59,23 @@ async fn two_board_lab(cycles: u32) -> (TestServer, Vec<TestAgent>) {
     let k1 = keygen(&dir, "altra-01").await;
     let k2 = keygen(&dir, "altra-02").await;
     let plan = format!("[plan.params]\ncycles = {cycles}\nreplay_cycle_ms = 1\n");
-    let server = TestServer::start(&fleet_toml(&[("altra-01", "ampere-altra", &k1.public), ("altra-02", "ampere-altra", &k2.public)], &plan)).await;
+    let server = TestServer::start(&fleet_toml(
+        &[
+            ("altra-01", "ampere-altra", &k1.public),
+            ("altra-02", "ampere-altra", &k2.public),
+        ],
+        &plan,
+    ))
+    .await;
     let agents = vec![
         server.agent("altra-01", &k1.path, &["--executor", "replay"]),
         server.agent("altra-02", &k2.path, &["--executor", "replay"]),
     ];
     for b in ["altra-01", "altra-02"] {
-        wait_for("boards online", Duration::from_secs(20), || async { (server.board_state(b).await == "idle").then_some(()) }).await;
+        wait_for("boards online", Duration::from_secs(20), || async {
+            (server.board_state(b).await == "idle").then_some(())
+        })
+        .await;
     }
     (server, agents)
 }
@@ -74,17 +88,39 @@ async fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
         .output()
         .await
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
-async fn start(server: &TestServer, tree: &Path, good: &str, bad: &str, extra: serde_json::Value) -> i64 {
+async fn start(
+    server: &TestServer,
+    tree: &Path,
+    good: &str,
+    bad: &str,
+    extra: serde_json::Value,
+) -> i64 {
     let mut body = serde_json::json!({"tree": tree.display().to_string(), "branch": "master", "good": good, "bad": bad, "plan": "smoke"});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
-    let r = server.client.post(server.url("/api/v1/bisections")).bearer_auth(&server.token).json(&body).send().await.unwrap();
+    let r = server
+        .client
+        .post(server.url("/api/v1/bisections"))
+        .bearer_auth(&server.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap()
+    r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap()
 }
 
 async fn settled(server: &TestServer, id: i64, timeout: Duration) -> serde_json::Value {
@@ -102,7 +138,26 @@ async fn a_reproducible_bug_is_bisected_to_its_commit_within_log2_steps() {
     let (server, _agents) = two_board_lab(4).await;
     let t0 = Instant::now();
     let tree = repo.path().display().to_string();
-    let (ok, out) = cli(&server, &["bisect", "start", "--tree", &tree, "--branch", "master", "--good", &shas[0], "--bad", &shas[99], "--plan", "smoke", "--confidence", "0.999"]).await;
+    let (ok, out) = cli(
+        &server,
+        &[
+            "bisect",
+            "start",
+            "--tree",
+            &tree,
+            "--branch",
+            "master",
+            "--good",
+            &shas[0],
+            "--bad",
+            &shas[99],
+            "--plan",
+            "smoke",
+            "--confidence",
+            "0.999",
+        ],
+    )
+    .await;
     assert!(ok && out.contains("bisection 1 started"), "{out}");
     let v = settled(&server, 1, Duration::from_secs(240)).await;
     let took = t0.elapsed();
@@ -110,16 +165,28 @@ async fn a_reproducible_bug_is_bisected_to_its_commit_within_log2_steps() {
     assert_eq!(b["state"], "found", "{v:#}");
     assert_eq!(b["first_bad_sha"], shas[63].as_str(), "{v:#}");
     let tested = v["tested_steps"].as_u64().unwrap();
-    eprintln!("100% bug: commit 63 found in {tested} tested steps, {took:?}, {:.2} board-minutes", v["board_minutes"].as_f64().unwrap());
+    eprintln!(
+        "100% bug: commit 63 found in {tested} tested steps, {took:?}, {:.2} board-minutes",
+        v["board_minutes"].as_f64().unwrap()
+    );
     // ⌈log2(100)⌉ + 1 = 8.
     assert!(tested <= 8, "{tested} steps: {v:#}");
-    assert!(b["signature"].as_str().unwrap().contains("TLB conflict abort"), "{b}");
+    assert!(
+        b["signature"]
+            .as_str()
+            .unwrap()
+            .contains("TLB conflict abort"),
+        "{b}"
+    );
     assert_eq!(b["failure_rate"], 1.0);
     assert!(b["result_confidence"].as_f64().unwrap() > 0.99, "{b}");
     assert!(b["board_seconds"].as_f64().unwrap() > 0.0);
     // Every step says what it saw.
     for s in v["steps"].as_array().unwrap() {
-        let n: usize = shas.iter().position(|x| x == s["commit_sha"].as_str().unwrap()).unwrap();
+        let n: usize = shas
+            .iter()
+            .position(|x| x == s["commit_sha"].as_str().unwrap())
+            .unwrap();
         let verdict = s["verdict"].as_str().unwrap();
         if s["kind"] == "calibrate" {
             assert_eq!((n, verdict), (99, "bad"));
@@ -133,17 +200,33 @@ async fn a_reproducible_bug_is_bisected_to_its_commit_within_log2_steps() {
             }
             "bad" => {
                 assert!(n >= 63, "commit {n} called bad");
-                assert!(s["evidence"]["titles"][0].as_str().unwrap().starts_with("TLB conflict abort"), "{s}");
+                assert!(
+                    s["evidence"]["titles"][0]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("TLB conflict abort"),
+                    "{s}"
+                );
             }
             "skip" => assert_eq!(n, 40),
             other => panic!("verdict {other}"),
         }
     }
     let (ok, out) = cli(&server, &["bisect", "show", "1"]).await;
-    assert!(ok && out.contains(&format!("first bad commit: {}", shas[63])), "{out}");
+    assert!(
+        ok && out.contains(&format!("first bad commit: {}", shas[63])),
+        "{out}"
+    );
 
     // Stopping one: it ends `stopped` and its queued jobs are cancelled.
-    let id = start(&server, repo.path(), &shas[0], &shas[99], serde_json::json!({"rate": 0.001})).await;
+    let id = start(
+        &server,
+        repo.path(),
+        &shas[0],
+        &shas[99],
+        serde_json::json!({"rate": 0.001}),
+    )
+    .await;
     let (ok, out) = cli(&server, &["bisect", "stop", &id.to_string()]).await;
     assert!(ok, "{out}");
     let v = server.get_json(&format!("/api/v1/bisections/{id}")).await;
@@ -171,7 +254,17 @@ async fn a_one_percent_bug_is_bisected_across_seeds_skipping_the_commit_that_doe
     // Good 0, bad 80: the first split is commit 40, which does not build.
     let mut ids = Vec::new();
     for seed in [1u64, 2, 3] {
-        ids.push((seed, start(&server, repo.path(), &shas[0], &shas[80], serde_json::json!({"seed": seed, "confidence": 0.999})).await));
+        ids.push((
+            seed,
+            start(
+                &server,
+                repo.path(),
+                &shas[0],
+                &shas[80],
+                serde_json::json!({"seed": seed, "confidence": 0.999}),
+            )
+            .await,
+        ));
     }
     for (seed, id) in ids {
         let v = settled(&server, id, Duration::from_secs(600)).await;
@@ -179,23 +272,43 @@ async fn a_one_percent_bug_is_bisected_across_seeds_skipping_the_commit_that_doe
         assert_eq!(b["state"], "found", "seed {seed}: {v:#}");
         assert_eq!(b["first_bad_sha"], shas[63].as_str(), "seed {seed}: {v:#}");
         let steps = v["steps"].as_array().unwrap();
-        let skipped: Vec<&str> = steps.iter().filter(|s| s["verdict"] == "skip").map(|s| s["commit_sha"].as_str().unwrap()).collect();
-        assert_eq!(skipped, [shas[40].as_str()], "seed {seed}: commit 40 skipped, nothing else");
-        assert_eq!(steps.iter().find(|s| s["verdict"] == "skip").unwrap()["evidence"]["build"], "failed");
+        let skipped: Vec<&str> = steps
+            .iter()
+            .filter(|s| s["verdict"] == "skip")
+            .map(|s| s["commit_sha"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            skipped,
+            [shas[40].as_str()],
+            "seed {seed}: commit 40 skipped, nothing else"
+        );
+        assert_eq!(
+            steps.iter().find(|s| s["verdict"] == "skip").unwrap()["evidence"]["build"],
+            "failed"
+        );
         let tested = v["tested_steps"].as_u64().unwrap();
         let rate = b["failure_rate"].as_f64().unwrap();
         eprintln!(
             "seed {seed}: 1% bug (measured {rate:.4}/cycle over {} cycles) → commit 63 in {tested} steps (1 skip), confidence {:.4}, {:.2} board-minutes, {:?} so far",
-            b["rate_cycles"], b["result_confidence"].as_f64().unwrap(), v["board_minutes"].as_f64().unwrap(), t0.elapsed()
+            b["rate_cycles"],
+            b["result_confidence"].as_f64().unwrap(),
+            v["board_minutes"].as_f64().unwrap(),
+            t0.elapsed()
         );
         // ⌈log2(80)⌉ = 7 splits, plus the skip and one neighbour of it.
         assert!(tested <= 10, "seed {seed}: {tested} steps");
         assert!((0.002..0.05).contains(&rate), "seed {seed}: rate {rate}");
         assert!(b["result_confidence"].as_f64().unwrap() > 0.99);
         for s in steps.iter().filter(|s| s["verdict"] == "good") {
-            let n = shas.iter().position(|x| x == s["commit_sha"].as_str().unwrap()).unwrap();
+            let n = shas
+                .iter()
+                .position(|x| x == s["commit_sha"].as_str().unwrap())
+                .unwrap();
             assert!(n < 63, "seed {seed}: commit {n} wrongly good");
-            assert!(s["cycles_run"].as_i64().unwrap() >= 300, "a good call needs many clean cycles: {s}");
+            assert!(
+                s["cycles_run"].as_i64().unwrap() >= 300,
+                "a good call needs many clean cycles: {s}"
+            );
         }
     }
     server.stop().await;
@@ -215,13 +328,24 @@ async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
         "[plan.params]\ncycles = 20\nreplay_cycle_ms = 1\n[plan.replay]\nbuggy_commits = [\"{}\"]\nabort_probability = 1.0\n",
         &shas[99][..12]
     );
-    let mut fleet = fleet_toml(&[("altra-01", "ampere-altra", &k1.public), ("altra-02", "ampere-altra", &k2.public)], &plan);
-    fleet.push_str(&format!("\n[[tree]]\nname = \"synthetic\"\nurl = \"{tree}\"\nbranches = [\"master\"]\n"));
+    let mut fleet = fleet_toml(
+        &[
+            ("altra-01", "ampere-altra", &k1.public),
+            ("altra-02", "ampere-altra", &k2.public),
+        ],
+        &plan,
+    );
+    fleet.push_str(&format!(
+        "\n[[tree]]\nname = \"synthetic\"\nurl = \"{tree}\"\nbranches = [\"master\"]\n"
+    ));
     let server = TestServer::start(&fleet).await;
     let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
     let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
     for b in ["altra-01", "altra-02"] {
-        wait_for("boards online", Duration::from_secs(20), || async { (server.board_state(b).await == "idle").then_some(()) }).await;
+        wait_for("boards online", Duration::from_secs(20), || async {
+            (server.board_state(b).await == "idle").then_some(())
+        })
+        .await;
     }
     let t0 = Instant::now();
     let trigger = |commit: String, baseline: Option<String>| {
@@ -229,38 +353,97 @@ async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
         if let Some(b) = baseline {
             body["baseline"] = b.into();
         }
-        server.client.post(server.url("/api/v1/runs")).bearer_auth(&server.token).json(&body).send()
+        server
+            .client
+            .post(server.url("/api/v1/runs"))
+            .bearer_auth(&server.token)
+            .json(&body)
+            .send()
     };
     assert_eq!(trigger(shas[0].clone(), None).await.unwrap().status(), 201);
-    wait_for("the good kernel's jobs", Duration::from_secs(60), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'passed' AND analyzed_at IS NOT NULL").fetch_one(&server.pool).await.unwrap();
-        (n == 2).then_some(())
-    })
+    wait_for(
+        "the good kernel's jobs",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE state = 'passed' AND analyzed_at IS NOT NULL",
+            )
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+            (n == 2).then_some(())
+        },
+    )
     .await;
-    assert_eq!(trigger(shas[99].clone(), Some(shas[0].clone())).await.unwrap().status(), 201);
-    let regression: i64 = wait_for("a confirmed regression", Duration::from_secs(60), || async {
-        sqlx::query_scalar("SELECT id FROM regressions WHERE state IN ('confirmed', 'bisected')").fetch_optional(&server.pool).await.unwrap()
-    })
+    assert_eq!(
+        trigger(shas[99].clone(), Some(shas[0].clone()))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let regression: i64 = wait_for(
+        "a confirmed regression",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar(
+                "SELECT id FROM regressions WHERE state IN ('confirmed', 'bisected')",
+            )
+            .fetch_optional(&server.pool)
+            .await
+            .unwrap()
+        },
+    )
     .await;
-    let id: i64 = wait_for("the automatic bisection", Duration::from_secs(30), || async {
-        sqlx::query_scalar("SELECT id FROM bisections WHERE regression_id = $1").bind(regression).fetch_optional(&server.pool).await.unwrap()
-    })
+    let id: i64 = wait_for(
+        "the automatic bisection",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar("SELECT id FROM bisections WHERE regression_id = $1")
+                .bind(regression)
+                .fetch_optional(&server.pool)
+                .await
+                .unwrap()
+        },
+    )
     .await;
     let v = settled(&server, id, Duration::from_secs(240)).await;
     let b = &v["bisection"];
     assert_eq!(b["state"], "found", "{v:#}");
     assert_eq!(b["first_bad_sha"], shas[63].as_str());
     assert_eq!(b["family"], "ampere-altra");
-    assert!(b["requested_by"].as_str().unwrap().starts_with("auto:regression"));
-    assert!(v["steps"].as_array().unwrap().iter().all(|s| s["kind"] == "test"), "the regression's measured rate is reused: no calibration");
-    let state: String = sqlx::query_scalar("SELECT state FROM regressions WHERE id = $1").bind(regression).fetch_one(&server.pool).await.unwrap();
-    assert_eq!(state, "bisected");
-    let ev: String = sqlx::query_scalar("SELECT evidence FROM regression_events WHERE regression_id = $1 AND to_state = 'bisected'")
+    assert!(
+        b["requested_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("auto:regression")
+    );
+    assert!(
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["kind"] == "test"),
+        "the regression's measured rate is reused: no calibration"
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM regressions WHERE id = $1")
         .bind(regression)
         .fetch_one(&server.pool)
         .await
         .unwrap();
+    assert_eq!(state, "bisected");
+    let ev: String = sqlx::query_scalar(
+        "SELECT evidence FROM regression_events WHERE regression_id = $1 AND to_state = 'bisected'",
+    )
+    .bind(regression)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
     assert!(ev.contains(&shas[63]), "{ev}");
-    eprintln!("regression confirmed and bisected to commit 63 in {} steps, {:?} from the first trigger", v["tested_steps"], t0.elapsed());
+    eprintln!(
+        "regression confirmed and bisected to commit 63 in {} steps, {:?} from the first trigger",
+        v["tested_steps"],
+        t0.elapsed()
+    );
     server.stop().await;
 }

@@ -41,7 +41,12 @@ impl Rng {
 }
 
 fn sh(args: &[&str]) -> bool {
-    Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Network namespaces with a veth pair each; removed on drop.
@@ -56,19 +61,46 @@ impl Netns {
         if !root || !sh(&["ip", "-V"]) {
             return None;
         }
-        let mut ns = Netns { names: vec![], host_ifs: vec![] };
+        let mut ns = Netns {
+            names: vec![],
+            host_ifs: vec![],
+        };
         for i in 0..BOARDS {
             let name = format!("afc{tag}b{i}");
             let host = format!("afh{tag}{i}");
             let peer = format!("afp{tag}{i}");
             let ok = sh(&["ip", "netns", "add", &name])
-                && sh(&["ip", "link", "add", &host, "type", "veth", "peer", "name", &peer])
+                && sh(&[
+                    "ip", "link", "add", &host, "type", "veth", "peer", "name", &peer,
+                ])
                 && sh(&["ip", "link", "set", &peer, "netns", &name])
-                && sh(&["ip", "addr", "add", &format!("10.213.{i}.1/24"), "dev", &host])
+                && sh(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.213.{i}.1/24"),
+                    "dev",
+                    &host,
+                ])
                 && sh(&["ip", "link", "set", &host, "up"])
-                && sh(&["ip", "netns", "exec", &name, "ip", "addr", "add", &format!("10.213.{i}.2/24"), "dev", &peer])
-                && sh(&["ip", "netns", "exec", &name, "ip", "link", "set", &peer, "up"])
-                && sh(&["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+                && sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &name,
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.213.{i}.2/24"),
+                    "dev",
+                    &peer,
+                ])
+                && sh(&[
+                    "ip", "netns", "exec", &name, "ip", "link", "set", &peer, "up",
+                ])
+                && sh(&[
+                    "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+                ]);
             ns.names.push(name);
             ns.host_ifs.push(host);
             if !ok {
@@ -101,7 +133,11 @@ struct Proc {
 
 impl Proc {
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         self.child = Some(
             Command::new(&self.cmd[0])
                 .args(&self.cmd[1..])
@@ -127,11 +163,17 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn http_ok(url: &str) -> bool {
-    reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
+    reqwest::get(url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 #[derive(Default)]
@@ -142,14 +184,24 @@ struct Ledger {
 
 fn read_ledger(path: &Path, into: &mut Ledger) {
     for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let job = v["job"].as_i64().unwrap();
         match v["kind"].as_str().unwrap() {
             "result" => {
-                into.results.insert(job, v["result"]["status"].as_str().unwrap().to_owned());
+                into.results
+                    .insert(job, v["result"]["status"].as_str().unwrap().to_owned());
             }
             "log" => {
-                into.logs.insert((job, v["stream"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()), v["bytes"].as_u64().unwrap());
+                into.logs.insert(
+                    (
+                        job,
+                        v["stream"].as_str().unwrap().to_owned(),
+                        v["seq"].as_u64().unwrap(),
+                    ),
+                    v["bytes"].as_u64().unwrap(),
+                );
             }
             _ => {}
         }
@@ -165,55 +217,118 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let pg_dir = root.join("pg");
     let mut pg = Some(EmbeddedPostgres::start(&pg_dir).expect("private cluster"));
-    let db = format!("postgres://postgres@localhost/postgres?host={}&port=5432", pg.as_ref().unwrap().socket_dir().display());
+    let db = format!(
+        "postgres://postgres@localhost/postgres?host={}&port=5432",
+        pg.as_ref().unwrap().socket_dir().display()
+    );
 
     let netns = Netns::create(tag);
     if netns.is_none() {
-        eprintln!("\n*** chaos: cannot make network namespaces (needs root and iproute2): running the schedule on loopback, WITHOUT network faults ***\n");
+        eprintln!(
+            "\n*** chaos: cannot make network namespaces (needs root and iproute2): running the schedule on loopback, WITHOUT network faults ***\n"
+        );
     }
     let work = tempfile::tempdir().unwrap();
     let mut keys = Vec::new();
     for i in 0..BOARDS {
         keys.push(keygen(work.path(), &format!("c{i}")).await);
     }
-    let boards: Vec<(String, &str)> = (0..BOARDS).map(|i| (format!("chaos-{i}"), keys[i].public.as_str())).collect();
-    let board_refs: Vec<(&str, &str, &str)> = boards.iter().map(|(n, k)| (n.as_str(), "generic-arm64", *k)).collect();
-    let fleet = fleet_toml(&board_refs, "[plan.params]\ncycles = 25\nreplay_cycle_ms = 40\n")
-        .replace("heartbeat_interval_ms = 300\nheartbeat_deadline_ms = 1500", "heartbeat_interval_ms = 500\nheartbeat_deadline_ms = 4000\nboot_deadline_s = 30");
+    let boards: Vec<(String, &str)> = (0..BOARDS)
+        .map(|i| (format!("chaos-{i}"), keys[i].public.as_str()))
+        .collect();
+    let board_refs: Vec<(&str, &str, &str)> = boards
+        .iter()
+        .map(|(n, k)| (n.as_str(), "generic-arm64", *k))
+        .collect();
+    let fleet = fleet_toml(
+        &board_refs,
+        "[plan.params]\ncycles = 25\nreplay_cycle_ms = 40\n",
+    )
+    .replace(
+        "heartbeat_interval_ms = 300\nheartbeat_deadline_ms = 1500",
+        "heartbeat_interval_ms = 500\nheartbeat_deadline_ms = 4000\nboot_deadline_s = 30",
+    );
     let fleet_path = work.path().join("fleet.toml");
     std::fs::write(&fleet_path, &fleet).unwrap();
     let (http_port, ssh_port) = (free_port(), free_port());
-    let ssh_bind = if netns.is_some() { format!("0.0.0.0:{ssh_port}") } else { format!("127.0.0.1:{ssh_port}") };
+    let ssh_bind = if netns.is_some() {
+        format!("0.0.0.0:{ssh_port}")
+    } else {
+        format!("127.0.0.1:{ssh_port}")
+    };
     let data = work.path().join("data");
     let mut server = Proc {
         child: None,
         cmd: vec![
-            env!("CARGO_BIN_EXE_armfleet").into(), "serve".into(), "--config".into(), fleet_path.display().to_string(), "--data-dir".into(), data.display().to_string(),
-            "--http".into(), format!("127.0.0.1:{http_port}"), "--ssh".into(), ssh_bind,
+            env!("CARGO_BIN_EXE_armfleet").into(),
+            "serve".into(),
+            "--config".into(),
+            fleet_path.display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--http".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--ssh".into(),
+            ssh_bind,
         ],
         env: vec![("DATABASE_URL".into(), db.clone())],
         log: work.path().join("server.log"),
     };
     server.start();
     let base = format!("http://127.0.0.1:{http_port}");
-    wait_for("the server", Duration::from_secs(30), || async { http_ok(&format!("{base}/healthz")).await.then_some(()) }).await;
-    let fp = Command::new(env!("CARGO_BIN_EXE_armfleet")).args(["fingerprint", "--data-dir"]).arg(&data).output().unwrap();
+    wait_for("the server", Duration::from_secs(30), || async {
+        http_ok(&format!("{base}/healthz")).await.then_some(())
+    })
+    .await;
+    let fp = Command::new(env!("CARGO_BIN_EXE_armfleet"))
+        .args(["fingerprint", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
     let fingerprint = String::from_utf8(fp.stdout).unwrap().trim().to_owned();
 
     let mut agents: Vec<Proc> = (0..BOARDS)
         .map(|i| {
-            let server_addr = if netns.is_some() { format!("10.213.{i}.1:{ssh_port}") } else { format!("127.0.0.1:{ssh_port}") };
+            let server_addr = if netns.is_some() {
+                format!("10.213.{i}.1:{ssh_port}")
+            } else {
+                format!("127.0.0.1:{ssh_port}")
+            };
             let mut cmd = vec![];
             if let Some(ns) = &netns {
-                cmd.extend(["ip".to_owned(), "netns".into(), "exec".into(), ns.names[i].clone()]);
+                cmd.extend([
+                    "ip".to_owned(),
+                    "netns".into(),
+                    "exec".into(),
+                    ns.names[i].clone(),
+                ]);
             }
             cmd.extend([
-                bin("armfleet-agent").display().to_string(), "--server".into(), server_addr, "--board".into(), boards[i].0.clone(),
-                "--key".into(), keys[i].path.display().to_string(), "--server-key".into(), fingerprint.clone(),
-                "--state-dir".into(), work.path().join(format!("agent-{i}")).display().to_string(), "--executor".into(), "replay".into(),
+                bin("armfleet-agent").display().to_string(),
+                "--server".into(),
+                server_addr,
+                "--board".into(),
+                boards[i].0.clone(),
+                "--key".into(),
+                keys[i].path.display().to_string(),
+                "--server-key".into(),
+                fingerprint.clone(),
+                "--state-dir".into(),
+                work.path().join(format!("agent-{i}")).display().to_string(),
+                "--executor".into(),
+                "replay".into(),
             ]);
-            let ledger = work.path().join(format!("ledger-{i}.jsonl")).display().to_string();
-            Proc { child: None, cmd, env: vec![("ARMFLEET_LEDGER".into(), ledger)], log: work.path().join(format!("agent-{i}.log")) }
+            let ledger = work
+                .path()
+                .join(format!("ledger-{i}.jsonl"))
+                .display()
+                .to_string();
+            Proc {
+                child: None,
+                cmd,
+                env: vec![("ARMFLEET_LEDGER".into(), ledger)],
+                log: work.path().join(format!("agent-{i}.log")),
+            }
         })
         .collect();
     for a in &mut agents {
@@ -221,7 +336,10 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     }
     let pool = PgPool::connect(&db).await.unwrap();
     wait_for("all boards online", Duration::from_secs(60), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM boards WHERE state <> 'offline'").fetch_one(&pool).await.ok()?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM boards WHERE state <> 'offline'")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
         (n == BOARDS as i64).then_some(())
     })
     .await;
@@ -258,7 +376,10 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
                 let host = &netns.as_ref().unwrap().host_ifs[board];
                 let loss = format!("{}%", 5 + rng.below(25));
                 let delay = format!("{}ms", 20 + rng.below(120));
-                sh(&["tc", "qdisc", "add", "dev", host, "root", "netem", "loss", &loss, "delay", &delay]);
+                sh(&[
+                    "tc", "qdisc", "add", "dev", host, "root", "netem", "loss", &loss, "delay",
+                    &delay,
+                ]);
                 tokio::time::sleep(rng.millis(1000, 3000)).await;
                 sh(&["tc", "qdisc", "del", "dev", host, "root"]);
             }
@@ -279,7 +400,11 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
                 tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
                 tokio::time::sleep(rng.millis(500, 2000)).await;
                 let dir = pg_dir.clone();
-                pg = Some(tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir).unwrap()).await.unwrap());
+                pg = Some(
+                    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir).unwrap())
+                        .await
+                        .unwrap(),
+                );
             }
             _ => continue,
         }
@@ -288,16 +413,31 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
 
     // Quiet: everything must settle.
     let jobs_total = (RUNS * BOARDS) as i64;
-    wait_for("every job to reach a terminal state", Duration::from_secs(240), || async {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'assigned', 'running')").fetch_one(&pool).await.ok()?;
-        (open == 0).then_some(())
-    })
+    wait_for(
+        "every job to reach a terminal state",
+        Duration::from_secs(240),
+        || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'assigned', 'running')",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (open == 0).then_some(())
+        },
+    )
     .await;
     // Give agents a moment to deliver their last spooled frames.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let states: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM jobs ORDER BY id").fetch_all(&pool).await.unwrap();
-    let terminal = states.iter().filter(|(_, s)| !["queued", "assigned", "running"].contains(&s.as_str())).count();
+    let states: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM jobs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let terminal = states
+        .iter()
+        .filter(|(_, s)| !["queued", "assigned", "running"].contains(&s.as_str()))
+        .count();
     let assigned_twice: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE to_state = 'assigned' GROUP BY job_id HAVING count(*) > 1) t",
     )
@@ -320,12 +460,22 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     let mut lost_results = 0;
     for (job, result) in &ledger.results {
         if by_id.get(job) != Some(result) {
-            eprintln!("chaos: job {job}: the agent produced `{result}`, the server has `{:?}`", by_id.get(job));
+            eprintln!(
+                "chaos: job {job}: the agent produced `{result}`, the server has `{:?}`",
+                by_id.get(job)
+            );
             lost_results += 1;
         }
     }
-    let stored: Vec<(i64, String, i64, i32)> = sqlx::query_as("SELECT job_id, stream, seq, raw_len FROM log_chunks").fetch_all(&pool).await.unwrap();
-    let stored: HashMap<(i64, String, u64), u64> = stored.into_iter().map(|(j, s, q, n)| ((j, s, q as u64), n as u64)).collect();
+    let stored: Vec<(i64, String, i64, i32)> =
+        sqlx::query_as("SELECT job_id, stream, seq, raw_len FROM log_chunks")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let stored: HashMap<(i64, String, u64), u64> = stored
+        .into_iter()
+        .map(|(j, s, q, n)| ((j, s, q as u64), n as u64))
+        .collect();
     let mut log_bytes_missing = 0u64;
     let mut log_bytes_produced = 0u64;
     for (key, bytes) in &ledger.logs {
@@ -348,9 +498,20 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     assert_eq!(terminal as i64, jobs_total, "every job ended");
     assert_eq!(assigned_twice, 0, "no job was handed out twice");
     assert_eq!(duplicate_results, 0);
-    assert_eq!(lost_results, 0, "every result an agent produced is stored (see server.log in {})", work.path().display());
-    assert_eq!(log_bytes_missing, 0, "every log byte an agent produced is stored");
-    assert!(ledger.results.len() as i64 > jobs_total / 2, "most jobs ran to the end despite the faults");
+    assert_eq!(
+        lost_results,
+        0,
+        "every result an agent produced is stored (see server.log in {})",
+        work.path().display()
+    );
+    assert_eq!(
+        log_bytes_missing, 0,
+        "every log byte an agent produced is stored"
+    );
+    assert!(
+        ledger.results.len() as i64 > jobs_total / 2,
+        "most jobs ran to the end despite the faults"
+    );
     assert!(faults >= 15, "the schedule injected faults: {faults}");
 
     for a in &mut agents {

@@ -18,16 +18,29 @@ async fn a_database_restart_mid_job_loses_nothing() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut pg = EmbeddedPostgres::start(&root).expect("private cluster");
-    let url = format!("postgres://postgres@localhost/postgres?host={}&port=5432", pg.socket_dir().display());
+    let url = format!(
+        "postgres://postgres@localhost/postgres?host={}&port=5432",
+        pg.socket_dir().display()
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "b").await;
-    let fleet = fleet_toml(&[("board-1", "kunpeng920", &key.public)], "[plan.params]\ncycles = 80\nreplay_cycle_ms = 50\n");
+    let fleet = fleet_toml(
+        &[("board-1", "kunpeng920", &key.public)],
+        "[plan.params]\ncycles = 80\nreplay_cycle_ms = 50\n",
+    );
     let server = TestServer::start_on(url, &fleet).await;
     let agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
-    wait_for("board online", Duration::from_secs(20), || async { (server.board_state("board-1").await == "idle").then_some(()) }).await;
-    let run = server.trigger("0bad0bad00000000000000000000000000000001").await;
-    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"].as_i64().unwrap();
+    wait_for("board online", Duration::from_secs(20), || async {
+        (server.board_state("board-1").await == "idle").then_some(())
+    })
+    .await;
+    let run = server
+        .trigger("0bad0bad00000000000000000000000000000001")
+        .await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
     wait_for("some cycles", Duration::from_secs(20), || async {
         let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
         (j["cycles_completed"].as_i64().unwrap_or(0) >= 10).then_some(())
@@ -52,21 +65,58 @@ async fn a_database_restart_mid_job_loses_nothing() {
     assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let root2 = root.clone();
-    let pg2 = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root2).expect("cluster restarts")).await.unwrap();
+    let pg2 = tokio::task::spawn_blocking(move || {
+        EmbeddedPostgres::start(&root2).expect("cluster restarts")
+    })
+    .await
+    .unwrap();
 
     let done = wait_for("the job to end", Duration::from_secs(60), || async {
-        let r = server.client.get(server.url(&format!("/api/v1/jobs/{job}"))).send().await.ok()?;
+        let r = server
+            .client
+            .get(server.url(&format!("/api/v1/jobs/{job}")))
+            .send()
+            .await
+            .ok()?;
         let j: serde_json::Value = r.json().await.ok()?;
         (j["state"] == "passed").then_some(j)
     })
     .await;
-    let cycles: Vec<u64> = done["cycles"].as_array().unwrap().iter().map(|c| c["cycle"].as_u64().unwrap()).collect();
-    assert_eq!(cycles, (1..=80).collect::<Vec<_>>(), "every cycle exactly once");
-    let console = server.client.get(server.url(&format!("/api/v1/jobs/{job}/log?stream=guest_console"))).send().await.unwrap().text().await.unwrap();
-    let beats: Vec<u64> = console.lines().filter_map(|l| l.strip_prefix("ARMFLEET-HB ")).map(|n| n.parse().unwrap()).collect();
-    assert_eq!(beats, (1..=240).collect::<Vec<_>>(), "every log line exactly once");
+    let cycles: Vec<u64> = done["cycles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cycle"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        cycles,
+        (1..=80).collect::<Vec<_>>(),
+        "every cycle exactly once"
+    );
+    let console = server
+        .client
+        .get(server.url(&format!("/api/v1/jobs/{job}/log?stream=guest_console")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let beats: Vec<u64> = console
+        .lines()
+        .filter_map(|l| l.strip_prefix("ARMFLEET-HB "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        beats,
+        (1..=240).collect::<Vec<_>>(),
+        "every log line exactly once"
+    );
     let log = agent.log_text();
-    assert!(!log.contains("reconnecting"), "the agent stayed connected through the outage:\n{log}");
+    assert!(
+        !log.contains("reconnecting"),
+        "the agent stayed connected through the outage:\n{log}"
+    );
     server.stop().await;
     drop(pg2);
     drop(pg);

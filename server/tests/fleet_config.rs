@@ -4,11 +4,15 @@ use std::path::Path;
 
 use armfleet_server::config::Fleet;
 
-const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINshuiiHSBrO3Cv3at18VJGCWY8v2Y4DCSjDp7PxSnhU a";
-const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3SXM6axZ4/Gucd4kmFjr5dx2Qa0JRQ4bMKsHpe9diY b";
+const KEY_A: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINshuiiHSBrO3Cv3at18VJGCWY8v2Y4DCSjDp7PxSnhU a";
+const KEY_B: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE3SXM6axZ4/Gucd4kmFjr5dx2Qa0JRQ4bMKsHpe9diY b";
 
 fn board(name: &str, family: &str, key: &str) -> String {
-    format!("[[board]]\nname = \"{name}\"\nfamily = \"{family}\"\nlabels = [\"kvm\"]\nkey = \"{key}\"\n\n")
+    format!(
+        "[[board]]\nname = \"{name}\"\nfamily = \"{family}\"\nlabels = [\"kvm\"]\nkey = \"{key}\"\n\n"
+    )
 }
 
 fn refused(text: &str) -> String {
@@ -30,24 +34,43 @@ fn the_root_example_fleet_is_valid() {
 
 #[test]
 fn an_unknown_family_names_file_line_and_value() {
-    let text = format!("{}{}", board("a", "kunpeng920", KEY_A), board("b", "sparc64", KEY_B));
+    let text = format!(
+        "{}{}",
+        board("a", "kunpeng920", KEY_A),
+        board("b", "sparc64", KEY_B)
+    );
     let e = refused(&text);
-    assert!(e.starts_with("lab/fleet.toml: line 9") && e.contains("family"), "{e}");
-    assert!(e.contains("sparc64") && e.contains("kunpeng920"), "lists the known families: {e}");
+    assert!(
+        e.starts_with("lab/fleet.toml: line 9") && e.contains("family"),
+        "{e}"
+    );
+    assert!(
+        e.contains("sparc64") && e.contains("kunpeng920"),
+        "lists the known families: {e}"
+    );
 }
 
 #[test]
 fn a_duplicate_board_is_refused_with_both_lines() {
     let text = format!("{}{}", board("a", "rpi4", KEY_A), board("a", "rpi5", KEY_B));
     let e = refused(&text);
-    assert!(e.contains("line 8") && e.contains("board.name") && e.contains("duplicate board `a`") && e.contains("line 2"), "{e}");
+    assert!(
+        e.contains("line 8")
+            && e.contains("board.name")
+            && e.contains("duplicate board `a`")
+            && e.contains("line 2"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_key_used_by_two_boards_is_refused() {
     let text = format!("{}{}", board("a", "rpi4", KEY_A), board("b", "rpi5", KEY_A));
     let e = refused(&text);
-    assert!(e.contains("board.key") && e.contains("duplicate key") && e.contains("`a`"), "{e}");
+    assert!(
+        e.contains("board.key") && e.contains("duplicate key") && e.contains("`a`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -57,21 +80,30 @@ fn a_plan_matching_no_board_is_refused() {
         board("a", "rpi4", KEY_A)
     );
     let e = refused(&text);
-    assert!(e.contains("line 8") && e.contains("plan.boards") && e.contains("matches no board"), "{e}");
+    assert!(
+        e.contains("line 8") && e.contains("plan.boards") && e.contains("matches no board"),
+        "{e}"
+    );
 }
 
 #[test]
 fn syntax_errors_and_unknown_fields_are_located() {
     let e = refused("[[board]]\nname = \"a\"\nfamily = rpi4\n");
     assert!(e.contains("line 3"), "{e}");
-    let e = refused(&format!("{}\ncolour = \"blue\"\n", board("a", "rpi4", KEY_A).trim_end()));
+    let e = refused(&format!(
+        "{}\ncolour = \"blue\"\n",
+        board("a", "rpi4", KEY_A).trim_end()
+    ));
     assert!(e.contains("line 6") && e.contains("colour"), "{e}");
 }
 
 #[test]
 fn a_broken_key_is_refused() {
     let e = refused(&board("a", "rpi4", "ssh-ed25519 AAAAnotbase64"));
-    assert!(e.contains("board.key") && e.contains("not an OpenSSH public key"), "{e}");
+    assert!(
+        e.contains("board.key") && e.contains("not an OpenSSH public key"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -80,7 +112,14 @@ fn the_server_binary_refuses_a_malformed_fleet_at_start_up() {
     let path = dir.path().join("fleet.toml");
     std::fs::write(&path, board("a", "vax", KEY_A)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_armfleet"))
-        .args(["serve", "--http", "127.0.0.1:0", "--ssh", "127.0.0.1:0", "--config"])
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--ssh",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&path)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -88,5 +127,8 @@ fn the_server_binary_refuses_a_malformed_fleet_at_start_up() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&path.display().to_string()) && err.contains("line 3") && err.contains("vax"), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("line 3") && err.contains("vax"),
+        "{err}"
+    );
 }

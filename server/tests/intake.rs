@@ -16,7 +16,10 @@ const C1: &str = "1f3e5d7c9b1a2f4e6d8c0b2a4f6e8d0c2b4a6f81";
 async fn intake_lab(extra_tree: &str) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "b").await;
-    let mut fleet = fleet_toml(&[("board-1", "kunpeng920", &key.public)], "[plan.params]\ncycles = 2\nreplay_cycle_ms = 5\n");
+    let mut fleet = fleet_toml(
+        &[("board-1", "kunpeng920", &key.public)],
+        "[plan.params]\ncycles = 2\nreplay_cycle_ms = 5\n",
+    );
     fleet.push_str(&format!(
         "\n[[tree]]\nname = \"kvmarm\"\nurl = \"{TREE}\"\naliases = [\"git@git.example.org:kvmarm/kvmarm.git\"]\nbranches = [\"next\"]\nsecret = \"{SECRET}\"\n{extra_tree}"
     ));
@@ -38,11 +41,22 @@ fn github_push(after: &str, git_ref: &str) -> String {
 }
 
 fn sign(body: &str) -> String {
-    format!("sha256={}", hex::encode(hmac_sha256(SECRET.as_bytes(), body.as_bytes())))
+    format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(SECRET.as_bytes(), body.as_bytes()))
+    )
 }
 
-async fn post(server: &TestServer, forge: &str, body: String, headers: &[(&str, String)]) -> (u16, serde_json::Value) {
-    let mut req = server.client.post(server.url(&format!("/api/v1/hooks/{forge}"))).header("content-type", "application/json");
+async fn post(
+    server: &TestServer,
+    forge: &str,
+    body: String,
+    headers: &[(&str, String)],
+) -> (u16, serde_json::Value) {
+    let mut req = server
+        .client
+        .post(server.url(&format!("/api/v1/hooks/{forge}")))
+        .header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, v);
     }
@@ -52,22 +66,49 @@ async fn post(server: &TestServer, forge: &str, body: String, headers: &[(&str, 
 }
 
 async fn count(server: &TestServer, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(&server.pool).await.unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&server.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_pushes_are_verified_deduplicated_and_filtered() {
     let server = intake_lab("").await;
     let body = github_push(C1, "refs/heads/next");
-    let gh = |delivery: &str, sig: String| vec![("X-GitHub-Event", "push".to_owned()), ("X-GitHub-Delivery", delivery.to_owned()), ("X-Hub-Signature-256", sig)];
+    let gh = |delivery: &str, sig: String| {
+        vec![
+            ("X-GitHub-Event", "push".to_owned()),
+            ("X-GitHub-Delivery", delivery.to_owned()),
+            ("X-Hub-Signature-256", sig),
+        ]
+    };
 
     // Unsigned and wrongly signed: 401, nothing created.
-    let (s, e) = post(&server, "github", body.clone(), &[("X-GitHub-Event", "push".into())]).await;
+    let (s, e) = post(
+        &server,
+        "github",
+        body.clone(),
+        &[("X-GitHub-Event", "push".into())],
+    )
+    .await;
     assert_eq!(s, 401, "{e}");
     assert!(e["error"].as_str().unwrap().contains("X-Hub-Signature-256"));
-    let (s, _) = post(&server, "github", body.clone(), &gh("d-1", "sha256=00".repeat(1))).await;
+    let (s, _) = post(
+        &server,
+        "github",
+        body.clone(),
+        &gh("d-1", "sha256=00".repeat(1)),
+    )
+    .await;
     assert_eq!(s, 401);
-    let (s, _) = post(&server, "github", body.replace("next", "nexu"), &gh("d-1", sign(&body))).await;
+    let (s, _) = post(
+        &server,
+        "github",
+        body.replace("next", "nexu"),
+        &gh("d-1", sign(&body)),
+    )
+    .await;
     assert_eq!(s, 401, "a body changed after signing is refused");
     assert_eq!(count(&server, "runs").await, 0);
 
@@ -78,23 +119,53 @@ async fn github_pushes_are_verified_deduplicated_and_filtered() {
     assert_eq!(r["jobs"].as_array().unwrap().len(), 1);
     let k = server.get_json(&format!("/api/v1/kernels/{C1}")).await;
     assert_eq!(k["kernels"][0]["branch"], "next");
-    assert_eq!(k["kernels"][0]["subject"], "KVM: arm64: Invalidate the whole range when replacing a table with a block");
+    assert_eq!(
+        k["kernels"][0]["subject"],
+        "KVM: arm64: Invalidate the whole range when replacing a table with a block"
+    );
     assert_eq!(k["kernels"][0]["author"], "Marc Z <maz@example.org>");
 
     // Replayed delivery, and a re-push of the same commit: the same run.
     let (s, r) = post(&server, "github", body.clone(), &gh("d-1", sign(&body))).await;
-    assert_eq!((s, r["duplicate"].as_bool(), r["run_id"].as_i64()), (200, Some(true), Some(run)), "{r}");
+    assert_eq!(
+        (s, r["duplicate"].as_bool(), r["run_id"].as_i64()),
+        (200, Some(true), Some(run)),
+        "{r}"
+    );
     let (s, r) = post(&server, "github", body.clone(), &gh("d-2", sign(&body))).await;
     assert_eq!((s, r["run_id"].as_i64()), (200, Some(run)), "{r}");
     assert_eq!(count(&server, "runs").await, 1);
 
     // Ping, unwatched branch, deletion, tag: acknowledged, nothing created.
     let ping = serde_json::json!({"zen": "Keep it logically awesome.", "hook_id": 1, "repository": {"clone_url": TREE}}).to_string();
-    let (s, r) = post(&server, "github", ping.clone(), &[("X-GitHub-Event", "ping".into()), ("X-GitHub-Delivery", "p".into()), ("X-Hub-Signature-256", sign(&ping))]).await;
+    let (s, r) = post(
+        &server,
+        "github",
+        ping.clone(),
+        &[
+            ("X-GitHub-Event", "ping".into()),
+            ("X-GitHub-Delivery", "p".into()),
+            ("X-Hub-Signature-256", sign(&ping)),
+        ],
+    )
+    .await;
     assert_eq!((s, r["ok"].as_str()), (200, Some("pong")));
-    for (git_ref, after) in [("refs/heads/fixes", C1), ("refs/heads/next", "0000000000000000000000000000000000000000"), ("refs/tags/v6.13", C1)] {
+    for (git_ref, after) in [
+        ("refs/heads/fixes", C1),
+        (
+            "refs/heads/next",
+            "0000000000000000000000000000000000000000",
+        ),
+        ("refs/tags/v6.13", C1),
+    ] {
         let b = github_push(after, git_ref);
-        let (s, r) = post(&server, "github", b.clone(), &gh(&format!("x-{git_ref}-{after}"), sign(&b))).await;
+        let (s, r) = post(
+            &server,
+            "github",
+            b.clone(),
+            &gh(&format!("x-{git_ref}-{after}"), sign(&b)),
+        )
+        .await;
         assert_eq!(s, 200, "{git_ref}: {r}");
         assert!(r["ignored"].is_string(), "{git_ref}: {r}");
     }
@@ -103,11 +174,17 @@ async fn github_pushes_are_verified_deduplicated_and_filtered() {
     // Oversized bodies are refused before being read.
     // (Announced, not sent: the server answers from the headers alone.)
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(server.http.trim_start_matches("http://")).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.http.trim_start_matches("http://"))
+        .await
+        .unwrap();
     tcp.write_all(b"POST /api/v1/hooks/github HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nContent-Length: 9437184\r\n\r\n").await.unwrap();
     let mut answer = [0u8; 64];
     let n = tcp.read(&mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer[..n]));
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
     // Garbage that is correctly signed is a 400 with a reason.
     let junk = "{\"ref\": 5}".to_string();
     let (s, r) = post(&server, "github", junk.clone(), &gh("junk", sign(&junk))).await;
@@ -127,9 +204,28 @@ async fn gitlab_and_gitea_pushes_start_runs() {
         "total_commits_count": 1
     })
     .to_string();
-    let (s, _) = post(&server, "gitlab", gitlab.clone(), &[("X-Gitlab-Event", "Push Hook".into()), ("X-Gitlab-Token", "wrong".into())]).await;
+    let (s, _) = post(
+        &server,
+        "gitlab",
+        gitlab.clone(),
+        &[
+            ("X-Gitlab-Event", "Push Hook".into()),
+            ("X-Gitlab-Token", "wrong".into()),
+        ],
+    )
+    .await;
     assert_eq!(s, 401);
-    let (s, r) = post(&server, "gitlab", gitlab, &[("X-Gitlab-Event", "Push Hook".into()), ("X-Gitlab-Token", SECRET.into()), ("X-Gitlab-Event-UUID", "u1".into())]).await;
+    let (s, r) = post(
+        &server,
+        "gitlab",
+        gitlab,
+        &[
+            ("X-Gitlab-Event", "Push Hook".into()),
+            ("X-Gitlab-Token", SECRET.into()),
+            ("X-Gitlab-Event-UUID", "u1".into()),
+        ],
+    )
+    .await;
     assert_eq!(s, 201, "{r}");
 
     let c3 = "3333333333333333333333333333333333333333";
@@ -141,7 +237,17 @@ async fn gitlab_and_gitea_pushes_start_runs() {
     })
     .to_string();
     let sig = hex::encode(hmac_sha256(SECRET.as_bytes(), gitea.as_bytes()));
-    let (s, r) = post(&server, "gitea", gitea, &[("X-Gitea-Event", "push".into()), ("X-Gitea-Signature", sig), ("X-Gitea-Delivery", "g1".into())]).await;
+    let (s, r) = post(
+        &server,
+        "gitea",
+        gitea,
+        &[
+            ("X-Gitea-Event", "push".into()),
+            ("X-Gitea-Signature", sig),
+            ("X-Gitea-Delivery", "g1".into()),
+        ],
+    )
+    .await;
     assert_eq!(s, 201, "{r}");
     assert_eq!(count(&server, "runs").await, 2);
     let (s, _) = post(&server, "bitbucket", "{}".into(), &[]).await;
@@ -150,34 +256,61 @@ async fn gitlab_and_gitea_pushes_start_runs() {
 }
 
 fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git").arg("-C").arg(dir).args(args)
-        .env("GIT_AUTHOR_NAME", "Tester").env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "Tester").env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Tester")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "Tester")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_git_push_through_the_post_receive_hook_starts_a_run_and_the_mirror_knows_the_parent() {
+async fn a_real_git_push_through_the_post_receive_hook_starts_a_run_and_the_mirror_knows_the_parent()
+ {
     let work = tempfile::tempdir().unwrap();
     let bare = work.path().join("linux.git");
     let bare_url = bare.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "b").await;
-    let mut fleet = fleet_toml(&[("board-1", "kunpeng920", &key.public)], "[plan.params]\ncycles = 2\nreplay_cycle_ms = 5\n");
+    let mut fleet = fleet_toml(
+        &[("board-1", "kunpeng920", &key.public)],
+        "[plan.params]\ncycles = 2\nreplay_cycle_ms = 5\n",
+    );
     fleet.push_str(&format!("\n[[tree]]\nname = \"local\"\nurl = \"{bare_url}\"\nbranches = [\"master\"]\nsecret = \"{SECRET}\"\n"));
     let server = TestServer::start(&fleet).await;
 
-    Command::new("git").args(["init", "-q", "--bare", "-b", "master"]).arg(&bare).status().unwrap();
+    Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "master"])
+        .arg(&bare)
+        .status()
+        .unwrap();
     let hook = bare.join("hooks/post-receive");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/post-receive"), &hook).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/post-receive"),
+        &hook,
+    )
+    .unwrap();
     git(&bare, &["config", "armfleet.url", &server.http]);
     git(&bare, &["config", "armfleet.secret", SECRET]);
     git(&bare, &["config", "armfleet.tree", &bare_url]);
 
     let clone = work.path().join("clone");
-    Command::new("git").args(["clone", "-q"]).arg(&bare).arg(&clone).status().unwrap();
+    Command::new("git")
+        .args(["clone", "-q"])
+        .arg(&bare)
+        .arg(&clone)
+        .status()
+        .unwrap();
     std::fs::write(clone.join("Makefile"), "all:\n").unwrap();
     git(&clone, &["add", "."]);
     git(&clone, &["commit", "-qm", "first"]);
@@ -186,10 +319,18 @@ async fn a_real_git_push_through_the_post_receive_hook_starts_a_run_and_the_mirr
     git(&clone, &["add", "."]);
     git(&clone, &["commit", "-qm", "KVM: arm64: stage-2 change"]);
     let second = git(&clone, &["rev-parse", "HEAD"]).trim().to_owned();
-    let push = Command::new("git").arg("-C").arg(&clone).args(["push", "-q", "origin", "master"]).output().unwrap();
+    let push = Command::new("git")
+        .arg("-C")
+        .arg(&clone)
+        .args(["push", "-q", "origin", "master"])
+        .output()
+        .unwrap();
     let said = String::from_utf8_lossy(&push.stderr);
     assert!(push.status.success(), "{said}");
-    assert!(said.contains("HTTP 201"), "the hook reported the run to the pusher: {said}");
+    assert!(
+        said.contains("HTTP 201"),
+        "the hook reported the run to the pusher: {said}"
+    );
 
     let k = server.get_json(&format!("/api/v1/kernels/{second}")).await;
     assert_eq!(k["kernels"][0]["subject"], "KVM: arm64: stage-2 change");
@@ -198,7 +339,10 @@ async fn a_real_git_push_through_the_post_receive_hook_starts_a_run_and_the_mirr
     // The server mirrored the tree.
     wait_for("the mirror", Duration::from_secs(30), || async {
         let mirrors = server.dir.path().join("data/mirrors");
-        std::fs::read_dir(&mirrors).ok().and_then(|mut d| d.next()).map(|_| ())
+        std::fs::read_dir(&mirrors)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|_| ())
     })
     .await;
     server.stop().await;
@@ -214,17 +358,33 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
     ))
     .await;
     let _agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
-    let good = server.trigger("beef000000000000000000000000000000000001").await;
-    let bad = server.trigger("dead000000000000000000000000000000000002").await;
+    let good = server
+        .trigger("beef000000000000000000000000000000000001")
+        .await;
+    let bad = server
+        .trigger("dead000000000000000000000000000000000002")
+        .await;
     wait_for("both runs done", Duration::from_secs(30), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('passed', 'failed')").fetch_one(&server.pool).await.unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('passed', 'failed')")
+                .fetch_one(&server.pool)
+                .await
+                .unwrap();
         (n == 2).then_some(())
     })
     .await;
     let kcidb = server.get_json("/api/v1/export/kcidb").await;
     assert_eq!(kcidb["checkouts"].as_array().unwrap().len(), 2);
-    let statuses: Vec<&str> = kcidb["tests"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap()).collect();
-    assert!(statuses.contains(&"PASS") && statuses.contains(&"FAIL"), "{kcidb}");
+    let statuses: Vec<&str> = kcidb["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses.contains(&"PASS") && statuses.contains(&"FAIL"),
+        "{kcidb}"
+    );
     let path = dir.path().join("kcidb.json");
     std::fs::write(&path, kcidb.to_string()).unwrap();
     let check = Command::new("python3")
@@ -232,15 +392,31 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
         .arg(&path)
         .output()
         .unwrap();
-    let out = String::from_utf8_lossy(&check.stdout).to_string() + &String::from_utf8_lossy(&check.stderr);
-    if out.contains("No module named 'kcidb_io'") && std::env::var("ARMFLEET_REQUIRE_KCIDB").is_err() {
-        eprintln!("\n*** SKIPPED (not passing): kcidb-io is not installed; run scripts/test, which pip-installs it ***\n");
+    let out = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    if out.contains("No module named 'kcidb_io'")
+        && std::env::var("ARMFLEET_REQUIRE_KCIDB").is_err()
+    {
+        eprintln!(
+            "\n*** SKIPPED (not passing): kcidb-io is not installed; run scripts/test, which pip-installs it ***\n"
+        );
     } else {
-        assert!(check.status.success() && out.contains("valid"), "KCIDB output does not validate: {out}");
+        assert!(
+            check.status.success() && out.contains("valid"),
+            "KCIDB output does not validate: {out}"
+        );
     }
 
     for (run, expect) in [(good, "0"), (bad, "1")] {
-        let xml = server.client.get(server.url(&format!("/api/v1/export/junit?run={run}"))).send().await.unwrap().text().await.unwrap();
+        let xml = server
+            .client
+            .get(server.url(&format!("/api/v1/export/junit?run={run}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let path = dir.path().join(format!("junit-{run}.xml"));
         std::fs::write(&path, &xml).unwrap();
         let parsed = Command::new("python3")
@@ -248,9 +424,26 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(parsed.status.success(), "JUnit does not parse: {}", String::from_utf8_lossy(&parsed.stderr));
-        assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), format!("1 {expect}"), "{xml}");
+        assert!(
+            parsed.status.success(),
+            "JUnit does not parse: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&parsed.stdout).trim(),
+            format!("1 {expect}"),
+            "{xml}"
+        );
     }
-    assert_eq!(server.client.get(server.url("/api/v1/export/junit")).send().await.unwrap().status(), 400);
+    assert_eq!(
+        server
+            .client
+            .get(server.url("/api/v1/export/junit"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     server.stop().await;
 }

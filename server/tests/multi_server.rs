@@ -15,19 +15,39 @@ async fn two_servers_share_the_queue_without_running_a_job_twice() {
     for n in names {
         keys.push(keygen(dir.path(), n).await);
     }
-    let boards: Vec<(&str, &str, &str)> = names.iter().zip(&keys).map(|(n, k)| (*n, "generic-arm64", k.public.as_str())).collect();
-    let a = TestServer::start(&fleet_toml(&boards, "[plan.params]\ncycles = 3\nreplay_cycle_ms = 10\n")).await;
+    let boards: Vec<(&str, &str, &str)> = names
+        .iter()
+        .zip(&keys)
+        .map(|(n, k)| (*n, "generic-arm64", k.public.as_str()))
+        .collect();
+    let a = TestServer::start(&fleet_toml(
+        &boards,
+        "[plan.params]\ncycles = 3\nreplay_cycle_ms = 10\n",
+    ))
+    .await;
     let b = a.start_sharing().await;
     let _agents: Vec<_> = names
         .iter()
         .zip(&keys)
         .enumerate()
-        .map(|(i, (n, k))| if i < 2 { a.agent(n, &k.path, &["--executor", "replay"]) } else { b.agent(n, &k.path, &["--executor", "replay"]) })
+        .map(|(i, (n, k))| {
+            if i < 2 {
+                a.agent(n, &k.path, &["--executor", "replay"])
+            } else {
+                b.agent(n, &k.path, &["--executor", "replay"])
+            }
+        })
         .collect();
     for n in names {
-        wait_for("boards online", Duration::from_secs(30), || async { (a.board_state(n).await == "idle").then_some(()) }).await;
+        wait_for("boards online", Duration::from_secs(30), || async {
+            (a.board_state(n).await == "idle").then_some(())
+        })
+        .await;
     }
-    let servers: i64 = sqlx::query_scalar("SELECT count(DISTINCT server_id) FROM boards").fetch_one(&a.pool).await.unwrap();
+    let servers: i64 = sqlx::query_scalar("SELECT count(DISTINCT server_id) FROM boards")
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
     assert_eq!(servers, 2, "the boards are split over two servers");
 
     // Every run is requested on server A; half of its jobs belong to boards
@@ -36,7 +56,10 @@ async fn two_servers_share_the_queue_without_running_a_job_twice() {
         a.trigger(&format!("{:040x}", 0xabc000 + i)).await;
     }
     wait_for("all 40 jobs to pass", Duration::from_secs(90), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'passed'").fetch_one(&a.pool).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'passed'")
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
         (n == 40).then_some(())
     })
     .await;
@@ -47,7 +70,12 @@ async fn two_servers_share_the_queue_without_running_a_job_twice() {
     .await
     .unwrap();
     assert_eq!(twice, 0, "no job was assigned twice");
-    let on_b: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE board IN ('b3', 'b4') AND state = 'passed'").fetch_one(&a.pool).await.unwrap();
+    let on_b: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE board IN ('b3', 'b4') AND state = 'passed'",
+    )
+    .fetch_one(&a.pool)
+    .await
+    .unwrap();
     assert_eq!(on_b, 20, "server B ran the jobs announced by server A");
     b.stop().await;
     a.stop().await;

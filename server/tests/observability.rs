@@ -14,9 +14,15 @@ fn scrape(text: &str) -> HashMap<String, f64> {
     for s in parsed.samples {
         let mut labels: Vec<_> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
-        let key = if labels.is_empty() { s.metric.clone() } else { format!("{}{{{}}}", s.metric, labels.join(",")) };
+        let key = if labels.is_empty() {
+            s.metric.clone()
+        } else {
+            format!("{}{{{}}}", s.metric, labels.join(","))
+        };
         let value = match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
             prometheus_parse::Value::Summary(_) => continue,
         };
@@ -30,22 +36,40 @@ async fn metrics_count_boards_jobs_logs_and_refused_keys() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "b").await;
     let stranger = keygen(dir.path(), "stranger").await;
-    let server = TestServer::start(&fleet_toml(&[("board-1", "rpi5", &key.public)], "[plan.params]\ncycles = 3\nreplay_cycle_ms = 20\n")).await;
+    let server = TestServer::start(&fleet_toml(
+        &[("board-1", "rpi5", &key.public)],
+        "[plan.params]\ncycles = 3\nreplay_cycle_ms = 20\n",
+    ))
+    .await;
     let _agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
     let mut refused = server.agent("board-1", &stranger.path, &["--executor", "replay"]);
-    wait_for("board online", Duration::from_secs(20), || async { (server.board_state("board-1").await == "idle").then_some(()) }).await;
+    wait_for("board online", Duration::from_secs(20), || async {
+        (server.board_state("board-1").await == "idle").then_some(())
+    })
+    .await;
     let run = server.trigger("abcdef0123456789").await;
     wait_for("job passed", Duration::from_secs(20), || async {
         let r = server.get_json(&format!("/api/v1/runs/{run}")).await;
         (r["jobs"][0]["state"] == "passed").then_some(())
     })
     .await;
-    wait_for("refused agent", Duration::from_secs(20), || async { refused.log_text().contains("refused").then_some(()) }).await;
+    wait_for("refused agent", Duration::from_secs(20), || async {
+        refused.log_text().contains("refused").then_some(())
+    })
+    .await;
     refused.kill9();
 
-    let resp = server.client.get(server.url("/metrics")).send().await.unwrap();
+    let resp = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().contains_key("x-request-id"), "every response carries a request id");
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "every response carries a request id"
+    );
     let m = scrape(&resp.text().await.unwrap());
     assert_eq!(m["armfleet_boards{state=idle}"], 1.0, "{m:?}");
     assert_eq!(m["armfleet_boards{state=offline}"], 0.0);

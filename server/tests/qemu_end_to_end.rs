@@ -18,7 +18,14 @@ fn qemu_ready() -> bool {
     if qemu && images {
         return true;
     }
-    let why = if !qemu { "qemu-system-aarch64 is not installed".to_owned() } else { format!("no guest in {} (agent/guest/build.sh arm64)", guest.display()) };
+    let why = if !qemu {
+        "qemu-system-aarch64 is not installed".to_owned()
+    } else {
+        format!(
+            "no guest in {} (agent/guest/build.sh arm64)",
+            guest.display()
+        )
+    };
     if std::env::var("ARMFLEET_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
         panic!("ARMFLEET_REQUIRE_QEMU=1 but {why}");
     }
@@ -36,15 +43,26 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
     }
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "virt-01").await;
-    let server = TestServer::start(&fleet_toml(&[("virt-01", "qemu-virt", &key.public)], PLAN)).await;
+    let server =
+        TestServer::start(&fleet_toml(&[("virt-01", "qemu-virt", &key.public)], PLAN)).await;
     let _agent = server.agent("virt-01", &key.path, &["--executor", "qemu"]);
-    wait_for("board online", Duration::from_secs(30), || async { (server.board_state("virt-01").await == "idle").then_some(()) }).await;
+    wait_for("board online", Duration::from_secs(30), || async {
+        (server.board_state("virt-01").await == "idle").then_some(())
+    })
+    .await;
     let boards = server.get_json("/api/v1/boards").await;
-    assert_eq!(boards["boards"][0]["simulated"], false, "a QEMU board is not simulated");
+    assert_eq!(
+        boards["boards"][0]["simulated"], false,
+        "a QEMU board is not simulated"
+    );
     assert_eq!(boards["boards"][0]["executor"], "qemu");
 
-    let run = server.trigger("c0ffee0000000000000000000000000000000001").await;
-    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"].as_i64().unwrap();
+    let run = server
+        .trigger("c0ffee0000000000000000000000000000000001")
+        .await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
     let done = wait_for("the QEMU job to end", Duration::from_secs(300), || async {
         let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
         (!["queued", "assigned", "running"].contains(&j["state"].as_str().unwrap())).then_some(j)
@@ -68,13 +86,31 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
         async move { client.get(url).send().await.unwrap().text().await.unwrap() }
     };
     let console = log("guest_console").await;
-    assert!(console.contains("ARMFLEET-GUEST-READY") && console.contains("ARMFLEET-HB"), "guest console stored");
+    assert!(
+        console.contains("ARMFLEET-GUEST-READY") && console.contains("ARMFLEET-HB"),
+        "guest console stored"
+    );
     let qmp = log("qmp").await;
-    assert_eq!(qmp.matches("\"migrate_cancel\"").count(), 20, "QMP transcript stored");
-    let streams: Vec<&str> = done["logs"].as_array().unwrap().iter().map(|l| l["stream"].as_str().unwrap()).collect();
-    assert!(streams.contains(&"host_dmesg"), "the host log window is stored: {streams:?}");
+    assert_eq!(
+        qmp.matches("\"migrate_cancel\"").count(),
+        20,
+        "QMP transcript stored"
+    );
+    let streams: Vec<&str> = done["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["stream"].as_str().unwrap())
+        .collect();
+    assert!(
+        streams.contains(&"host_dmesg"),
+        "the host log window is stored: {streams:?}"
+    );
     let agent = log("agent").await;
-    assert!(agent.contains("TCG"), "a TCG run says it does not exercise KVM: {agent}");
+    assert!(
+        agent.contains("TCG"),
+        "a TCG run says it does not exercise KVM: {agent}"
+    );
     server.stop().await;
 }
 
@@ -90,17 +126,36 @@ async fn asking_for_kvm_on_a_host_without_it_is_a_lab_failure_not_a_kernel_failu
     }
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "virt-01").await;
-    let server = TestServer::start(&fleet_toml(&[("virt-01", "qemu-virt", &key.public)], &PLAN.replace("accel = \"auto\"", "accel = \"kvm\""))).await;
+    let server = TestServer::start(&fleet_toml(
+        &[("virt-01", "qemu-virt", &key.public)],
+        &PLAN.replace("accel = \"auto\"", "accel = \"kvm\""),
+    ))
+    .await;
     let _agent = server.agent("virt-01", &key.path, &["--executor", "qemu"]);
-    wait_for("board online", Duration::from_secs(30), || async { (server.board_state("virt-01").await == "idle").then_some(()) }).await;
-    let run = server.trigger("c0ffee0000000000000000000000000000000002").await;
-    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"].as_i64().unwrap();
+    wait_for("board online", Duration::from_secs(30), || async {
+        (server.board_state("virt-01").await == "idle").then_some(())
+    })
+    .await;
+    let run = server
+        .trigger("c0ffee0000000000000000000000000000000002")
+        .await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
     let done = wait_for("the job to end", Duration::from_secs(120), || async {
         let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
         (!["queued", "assigned", "running"].contains(&j["state"].as_str().unwrap())).then_some(j)
     })
     .await;
     assert_eq!(done["state"], "infra_error", "{done}");
-    assert!(done["reason"].as_str().unwrap().to_lowercase().contains("kvm"), "{}", done["reason"]);
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("kvm"),
+        "{}",
+        done["reason"]
+    );
     server.stop().await;
 }

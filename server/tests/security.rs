@@ -21,18 +21,46 @@ async fn a_read_scoped_token_cannot_trigger_and_every_write_is_audited() {
     fleet.push_str(&token_entry("ci", "ci-token", "\"read\", \"trigger\""));
     let server = TestServer::start(&fleet).await;
     let body = serde_json::json!({"tree": "t", "branch": "master", "commit": "abcdef12"});
-    let post = |token: &'static str| server.client.post(server.url("/api/v1/runs")).bearer_auth(token).json(&body).send();
+    let post = |token: &'static str| {
+        server
+            .client
+            .post(server.url("/api/v1/runs"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
     let r = post("reader-token").await.unwrap();
     assert_eq!(r.status(), 403);
-    assert!(r.text().await.unwrap().contains("lacks the `trigger` scope"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("lacks the `trigger` scope")
+    );
     assert_eq!(post("ci-token").await.unwrap().status(), 201);
     // The CI token is not an admin.
-    let reload = server.client.post(server.url("/api/v1/admin/reload")).bearer_auth("ci-token").send().await.unwrap();
+    let reload = server
+        .client
+        .post(server.url("/api/v1/admin/reload"))
+        .bearer_auth("ci-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reload.status(), 403);
-    let audit = server.client.get(server.url("/api/v1/audit")).bearer_auth(&server.token).send().await.unwrap();
+    let audit = server
+        .client
+        .get(server.url("/api/v1/audit"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
     let audit: serde_json::Value = audit.json().await.unwrap();
     let first = &audit["audit"][0];
-    assert_eq!((first["actor"].as_str(), first["action"].as_str()), (Some("api:ci"), Some("trigger")), "{audit}");
+    assert_eq!(
+        (first["actor"].as_str(), first["action"].as_str()),
+        (Some("api:ci"), Some("trigger")),
+        "{audit}"
+    );
     server.stop().await;
 }
 
@@ -48,35 +76,87 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
     );
     let server = TestServer::start(&rotating).await;
     let mut with_old = server.agent("board-1", &old.path, &["--executor", "replay"]);
-    wait_for("old key in", Duration::from_secs(20), || async { (server.board_state("board-1").await == "idle").then_some(()) }).await;
+    wait_for("old key in", Duration::from_secs(20), || async {
+        (server.board_state("board-1").await == "idle").then_some(())
+    })
+    .await;
 
     // An invalid file is refused and changes nothing.
     let fleet_path = server.dir.path().join("fleet.toml");
     std::fs::write(&fleet_path, "[[board]]\nname = 1\n").unwrap();
-    let r = server.client.post(server.url("/api/v1/admin/reload")).bearer_auth(&server.token).send().await.unwrap();
+    let r = server
+        .client
+        .post(server.url("/api/v1/admin/reload"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("fleet.toml"));
-    assert_eq!(server.board_state("board-1").await, "idle", "the fleet in force stays");
+    assert_eq!(
+        server.board_state("board-1").await,
+        "idle",
+        "the fleet in force stays"
+    );
 
     // The rotation ends: only the new key remains. The old key's session is
     // closed at once and it cannot come back.
-    std::fs::write(&fleet_path, fleet_toml(&[("board-1", "rpi5", &new.public)], "")).unwrap();
-    let r = server.client.post(server.url("/api/v1/admin/reload")).bearer_auth(&server.token).send().await.unwrap();
+    std::fs::write(
+        &fleet_path,
+        fleet_toml(&[("board-1", "rpi5", &new.public)], ""),
+    )
+    .unwrap();
+    let r = server
+        .client
+        .post(server.url("/api/v1/admin/reload"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let report: serde_json::Value = r.json().await.unwrap();
     assert_eq!(report["keys_changed"], serde_json::json!(["board-1"]));
     assert_eq!(report["sessions_closed"], serde_json::json!(["board-1"]));
-    wait_for("the revoked agent to be refused", Duration::from_secs(20), || async {
-        with_old.log_text().contains("the server refused this board's key").then_some(())
-    })
+    wait_for(
+        "the revoked agent to be refused",
+        Duration::from_secs(20),
+        || async {
+            with_old
+                .log_text()
+                .contains("the server refused this board's key")
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(server.board_state("board-1").await, "offline");
     with_old.kill9();
     let _with_new = server.agent("board-1", &new.path, &["--executor", "replay"]);
-    wait_for("new key in", Duration::from_secs(20), || async { (server.board_state("board-1").await == "idle").then_some(()) }).await;
-    let audit: serde_json::Value = server.client.get(server.url("/api/v1/audit")).bearer_auth(&server.token).send().await.unwrap().json().await.unwrap();
-    let actions: Vec<&str> = audit["audit"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"keys-changed") && actions.contains(&"reload") && actions.contains(&"reload-refused"), "{actions:?}");
+    wait_for("new key in", Duration::from_secs(20), || async {
+        (server.board_state("board-1").await == "idle").then_some(())
+    })
+    .await;
+    let audit: serde_json::Value = server
+        .client
+        .get(server.url("/api/v1/audit"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"keys-changed")
+            && actions.contains(&"reload")
+            && actions.contains(&"reload-refused"),
+        "{actions:?}"
+    );
     server.stop().await;
 }
 
@@ -84,8 +164,10 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
 async fn writes_are_rate_limited_per_client_and_reads_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "b").await;
-    let fleet = fleet_toml(&[("board-1", "rpi5", &key.public)], "")
-        .replace("api_token = \"test-token\"", "api_token = \"test-token\"\nrate_limit_per_s = 0.5\nrate_limit_burst = 5");
+    let fleet = fleet_toml(&[("board-1", "rpi5", &key.public)], "").replace(
+        "api_token = \"test-token\"",
+        "api_token = \"test-token\"\nrate_limit_per_s = 0.5\nrate_limit_burst = 5",
+    );
     let server = TestServer::start(&fleet).await;
     let mut statuses = Vec::new();
     for i in 0..8 {
@@ -105,9 +187,21 @@ async fn writes_are_rate_limited_per_client_and_reads_are_not() {
     assert_eq!(&statuses[..5], &[201; 5], "{statuses:?}");
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     for _ in 0..20 {
-        assert_eq!(server.client.get(server.url("/api/v1/runs")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            server
+                .client
+                .get(server.url("/api/v1/runs"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
-    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs").fetch_one(&server.pool).await.unwrap();
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
     assert_eq!(runs, 5, "refused requests created nothing");
     server.stop().await;
 }

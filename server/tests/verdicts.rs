@@ -19,24 +19,38 @@ const PLAN: &str = "[plan.params]\ncycles = 200\nreplay_cycle_ms = 1\n\
 
 async fn verdicts_of(server: &TestServer, commit: &str) -> Vec<serde_json::Value> {
     let k = server.get_json(&format!("/api/v1/kernels/{commit}")).await;
-    k["kernels"][0]["verdicts"].as_array().cloned().unwrap_or_default()
+    k["kernels"][0]["verdicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn settled(server: &TestServer, commit: &str) -> serde_json::Value {
-    wait_for(&format!("a final verdict for {commit}"), Duration::from_secs(240), || async {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs j JOIN kernels k ON k.id = j.kernel_id
+    wait_for(
+        &format!("a final verdict for {commit}"),
+        Duration::from_secs(240),
+        || async {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs j JOIN kernels k ON k.id = j.kernel_id
              WHERE k.commit_sha = $1 AND j.state IN ('queued', 'assigned', 'running')",
-        )
-        .bind(commit)
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
-        let unanalysed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE analyzed_at IS NULL").fetch_one(&server.pool).await.unwrap();
-        let v = verdicts_of(server, commit).await;
-        let done = pending == 0 && unanalysed == 0 && v.len() == 1 && v[0]["verdict"] != "inconclusive";
-        done.then(|| v[0].clone())
-    })
+            )
+            .bind(commit)
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+            let unanalysed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE analyzed_at IS NULL")
+                    .fetch_one(&server.pool)
+                    .await
+                    .unwrap();
+            let v = verdicts_of(server, commit).await;
+            let done = pending == 0
+                && unanalysed == 0
+                && v.len() == 1
+                && v[0]["verdict"] != "inconclusive";
+            done.then(|| v[0].clone())
+        },
+    )
     .await
 }
 
@@ -46,14 +60,20 @@ async fn a_rare_abort_is_called_a_regression_after_extra_cycles_and_a_clean_kern
     let k1 = keygen(dir.path(), "altra-01").await;
     let k2 = keygen(dir.path(), "altra-02").await;
     let server = TestServer::start(&fleet_toml(
-        &[("altra-01", "ampere-altra", &k1.public), ("altra-02", "ampere-altra", &k2.public)],
+        &[
+            ("altra-01", "ampere-altra", &k1.public),
+            ("altra-02", "ampere-altra", &k2.public),
+        ],
         PLAN,
     ))
     .await;
     let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
     let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
     for b in ["altra-01", "altra-02"] {
-        wait_for("boards online", Duration::from_secs(20), || async { (server.board_state(b).await == "idle").then_some(()) }).await;
+        wait_for("boards online", Duration::from_secs(20), || async {
+            (server.board_state(b).await == "idle").then_some(())
+        })
+        .await;
     }
 
     // The clean parent, judged on its own: it must run enough clean cycles
@@ -64,38 +84,67 @@ async fn a_rare_abort_is_called_a_regression_after_extra_cycles_and_a_clean_kern
     assert_eq!(parent["verdict"], "pass", "{parent}");
     assert_eq!(parent["failed_cycles"], 0);
     assert!(parent["cycles_run"].as_i64().unwrap() >= 598, "{parent}");
-    assert!(parent["extensions"].as_i64().unwrap() >= 1, "the first 400 cycles were not enough: extra cycles were scheduled");
+    assert!(
+        parent["extensions"].as_i64().unwrap() >= 1,
+        "the first 400 cycles were not enough: extra cycles were scheduled"
+    );
 
     // The buggy child against its parent.
     server.trigger(BUGGY).await;
     let child = settled(&server, BUGGY).await;
     println!("child: {child}");
     assert_eq!(child["verdict"], "regression", "{child}");
-    assert_eq!(child["baseline_commit"], PARENT, "compared against the parent");
+    assert_eq!(
+        child["baseline_commit"], PARENT,
+        "compared against the parent"
+    );
     assert!(child["p_value"].as_f64().unwrap() < 0.05);
     assert!(child["failed_cycles"].as_i64().unwrap() >= 2);
     let rate = child["rate"].as_f64().unwrap();
-    assert!(child["ci_low"].as_f64().unwrap() <= rate && rate <= child["ci_high"].as_f64().unwrap());
+    assert!(
+        child["ci_low"].as_f64().unwrap() <= rate && rate <= child["ci_high"].as_f64().unwrap()
+    );
     let regressions = server.get_json("/api/v1/regressions").await;
     let r = &regressions["regressions"][0];
     assert_eq!(r["bad_commit"], BUGGY, "{regressions}");
     assert_eq!(r["good_commit"], PARENT);
-    assert_eq!(r["state"], "confirmed", "seen on both boards of the family: {regressions}");
+    assert_eq!(
+        r["state"], "confirmed",
+        "seen on both boards of the family: {regressions}"
+    );
 
     // A later clean kernel passes (not a regression), and fixes it.
     server.trigger(FIX).await;
     let fix = settled(&server, FIX).await;
     println!("fix: {fix}");
-    assert!(fix["verdict"] == "fixed" || fix["verdict"] == "pass", "{fix}");
+    assert!(
+        fix["verdict"] == "fixed" || fix["verdict"] == "pass",
+        "{fix}"
+    );
     assert_eq!(fix["baseline_commit"], BUGGY);
     let regressions = server.get_json("/api/v1/regressions").await;
     let r = &regressions["regressions"][0];
     assert_eq!(r["state"], "fixed", "{regressions}");
     assert_eq!(r["fixed_commit"], FIX);
-    let states: Vec<&str> = r["events"].as_array().unwrap().iter().map(|e| e["to_state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["open", "confirmed", "fixed"], "every transition kept with its evidence");
+    let states: Vec<&str> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["open", "confirmed", "fixed"],
+        "every transition kept with its evidence"
+    );
 
-    let spent: f64 = sqlx::query_scalar("SELECT sum(board_seconds) FROM verdicts").fetch_one(&server.pool).await.unwrap();
-    println!("board-minutes spent on the three kernels: {:.2}", spent / 60.0);
+    let spent: f64 = sqlx::query_scalar("SELECT sum(board_seconds) FROM verdicts")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    println!(
+        "board-minutes spent on the three kernels: {:.2}",
+        spent / 60.0
+    );
     server.stop().await;
 }

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use armfleet_protocol::{AgentMessage, BoardFacts, Frame, Hello, ServerMessage, read_frame, write_frame};
+use armfleet_protocol::{
+    AgentMessage, BoardFacts, Frame, Hello, ServerMessage, read_frame, write_frame,
+};
 use common::*;
 use tokio::io::AsyncWriteExt;
 
@@ -13,7 +15,14 @@ async fn lab() -> (TestServer, AgentKey, AgentKey) {
     let dir = tempfile::tempdir().unwrap().keep();
     let a = keygen(&dir, "a").await;
     let b = keygen(&dir, "b").await;
-    let server = TestServer::start(&fleet_toml(&[("board-a", "rpi4", &a.public), ("board-b", "rpi5", &b.public)], "")).await;
+    let server = TestServer::start(&fleet_toml(
+        &[
+            ("board-a", "rpi4", &a.public),
+            ("board-b", "rpi5", &b.public),
+        ],
+        "",
+    ))
+    .await;
     (server, a, b)
 }
 
@@ -29,10 +38,13 @@ fn hello(board: &str, version: u32) -> Frame<AgentMessage> {
 }
 
 async fn expect_refusal(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
-    let frame = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(stream))
-        .await
-        .expect("server answers")
-        .expect("a frame");
+    let frame = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<ServerMessage, _>(stream),
+    )
+    .await
+    .expect("server answers")
+    .expect("a frame");
     match frame.message {
         ServerMessage::Refused { reason } => reason,
         other => panic!("expected a refusal, got {other:?}"),
@@ -43,19 +55,38 @@ async fn expect_refusal(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Str
 async fn garbage_closes_only_that_connection() {
     let (server, a, b) = lab().await;
     let _good = server.agent("board-b", &b.path, &["--executor", "replay"]);
-    wait_for("board-b online", Duration::from_secs(20), || async { (server.board_state("board-b").await == "idle").then_some(()) }).await;
+    wait_for("board-b online", Duration::from_secs(20), || async {
+        (server.board_state("board-b").await == "idle").then_some(())
+    })
+    .await;
 
     // A board that says hello properly, then sends junk.
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
-    write_frame(&mut raw, &hello("board-a", armfleet_protocol::PROTOCOL_VERSION)).await.unwrap();
+    write_frame(
+        &mut raw,
+        &hello("board-a", armfleet_protocol::PROTOCOL_VERSION),
+    )
+    .await
+    .unwrap();
     let welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
     assert!(matches!(welcome.message, ServerMessage::Welcome { .. }));
-    wait_for("board-a online", Duration::from_secs(10), || async { (server.board_state("board-a").await == "idle").then_some(()) }).await;
-    raw.write_all(&[0, 0, 0, 9, 0, 0, 0, 5, b'{', b'x', b'x', b'x', b'}']).await.unwrap();
+    wait_for("board-a online", Duration::from_secs(10), || async {
+        (server.board_state("board-a").await == "idle").then_some(())
+    })
+    .await;
+    raw.write_all(&[0, 0, 0, 9, 0, 0, 0, 5, b'{', b'x', b'x', b'x', b'}'])
+        .await
+        .unwrap();
     raw.flush().await.unwrap();
     let reason = expect_refusal(&mut raw).await;
-    assert!(reason.contains("protocol error") && reason.contains("bad message"), "{reason}");
-    wait_for("board-a offline", Duration::from_secs(10), || async { (server.board_state("board-a").await == "offline").then_some(()) }).await;
+    assert!(
+        reason.contains("protocol error") && reason.contains("bad message"),
+        "{reason}"
+    );
+    wait_for("board-a offline", Duration::from_secs(10), || async {
+        (server.board_state("board-a").await == "offline").then_some(())
+    })
+    .await;
     // The other board did not notice.
     assert_eq!(server.board_state("board-b").await, "idle");
 
@@ -75,14 +106,26 @@ async fn a_protocol_version_mismatch_is_refused_with_both_versions() {
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
     write_frame(&mut raw, &hello("board-a", 99)).await.unwrap();
     let reason = expect_refusal(&mut raw).await;
-    assert!(reason.contains("v99") && reason.contains(&format!("v{}", armfleet_protocol::PROTOCOL_VERSION)), "{reason}");
+    assert!(
+        reason.contains("v99")
+            && reason.contains(&format!("v{}", armfleet_protocol::PROTOCOL_VERSION)),
+        "{reason}"
+    );
     assert_eq!(server.board_state("board-a").await, "offline");
 
     // A hello that names another board than the key's is refused too.
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
-    write_frame(&mut raw, &hello("board-b", armfleet_protocol::PROTOCOL_VERSION)).await.unwrap();
+    write_frame(
+        &mut raw,
+        &hello("board-b", armfleet_protocol::PROTOCOL_VERSION),
+    )
+    .await
+    .unwrap();
     let reason = expect_refusal(&mut raw).await;
-    assert!(reason.contains("board-b") && reason.contains("board-a"), "{reason}");
+    assert!(
+        reason.contains("board-b") && reason.contains("board-a"),
+        "{reason}"
+    );
     server.stop().await;
 }
 
@@ -90,48 +133,117 @@ async fn a_protocol_version_mismatch_is_refused_with_both_versions() {
 async fn stale_epochs_and_results_for_lost_jobs_are_refused() {
     let (server, a, _b) = lab().await;
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
-    write_frame(&mut raw, &hello("board-a", armfleet_protocol::PROTOCOL_VERSION)).await.unwrap();
+    write_frame(
+        &mut raw,
+        &hello("board-a", armfleet_protocol::PROTOCOL_VERSION),
+    )
+    .await
+    .unwrap();
     let _welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
-    wait_for("board-a online", Duration::from_secs(10), || async { (server.board_state("board-a").await == "idle").then_some(()) }).await;
-    server.trigger("5ca1e00000000000000000000000000000000001").await;
+    wait_for("board-a online", Duration::from_secs(10), || async {
+        (server.board_state("board-a").await == "idle").then_some(())
+    })
+    .await;
+    server
+        .trigger("5ca1e00000000000000000000000000000000001")
+        .await;
     let (job_id, epoch) = loop {
-        let f = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(&mut raw)).await.unwrap().unwrap();
+        let f = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<ServerMessage, _>(&mut raw),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         if let ServerMessage::AssignJob { job_id, epoch, .. } = f.message {
             break (job_id, epoch);
         }
     };
-    write_frame(&mut raw, &Frame::new(AgentMessage::JobStarted { job_id, epoch })).await.unwrap();
+    write_frame(
+        &mut raw,
+        &Frame::new(AgentMessage::JobStarted { job_id, epoch }),
+    )
+    .await
+    .unwrap();
     let state = |pool: sqlx::PgPool| async move {
-        sqlx::query_scalar::<_, String>("SELECT state FROM jobs WHERE id = $1").bind(job_id).fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar::<_, String>("SELECT state FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
     };
-    wait_for("running", Duration::from_secs(10), || async { (state(server.pool.clone()).await == "running").then_some(()) }).await;
+    wait_for("running", Duration::from_secs(10), || async {
+        (state(server.pool.clone()).await == "running").then_some(())
+    })
+    .await;
 
     // A result fenced by an old epoch is refused (and acknowledged, so a
     // stale agent drops it); the job is untouched.
-    let stale = AgentMessage::JobFinished { job_id, epoch: epoch - 1, result: armfleet_protocol::JobResult::Passed { cycles_completed: 3 } };
+    let stale = AgentMessage::JobFinished {
+        job_id,
+        epoch: epoch - 1,
+        result: armfleet_protocol::JobResult::Passed {
+            cycles_completed: 3,
+        },
+    };
     write_frame(&mut raw, &Frame::new(stale)).await.unwrap();
-    let ack = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(&mut raw)).await.unwrap().unwrap();
+    let ack = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<ServerMessage, _>(&mut raw),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(ack.message, ServerMessage::JobAck { job_id });
-    assert_eq!(state(server.pool.clone()).await, "running", "a stale epoch cannot end the job");
+    assert_eq!(
+        state(server.pool.clone()).await,
+        "running",
+        "a stale epoch cannot end the job"
+    );
 
     // The job is declared lost (its board vanished past the lease); a late
     // result from the old agent cannot overwrite that.
-    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1").bind(job_id).execute(&server.pool).await.unwrap();
-    wait_for("lost", Duration::from_secs(10), || async { (state(server.pool.clone()).await == "lost").then_some(()) }).await;
-    let late = AgentMessage::JobFinished { job_id, epoch, result: armfleet_protocol::JobResult::Passed { cycles_completed: 20 } };
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(job_id)
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    wait_for("lost", Duration::from_secs(10), || async {
+        (state(server.pool.clone()).await == "lost").then_some(())
+    })
+    .await;
+    let late = AgentMessage::JobFinished {
+        job_id,
+        epoch,
+        result: armfleet_protocol::JobResult::Passed {
+            cycles_completed: 20,
+        },
+    };
     write_frame(&mut raw, &Frame::new(late)).await.unwrap();
     // (The server also tells the board to stop the job it declared lost.)
     loop {
-        let f = tokio::time::timeout(Duration::from_secs(10), read_frame::<ServerMessage, _>(&mut raw)).await.unwrap().unwrap();
+        let f = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<ServerMessage, _>(&mut raw),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         match f.message {
             ServerMessage::JobAck { job_id: acked } => {
                 assert_eq!(acked, job_id);
                 break;
             }
-            ServerMessage::CancelJob { job_id: cancelled, .. } => assert_eq!(cancelled, job_id),
+            ServerMessage::CancelJob {
+                job_id: cancelled, ..
+            } => assert_eq!(cancelled, job_id),
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(state(server.pool.clone()).await, "lost", "the late result was refused");
+    assert_eq!(
+        state(server.pool.clone()).await,
+        "lost",
+        "the late result was refused"
+    );
     server.stop().await;
 }

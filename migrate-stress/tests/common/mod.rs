@@ -21,7 +21,9 @@ pub fn serial() -> MutexGuard<'static, ()> {
 }
 
 pub fn required() -> bool {
-    std::env::var("ARMFLEET_REQUIRE_QEMU").map(|v| v == "1").unwrap_or(false)
+    std::env::var("ARMFLEET_REQUIRE_QEMU")
+        .map(|v| v == "1")
+        .unwrap_or(false)
 }
 
 /// Skip (loudly) or fail, depending on `ARMFLEET_REQUIRE_QEMU`.
@@ -51,7 +53,10 @@ pub fn env_for(arch: &str, test: &str) -> Option<StressEnv> {
     for f in ["vmlinuz", "initrd.gz"] {
         let p = guest_dir.join(arch).join(f);
         if !p.is_file() {
-            skip_or_fail(&format!("guest image {} missing (agent/guest/build.sh {arch})", p.display()));
+            skip_or_fail(&format!(
+                "guest image {} missing (agent/guest/build.sh {arch})",
+                p.display()
+            ));
             return None;
         }
     }
@@ -138,7 +143,10 @@ pub async fn run_job(
         c
     });
     let r = run_migrate_cancel(env, params, tx, cancel).await;
-    let c = tokio::time::timeout(Duration::from_secs(10), collector).await.expect("event channel closed").unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(10), collector)
+        .await
+        .expect("event channel closed")
+        .unwrap();
     (r, c)
 }
 
@@ -147,11 +155,15 @@ pub fn procs_mentioning(needle: &str) -> Vec<(u32, String)> {
     let mut out = vec![];
     let me = std::process::id();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains(needle) {
             out.push((pid, cmd));
@@ -170,14 +182,20 @@ const NR: &str = "/proc/sys/vm/nr_hugepages";
 
 impl HugepageGuard {
     pub fn reserve(extra: u64) -> Result<HugepageGuard, String> {
-        let old: u64 = std::fs::read_to_string(NR).map_err(|e| e.to_string())?.trim().parse().unwrap_or(0);
+        let old: u64 = std::fs::read_to_string(NR)
+            .map_err(|e| e.to_string())?
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let free = armfleet_migrate_stress::probe::free_2m_hugepages();
         let want = old + extra.saturating_sub(free);
         std::fs::write(NR, want.to_string()).map_err(|e| format!("write {NR}: {e}"))?;
         let g = HugepageGuard { old };
         let got = armfleet_migrate_stress::probe::free_2m_hugepages();
         if got < extra {
-            return Err(format!("asked for {extra} free hugepages, kernel gave {got}"));
+            return Err(format!(
+                "asked for {extra} free hugepages, kernel gave {got}"
+            ));
         }
         Ok(g)
     }
@@ -190,5 +208,7 @@ impl Drop for HugepageGuard {
 }
 
 pub fn dir_is_empty(p: &Path) -> bool {
-    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
 }

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = decode::<ServerMessage>(data);
     // The streaming reader over the same bytes, frame after frame.
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut input = data;
         for _ in 0..16 {

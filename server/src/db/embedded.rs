@@ -30,14 +30,25 @@ impl EmbeddedPostgres {
         let data_dir = root.join("pgdata");
         let socket_dir = root.join("pgsock");
         let run_as = is_root().then(|| "postgres".to_owned());
-        if socket_dir.join(format!(".s.PGSQL.{PORT}")).as_os_str().len() > 100 {
+        if socket_dir
+            .join(format!(".s.PGSQL.{PORT}"))
+            .as_os_str()
+            .len()
+            > 100
+        {
             bail!(
                 "the data dir {} is too deep for a PostgreSQL Unix socket path; use a shorter --data-dir",
                 root.display()
             );
         }
         std::fs::create_dir_all(&socket_dir)?;
-        let pg = EmbeddedPostgres { bin_dir, data_dir, socket_dir, run_as, started_here: false };
+        let pg = EmbeddedPostgres {
+            bin_dir,
+            data_dir,
+            socket_dir,
+            run_as,
+            started_here: false,
+        };
         if let Some(user) = &pg.run_as {
             ensure_traversable(&root, user)?;
             chown_to(user, &pg.socket_dir)?;
@@ -48,10 +59,19 @@ impl EmbeddedPostgres {
                 chown_to(user, &pg.data_dir)?;
             }
             tracing::info!(dir = %pg.data_dir.display(), "initialising private PostgreSQL cluster");
-            pg.run("initdb", &[
-                "-D", path_str(&pg.data_dir)?, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                "--no-instructions",
-            ])?;
+            pg.run(
+                "initdb",
+                &[
+                    "-D",
+                    path_str(&pg.data_dir)?,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ],
+            )?;
         }
         let mut pg = pg;
         if pg.is_running() {
@@ -63,9 +83,21 @@ impl EmbeddedPostgres {
                 "-k {} -p {PORT} -c listen_addresses='' -c fsync=on -c max_connections=200",
                 path_str(&pg.socket_dir)?
             );
-            pg.run("pg_ctl", &[
-                "-D", path_str(&pg.data_dir)?, "-l", path_str(&log)?, "-w", "-t", "60", "-o", &opts, "start",
-            ])
+            pg.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    path_str(&pg.data_dir)?,
+                    "-l",
+                    path_str(&log)?,
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    &opts,
+                    "start",
+                ],
+            )
             .with_context(|| format!("starting PostgreSQL (its log: {})", log.display()))?;
         }
         pg.started_here = true;
@@ -81,10 +113,13 @@ impl EmbeddedPostgres {
     }
 
     fn is_running(&self) -> bool {
-        self.command("pg_ctl", &["-D", self.data_dir.to_str().unwrap_or(""), "status"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        self.command(
+            "pg_ctl",
+            &["-D", self.data_dir.to_str().unwrap_or(""), "status"],
+        )
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
     }
 
     /// Stops the cluster (fast shutdown: open transactions roll back).
@@ -141,7 +176,8 @@ impl Drop for EmbeddedPostgres {
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
 }
 
 pub fn is_root() -> bool {
@@ -217,10 +253,21 @@ impl EmbeddedPostgres {
         self.started_here = false;
         let mut cmd = Vec::new();
         if let Some(user) = &self.run_as {
-            cmd.extend(["runuser".to_owned(), "-u".to_owned(), user.clone(), "--".to_owned()]);
+            cmd.extend([
+                "runuser".to_owned(),
+                "-u".to_owned(),
+                user.clone(),
+                "--".to_owned(),
+            ]);
         }
         cmd.push(self.bin_dir.join("pg_ctl").display().to_string());
-        cmd.extend(["-D".to_owned(), self.data_dir.display().to_string(), "-m".to_owned(), "immediate".to_owned(), "stop".to_owned()]);
+        cmd.extend([
+            "-D".to_owned(),
+            self.data_dir.display().to_string(),
+            "-m".to_owned(),
+            "immediate".to_owned(),
+            "stop".to_owned(),
+        ]);
         cmd
     }
 

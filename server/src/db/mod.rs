@@ -9,8 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -22,7 +22,10 @@ pub async fn connect(options: PgConnectOptions) -> anyhow::Result<PgPool> {
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;
-    MIGRATOR.run(&pool).await.context("running database migrations")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("running database migrations")?;
     Ok(pool)
 }
 

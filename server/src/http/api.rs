@@ -10,11 +10,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use crate::audit;
+use crate::config::{Scope, token_hash};
 use crate::jobs::{self, JobState};
 use crate::runs::{self, TriggerRequest};
-use crate::config::{Scope, token_hash};
 use crate::state::AppState;
-use crate::audit;
 use crate::{boards, export, findings, logs, results, verdicts};
 
 pub fn routes() -> Router<AppState> {
@@ -32,7 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route("/export/kcidb", get(export_kcidb))
         .route("/export/junit", get(export_junit))
         .route("/admin/reload", post(reload_fleet))
-        .route("/boards/{name}/power-cycle", post(crate::power::api_power_cycle))
+        .route(
+            "/boards/{name}/power-cycle",
+            post(crate::power::api_power_cycle),
+        )
         .route("/bisections", post(crate::bisect::api_start))
         .route("/bisections/{id}", get(crate::bisect::api_show))
         .route("/bisections/{id}/stop", post(crate::bisect::api_stop))
@@ -54,7 +57,10 @@ impl Caller {
             Err(ApiError::Forbidden(format!(
                 "token `{}` lacks the `{}` scope",
                 self.name,
-                serde_json::to_value(scope).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+                serde_json::to_value(scope)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
             )))
         }
     }
@@ -71,14 +77,20 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized)?;
         let hash = token_hash(given);
         if constant_time_eq(&hash, &token_hash(&state.api_token)) {
-            return Ok(Caller { name: "admin".into(), scopes: vec![Scope::Admin] });
+            return Ok(Caller {
+                name: "admin".into(),
+                scopes: vec![Scope::Admin],
+            });
         }
         let fleet = state.fleet.current();
         let mut found = None;
         for t in &fleet.tokens {
             // No early exit: every configured token is compared.
             if constant_time_eq(&hash, &t.sha256) {
-                found = Some(Caller { name: t.name.clone(), scopes: t.scopes.clone() });
+                found = Some(Caller {
+                    name: t.name.clone(),
+                    scopes: t.scopes.clone(),
+                });
             }
         }
         found.ok_or(ApiError::Unauthorized)
@@ -93,7 +105,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse().map_err(|_| ApiError::BadRequest(format!("`{raw}` is not a valid {what} id")))
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{raw}` is not a valid {what} id")))
 }
 
 async fn list_boards(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
@@ -106,9 +119,14 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_runs(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    Ok(Json(serde_json::json!({ "runs": runs::list(&state.pool, limit).await? })))
+    Ok(Json(
+        serde_json::json!({ "runs": runs::list(&state.pool, limit).await? }),
+    ))
 }
 
 async fn create_run(
@@ -118,33 +136,58 @@ async fn create_run(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::Trigger)?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
-    let req: TriggerRequest = serde_path_to_error::deserialize(de)
-        .map_err(|e| ApiError::BadRequest(format!("invalid run request at `{}`: {}", e.path(), e.inner())))?;
+    let req: TriggerRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid run request at `{}`: {}",
+            e.path(),
+            e.inner()
+        ))
+    })?;
     let fleet = state.fleet.current();
     let actor = format!("api:{}", caller.name);
     let planned = runs::create(&state.pool, &fleet, &req, &actor).await?;
-    audit::record(&state.pool, &actor, "trigger", &format!("run {}", planned.run_id), &format!("{} {} {}", req.tree, req.branch, req.commit)).await;
+    audit::record(
+        &state.pool,
+        &actor,
+        "trigger",
+        &format!("run {}", planned.run_id),
+        &format!("{} {} {}", req.tree, req.branch, req.commit),
+    )
+    .await;
     tracing::info!(run = planned.run_id, jobs = planned.jobs.len(), commit = %req.commit, "run planned");
     state.dispatcher.announce(&planned.boards).await;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({
-        "run_id": planned.run_id,
-        "kernel_id": planned.kernel_id,
-        "jobs": planned.jobs,
-    }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "run_id": planned.run_id,
+            "kernel_id": planned.kernel_id,
+            "jobs": planned.jobs,
+        })),
+    ))
 }
 
-async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "run")?;
-    let run = runs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
+    let run = runs::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     let jobs = jobs::for_run(&state.pool, id).await?;
     let mut value = serde_json::to_value(&run).map_err(|e| ApiError::Internal(e.to_string()))?;
     value["jobs"] = serde_json::to_value(&jobs).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(value))
 }
 
-async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "job")?;
-    let job = jobs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let job = jobs::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     let events = jobs::events(&state.pool, id).await?;
     let cycles = jobs::cycles(&state.pool, id).await?;
     let sizes = logs::sizes(&state.pool, id).await?;
@@ -153,10 +196,12 @@ async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     value["cycles"] = serde_json::Value::Array(cycles);
     value["logs"] = sizes
         .into_iter()
-        .map(|(stream, raw, stored)| serde_json::json!({
-            "stream": stream, "bytes": raw, "stored_bytes": stored,
-            "url": format!("/api/v1/jobs/{id}/log?stream={stream}"),
-        }))
+        .map(|(stream, raw, stored)| {
+            serde_json::json!({
+                "stream": stream, "bytes": raw, "stored_bytes": stored,
+                "url": format!("/api/v1/jobs/{id}/log?stream={stream}"),
+            })
+        })
         .collect();
     Ok(Json(value))
 }
@@ -172,7 +217,9 @@ async fn get_job_log(
     Query(q): Query<LogQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "job")?;
-    jobs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    jobs::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     let streams: Vec<LogStream> = match q.stream.as_deref() {
         Some(s) => vec![LogStream::parse(s).ok_or_else(|| {
             ApiError::BadRequest(format!(
@@ -197,7 +244,10 @@ async fn get_job_log(
         }
     }
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().unwrap());
+    headers.insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().unwrap(),
+    );
     Ok((headers, body))
 }
 
@@ -214,25 +264,53 @@ async fn cancel_job(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::Trigger)?;
     let id = parse_id(&id, "job")?;
-    let reason = body.and_then(|b| b.0.reason).unwrap_or_else(|| "cancelled through the API".into());
+    let reason = body
+        .and_then(|b| b.0.reason)
+        .unwrap_or_else(|| "cancelled through the API".into());
     let (from, board) = jobs::cancel(&state.pool, id, &reason).await?;
-    audit::record(&state.pool, &format!("api:{}", caller.name), "cancel", &format!("job {id}"), &reason).await;
+    audit::record(
+        &state.pool,
+        &format!("api:{}", caller.name),
+        "cancel",
+        &format!("job {id}"),
+        &reason,
+    )
+    .await;
     if matches!(from, JobState::Assigned | JobState::Running) {
-        state.dispatcher.send(&board, ServerMessage::CancelJob { job_id: id, reason: reason.clone() }).await;
+        state
+            .dispatcher
+            .send(
+                &board,
+                ServerMessage::CancelJob {
+                    job_id: id,
+                    reason: reason.clone(),
+                },
+            )
+            .await;
         state.dispatcher.kick(&board).await;
     }
-    Ok(Json(serde_json::json!({ "job": id, "state": "cancelled", "was": from.as_str() })))
+    Ok(Json(
+        serde_json::json!({ "job": id, "state": "cancelled", "was": from.as_str() }),
+    ))
 }
 
-async fn job_findings(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn job_findings(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "job")?;
-    let job = jobs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
-    let analysed: bool = sqlx::query_scalar("SELECT analyzed_at IS NOT NULL FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(&state.pool)
-        .await?;
+    let job = jobs::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let analysed: bool =
+        sqlx::query_scalar("SELECT analyzed_at IS NOT NULL FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&state.pool)
+            .await?;
     let rows = findings::for_job(&state.pool, id).await?;
-    Ok(Json(serde_json::json!({ "job": id, "state": job.state, "analysed": analysed, "findings": rows })))
+    Ok(Json(
+        serde_json::json!({ "job": id, "state": job.state, "analysed": analysed, "findings": rows }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -241,16 +319,26 @@ struct PageQuery {
     offset: Option<i64>,
 }
 
-async fn list_signatures(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn list_signatures(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0).max(0);
-    Ok(Json(serde_json::json!({ "signatures": findings::signatures(&state.pool, limit, offset).await? })))
+    Ok(Json(
+        serde_json::json!({ "signatures": findings::signatures(&state.pool, limit, offset).await? }),
+    ))
 }
 
 /// Everything known of a kernel (every tree/branch it was tested on).
-async fn get_kernel(State(state): State<AppState>, Path(commit): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn get_kernel(
+    State(state): State<AppState>,
+    Path(commit): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     if !(4..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest(format!("`{commit}` is not a commit id (4 to 64 hex digits)")));
+        return Err(ApiError::BadRequest(format!(
+            "`{commit}` is not a commit id (4 to 64 hex digits)"
+        )));
     }
     let kernels = runs::kernels_by_commit(&state.pool, &commit.to_ascii_lowercase()).await?;
     if kernels.is_empty() {
@@ -276,20 +364,36 @@ struct RegressionQuery {
     limit: Option<i64>,
 }
 
-async fn list_regressions(State(state): State<AppState>, Query(q): Query<RegressionQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn list_regressions(
+    State(state): State<AppState>,
+    Query(q): Query<RegressionQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     if let Some(s) = &q.state {
         if !["open", "confirmed", "bisected", "fixed"].contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!("unknown regression state `{s}` (open, confirmed, bisected, fixed)")));
+            return Err(ApiError::BadRequest(format!(
+                "unknown regression state `{s}` (open, confirmed, bisected, fixed)"
+            )));
         }
     }
-    let rows = verdicts::regressions(&state.pool, q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    let rows = verdicts::regressions(
+        &state.pool,
+        q.state.as_deref(),
+        q.limit.unwrap_or(100).clamp(1, 1000),
+    )
+    .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let events = verdicts::regression_events(&state.pool, &ids).await?;
     let out: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|r| {
             let mut v = serde_json::to_value(&r).unwrap_or_default();
-            v["events"] = serde_json::to_value(events.iter().filter(|e| e.regression_id == r.id).collect::<Vec<_>>()).unwrap_or_default();
+            v["events"] = serde_json::to_value(
+                events
+                    .iter()
+                    .filter(|e| e.regression_id == r.id)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_default();
             v
         })
         .collect();
@@ -304,17 +408,30 @@ struct KcidbQuery {
 
 /// The URL this server is reached at, for links in exports.
 fn base_url(headers: &HeaderMap) -> String {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
     format!("http://{host}")
 }
 
-async fn export_kcidb(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<KcidbQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn export_kcidb(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<KcidbQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     if let Some(c) = &q.commit {
         if !c.chars().all(|c| c.is_ascii_hexdigit()) || c.is_empty() || c.len() > 64 {
             return Err(ApiError::BadRequest(format!("`{c}` is not a commit id")));
         }
     }
-    let data = export::kcidb(&state.pool, &base_url(&headers), q.commit.as_deref(), q.limit.unwrap_or(5000).clamp(1, 100_000)).await?;
+    let data = export::kcidb(
+        &state.pool,
+        &base_url(&headers),
+        q.commit.as_deref(),
+        q.limit.unwrap_or(5000).clamp(1, 100_000),
+    )
+    .await?;
     Ok(Json(data))
 }
 
@@ -323,15 +440,28 @@ struct JunitQuery {
     run: Option<String>,
 }
 
-async fn export_junit(State(state): State<AppState>, Query(q): Query<JunitQuery>) -> Result<impl IntoResponse, ApiError> {
-    let run = q.run.ok_or_else(|| ApiError::BadRequest("`run` is required, e.g. ?run=12".into()))?;
+async fn export_junit(
+    State(state): State<AppState>,
+    Query(q): Query<JunitQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let run = q
+        .run
+        .ok_or_else(|| ApiError::BadRequest("`run` is required, e.g. ?run=12".into()))?;
     let id = parse_id(&run, "run")?;
-    runs::get(&state.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
+    runs::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     let jobs = jobs::for_run(&state.pool, id).await?;
-    Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], export::junit(id, &jobs)))
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        export::junit(id, &jobs),
+    ))
 }
 
-async fn reload_fleet(caller: Caller, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn reload_fleet(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::Admin)?;
     let report = crate::reload::reload(&state, &format!("api:{}", caller.name))
         .await
@@ -339,7 +469,13 @@ async fn reload_fleet(caller: Caller, State(state): State<AppState>) -> Result<i
     Ok(Json(report))
 }
 
-async fn list_audit(caller: Caller, State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn list_audit(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     caller.require(Scope::Admin)?;
-    Ok(Json(serde_json::json!({ "audit": audit::recent(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await? })))
+    Ok(Json(
+        serde_json::json!({ "audit": audit::recent(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await? }),
+    ))
 }

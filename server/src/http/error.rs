@@ -45,9 +45,14 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!("{self}");
         }
-        let mut resp = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        let mut resp = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert("www-authenticate", "Bearer".parse().unwrap());
+            resp.headers_mut()
+                .insert("www-authenticate", "Bearer".parse().unwrap());
         }
         resp
     }
@@ -67,7 +72,9 @@ impl From<sqlx::Error> for ApiError {
 impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> Self {
         match e {
-            TriggerError::Invalid(_) | TriggerError::UnknownPlan(_) => ApiError::BadRequest(e.to_string()),
+            TriggerError::Invalid(_) | TriggerError::UnknownPlan(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
             TriggerError::Db(db) => db.into(),
         }
     }
@@ -77,9 +84,9 @@ impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
             JobError::NotFound(id) => ApiError::NotFound(format!("job {id}")),
-            JobError::IllegalTransition { .. } | JobError::StaleEpoch { .. } | JobError::WrongBoard { .. } => {
-                ApiError::Conflict(e.to_string())
-            }
+            JobError::IllegalTransition { .. }
+            | JobError::StaleEpoch { .. }
+            | JobError::WrongBoard { .. } => ApiError::Conflict(e.to_string()),
             JobError::Db(db) => db.into(),
         }
     }

@@ -29,7 +29,10 @@ pub async fn receive(
     body: axum::body::Bytes,
 ) -> Response {
     let Some(forge) = Forge::from_route(&forge) else {
-        return ApiError::NotFound(format!("webhook endpoint `{forge}` (github, gitlab, gitea, forgejo, git)")).into_response();
+        return ApiError::NotFound(format!(
+            "webhook endpoint `{forge}` (github, gitlab, gitea, forgejo, git)"
+        ))
+        .into_response();
     };
     let outcome = handle(&state, forge, &headers, &body).await;
     let label = match &outcome {
@@ -39,7 +42,13 @@ pub async fn receive(
         Err(HookError::Api(ApiError::Unavailable(_))) => "unavailable",
         Err(_) => "rejected",
     };
-    state.metrics.webhooks.get_or_create(&ResultLabel { result: label.into() }).inc();
+    state
+        .metrics
+        .webhooks
+        .get_or_create(&ResultLabel {
+            result: label.into(),
+        })
+        .inc();
     match outcome {
         Ok((status, body)) => (status, Json(body)).into_response(),
         Err(HookError::Auth(e)) => {
@@ -68,7 +77,12 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(StatusCode, serde_json::Value), HookError> {
-    let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let lookup = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let fleet = state.fleet.current();
 
     // Authenticate first: which watched tree's secret signed this?
@@ -87,20 +101,29 @@ async fn handle(
         }
     }
     let Some(tree) = tree else {
-        return Err(HookError::Auth(first_error.unwrap_or(IntakeError::NoSecretConfigured(forge.display_name()))));
+        return Err(HookError::Auth(
+            first_error.unwrap_or(IntakeError::NoSecretConfigured(forge.display_name())),
+        ));
     };
 
     let delivery = intake::delivery_id(forge, &lookup);
     let push = match intake::event_kind(forge, &lookup) {
         EventKind::Ping => {
             record_delivery(state, forge, delivery.as_deref(), "ping", "pong").await?;
-            return Ok((StatusCode::OK, serde_json::json!({ "ok": "pong", "tree": tree.name })));
+            return Ok((
+                StatusCode::OK,
+                serde_json::json!({ "ok": "pong", "tree": tree.name }),
+            ));
         }
         EventKind::Other(name) => {
             record_delivery(state, forge, delivery.as_deref(), &name, "ignored").await?;
-            return Ok((StatusCode::ACCEPTED, serde_json::json!({ "ignored": format!("event `{name}` is not a push") })));
+            return Ok((
+                StatusCode::ACCEPTED,
+                serde_json::json!({ "ignored": format!("event `{name}` is not a push") }),
+            ));
         }
-        EventKind::Push => intake::parse_push(forge, body).map_err(|e| HookError::Api(ApiError::BadRequest(e.to_string())))?,
+        EventKind::Push => intake::parse_push(forge, body)
+            .map_err(|e| HookError::Api(ApiError::BadRequest(e.to_string())))?,
     };
     if !tree.matches_url(&push.tree) {
         return Err(HookError::Api(ApiError::BadRequest(format!(
@@ -110,19 +133,40 @@ async fn handle(
     }
     let ignore = |why: String| Ok((StatusCode::OK, serde_json::json!({ "ignored": why })));
     if push.deleted {
-        record_delivery(state, forge, delivery.as_deref(), "push", "ignored: deletion").await?;
+        record_delivery(
+            state,
+            forge,
+            delivery.as_deref(),
+            "push",
+            "ignored: deletion",
+        )
+        .await?;
         return ignore(format!("{} was deleted", push.git_ref));
     }
     if push.is_tag && !tree.test_tags {
         record_delivery(state, forge, delivery.as_deref(), "push", "ignored: tag").await?;
-        return ignore(format!("tag push {} (tags are not tested for tree `{}`)", push.git_ref, tree.name));
+        return ignore(format!(
+            "tag push {} (tags are not tested for tree `{}`)",
+            push.git_ref, tree.name
+        ));
     }
     if !push.is_tag && !tree.watches_branch(&push.branch) {
-        record_delivery(state, forge, delivery.as_deref(), "push", "ignored: unwatched branch").await?;
-        return ignore(format!("branch `{}` is not watched for tree `{}`", push.branch, tree.name));
+        record_delivery(
+            state,
+            forge,
+            delivery.as_deref(),
+            "push",
+            "ignored: unwatched branch",
+        )
+        .await?;
+        return ignore(format!(
+            "branch `{}` is not watched for tree `{}`",
+            push.branch, tree.name
+        ));
     }
 
-    let plans = runs::select_plans(&fleet, tree.plans.clone()).map_err(|e| HookError::Api(e.into()))?;
+    let plans =
+        runs::select_plans(&fleet, tree.plans.clone()).map_err(|e| HookError::Api(e.into()))?;
     let plan_filter = (!tree.plans.is_empty()).then(|| tree.plans.join(","));
     let kernel = KernelInput {
         tree: tree.url.clone(),
@@ -145,12 +189,17 @@ async fn handle(
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
-            let run: Option<i64> = sqlx::query_scalar("SELECT run_id FROM webhook_deliveries WHERE forge = $1 AND delivery_id = $2")
-                .bind(forge.as_str())
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-            return Ok((StatusCode::OK, serde_json::json!({ "duplicate": true, "delivery": id, "run_id": run })));
+            let run: Option<i64> = sqlx::query_scalar(
+                "SELECT run_id FROM webhook_deliveries WHERE forge = $1 AND delivery_id = $2",
+            )
+            .bind(forge.as_str())
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            return Ok((
+                StatusCode::OK,
+                serde_json::json!({ "duplicate": true, "delivery": id, "run_id": run }),
+            ));
         }
     }
     let kernel_id = runs::record_kernel(&mut tx, &kernel).await?;
@@ -174,33 +223,58 @@ async fn handle(
                 .await?;
         }
         tx.commit().await?;
-        return Ok((StatusCode::OK, serde_json::json!({ "duplicate": true, "run_id": run })));
+        return Ok((
+            StatusCode::OK,
+            serde_json::json!({ "duplicate": true, "run_id": run }),
+        ));
     }
     let origin = format!("webhook:{}", forge.as_str());
-    let planned = runs::plan_run(&mut tx, kernel_id, &kernel, &plans, &origin, plan_filter.as_deref(), None, None, delivery.as_deref()).await?;
+    let planned = runs::plan_run(
+        &mut tx,
+        kernel_id,
+        &kernel,
+        &plans,
+        &origin,
+        plan_filter.as_deref(),
+        None,
+        None,
+        delivery.as_deref(),
+    )
+    .await?;
     if let Some(id) = &delivery {
-        sqlx::query("UPDATE webhook_deliveries SET run_id = $3 WHERE forge = $1 AND delivery_id = $2")
-            .bind(forge.as_str())
-            .bind(id)
-            .bind(planned.run_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET run_id = $3 WHERE forge = $1 AND delivery_id = $2",
+        )
+        .bind(forge.as_str())
+        .bind(id)
+        .bind(planned.run_id)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     tracing::info!(forge = forge.as_str(), tree = %tree.name, branch = %push.branch, commit = %kernel.commit, run = planned.run_id, "push accepted");
     state.mirrors.request(&tree.url);
     state.dispatcher.announce(&planned.boards).await;
-    Ok((StatusCode::CREATED, serde_json::json!({
-        "run_id": planned.run_id,
-        "kernel_id": planned.kernel_id,
-        "jobs": planned.jobs,
-        "tree": tree.name,
-        "branch": push.branch,
-        "commit": kernel.commit,
-    })))
+    Ok((
+        StatusCode::CREATED,
+        serde_json::json!({
+            "run_id": planned.run_id,
+            "kernel_id": planned.kernel_id,
+            "jobs": planned.jobs,
+            "tree": tree.name,
+            "branch": push.branch,
+            "commit": kernel.commit,
+        }),
+    ))
 }
 
-async fn record_delivery(state: &AppState, forge: Forge, delivery: Option<&str>, event: &str, result: &str) -> Result<(), HookError> {
+async fn record_delivery(
+    state: &AppState,
+    forge: Forge,
+    delivery: Option<&str>,
+    event: &str,
+    result: &str,
+) -> Result<(), HookError> {
     sqlx::query(
         "INSERT INTO webhook_deliveries (forge, delivery_id, event, result) VALUES ($1, $2, $3, $4)
          ON CONFLICT (forge, delivery_id) DO NOTHING",

@@ -45,7 +45,9 @@ const CHUNKS_PER_POLL: i64 = 8;
 const MAX_CARRY: usize = 64 * 1024;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/live/fleet", get(fleet_live)).route("/jobs/{id}/live", get(job_live))
+    Router::new()
+        .route("/live/fleet", get(fleet_live))
+        .route("/jobs/{id}/live", get(job_live))
 }
 
 type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
@@ -53,7 +55,9 @@ type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>
 fn sse(state: &AppState, events: EventStream) -> Response {
     let stopped = state.shutdown.clone().cancelled_owned();
     let s: EventStream = Box::pin(events.take_until(stopped));
-    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 async fn fleet_snapshot(pool: &PgPool, runs_page: i64) -> Result<String, sqlx::Error> {
@@ -68,19 +72,22 @@ async fn fleet_live(State(state): State<AppState>, params: Params) -> Result<Res
     let pool = state.pool.clone();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let events = stream::unfold((pool, None::<String>, tick), move |(pool, last, mut tick)| async move {
-        loop {
-            tick.tick().await;
-            match fleet_snapshot(&pool, page).await {
-                Ok(json) if last.as_deref() != Some(json.as_str()) => {
-                    let ev = Event::default().event("fleet").data(json.clone());
-                    return Some((Ok(ev), (pool, Some(json), tick)));
+    let events = stream::unfold(
+        (pool, None::<String>, tick),
+        move |(pool, last, mut tick)| async move {
+            loop {
+                tick.tick().await;
+                match fleet_snapshot(&pool, page).await {
+                    Ok(json) if last.as_deref() != Some(json.as_str()) => {
+                        let ev = Event::default().event("fleet").data(json.clone());
+                        return Some((Ok(ev), (pool, Some(json), tick)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("live fleet snapshot: {e}"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("live fleet snapshot: {e}"),
             }
-        }
-    });
+        },
+    );
     Ok(sse(&state, Box::pin(events)))
 }
 
@@ -112,26 +119,44 @@ impl JobFollow {
             self.ended = true;
             return Ok(vec![Event::default().event("end").data("gone")]);
         };
-        let cycles = jobs::cycles_after(&self.pool, self.job, self.cycle as i32, CYCLES_PER_POLL).await?;
-        let chunks = logs::chunks_after(&self.pool, self.job, LogStream::GuestConsole, self.seq, CHUNKS_PER_POLL).await?;
+        let cycles =
+            jobs::cycles_after(&self.pool, self.job, self.cycle as i32, CYCLES_PER_POLL).await?;
+        let chunks = logs::chunks_after(
+            &self.pool,
+            self.job,
+            LogStream::GuestConsole,
+            self.seq,
+            CHUNKS_PER_POLL,
+        )
+        .await?;
         let quiet = cycles.is_empty() && chunks.is_empty();
         if self.last.as_ref() != Some(&pulse) {
-            out.push(Event::default().event("job").data(
-                serde_json::json!({
-                    "state": pulse.state,
-                    "done": pulse.cycles_completed,
-                    "total": pulse.cycles_total,
-                    "pct": progress_pct(pulse.cycles_completed, pulse.cycles_total),
-                    "failed_cycle": pulse.failed_cycle,
-                    "reason": pulse.reason,
-                })
-                .to_string(),
-            ));
+            out.push(
+                Event::default().event("job").data(
+                    serde_json::json!({
+                        "state": pulse.state,
+                        "done": pulse.cycles_completed,
+                        "total": pulse.cycles_total,
+                        "pct": progress_pct(pulse.cycles_completed, pulse.cycles_total),
+                        "failed_cycle": pulse.failed_cycle,
+                        "reason": pulse.reason,
+                    })
+                    .to_string(),
+                ),
+            );
         }
         if !cycles.is_empty() {
             let views: Vec<CycleView> = cycles.iter().map(CycleView::from_record).collect();
-            self.cycle = views.last().map(|c| c.cycle).unwrap_or(self.cycle).max(self.cycle);
-            out.push(Event::default().event("cycles").data(serde_json::to_string(&views).unwrap_or_default()));
+            self.cycle = views
+                .last()
+                .map(|c| c.cycle)
+                .unwrap_or(self.cycle)
+                .max(self.cycle);
+            out.push(
+                Event::default()
+                    .event("cycles")
+                    .data(serde_json::to_string(&views).unwrap_or_default()),
+            );
         }
         if !chunks.is_empty() {
             let mut lines = Vec::new();
@@ -147,7 +172,11 @@ impl JobFollow {
                 let room = MAX_CARRY.saturating_sub(self.carry.len());
                 self.carry.extend_from_slice(&rest[..rest.len().min(room)]);
             }
-            out.push(Event::default().event("log").data(serde_json::json!({ "lines": lines }).to_string()));
+            out.push(
+                Event::default()
+                    .event("log")
+                    .data(serde_json::json!({ "lines": lines }).to_string()),
+            );
         }
         let terminal = !is_active(&pulse.state);
         self.last = Some(pulse);
@@ -155,7 +184,11 @@ impl JobFollow {
             if !self.carry.is_empty() {
                 let line = line_json(&self.carry);
                 self.carry.clear();
-                out.push(Event::default().event("log").data(serde_json::json!({ "lines": [line] }).to_string()));
+                out.push(
+                    Event::default()
+                        .event("log")
+                        .data(serde_json::json!({ "lines": [line] }).to_string()),
+                );
             }
             out.push(Event::default().event("end").data("finished"));
             self.ended = true;
@@ -174,15 +207,17 @@ async fn job_live(
     params: Params,
 ) -> Result<Response, PageError> {
     params.allow(&["cycle", "seq"])?;
-    let job: i64 = id.parse().map_err(|_| bad_request(format!("`{id}` is not a job id")))?;
+    let job: i64 = id
+        .parse()
+        .map_err(|_| bad_request(format!("`{id}` is not a job id")))?;
     let num = |name: &str, min: i64| -> Result<i64, PageError> {
         match params.get(name) {
             None => Ok(min),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= min)
-                .ok_or_else(|| bad_request(format!("`{name}` must be an integer of at least {min}, not `{v}`"))),
+            Some(v) => v.parse::<i64>().ok().filter(|n| *n >= min).ok_or_else(|| {
+                bad_request(format!(
+                    "`{name}` must be an integer of at least {min}, not `{v}`"
+                ))
+            }),
         }
     };
     let (mut cycle, mut seq) = (num("cycle", 0)?, num("seq", -1)?);
@@ -201,7 +236,16 @@ async fn job_live(
     }
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let follow = JobFollow { pool: state.pool.clone(), job, cycle, seq, last: None, carry: Vec::new(), tick, ended: false };
+    let follow = JobFollow {
+        pool: state.pool.clone(),
+        job,
+        cycle,
+        seq,
+        last: None,
+        carry: Vec::new(),
+        tick,
+        ended: false,
+    };
     let events = stream::unfold(follow, |mut f| async move {
         if f.ended {
             return None;

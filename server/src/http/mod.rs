@@ -3,9 +3,9 @@
 pub mod api;
 pub mod error;
 pub mod hooks;
-pub mod ratelimit;
 pub mod live;
 pub mod pages;
+pub mod ratelimit;
 
 use axum::Router;
 use axum::routing::get;
@@ -43,12 +43,22 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<&'static str, error::ApiError> {
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, error::ApiError> {
     sqlx::query("SELECT 1").execute(&state.pool).await?;
     Ok("ok\n")
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Result<impl axum::response::IntoResponse, error::ApiError> {
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<impl axum::response::IntoResponse, error::ApiError> {
     let body = state.metrics.render(&state.pool).await?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body))
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    ))
 }

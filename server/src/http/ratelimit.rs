@@ -20,7 +20,9 @@ pub struct RateLimiter {
 
 impl Default for RateLimiter {
     fn default() -> Self {
-        RateLimiter { buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -49,15 +51,23 @@ pub async fn limit_writes(State(state): State<AppState>, req: Request, next: Nex
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return next.run(req).await;
     }
-    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let settings = state.fleet.current().server.clone();
-    match state.rate_limiter.take(client, settings.rate_limit_per_s, settings.rate_limit_burst) {
+    match state
+        .rate_limiter
+        .take(client, settings.rate_limit_per_s, settings.rate_limit_burst)
+    {
         Ok(()) => next.run(req).await,
         Err(wait) => {
             let retry = wait.ceil().max(1.0) as u64;
             let mut resp = (
                 StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(serde_json::json!({ "error": format!("rate limit: retry in {retry} s") })),
+                axum::Json(
+                    serde_json::json!({ "error": format!("rate limit: retry in {retry} s") }),
+                ),
             )
                 .into_response();
             resp.headers_mut().insert(header::RETRY_AFTER, retry.into());

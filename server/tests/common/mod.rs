@@ -54,7 +54,9 @@ use std::os::unix::process::CommandExt;
 pub async fn fresh_database() -> String {
     let admin = admin_url();
     let name = format!("armfleet_t{}_{}", std::process::id(), rand::random::<u32>());
-    let pool = PgPool::connect(admin).await.expect("connecting to the test PostgreSQL");
+    let pool = PgPool::connect(admin)
+        .await
+        .expect("connecting to the test PostgreSQL");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&pool)
         .await
@@ -64,7 +66,10 @@ pub async fn fresh_database() -> String {
 }
 
 fn replace_db(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map(|(b, q)| (b, Some(q))).unwrap_or((url, None));
+    let (base, query) = url
+        .split_once('?')
+        .map(|(b, q)| (b, Some(q)))
+        .unwrap_or((url, None));
     let base = match base.rfind('/') {
         Some(i) if i > "postgres://".len() => &base[..i],
         _ => base,
@@ -96,15 +101,27 @@ pub struct AgentKey {
 /// `armfleet-agent keygen`, for real.
 pub async fn keygen(dir: &Path, name: &str) -> AgentKey {
     let path = dir.join(format!("{name}.key"));
-    let out = Command::new(bin("armfleet-agent")).arg("keygen").arg("--out").arg(&path).output().await.unwrap();
-    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("armfleet-agent"))
+        .arg("keygen")
+        .arg("--out")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     AgentKey { path, public }
 }
 
 /// A fleet.toml for `boards` (name, family, public key line).
 pub fn fleet_toml(boards: &[(&str, &str, &str)], plan_extra: &str) -> String {
-    let mut s = String::from("[server]\nheartbeat_interval_ms = 300\nheartbeat_deadline_ms = 1500\nassign_deadline_s = 30\napi_token = \"test-token\"\n\n");
+    let mut s = String::from(
+        "[server]\nheartbeat_interval_ms = 300\nheartbeat_deadline_ms = 1500\nassign_deadline_s = 30\napi_token = \"test-token\"\n\n",
+    );
     for (name, family, key) in boards {
         s.push_str(&format!(
             "[[board]]\nname = \"{name}\"\nfamily = \"{family}\"\nlabels = [\"kvm\"]\nkey = \"{key}\"\n\n"
@@ -157,7 +174,10 @@ impl TestServer {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let db = self.db.clone();
         // Same ports, so agents dialing the old address find the new server.
-        let addrs = (self.http.trim_start_matches("http://").to_owned(), self.ssh.clone());
+        let addrs = (
+            self.http.trim_start_matches("http://").to_owned(),
+            self.ssh.clone(),
+        );
         Self::start_with(dir, &fleet, db, Some(addrs)).await
     }
 
@@ -173,7 +193,12 @@ impl TestServer {
         Self::start_with(tempfile::tempdir().unwrap(), &fleet, self.db.clone(), None).await
     }
 
-    async fn start_with(dir: tempfile::TempDir, fleet: &str, db: String, addrs: Option<(String, String)>) -> TestServer {
+    async fn start_with(
+        dir: tempfile::TempDir,
+        fleet: &str,
+        db: String,
+        addrs: Option<(String, String)>,
+    ) -> TestServer {
         let fleet_path = dir.path().join("fleet.toml");
         std::fs::write(&fleet_path, fleet).unwrap();
         let server = Server::prepare(Settings {
@@ -227,8 +252,15 @@ impl TestServer {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 201, "trigger: {}", resp.text().await.unwrap_or_default());
-        resp.json::<serde_json::Value>().await.unwrap()["run_id"].as_i64().unwrap()
+        assert_eq!(
+            resp.status(),
+            201,
+            "trigger: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        resp.json::<serde_json::Value>().await.unwrap()["run_id"]
+            .as_i64()
+            .unwrap()
     }
 
     pub async fn board_state(&self, board: &str) -> String {
@@ -241,14 +273,22 @@ impl TestServer {
 
     /// Starts an agent process for `board` with `key`.
     pub fn agent(&self, board: &str, key: &Path, extra: &[&str]) -> TestAgent {
-        let state_dir = self.dir.path().join(format!("agent-{board}-{}", rand::random::<u16>()));
+        let state_dir = self
+            .dir
+            .path()
+            .join(format!("agent-{board}-{}", rand::random::<u16>()));
         let log = state_dir.with_extension("log");
         let child = Command::new(bin("armfleet-agent"))
-            .arg("--server").arg(&self.ssh)
-            .arg("--board").arg(board)
-            .arg("--key").arg(key)
-            .arg("--server-key").arg(&self.fingerprint)
-            .arg("--state-dir").arg(&state_dir)
+            .arg("--server")
+            .arg(&self.ssh)
+            .arg("--board")
+            .arg(board)
+            .arg("--key")
+            .arg(key)
+            .arg("--server-key")
+            .arg(&self.fingerprint)
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(extra)
             .env("ARMFLEET_LOG", "info")
             .stdout(Stdio::null())
@@ -309,11 +349,18 @@ where
 
 /// A raw SSH channel to the server, authenticated as `board` with `key`,
 /// for tests that speak (or mangle) the protocol by hand.
-pub async fn raw_channel(server: &TestServer, board: &str, key: &Path) -> russh::ChannelStream<russh::client::Msg> {
+pub async fn raw_channel(
+    server: &TestServer,
+    board: &str,
+    key: &Path,
+) -> russh::ChannelStream<russh::client::Msg> {
     struct AcceptPinned(String);
     impl russh::client::Handler for AcceptPinned {
         type Error = russh::Error;
-        async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        async fn check_server_key(
+            &mut self,
+            key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
             Ok(match key {
                 russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
                     key.fingerprint(russh::keys::HashAlg::Sha256).to_string() == self.0
@@ -323,12 +370,19 @@ pub async fn raw_channel(server: &TestServer, board: &str, key: &Path) -> russh:
         }
     }
     let config = std::sync::Arc::new(russh::client::Config::default());
-    let mut handle = russh::client::connect(config, server.ssh.as_str(), AcceptPinned(server.fingerprint.clone()))
-        .await
-        .expect("ssh connect");
+    let mut handle = russh::client::connect(
+        config,
+        server.ssh.as_str(),
+        AcceptPinned(server.fingerprint.clone()),
+    )
+    .await
+    .expect("ssh connect");
     let key = russh::keys::load_secret_key(key, None).unwrap();
     let auth = handle
-        .authenticate_publickey(board, russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None))
+        .authenticate_publickey(
+            board,
+            russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None),
+        )
         .await
         .unwrap();
     assert!(auth.success(), "authentication as {board}");

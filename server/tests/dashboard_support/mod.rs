@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use armfleet_protocol::{BoardFacts, CycleRecord, ExecutorKind, HugepageInfo, JobResult, KvmStatus, LogStream, QemuBinary};
+use armfleet_protocol::{
+    BoardFacts, CycleRecord, ExecutorKind, HugepageInfo, JobResult, KvmStatus, LogStream,
+    QemuBinary,
+};
 use armfleet_server::app::{Server, Settings};
 use armfleet_server::jobs::{self, JobState, TransitionEffects};
 use armfleet_server::state::AppState;
@@ -25,7 +28,11 @@ pub fn fleet_toml() -> String {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIARRA47iBnw6TPFVeJFF7LmirH2r0MDniNjrvd+WJC4+ a@r",
     ];
     common::fleet_toml(
-        &[("kunpeng-01", "kunpeng920", keys[0]), ("altra-01", "ampere-altra", keys[1]), ("rpi4-01", "rpi4", keys[2])],
+        &[
+            ("kunpeng-01", "kunpeng920", keys[0]),
+            ("altra-01", "ampere-altra", keys[1]),
+            ("rpi4-01", "rpi4", keys[2]),
+        ],
         "[plan.params]\ncycles = 20\nreplay_cycle_ms = 40\n",
     )
 }
@@ -50,7 +57,10 @@ impl Prepared {
         let app = self.app();
         let stop = self.state.shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
         });
         url
     }
@@ -69,10 +79,17 @@ pub async fn prepare() -> Prepared {
     let fleet_path = dir.path().join("fleet.toml");
     std::fs::write(&fleet_path, fleet_toml()).unwrap();
     let db = common::fresh_database().await;
-    let server = Server::prepare(Settings { fleet_path, data_dir: dir.path().join("data"), database_url: Some(db) })
-        .await
-        .expect("server prepares");
-    Prepared { dir, state: server.state.clone() }
+    let server = Server::prepare(Settings {
+        fleet_path,
+        data_dir: dir.path().join("data"),
+        database_url: Some(db),
+    })
+    .await
+    .expect("server prepares");
+    Prepared {
+        dir,
+        state: server.state.clone(),
+    }
 }
 
 pub fn facts(kernel: &str, implementer: &str) -> BoardFacts {
@@ -84,9 +101,22 @@ pub fn facts(kernel: &str, implementer: &str) -> BoardFacts {
         cpu_part: Some("0xd01".into()),
         cores: 96,
         mem_total_kib: 256 * 1024 * 1024,
-        kvm: KvmStatus { present: true, accessible: true, hardware: true, note: None },
-        qemu: vec![QemuBinary { arch: "aarch64".into(), path: "/usr/bin/qemu-system-aarch64".into(), version: "7.2.15".into() }],
-        hugepages: HugepageInfo { size_kib: 2048, total: 512, free: 480 },
+        kvm: KvmStatus {
+            present: true,
+            accessible: true,
+            hardware: true,
+            note: None,
+        },
+        qemu: vec![QemuBinary {
+            arch: "aarch64".into(),
+            path: "/usr/bin/qemu-system-aarch64".into(),
+            version: "7.2.15".into(),
+        }],
+        hugepages: HugepageInfo {
+            size_kib: 2048,
+            total: 512,
+            free: 480,
+        },
         executor: ExecutorKind::Replay,
     }
 }
@@ -124,12 +154,20 @@ pub async fn kernel(pool: &PgPool, commit: &str, subject: &str) -> i64 {
 }
 
 /// A run of `kernel` with one queued job per board; returns the job ids.
-pub async fn run(pool: &PgPool, kernel: i64, commit: &str, boards: &[&str], cycles: i32) -> Vec<i64> {
-    let run: i64 = sqlx::query_scalar("INSERT INTO runs (kernel_id, requested_by) VALUES ($1, 'test') RETURNING id")
-        .bind(kernel)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+pub async fn run(
+    pool: &PgPool,
+    kernel: i64,
+    commit: &str,
+    boards: &[&str],
+    cycles: i32,
+) -> Vec<i64> {
+    let run: i64 = sqlx::query_scalar(
+        "INSERT INTO runs (kernel_id, requested_by) VALUES ($1, 'test') RETURNING id",
+    )
+    .bind(kernel)
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let mut ids = Vec::new();
     for b in boards {
         let spec = serde_json::json!({
@@ -168,7 +206,11 @@ pub fn cycle(n: u32, alive: bool) -> CycleRecord {
         bytes_transferred: 1 << 20,
         dirty_pages_rate: Some(1000),
         cancel_to_cancelled_ms: Some(5.0 + (n % 7) as f64),
-        guest_progress_ms: if alive { Some(20.0 + (n % 5) as f64 * 3.0) } else { None },
+        guest_progress_ms: if alive {
+            Some(20.0 + (n % 5) as f64 * 3.0)
+        } else {
+            None
+        },
         guest_alive: alive,
         resumed_paused_source: false,
         events: vec![],
@@ -180,10 +222,26 @@ pub fn cycle(n: u32, alive: bool) -> CycleRecord {
 /// agent session would. Returns the epoch.
 pub async fn start(pool: &PgPool, job: i64, board: &str) -> i64 {
     let mut tx = pool.begin().await.unwrap();
-    jobs::transition(&mut tx, job, JobState::Assigned, None, TransitionEffects::default()).await.unwrap();
+    jobs::transition(
+        &mut tx,
+        job,
+        JobState::Assigned,
+        None,
+        TransitionEffects::default(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
-    sqlx::query("UPDATE jobs SET executor = 'replay', simulated = true WHERE id = $1").bind(job).execute(pool).await.unwrap();
-    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM jobs WHERE id = $1").bind(job).fetch_one(pool).await.unwrap();
+    sqlx::query("UPDATE jobs SET executor = 'replay', simulated = true WHERE id = $1")
+        .bind(job)
+        .execute(pool)
+        .await
+        .unwrap();
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(pool)
+        .await
+        .unwrap();
     jobs::mark_running(pool, job, board, epoch).await.unwrap();
     epoch
 }
@@ -191,16 +249,20 @@ pub async fn start(pool: &PgPool, job: i64, board: &str) -> i64 {
 /// Stores `text` as the stream's next chunks, split into `pieces` (split
 /// points deliberately fall mid-line).
 pub async fn append_log(pool: &PgPool, job: i64, stream: LogStream, text: &str, pieces: usize) {
-    let next: i64 = sqlx::query_scalar("SELECT COALESCE(max(seq) + 1, 0) FROM log_chunks WHERE job_id = $1 AND stream = $2")
-        .bind(job)
-        .bind(stream.as_str())
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let next: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(max(seq) + 1, 0) FROM log_chunks WHERE job_id = $1 AND stream = $2",
+    )
+    .bind(job)
+    .bind(stream.as_str())
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let bytes = text.as_bytes();
     let size = bytes.len().div_ceil(pieces.max(1)).max(1);
     for (i, piece) in bytes.chunks(size).enumerate() {
-        logs::store_chunk(pool, job, stream, next as u64 + i as u64, piece).await.unwrap();
+        logs::store_chunk(pool, job, stream, next as u64 + i as u64, piece)
+            .await
+            .unwrap();
     }
 }
 
@@ -209,29 +271,55 @@ pub async fn append_log(pool: &PgPool, job: i64, stream: LogStream, text: &str, 
 pub async fn finish_job(pool: &PgPool, job: i64, board: &str, ok: u32, fail: bool, console: &str) {
     let epoch = start(pool, job, board).await;
     for n in 1..=ok {
-        jobs::record_cycle(pool, job, board, epoch, &cycle(n, true)).await.unwrap();
+        jobs::record_cycle(pool, job, board, epoch, &cycle(n, true))
+            .await
+            .unwrap();
     }
     if fail {
-        jobs::record_cycle(pool, job, board, epoch, &cycle(ok + 1, false)).await.unwrap();
+        jobs::record_cycle(pool, job, board, epoch, &cycle(ok + 1, false))
+            .await
+            .unwrap();
     }
     append_log(pool, job, LogStream::GuestConsole, console, 3).await;
-    append_log(pool, job, LogStream::Qmp, "{\"execute\": \"migrate_cancel\"}\n{\"return\": {}}\n", 1).await;
+    append_log(
+        pool,
+        job,
+        LogStream::Qmp,
+        "{\"execute\": \"migrate_cancel\"}\n{\"return\": {}}\n",
+        1,
+    )
+    .await;
     let result = if fail {
         JobResult::Failed {
             cycles_completed: ok,
             failed_cycle: Some(ok + 1),
             reason: "guest took a TLB conflict abort".into(),
-            evidence: vec!["Unable to handle kernel TLB conflict abort at virtual address ffff00000a2c3000".into()],
+            evidence: vec![
+                "Unable to handle kernel TLB conflict abort at virtual address ffff00000a2c3000"
+                    .into(),
+            ],
         }
     } else {
-        JobResult::Passed { cycles_completed: ok }
+        JobResult::Passed {
+            cycles_completed: ok,
+        }
     };
-    jobs::finish(pool, job, board, epoch, &result).await.unwrap();
+    jobs::finish(pool, job, board, epoch, &result)
+        .await
+        .unwrap();
     analysis::analyse(pool, job).await.unwrap();
 }
 
 pub fn boot_lines(n: usize) -> String {
-    (1..=n).map(|i| format!("[{:5}.{:06}] armfleet-dirty: pass {i} ok\n", i / 100, i % 1000)).collect()
+    (1..=n)
+        .map(|i| {
+            format!(
+                "[{:5}.{:06}] armfleet-dirty: pass {i} ok\n",
+                i / 100,
+                i % 1000
+            )
+        })
+        .collect()
 }
 
 pub struct Seeded {
@@ -261,19 +349,66 @@ pub async fn seed(pool: &PgPool) -> Seeded {
     for (j, b) in clean.iter().zip(all) {
         finish_job(pool, *j, b, 20, false, &boot_lines(40)).await;
     }
-    let buggy_kernel = kernel(pool, buggy_sha, &format!("KVM: arm64: split block mappings {XSS}")).await;
+    let buggy_kernel = kernel(
+        pool,
+        buggy_sha,
+        &format!("KVM: arm64: split block mappings {XSS}"),
+    )
+    .await;
     let buggy = run(pool, buggy_kernel, buggy_sha, &all, 20).await;
     let abort = abort_text();
     // kunpeng: the abort, then a hostile line.
-    finish_job(pool, buggy[0], all[0], 2, true, &format!("{}{abort}{XSS}\n", boot_lines(30))).await;
+    finish_job(
+        pool,
+        buggy[0],
+        all[0],
+        2,
+        true,
+        &format!("{}{abort}{XSS}\n", boot_lines(30)),
+    )
+    .await;
     // altra: a long console with the abort near its end (page 3).
     let big_abort_line = 4301;
-    finish_job(pool, buggy[1], all[1], 4, true, &format!("{}{abort}{}", boot_lines(4300), boot_lines(250))).await;
-    finish_job(pool, buggy[2], all[2], 1, true, &format!("{}{abort}", boot_lines(10))).await;
+    finish_job(
+        pool,
+        buggy[1],
+        all[1],
+        4,
+        true,
+        &format!("{}{abort}{}", boot_lines(4300), boot_lines(250)),
+    )
+    .await;
+    finish_job(
+        pool,
+        buggy[2],
+        all[2],
+        1,
+        true,
+        &format!("{}{abort}", boot_lines(10)),
+    )
+    .await;
     // Verdicts as the verdict engine records them.
     for (kernel, family, verdict, failed, cycles, p, lo, hi) in [
-        (buggy_kernel, "kunpeng920", "regression", 1i64, 3i64, Some(0.003), 0.0084, 0.9057),
-        (buggy_kernel, "ampere-altra", "regression", 1, 5, Some(0.01), 0.005, 0.716),
+        (
+            buggy_kernel,
+            "kunpeng920",
+            "regression",
+            1i64,
+            3i64,
+            Some(0.003),
+            0.0084,
+            0.9057,
+        ),
+        (
+            buggy_kernel,
+            "ampere-altra",
+            "regression",
+            1,
+            5,
+            Some(0.01),
+            0.005,
+            0.716,
+        ),
         (clean_kernel, "kunpeng920", "pass", 0, 20, None, 0.0, 0.168),
     ] {
         sqlx::query(
@@ -300,9 +435,18 @@ pub async fn seed(pool: &PgPool) -> Seeded {
     let running = run(pool, running_kernel, running_sha, &["altra-01"], 50).await;
     let epoch = start(pool, running[0], "altra-01").await;
     for n in 1..=5 {
-        jobs::record_cycle(pool, running[0], "altra-01", epoch, &cycle(n, true)).await.unwrap();
+        jobs::record_cycle(pool, running[0], "altra-01", epoch, &cycle(n, true))
+            .await
+            .unwrap();
     }
-    append_log(pool, running[0], LogStream::GuestConsole, &boot_lines(12), 2).await;
+    append_log(
+        pool,
+        running[0],
+        LogStream::GuestConsole,
+        &boot_lines(12),
+        2,
+    )
+    .await;
     boards::refresh_busy(pool, "altra-01").await.unwrap();
     Seeded {
         clean_kernel,
@@ -318,10 +462,16 @@ pub async fn seed(pool: &PgPool) -> Seeded {
 
 /// Advances the running job by `n` cycles and console lines.
 pub async fn advance(pool: &PgPool, job: i64, board: &str, n: u32, line: &str) {
-    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM jobs WHERE id = $1").bind(job).fetch_one(pool).await.unwrap();
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(pool)
+        .await
+        .unwrap();
     let (_, max): (i64, i32) = jobs::cycle_extent(pool, job).await.unwrap();
     for c in max as u32 + 1..=max as u32 + n {
-        jobs::record_cycle(pool, job, board, epoch, &cycle(c, true)).await.unwrap();
+        jobs::record_cycle(pool, job, board, epoch, &cycle(c, true))
+            .await
+            .unwrap();
     }
     append_log(pool, job, LogStream::GuestConsole, &format!("{line}\n"), 1).await;
 }

@@ -1,7 +1,7 @@
 //! `cargo +nightly fuzz run triage` — any bytes: no panic, sane output.
 #![no_main]
 
-use armfleet_triage::{first_fatal_line, triage, Source};
+use armfleet_triage::{Source, first_fatal_line, triage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,9 @@ use axum::extract::{Path, State};
 use axum::response::Html;
 use serde_json::Value;
 
-use super::util::{Pager, PageError, Params, ago, bytes, family_name, not_found, offset, render, short};
+use super::util::{
+    PageError, Pager, Params, ago, bytes, family_name, not_found, offset, render, short,
+};
 use crate::state::AppState;
 use crate::{boards, jobs};
 
@@ -28,7 +30,10 @@ pub struct JobLine {
 impl JobLine {
     pub fn from_brief(j: jobs::JobBrief) -> JobLine {
         let cycles = match j.failed_cycle {
-            Some(c) => format!("{} of {}, failed at {c}", j.cycles_completed, j.cycles_total),
+            Some(c) => format!(
+                "{} of {}, failed at {c}",
+                j.cycles_completed, j.cycles_total
+            ),
             None => format!("{} of {}", j.cycles_completed, j.cycles_total),
         };
         JobLine {
@@ -81,16 +86,34 @@ fn implementer(code: &str) -> String {
 fn facts_list(f: &Value, executor: Option<&str>) -> Vec<(String, String)> {
     let s = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_owned);
     let mut out = Vec::new();
-    let mut add = |k: &str, v: Option<String>| out.push((k.to_owned(), v.unwrap_or_else(|| "–".into())));
+    let mut add =
+        |k: &str, v: Option<String>| out.push((k.to_owned(), v.unwrap_or_else(|| "–".into())));
     add("Kernel", s("kernel_release"));
     add("Kernel version", s("kernel_version"));
     add("Architecture", s("arch"));
-    add("CPU implementer", s("cpu_implementer").map(|c| implementer(&c)));
+    add(
+        "CPU implementer",
+        s("cpu_implementer").map(|c| implementer(&c)),
+    );
     add("CPU part", s("cpu_part"));
-    add("Cores", f.get("cores").and_then(Value::as_u64).map(|c| c.to_string()));
-    add("Memory", f.get("mem_total_kib").and_then(Value::as_u64).map(|k| bytes(k as i64 * 1024)));
+    add(
+        "Cores",
+        f.get("cores")
+            .and_then(Value::as_u64)
+            .map(|c| c.to_string()),
+    );
+    add(
+        "Memory",
+        f.get("mem_total_kib")
+            .and_then(Value::as_u64)
+            .map(|k| bytes(k as i64 * 1024)),
+    );
     let kvm = f.get("kvm");
-    let flag = |k: &str| kvm.and_then(|v| v.get(k)).and_then(Value::as_bool).unwrap_or(false);
+    let flag = |k: &str| {
+        kvm.and_then(|v| v.get(k))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
     let kvm_text = if kvm.is_none() {
         None
     } else {
@@ -107,31 +130,56 @@ fn facts_list(f: &Value, executor: Option<&str>) -> Vec<(String, String)> {
     };
     add("KVM", kvm_text);
     let hp = f.get("hugepages");
-    let hpn = |k: &str| hp.and_then(|v| v.get(k)).and_then(Value::as_u64).unwrap_or(0);
+    let hpn = |k: &str| {
+        hp.and_then(|v| v.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
     add(
         "Hugepages",
-        hp.map(|_| format!("{} of {} free ({} pages)", hpn("free"), hpn("total"), bytes(hpn("size_kib") as i64 * 1024))),
+        hp.map(|_| {
+            format!(
+                "{} of {} free ({} pages)",
+                hpn("free"),
+                hpn("total"),
+                bytes(hpn("size_kib") as i64 * 1024)
+            )
+        }),
     );
     add("Executor", executor.map(str::to_owned));
     out
 }
 
-pub async fn board_page(State(state): State<AppState>, Path(name): Path<String>, params: Params) -> Result<Html<String>, PageError> {
+pub async fn board_page(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Html<String>, PageError> {
     params.allow(&["page"])?;
     let page = params.page("page")?;
     let pool = &state.pool;
-    let b = boards::get(pool, &name).await?.ok_or_else(|| not_found(format!("board `{name}`")))?;
+    let b = boards::get(pool, &name)
+        .await?
+        .ok_or_else(|| not_found(format!("board `{name}`")))?;
     let mut facts = Vec::new();
     let mut qemu = Vec::new();
     match &b.facts {
         Some(f) => {
             facts = facts_list(f, b.executor.as_deref());
-            for q in f.get("qemu").and_then(Value::as_array).into_iter().flatten() {
+            for q in f
+                .get("qemu")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let s = |k: &str| q.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
                 qemu.push((s("arch"), s("version"), s("path")));
             }
         }
-        None => facts.push(("Facts".into(), "not reported yet (the agent has never connected)".into())),
+        None => facts.push((
+            "Facts".into(),
+            "not reported yet (the agent has never connected)".into(),
+        )),
     }
     facts.insert(0, ("Last heartbeat".into(), ago(b.last_heartbeat)));
     facts.insert(1, ("Connected".into(), ago(b.connected_at)));
@@ -140,7 +188,8 @@ pub async fn board_page(State(state): State<AppState>, Path(name): Path<String>,
             facts.insert(2, ("Offline because".into(), r.clone()));
         }
     }
-    let mut rows = jobs::briefs_for_board(pool, &name, JOBS_PER_PAGE + 1, offset(page, JOBS_PER_PAGE)).await?;
+    let mut rows =
+        jobs::briefs_for_board(pool, &name, JOBS_PER_PAGE + 1, offset(page, JOBS_PER_PAGE)).await?;
     let pager = Pager::new(&mut rows, page, JOBS_PER_PAGE, "page", &[]);
     let failures = jobs::failures_for_board(pool, &name, 20).await?;
     render(&BoardPage {

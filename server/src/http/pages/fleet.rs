@@ -6,7 +6,7 @@ use axum::response::Html;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::util::{Pager, PageError, Params, ago, family_name, offset, render, short};
+use super::util::{PageError, Pager, Params, ago, family_name, offset, render, short};
 use crate::state::AppState;
 use crate::{boards, jobs, runs};
 
@@ -65,7 +65,13 @@ pub struct RunView {
 }
 
 pub fn progress_pct(done: i32, total: i32) -> u32 {
-    if total <= 0 { 0 } else { ((done.max(0) as f64 / total as f64) * 100.0).round().clamp(0.0, 100.0) as u32 }
+    if total <= 0 {
+        0
+    } else {
+        ((done.max(0) as f64 / total as f64) * 100.0)
+            .round()
+            .clamp(0.0, 100.0) as u32
+    }
 }
 
 /// Boards with their current jobs: two queries whatever the fleet size.
@@ -83,15 +89,19 @@ pub async fn board_views(pool: &PgPool) -> Result<Vec<BoardView>, sqlx::Error> {
                 .unwrap_or("–")
                 .to_owned();
             // Newest active job of the board (the list is ordered by id).
-            let job = active.iter().rev().find(|j| j.board == b.name).map(|j| CurrentJob {
-                id: j.id,
-                state: j.state.clone(),
-                done: j.cycles_completed,
-                total: j.cycles_total,
-                pct: progress_pct(j.cycles_completed, j.cycles_total),
-                plan: j.plan.clone(),
-                commit_short: short(&j.commit_sha),
-            });
+            let job = active
+                .iter()
+                .rev()
+                .find(|j| j.board == b.name)
+                .map(|j| CurrentJob {
+                    id: j.id,
+                    state: j.state.clone(),
+                    done: j.cycles_completed,
+                    total: j.cycles_total,
+                    pct: progress_pct(j.cycles_completed, j.cycles_total),
+                    plan: j.plan.clone(),
+                    commit_short: short(&j.commit_sha),
+                });
             BoardView {
                 family: b.family,
                 state: b.state,
@@ -107,7 +117,11 @@ pub async fn board_views(pool: &PgPool) -> Result<Vec<BoardView>, sqlx::Error> {
 }
 
 /// A page of runs with their jobs: two queries whatever the page size.
-pub async fn run_views(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<RunView>, sqlx::Error> {
+pub async fn run_views(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<RunView>, sqlx::Error> {
     let runs = runs::summaries(pool, limit, offset).await?;
     let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
     let all_jobs = jobs::briefs_for_runs(pool, &ids).await?;
@@ -117,7 +131,11 @@ pub async fn run_views(pool: &PgPool, limit: i64, offset: i64) -> Result<Vec<Run
             jobs: all_jobs
                 .iter()
                 .filter(|j| j.run_id == r.id)
-                .map(|j| RunJobView { id: j.id, board: j.board.clone(), state: j.state.clone() })
+                .map(|j| RunJobView {
+                    id: j.id,
+                    board: j.board.clone(),
+                    state: j.state.clone(),
+                })
                 .collect(),
             id: r.id,
             kernel_id: r.kernel_id,
@@ -143,7 +161,10 @@ struct FleetPage {
     live_url: String,
 }
 
-pub async fn fleet_page(State(state): State<AppState>, params: Params) -> Result<Html<String>, PageError> {
+pub async fn fleet_page(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Html<String>, PageError> {
     params.allow(&["runs"])?;
     let page = params.page("runs")?;
     let pool = &state.pool;
@@ -154,13 +175,22 @@ pub async fn fleet_page(State(state): State<AppState>, params: Params) -> Result
     let summary = format!(
         "{online} of {} boards online, {busy} busy{}",
         boards.len(),
-        if simulated > 0 { format!(", {simulated} simulated") } else { String::new() }
+        if simulated > 0 {
+            format!(", {simulated} simulated")
+        } else {
+            String::new()
+        }
     );
     let mut groups: Vec<FamilyGroup> = Vec::new();
     for b in boards {
         match groups.last_mut() {
             Some(g) if g.key == b.family => g.boards.push(b),
-            _ => groups.push(FamilyGroup { name: family_name(&b.family), key: b.family.clone(), online: 0, boards: vec![b] }),
+            _ => groups.push(FamilyGroup {
+                name: family_name(&b.family),
+                key: b.family.clone(),
+                online: 0,
+                boards: vec![b],
+            }),
         }
     }
     for g in &mut groups {
@@ -169,5 +199,11 @@ pub async fn fleet_page(State(state): State<AppState>, params: Params) -> Result
     let mut runs = run_views(pool, RUNS_PER_PAGE + 1, offset(page, RUNS_PER_PAGE)).await?;
     let pager = Pager::new(&mut runs, page, RUNS_PER_PAGE, "runs", &[]);
     let live_url = format!("/live/fleet?runs={page}");
-    render(&FleetPage { summary, groups, runs, pager, live_url })
+    render(&FleetPage {
+        summary,
+        groups,
+        runs,
+        pager,
+        live_url,
+    })
 }

@@ -21,7 +21,8 @@ const PLOT_POINTS: i64 = 600;
 pub const TAIL_LINES: usize = 60;
 
 fn parse_job_id(raw: &str) -> Result<i64, PageError> {
-    raw.parse().map_err(|_| bad_request(format!("`{raw}` is not a job id")))
+    raw.parse()
+        .map_err(|_| bad_request(format!("`{raw}` is not a job id")))
 }
 
 /// One row of the per-cycle table (also sent by the live stream).
@@ -49,12 +50,17 @@ impl CycleView {
         CycleView {
             cycle: r.get("cycle").and_then(Value::as_i64).unwrap_or(0),
             action: s("action"),
-            delay_ms: n("delay_ms").map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into()),
+            delay_ms: n("delay_ms")
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "–".into()),
             state_reached: s("state_reached"),
             final_state: s("final_state"),
             cancel_ms: ms(n("cancel_to_cancelled_ms")),
             progress_ms: ms(n("guest_progress_ms")),
-            alive: r.get("guest_alive").and_then(Value::as_bool).unwrap_or(false),
+            alive: r
+                .get("guest_alive")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             wall_ms: ms(n("wall_ms")),
         }
     }
@@ -115,11 +121,17 @@ struct JobPage {
     live_url: String,
 }
 
-pub async fn job_page(State(state): State<AppState>, Path(id): Path<String>, params: Params) -> Result<Html<String>, PageError> {
+pub async fn job_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Html<String>, PageError> {
     params.allow(&["cycles"])?;
     let id = parse_job_id(&id)?;
     let pool = &state.pool;
-    let job = jobs::get(pool, id).await?.ok_or_else(|| not_found(format!("job {id}")))?;
+    let job = jobs::get(pool, id)
+        .await?
+        .ok_or_else(|| not_found(format!("job {id}")))?;
     let kernel_id = jobs::kernel_of(pool, id).await?.unwrap_or(0);
     let (cycles_stored, max_cycle) = jobs::cycle_extent(pool, id).await?;
     let cycle_pages = ((cycles_stored + CYCLES_PER_PAGE - 1) / CYCLES_PER_PAGE).max(1);
@@ -142,16 +154,38 @@ pub async fn job_page(State(state): State<AppState>, Path(id): Path<String>, par
     let step = ((max_cycle as i64 + PLOT_POINTS - 1) / PLOT_POINTS).max(1) as i32;
     let series = jobs::cycle_series(pool, id, step).await?;
     let plot = (!series.is_empty()).then(|| {
-        let pick = |f: fn(&jobs::CyclePoint) -> Option<f64>| series.iter().filter_map(|p| f(p).map(|v| (p.cycle as f64, v))).collect::<Vec<_>>();
-        let bad: Vec<f64> = series.iter().filter(|p| !p.all_alive).map(|p| p.cycle as f64).collect();
+        let pick = |f: fn(&jobs::CyclePoint) -> Option<f64>| {
+            series
+                .iter()
+                .filter_map(|p| f(p).map(|v| (p.cycle as f64, v)))
+                .collect::<Vec<_>>()
+        };
+        let bad: Vec<f64> = series
+            .iter()
+            .filter(|p| !p.all_alive)
+            .map(|p| p.cycle as f64)
+            .collect();
         plot::timings(
             vec![
-                LineInput { name: "cancel → cancelled", class: "s1", values: pick(|p| p.cancel_ms) },
-                LineInput { name: "guest progress after cycle", class: "s2", values: pick(|p| p.progress_ms) },
-                LineInput { name: "cancel delay", class: "s3", values: pick(|p| p.delay_ms) },
+                LineInput {
+                    name: "cancel → cancelled",
+                    class: "s1",
+                    values: pick(|p| p.cancel_ms),
+                },
+                LineInput {
+                    name: "guest progress after cycle",
+                    class: "s2",
+                    values: pick(|p| p.progress_ms),
+                },
+                LineInput {
+                    name: "cancel delay",
+                    class: "s3",
+                    values: pick(|p| p.delay_ms),
+                },
             ],
             &bad,
-            job.failed_cycle.map(|c| (c as f64, format!("failed at cycle {c}"))),
+            job.failed_cycle
+                .map(|c| (c as f64, format!("failed at cycle {c}"))),
             max_cycle as f64,
             step,
         )
@@ -163,7 +197,11 @@ pub async fn job_page(State(state): State<AppState>, Path(id): Path<String>, par
             String::new()
         } else {
             let d = (e.at - raw_events[i - 1].at).num_milliseconds();
-            if d >= 60_000 { format!("+{} min {} s", d / 60_000, (d % 60_000) / 1000) } else { format!("+{:.1} s", d as f64 / 1000.0) }
+            if d >= 60_000 {
+                format!("+{} min {} s", d / 60_000, (d % 60_000) / 1000)
+            } else {
+                format!("+{:.1} s", d as f64 / 1000.0)
+            }
         };
         events.push(EventView {
             at: e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
@@ -173,10 +211,11 @@ pub async fn job_page(State(state): State<AppState>, Path(id): Path<String>, par
             reason: e.reason.clone().unwrap_or_default(),
         });
     }
-    let analysed: bool = sqlx::query_scalar("SELECT analyzed_at IS NOT NULL FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
+    let analysed: bool =
+        sqlx::query_scalar("SELECT analyzed_at IS NOT NULL FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
     let findings = findings::for_job(pool, id)
         .await?
         .into_iter()
@@ -211,7 +250,11 @@ pub async fn job_page(State(state): State<AppState>, Path(id): Path<String>, par
     let evidence = job
         .evidence
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let executor = match (&job.executor, job.simulated) {
         (Some(e), true) => format!("{e} (simulated board: replayed logs)"),
@@ -219,7 +262,14 @@ pub async fn job_page(State(state): State<AppState>, Path(id): Path<String>, par
         (None, _) => "not assigned yet".into(),
     };
     let last_cycle = cycles.last().map(|c| c.cycle).unwrap_or(after as i64);
-    let live_url = format!("/jobs/{id}/live?cycle={}&seq={last_seq}", if cycles_live { last_cycle } else { max_cycle as i64 });
+    let live_url = format!(
+        "/jobs/{id}/live?cycle={}&seq={last_seq}",
+        if cycles_live {
+            last_cycle
+        } else {
+            max_cycle as i64
+        }
+    );
     render(&JobPage {
         kernel_id,
         commit_short: short(&job.commit_sha),
@@ -283,8 +333,13 @@ pub async fn log_page(
     })?;
     let page = params.page("page")?;
     let pool = &state.pool;
-    let job = jobs::pulse(pool, id).await?.ok_or_else(|| not_found(format!("job {id}")))?;
-    let simulated: bool = sqlx::query_scalar("SELECT simulated FROM jobs WHERE id = $1").bind(id).fetch_one(pool).await?;
+    let job = jobs::pulse(pool, id)
+        .await?
+        .ok_or_else(|| not_found(format!("job {id}")))?;
+    let simulated: bool = sqlx::query_scalar("SELECT simulated FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
     let ranges: Vec<(i64, i64)> = findings::for_job(pool, id)
         .await?
         .into_iter()
@@ -293,7 +348,11 @@ pub async fn log_page(
         .collect();
     let p = logview::page(pool, id, stream, page, &ranges).await?;
     if page > p.pages {
-        return Err(not_found(format!("page {page} of the {} log of job {id} (it has {} pages)", stream.as_str(), p.pages)));
+        return Err(not_found(format!(
+            "page {page} of the {} log of job {id} (it has {} pages)",
+            stream.as_str(),
+            p.pages
+        )));
     }
     let alarms = p.lines.iter().filter(|l| l.alarm).count();
     render(&LogPageT {
@@ -301,7 +360,10 @@ pub async fn log_page(
         job_state: job.state,
         simulated,
         stream: stream.as_str().to_owned(),
-        streams: LogStream::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+        streams: LogStream::ALL
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
         page,
         pages: p.pages,
         first_line: p.lines.first().map(|l| l.number).unwrap_or(0),

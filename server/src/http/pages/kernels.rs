@@ -10,8 +10,8 @@ use axum::response::Html;
 use super::boards::JobLine;
 use super::plot::{self, Plot, TrendInput};
 use super::util::{
-    Pager, PageError, Params, ago, bad_request, family_name, not_found, offset, pct, pct_range, render, short,
-    verdict_rank, wilson95,
+    PageError, Pager, Params, ago, bad_request, family_name, not_found, offset, pct, pct_range,
+    render, short, verdict_rank, wilson95,
 };
 use super::{fleet, logview};
 use crate::results::{KernelResult, VerdictRow};
@@ -31,13 +31,22 @@ pub struct Badge {
 
 impl Badge {
     fn of(v: &str) -> Badge {
-        Badge { class: format!("v-{v}"), label: v.to_owned() }
+        Badge {
+            class: format!("v-{v}"),
+            label: v.to_owned(),
+        }
     }
     fn running() -> Badge {
-        Badge { class: "v-running".into(), label: "running".into() }
+        Badge {
+            class: "v-running".into(),
+            label: "running".into(),
+        }
     }
     fn none() -> Badge {
-        Badge { class: "v-none".into(), label: "no verdict yet".into() }
+        Badge {
+            class: "v-none".into(),
+            label: "no verdict yet".into(),
+        }
     }
 }
 
@@ -65,8 +74,16 @@ pub struct KernelLine {
 
 /// "3/1200 cycles failed (0.25%, 95% CI 0.09–0.73%)".
 fn evidence_text(failed: i64, cycles: i64, ci: (f64, f64)) -> String {
-    let rate = if cycles > 0 { failed as f64 / cycles as f64 } else { 0.0 };
-    format!("{failed}/{cycles} cycles failed ({}, 95% CI {})", pct(rate), pct_range(ci.0, ci.1))
+    let rate = if cycles > 0 {
+        failed as f64 / cycles as f64
+    } else {
+        0.0
+    };
+    format!(
+        "{failed}/{cycles} cycles failed ({}, 95% CI {})",
+        pct(rate),
+        pct_range(ci.0, ci.1)
+    )
 }
 
 fn verdict_evidence(v: &VerdictRow) -> String {
@@ -80,13 +97,22 @@ fn verdict_evidence(v: &VerdictRow) -> String {
         s.push_str(&format!(", p = {}", fmt_p(p)));
     }
     if let Some(b) = &v.baseline_commit {
-        s.push_str(&format!(" vs {} ({}/{})", short(b), v.baseline_failed, v.baseline_cycles));
+        s.push_str(&format!(
+            " vs {} ({}/{})",
+            short(b),
+            v.baseline_failed,
+            v.baseline_cycles
+        ));
     }
     s
 }
 
 pub fn fmt_p(p: f64) -> String {
-    if p < 0.0001 { format!("{p:.1e}") } else { format!("{p:.4}") }
+    if p < 0.0001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
 }
 
 /// The most alarming verdict; among equals, the strongest evidence.
@@ -94,29 +120,54 @@ fn worst_verdict<'a>(verdicts: &[&'a VerdictRow]) -> Option<&'a VerdictRow> {
     verdicts.iter().copied().min_by(|a, b| {
         verdict_rank(&a.verdict)
             .cmp(&verdict_rank(&b.verdict))
-            .then(a.p_value.unwrap_or(1.0).total_cmp(&b.p_value.unwrap_or(1.0)))
+            .then(
+                a.p_value
+                    .unwrap_or(1.0)
+                    .total_cmp(&b.p_value.unwrap_or(1.0)),
+            )
     })
 }
 
 pub fn kernel_line(k: KernelSummary, verdicts: &[&VerdictRow]) -> KernelLine {
     let running = k.jobs_active > 0;
     let (lo, hi) = wilson95(k.failed_cycles, k.cycles_run);
-    let rate = if k.cycles_run > 0 { k.failed_cycles as f64 / k.cycles_run as f64 } else { 0.0 };
+    let rate = if k.cycles_run > 0 {
+        k.failed_cycles as f64 / k.cycles_run as f64
+    } else {
+        0.0
+    };
     let worst = worst_verdict(verdicts);
     let (badge, evidence) = match worst {
         Some(v) => {
             let mut e = verdict_evidence(v);
             let others = verdicts.len() - 1;
             if others > 0 {
-                e.push_str(&format!("; {others} more family/plan verdict{}", if others == 1 { "" } else { "s" }));
+                e.push_str(&format!(
+                    "; {others} more family/plan verdict{}",
+                    if others == 1 { "" } else { "s" }
+                ));
             }
             (Badge::of(&v.verdict), e)
         }
         None if k.cycles_run > 0 => (
-            if running { Badge::running() } else { Badge::none() },
-            format!("{} (Wilson; no baseline comparison yet)", evidence_text(k.failed_cycles, k.cycles_run, (lo, hi))),
+            if running {
+                Badge::running()
+            } else {
+                Badge::none()
+            },
+            format!(
+                "{} (Wilson; no baseline comparison yet)",
+                evidence_text(k.failed_cycles, k.cycles_run, (lo, hi))
+            ),
         ),
-        None if running => (Badge::running(), format!("{} job{} queued or running", k.jobs_active, if k.jobs_active == 1 { "" } else { "s" })),
+        None if running => (
+            Badge::running(),
+            format!(
+                "{} job{} queued or running",
+                k.jobs_active,
+                if k.jobs_active == 1 { "" } else { "s" }
+            ),
+        ),
         None => (Badge::none(), "no cycles recorded".into()),
     };
     KernelLine {
@@ -141,7 +192,13 @@ pub fn kernel_line(k: KernelSummary, verdicts: &[&VerdictRow]) -> KernelLine {
 }
 
 async fn known_plans(state: &AppState) -> Result<Vec<String>, PageError> {
-    let mut plans: BTreeSet<String> = state.fleet.current().plans.iter().map(|p| p.name.clone()).collect();
+    let mut plans: BTreeSet<String> = state
+        .fleet
+        .current()
+        .plans
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
     plans.extend(results::plans(&state.pool).await?);
     Ok(plans.into_iter().collect())
 }
@@ -154,12 +211,21 @@ pub struct BranchChoice {
     pub selected: bool,
 }
 
-async fn branch_choices(state: &AppState, tree: Option<&str>, branch: Option<&str>, base: &str) -> Result<Vec<BranchChoice>, PageError> {
+async fn branch_choices(
+    state: &AppState,
+    tree: Option<&str>,
+    branch: Option<&str>,
+    base: &str,
+) -> Result<Vec<BranchChoice>, PageError> {
     Ok(runs::branches(&state.pool)
         .await?
         .into_iter()
         .map(|(t, b, count)| BranchChoice {
-            href: format!("{base}?tree={}&branch={}", super::util::url_encode(&t), super::util::url_encode(&b)),
+            href: format!(
+                "{base}?tree={}&branch={}",
+                super::util::url_encode(&t),
+                super::util::url_encode(&b)
+            ),
             selected: tree == Some(t.as_str()) && branch == Some(b.as_str()),
             tree: t,
             branch: b,
@@ -181,13 +247,35 @@ struct KernelsPage {
     plot: Option<Plot>,
 }
 
-pub async fn kernels_page(State(state): State<AppState>, params: Params) -> Result<Html<String>, PageError> {
+pub async fn kernels_page(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Html<String>, PageError> {
     params.allow(&["tree", "branch", "plan", "page"])?;
     let plans = known_plans(&state).await?;
-    let (tree, branch, plan, page) = (params.tree()?, params.branch()?, params.plan(&plans)?, params.page("page")?);
+    let (tree, branch, plan, page) = (
+        params.tree()?,
+        params.branch()?,
+        params.plan(&plans)?,
+        params.page("page")?,
+    );
     let pool = &state.pool;
-    let mut rows = runs::kernel_summaries(pool, tree, branch, plan, KERNELS_PER_PAGE + 1, offset(page, KERNELS_PER_PAGE)).await?;
-    let pager = Pager::new(&mut rows, page, KERNELS_PER_PAGE, "page", &[("tree", tree), ("branch", branch), ("plan", plan)]);
+    let mut rows = runs::kernel_summaries(
+        pool,
+        tree,
+        branch,
+        plan,
+        KERNELS_PER_PAGE + 1,
+        offset(page, KERNELS_PER_PAGE),
+    )
+    .await?;
+    let pager = Pager::new(
+        &mut rows,
+        page,
+        KERNELS_PER_PAGE,
+        "page",
+        &[("tree", tree), ("branch", branch), ("plan", plan)],
+    );
     let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
     let verdicts = results::verdicts_for_kernels(pool, &ids, plan).await?;
     let kernels: Vec<KernelLine> = rows
@@ -213,7 +301,10 @@ pub async fn kernels_page(State(state): State<AppState>, params: Params) -> Resu
                 detail: format!("{}; {}", k.badge.label, k.evidence),
             })
             .collect();
-        plot::trend(&points, &format!("Failure rate per kernel on {b} (95% Wilson CI)"))
+        plot::trend(
+            &points,
+            &format!("Failure rate per kernel on {b} (95% Wilson CI)"),
+        )
     });
     let branches = branch_choices(&state, tree, branch, "/kernels").await?;
     render(&KernelsPage {
@@ -257,7 +348,13 @@ struct MatrixPage {
     branches: Vec<BranchChoice>,
 }
 
-fn cell(kernel: i64, family: &str, results: &[&KernelResult], verdicts: &[&VerdictRow], active: bool) -> Cell {
+fn cell(
+    kernel: i64,
+    family: &str,
+    results: &[&KernelResult],
+    verdicts: &[&VerdictRow],
+    active: bool,
+) -> Cell {
     let href = format!("/kernels/{kernel}#family-{family}");
     let cycles: i64 = results.iter().map(|r| r.cycles_run).sum();
     let failed: i64 = results.iter().map(|r| r.failed_cycles).sum();
@@ -265,15 +362,31 @@ fn cell(kernel: i64, family: &str, results: &[&KernelResult], verdicts: &[&Verdi
     if results.is_empty() && worst.is_none() {
         return Cell {
             present: false,
-            class: if active { "v-running".into() } else { "v-empty".into() },
-            label: if active { "running".into() } else { String::new() },
+            class: if active {
+                "v-running".into()
+            } else {
+                "v-empty".into()
+            },
+            label: if active {
+                "running".into()
+            } else {
+                String::new()
+            },
             rate: String::new(),
-            title: if active { "jobs queued or running, no results yet".into() } else { "not tested on this family".into() },
+            title: if active {
+                "jobs queued or running, no results yet".into()
+            } else {
+                "not tested on this family".into()
+            },
             href,
         };
     }
     let (lo, hi) = wilson95(failed, cycles);
-    let rate = if cycles > 0 { failed as f64 / cycles as f64 } else { 0.0 };
+    let rate = if cycles > 0 {
+        failed as f64 / cycles as f64
+    } else {
+        0.0
+    };
     match worst {
         Some(v) => Cell {
             present: true,
@@ -285,8 +398,18 @@ fn cell(kernel: i64, family: &str, results: &[&KernelResult], verdicts: &[&Verdi
         },
         None => Cell {
             present: true,
-            class: if failed > 0 { "v-failing".into() } else if active { "v-running".into() } else { "v-none".into() },
-            label: if active { "running".into() } else { "no verdict".into() },
+            class: if failed > 0 {
+                "v-failing".into()
+            } else if active {
+                "v-running".into()
+            } else {
+                "v-none".into()
+            },
+            label: if active {
+                "running".into()
+            } else {
+                "no verdict".into()
+            },
             rate: pct(rate),
             title: evidence_text(failed, cycles, (lo, hi)),
             href,
@@ -294,18 +417,44 @@ fn cell(kernel: i64, family: &str, results: &[&KernelResult], verdicts: &[&Verdi
     }
 }
 
-pub async fn matrix_page(State(state): State<AppState>, params: Params) -> Result<Html<String>, PageError> {
+pub async fn matrix_page(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Html<String>, PageError> {
     params.allow(&["tree", "branch", "plan", "page"])?;
     let plans = known_plans(&state).await?;
-    let (tree, branch, plan, page) = (params.tree()?, params.branch()?, params.plan(&plans)?, params.page("page")?);
+    let (tree, branch, plan, page) = (
+        params.tree()?,
+        params.branch()?,
+        params.plan(&plans)?,
+        params.page("page")?,
+    );
     let pool = &state.pool;
-    let mut rows = runs::kernel_summaries(pool, tree, branch, plan, MATRIX_KERNELS + 1, offset(page, MATRIX_KERNELS)).await?;
-    let pager = Pager::new(&mut rows, page, MATRIX_KERNELS, "page", &[("tree", tree), ("branch", branch), ("plan", plan)]);
+    let mut rows = runs::kernel_summaries(
+        pool,
+        tree,
+        branch,
+        plan,
+        MATRIX_KERNELS + 1,
+        offset(page, MATRIX_KERNELS),
+    )
+    .await?;
+    let pager = Pager::new(
+        &mut rows,
+        page,
+        MATRIX_KERNELS,
+        "page",
+        &[("tree", tree), ("branch", branch), ("plan", plan)],
+    );
     let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
     let res = results::for_kernels(pool, &ids, plan).await?;
     let verdicts = results::verdicts_for_kernels(pool, &ids, plan).await?;
     let active = jobs::active_families(pool, &ids).await?;
-    let mut fams: BTreeSet<String> = fleet::board_views(pool).await?.into_iter().map(|b| b.family).collect();
+    let mut fams: BTreeSet<String> = fleet::board_views(pool)
+        .await?
+        .into_iter()
+        .map(|b| b.family)
+        .collect();
     fams.extend(res.iter().map(|r| r.family.clone()));
     fams.extend(verdicts.iter().map(|v| v.family.clone()));
     let families: Vec<(String, String)> = fams.into_iter().map(|f| (family_name(&f), f)).collect();
@@ -317,12 +466,19 @@ pub async fn matrix_page(State(state): State<AppState>, params: Params) -> Resul
                 .iter()
                 .map(|(_, f)| {
                     let active = active.iter().any(|(kid, fam)| *kid == k.id && fam == f);
-                    let r: Vec<&KernelResult> = res.iter().filter(|r| r.kernel_id == k.id && &r.family == f).collect();
-                    let v: Vec<&VerdictRow> = kv.iter().copied().filter(|v| &v.family == f).collect();
+                    let r: Vec<&KernelResult> = res
+                        .iter()
+                        .filter(|r| r.kernel_id == k.id && &r.family == f)
+                        .collect();
+                    let v: Vec<&VerdictRow> =
+                        kv.iter().copied().filter(|v| &v.family == f).collect();
                     cell(k.id, f, &r, &v, active)
                 })
                 .collect();
-            MatrixRow { kernel: kernel_line(k, &kv), cells }
+            MatrixRow {
+                kernel: kernel_line(k, &kv),
+                cells,
+            }
         })
         .collect();
     let branches = branch_choices(&state, tree, branch, "/matrix").await?;
@@ -401,15 +557,29 @@ struct KernelPage {
 
 fn duration(secs: f64) -> String {
     let s = secs.max(0.0) as i64;
-    if s >= 3600 { format!("{} h {} min", s / 3600, (s % 3600) / 60) } else if s >= 60 { format!("{} min {} s", s / 60, s % 60) } else { format!("{s} s") }
+    if s >= 3600 {
+        format!("{} h {} min", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{s} s")
+    }
 }
 
-pub async fn kernel_page(State(state): State<AppState>, Path(id): Path<String>, params: Params) -> Result<Html<String>, PageError> {
+pub async fn kernel_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Html<String>, PageError> {
     params.allow(&["page"])?;
     let page = params.page("page")?;
-    let id: i64 = id.parse().map_err(|_| bad_request(format!("`{id}` is not a kernel id")))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad_request(format!("`{id}` is not a kernel id")))?;
     let pool = &state.pool;
-    let k = runs::kernel_summary(pool, id).await?.ok_or_else(|| not_found(format!("kernel {id}")))?;
+    let k = runs::kernel_summary(pool, id)
+        .await?
+        .ok_or_else(|| not_found(format!("kernel {id}")))?;
     let parent = k.parent_sha.clone().unwrap_or_else(|| "–".into());
     let author = k.author.clone().unwrap_or_else(|| "–".into());
     let verdict_rows = results::verdicts_for_kernels(pool, &[id], None).await?;
@@ -425,7 +595,12 @@ pub async fn kernel_page(State(state): State<AppState>, Path(id): Path<String>, 
             evidence: evidence_text(v.failed_cycles, v.cycles_run, (v.ci_low, v.ci_high)),
             baseline_id: v.baseline_kernel_id,
             baseline: match &v.baseline_commit {
-                Some(c) => format!("{} ({}/{} cycles failed)", short(c), v.baseline_failed, v.baseline_cycles),
+                Some(c) => format!(
+                    "{} ({}/{} cycles failed)",
+                    short(c),
+                    v.baseline_failed,
+                    v.baseline_cycles
+                ),
                 None => "none".into(),
             },
             baseline_reason: v.baseline_reason.clone(),
@@ -442,7 +617,11 @@ pub async fn kernel_page(State(state): State<AppState>, Path(id): Path<String>, 
             ResultView {
                 family: family_name(&r.family),
                 family_key: r.family.clone(),
-                rate: pct(if r.cycles_run > 0 { r.failed_cycles as f64 / r.cycles_run as f64 } else { 0.0 }),
+                rate: pct(if r.cycles_run > 0 {
+                    r.failed_cycles as f64 / r.cycles_run as f64
+                } else {
+                    0.0
+                }),
                 ci: pct_range(lo, hi),
                 board_time: duration(r.board_seconds),
                 plan: r.plan,
@@ -464,7 +643,11 @@ pub async fn kernel_page(State(state): State<AppState>, Path(id): Path<String>, 
             jobs: run_jobs
                 .iter()
                 .filter(|j| j.run_id == r.id)
-                .map(|j| fleet::RunJobView { id: j.id, board: j.board.clone(), state: j.state.clone() })
+                .map(|j| fleet::RunJobView {
+                    id: j.id,
+                    board: j.board.clone(),
+                    state: j.state.clone(),
+                })
                 .collect(),
             id: r.id,
             kernel_id: r.kernel_id,
@@ -478,7 +661,13 @@ pub async fn kernel_page(State(state): State<AppState>, Path(id): Path<String>, 
             created: ago(Some(r.created_at)),
         })
         .collect();
-    let mut job_rows = jobs::briefs_for_kernel(pool, id, KERNEL_JOBS_PER_PAGE + 1, offset(page, KERNEL_JOBS_PER_PAGE)).await?;
+    let mut job_rows = jobs::briefs_for_kernel(
+        pool,
+        id,
+        KERNEL_JOBS_PER_PAGE + 1,
+        offset(page, KERNEL_JOBS_PER_PAGE),
+    )
+    .await?;
     let pager = Pager::new(&mut job_rows, page, KERNEL_JOBS_PER_PAGE, "page", &[]);
     let findings = findings::for_kernel(pool, id, 50)
         .await?
@@ -494,7 +683,11 @@ pub async fn kernel_page(State(state): State<AppState>, Path(id): Path<String>, 
         })
         .collect();
     render(&KernelPage {
-        branch_href: format!("/kernels?tree={}&branch={}", super::util::url_encode(&line.tree), super::util::url_encode(&line.branch)),
+        branch_href: format!(
+            "/kernels?tree={}&branch={}",
+            super::util::url_encode(&line.tree),
+            super::util::url_encode(&line.branch)
+        ),
         k: line,
         parent,
         author,

@@ -42,7 +42,12 @@ fn cache() -> &'static Mutex<HashMap<Key, Arc<Vec<ChunkIdx>>>> {
 /// (tests) never share cache entries.
 fn db_identity(pool: &PgPool) -> String {
     let o = pool.connect_options();
-    format!("{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or(""))
+    format!(
+        "{}:{}/{}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("")
+    )
 }
 
 pub struct Line {
@@ -68,10 +73,17 @@ pub fn display_line(raw: &[u8]) -> String {
         return text.into_owned();
     }
     let kept: String = text.chars().take(MAX_LINE_CHARS).collect();
-    format!("{kept} … [{} more bytes]", raw.len().saturating_sub(kept.len()))
+    format!(
+        "{kept} … [{} more bytes]",
+        raw.len().saturating_sub(kept.len())
+    )
 }
 
-async fn index(pool: &PgPool, job: i64, stream: LogStream) -> Result<Arc<Vec<ChunkIdx>>, sqlx::Error> {
+async fn index(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+) -> Result<Arc<Vec<ChunkIdx>>, sqlx::Error> {
     let key: Key = (db_identity(pool), job, stream.as_str());
     let listed = logs::chunk_list(pool, job, stream).await?;
     let cached = cache().lock().unwrap().get(&key).cloned();
@@ -93,7 +105,11 @@ async fn index(pool: &PgPool, job: i64, stream: LogStream) -> Result<Arc<Vec<Chu
         let from = listed[i].0;
         let to = listed[(i + BATCH as usize - 1).min(listed.len() - 1)].0;
         for (seq, data) in logs::read_chunk_range(pool, job, stream, from, to).await? {
-            let raw_len = listed.iter().find(|(s, _)| *s == seq).map(|(_, l)| *l).unwrap_or(data.len() as i32);
+            let raw_len = listed
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, l)| *l)
+                .unwrap_or(data.len() as i32);
             idx.push(ChunkIdx {
                 seq,
                 raw_len,
@@ -127,7 +143,12 @@ pub async fn page(
     let total_bytes: i64 = idx.iter().map(|c| c.raw_len as i64).sum();
     let pages = ((total_lines + LINES_PER_PAGE - 1) / LINES_PER_PAGE).max(1);
     let first_line = (page - 1) * LINES_PER_PAGE + 1;
-    let mut out = LogPage { lines: Vec::new(), total_lines, total_bytes, pages };
+    let mut out = LogPage {
+        lines: Vec::new(),
+        total_lines,
+        total_bytes,
+        pages,
+    };
     if first_line > total_lines {
         return Ok(out);
     }
@@ -213,7 +234,12 @@ pub async fn page(
 
 /// The last `n` lines of a stream (from its last few chunks; no line
 /// numbers), and the highest chunk seq read.
-pub async fn tail(pool: &PgPool, job: i64, stream: LogStream, n: usize) -> Result<(Vec<(String, bool)>, i64), sqlx::Error> {
+pub async fn tail(
+    pool: &PgPool,
+    job: i64,
+    stream: LogStream,
+    n: usize,
+) -> Result<(Vec<(String, bool)>, i64), sqlx::Error> {
     let chunks = logs::tail_chunks(pool, job, stream, 8).await?;
     let last_seq = chunks.last().map(|c| c.0).unwrap_or(-1);
     let mut bytes = Vec::new();

@@ -72,10 +72,18 @@ fn f(v: f64) -> String {
 
 /// A "nice" upper bound and step for an axis from 0 to `max`.
 fn nice_axis(max: f64) -> (f64, f64) {
-    let max = if max.is_finite() && max > 0.0 { max } else { 1.0 };
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
     let raw = max / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
     ((max / step).ceil() * step, step)
 }
 
@@ -122,7 +130,10 @@ fn y_ticks(frame: &Frame, step: f64, fmt: impl Fn(f64) -> String) -> Vec<Tick> {
     let mut out = Vec::new();
     let mut v = 0.0;
     while v <= frame.y_max + step * 0.01 {
-        out.push(Tick { pos: f(frame.y(v)), label: fmt(v) });
+        out.push(Tick {
+            pos: f(frame.y(v)),
+            label: fmt(v),
+        });
         v += step;
     }
     out
@@ -137,27 +148,46 @@ pub struct LineInput {
 
 /// Per-cycle timings of a job: x = cycle, y = milliseconds. `bad` are
 /// cycles (x values) where the guest died; `marker` e.g. the failed cycle.
-pub fn timings(lines: Vec<LineInput>, bad: &[f64], marker: Option<(f64, String)>, x_max: f64, bucket: i32) -> Plot {
+pub fn timings(
+    lines: Vec<LineInput>,
+    bad: &[f64],
+    marker: Option<(f64, String)>,
+    x_max: f64,
+    bucket: i32,
+) -> Plot {
     let title = if bucket > 1 {
         format!("Per-cycle timings (each point: the largest of {bucket} cycles)")
     } else {
         "Per-cycle timings".to_owned()
     };
     let mut plot = empty("timings", &title, "cycle", "ms");
-    let y_max = lines.iter().flat_map(|l| l.values.iter().map(|v| v.1)).fold(0.0, f64::max);
+    let y_max = lines
+        .iter()
+        .flat_map(|l| l.values.iter().map(|v| v.1))
+        .fold(0.0, f64::max);
     let (y_top, step) = nice_axis(y_max);
-    let frame = Frame { x_min: 1.0, x_max: x_max.max(2.0), y_max: y_top };
+    let frame = Frame {
+        x_min: 1.0,
+        x_max: x_max.max(2.0),
+        y_max: y_top,
+    };
     plot.y_ticks = y_ticks(&frame, step, |v| format!("{v}"));
     let (x_top, x_step) = nice_axis(frame.x_max);
     let mut v = 0.0;
     while v <= x_top && v <= frame.x_max {
         if v >= 1.0 {
-            plot.x_ticks.push(Tick { pos: f(frame.x(v)), label: format!("{v}") });
+            plot.x_ticks.push(Tick {
+                pos: f(frame.x(v)),
+                label: format!("{v}"),
+            });
         }
         v += x_step;
     }
     if plot.x_ticks.is_empty() {
-        plot.x_ticks.push(Tick { pos: f(frame.x(1.0)), label: "1".into() });
+        plot.x_ticks.push(Tick {
+            pos: f(frame.x(1.0)),
+            label: "1".into(),
+        });
     }
     let mut summary = Vec::new();
     for l in &lines {
@@ -166,7 +196,12 @@ pub fn timings(lines: Vec<LineInput>, bad: &[f64], marker: Option<(f64, String)>
         }
         let mut d = String::new();
         for (i, (x, y)) in l.values.iter().enumerate() {
-            d.push_str(&format!("{}{},{} ", if i == 0 { 'M' } else { 'L' }, f(frame.x(*x)), f(frame.y(*y))));
+            d.push_str(&format!(
+                "{}{},{} ",
+                if i == 0 { 'M' } else { 'L' },
+                f(frame.x(*x)),
+                f(frame.y(*y))
+            ));
         }
         if l.values.len() <= 400 {
             for (x, y) in &l.values {
@@ -181,7 +216,11 @@ pub fn timings(lines: Vec<LineInput>, bad: &[f64], marker: Option<(f64, String)>
         }
         let max = l.values.iter().map(|v| v.1).fold(0.0, f64::max);
         summary.push(format!("{}: max {max:.1} ms", l.name));
-        plot.series.push(Series { name: l.name.to_owned(), class: l.class.to_owned(), path: d.trim_end().to_owned() });
+        plot.series.push(Series {
+            name: l.name.to_owned(),
+            class: l.class.to_owned(),
+            path: d.trim_end().to_owned(),
+        });
         plot.legend.push((l.name.to_owned(), l.class.to_owned()));
     }
     for x in bad {
@@ -197,9 +236,16 @@ pub fn timings(lines: Vec<LineInput>, bad: &[f64], marker: Option<(f64, String)>
         plot.legend.push(("guest not alive".into(), "dead".into()));
     }
     if let Some((x, label)) = marker {
-        plot.markers.push(Marker { x: f(frame.x(x)), label });
+        plot.markers.push(Marker {
+            x: f(frame.x(x)),
+            label,
+        });
     }
-    plot.summary = format!("{} cycles plotted. {}", lines.first().map(|l| l.values.len()).unwrap_or(0), summary.join("; "));
+    plot.summary = format!(
+        "{} cycles plotted. {}",
+        lines.first().map(|l| l.values.len()).unwrap_or(0),
+        summary.join("; ")
+    );
     plot
 }
 
@@ -217,21 +263,45 @@ pub struct TrendInput {
 /// Failure rate per kernel along a branch (oldest left), with 95% CI
 /// whiskers; each point links to its kernel.
 pub fn trend(points: &[TrendInput], title: &str) -> Plot {
-    let mut plot = empty("trend", title, "kernel (oldest → newest)", "failure rate per cycle");
+    let mut plot = empty(
+        "trend",
+        title,
+        "kernel (oldest → newest)",
+        "failure rate per cycle",
+    );
     let y_max = points.iter().map(|p| p.hi.max(p.rate)).fold(0.0, f64::max);
     let (y_top, step) = nice_axis((y_max * 100.0).max(0.1));
-    let frame = Frame { x_min: -0.5, x_max: points.len() as f64 - 0.5, y_max: y_top / 100.0 };
-    plot.y_ticks = y_ticks(&Frame { y_max: y_top, ..frame }, step, |v| format!("{v}%"));
+    let frame = Frame {
+        x_min: -0.5,
+        x_max: points.len() as f64 - 0.5,
+        y_max: y_top / 100.0,
+    };
+    plot.y_ticks = y_ticks(
+        &Frame {
+            y_max: y_top,
+            ..frame
+        },
+        step,
+        |v| format!("{v}%"),
+    );
     // y_ticks were computed on a percent frame; positions are identical.
     let every = (points.len() / 12).max(1);
     let mut d = String::new();
     for (i, p) in points.iter().enumerate() {
         let x = frame.x(i as f64);
         if i % every == 0 {
-            plot.x_ticks.push(Tick { pos: f(x), label: p.label.clone() });
+            plot.x_ticks.push(Tick {
+                pos: f(x),
+                label: p.label.clone(),
+            });
         }
         let y = frame.y(p.rate);
-        d.push_str(&format!("{}{},{} ", if i == 0 { 'M' } else { 'L' }, f(x), f(y)));
+        d.push_str(&format!(
+            "{}{},{} ",
+            if i == 0 { 'M' } else { 'L' },
+            f(x),
+            f(y)
+        ));
         plot.whiskers.push(Whisker {
             x: f(x),
             y_lo: f(frame.y(p.lo)),
@@ -248,9 +318,17 @@ pub fn trend(points: &[TrendInput], title: &str) -> Plot {
         });
     }
     if !points.is_empty() {
-        plot.series.push(Series { name: "failure rate".into(), class: "rate".into(), path: d.trim_end().to_owned() });
+        plot.series.push(Series {
+            name: "failure rate".into(),
+            class: "rate".into(),
+            path: d.trim_end().to_owned(),
+        });
     }
-    plot.summary = points.iter().map(|p| format!("{}: {}", p.label, p.detail)).collect::<Vec<_>>().join("; ");
+    plot.summary = points
+        .iter()
+        .map(|p| format!("{}: {}", p.label, p.detail))
+        .collect::<Vec<_>>()
+        .join("; ");
     plot
 }
 

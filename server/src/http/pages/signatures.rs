@@ -4,7 +4,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 
-use super::util::{Pager, PageError, Params, ago, offset, render, short};
+use super::util::{PageError, Pager, Params, ago, offset, render, short};
 use crate::findings;
 use crate::state::AppState;
 
@@ -33,10 +33,14 @@ struct SignaturesPage {
     pager: Pager,
 }
 
-pub async fn signatures_page(State(state): State<AppState>, params: Params) -> Result<Html<String>, PageError> {
+pub async fn signatures_page(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Html<String>, PageError> {
     params.allow(&["page"])?;
     let page = params.page("page")?;
-    let mut rows = findings::signature_summaries(&state.pool, PER_PAGE + 1, offset(page, PER_PAGE)).await?;
+    let mut rows =
+        findings::signature_summaries(&state.pool, PER_PAGE + 1, offset(page, PER_PAGE)).await?;
     let pager = Pager::new(&mut rows, page, PER_PAGE, "page", &[]);
     let signatures = rows
         .into_iter()

@@ -75,10 +75,14 @@ pub struct Params {
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = PageError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
-        let q: Result<Query<Vec<(String, String)>>, QueryRejection> = Query::from_request_parts(parts, state).await;
+        let q: Result<Query<Vec<(String, String)>>, QueryRejection> =
+            Query::from_request_parts(parts, state).await;
         match q {
             Ok(Query(pairs)) => Ok(Params { pairs }),
-            Err(e) => Err(bad_request(format!("malformed query string: {}", e.body_text()))),
+            Err(e) => Err(bad_request(format!(
+                "malformed query string: {}",
+                e.body_text()
+            ))),
         }
     }
 }
@@ -90,11 +94,17 @@ impl Params {
             if !known.contains(&k.as_str()) {
                 return Err(bad_request(format!(
                     "unknown query parameter `{k}` (known: {})",
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
             if self.pairs[..i].iter().any(|(k2, _)| k2 == k) {
-                return Err(bad_request(format!("query parameter `{k}` given more than once")));
+                return Err(bad_request(format!(
+                    "query parameter `{k}` given more than once"
+                )));
             }
         }
         Ok(())
@@ -102,7 +112,11 @@ impl Params {
 
     /// The value, with an empty value (an unselected form field) as absent.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
 
     /// A 1-based page number (default 1).
@@ -111,23 +125,29 @@ impl Params {
             None => Ok(1),
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-                _ => Err(bad_request(format!("`{name}` must be a page number from 1 to 1000000, not `{v}`"))),
+                _ => Err(bad_request(format!(
+                    "`{name}` must be a page number from 1 to 1000000, not `{v}`"
+                ))),
             },
         }
     }
 
     pub fn tree(&self) -> Result<Option<&str>, PageError> {
         match self.get("tree") {
-            Some(t) if t.len() > 512 || t.chars().any(char::is_control) => {
-                Err(bad_request("`tree` must be a repository URL of at most 512 characters"))
-            }
+            Some(t) if t.len() > 512 || t.chars().any(char::is_control) => Err(bad_request(
+                "`tree` must be a repository URL of at most 512 characters",
+            )),
             other => Ok(other),
         }
     }
 
     pub fn branch(&self) -> Result<Option<&str>, PageError> {
         match self.get("branch") {
-            Some(b) if b.len() > 255 || b.contains("..") || b.chars().any(|c| c.is_control() || c == ' ') => {
+            Some(b)
+                if b.len() > 255
+                    || b.contains("..")
+                    || b.chars().any(|c| c.is_control() || c == ' ') =>
+            {
                 Err(bad_request("`branch` is not a valid git branch name"))
             }
             other => Ok(other),
@@ -139,7 +159,11 @@ impl Params {
         match self.get("plan") {
             Some(p) if !known.iter().any(|k| k == p) => Err(bad_request(format!(
                 "unknown plan `{p}` (known: {})",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             ))),
             other => Ok(other),
         }
@@ -157,14 +181,25 @@ pub struct Pager {
 
 impl Pager {
     /// Trims `rows` to `per_page` and remembers whether there were more.
-    pub fn new<T>(rows: &mut Vec<T>, page: i64, per_page: i64, param: &'static str, keep: &[(&str, Option<&str>)]) -> Pager {
+    pub fn new<T>(
+        rows: &mut Vec<T>,
+        page: i64,
+        per_page: i64,
+        param: &'static str,
+        keep: &[(&str, Option<&str>)],
+    ) -> Pager {
         let has_next = rows.len() as i64 > per_page;
         rows.truncate(per_page as usize);
         let base = keep
             .iter()
             .filter_map(|(k, v)| v.map(|v| format!("{k}={}&", url_encode(v))))
             .collect::<String>();
-        Pager { page, has_next, base, param }
+        Pager {
+            page,
+            has_next,
+            base,
+            param,
+        }
     }
     pub fn show(&self) -> bool {
         self.page > 1 || self.has_next
@@ -186,7 +221,9 @@ pub fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -233,8 +270,16 @@ pub fn wilson95(failures: i64, trials: i64) -> (f64, f64) {
     let denom = 1.0 + z2 / n;
     let center = (p + z2 / (2.0 * n)) / denom;
     let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    let lo = if f == 0 { 0.0 } else { (center - half).max(0.0) };
-    let hi = if f == trials { 1.0 } else { (center + half).min(1.0) };
+    let lo = if f == 0 {
+        0.0
+    } else {
+        (center - half).max(0.0)
+    };
+    let hi = if f == trials {
+        1.0
+    } else {
+        (center + half).min(1.0)
+    };
     (lo, hi)
 }
 
@@ -295,10 +340,20 @@ pub fn is_alarm_line(line: &str) -> bool {
 }
 
 /// Verdicts from most to least alarming; a kernel's summary is its worst.
-pub const VERDICT_ORDER: [&str; 6] = ["regression", "still-failing", "board-suspect", "inconclusive", "fixed", "pass"];
+pub const VERDICT_ORDER: [&str; 6] = [
+    "regression",
+    "still-failing",
+    "board-suspect",
+    "inconclusive",
+    "fixed",
+    "pass",
+];
 
 pub fn verdict_rank(v: &str) -> usize {
-    VERDICT_ORDER.iter().position(|x| *x == v).unwrap_or(VERDICT_ORDER.len())
+    VERDICT_ORDER
+        .iter()
+        .position(|x| *x == v)
+        .unwrap_or(VERDICT_ORDER.len())
 }
 
 #[cfg(test)]
