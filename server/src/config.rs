@@ -4,7 +4,7 @@
 //! the file, line and field named, and the previously loaded fleet (if any)
 //! stays in force.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use armfleet_protocol::MigrateCancelParams;
@@ -808,13 +808,4 @@ struct RawReplay {
     buggy_commits: Vec<String>,
     #[serde(default)]
     abort_probability: f64,
-}
-
-/// For listings: the fleet's boards keyed by family.
-pub fn boards_by_family(fleet: &Fleet) -> BTreeMap<Family, Vec<&Board>> {
-    let mut map: BTreeMap<Family, Vec<&Board>> = BTreeMap::new();
-    for b in &fleet.boards {
-        map.entry(b.family).or_default().push(b);
-    }
-    map
 }

@@ -404,48 +404,6 @@ pub async fn record_cycle(
     Ok(())
 }
 
-/// Ends every unfinished job matching `filter` as `to` with `reason`.
-/// Returns the ids moved.
-async fn end_where(
-    pool: &PgPool,
-    filter: &'static str,
-    bind: Option<&str>,
-    to: JobState,
-    reason: &str,
-) -> Result<Vec<i64>, JobError> {
-    let sql = format!("SELECT id FROM jobs WHERE {filter} ORDER BY id");
-    let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
-    if let Some(b) = bind {
-        q = q.bind(b);
-    }
-    let ids = q.fetch_all(pool).await?;
-    let mut moved = Vec::new();
-    for id in ids {
-        let mut tx = pool.begin().await?;
-        match transition(
-            &mut tx,
-            id,
-            to,
-            None,
-            TransitionEffects {
-                reason: Some(reason),
-                ..Default::default()
-            },
-        )
-        .await
-        {
-            Ok(_) => {
-                tx.commit().await?;
-                moved.push(id);
-            }
-            // Raced with a legitimate end; nothing to do.
-            Err(JobError::IllegalTransition { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(moved)
-}
-
 /// The board's connection ended: its in-flight jobs keep their state for
 /// `grace_s`, in case the agent comes back with them (a network blip, a
 /// server restart); after that the watchdog declares them lost.
@@ -510,22 +468,6 @@ pub async fn reconcile_leases(
         .filter(|h| !in_flight.contains(h))
         .map(|(id, _)| *id)
         .collect())
-}
-
-/// The board's connection is gone for good: none of its jobs can still run.
-pub async fn lose_board_jobs(
-    pool: &PgPool,
-    board: &str,
-    reason: &str,
-) -> Result<Vec<i64>, JobError> {
-    end_where(
-        pool,
-        "board = $1 AND state IN ('assigned', 'running')",
-        Some(board),
-        JobState::Lost,
-        reason,
-    )
-    .await
 }
 
 /// At start-up: what a previous server process left in flight gets a
@@ -682,15 +624,6 @@ pub async fn active_by_board(pool: &PgPool) -> Result<Vec<JobRow>, sqlx::Error> 
     sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
         "{JOB_SELECT} WHERE j.state IN ('assigned', 'running') ORDER BY j.id"
     )))
-    .fetch_all(pool)
-    .await
-}
-
-pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
-        "{JOB_SELECT} ORDER BY j.id DESC LIMIT $1"
-    )))
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
