@@ -23,51 +23,67 @@ pub struct Outbox {
 /// `ARMFLEET_LEDGER=FILE`: a line per log chunk, cycle and result this
 /// agent produces — what it owes the server — so that tests (the chaos
 /// suite) can check that the server stored each exactly once.
-fn ledger(frame: &Frame<AgentMessage>) {
-    use std::io::Write;
-    static LEDGER: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
-        std::sync::OnceLock::new();
-    let file = LEDGER.get_or_init(|| {
-        let path = std::env::var_os("ARMFLEET_LEDGER")?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok()
-            .map(std::sync::Mutex::new)
-    });
-    let Some(file) = file else { return };
-    let line = match &frame.message {
-        AgentMessage::LogChunk {
-            job_id,
-            stream,
-            seq,
-            ..
-        } => {
-            serde_json::json!({"job": job_id, "kind": "log", "stream": stream, "seq": seq, "bytes": frame.payload.len()})
-        }
-        AgentMessage::CycleDone { job_id, record, .. } => {
-            serde_json::json!({"job": job_id, "kind": "cycle", "cycle": record.cycle})
-        }
-        AgentMessage::JobFinished { job_id, result, .. } => {
-            serde_json::json!({"job": job_id, "kind": "result", "result": result})
-        }
-        _ => return,
-    };
-    // A write(2) survives the process being killed; that is what the
-    // ledger must outlive.
-    let _ = writeln!(file.lock().unwrap(), "{line}");
+struct Ledger {
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl Ledger {
+    /// The ledger, when `ARMFLEET_LEDGER` names one (looked up once).
+    fn get() -> Option<&'static Ledger> {
+        static LEDGER: std::sync::OnceLock<Option<Ledger>> = std::sync::OnceLock::new();
+        LEDGER
+            .get_or_init(|| {
+                let path = std::env::var_os("ARMFLEET_LEDGER")?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .ok()?;
+                Some(Ledger {
+                    file: std::sync::Mutex::new(file),
+                })
+            })
+            .as_ref()
+    }
+
+    /// The ledger line for a frame, if it is one the server owes storage.
+    fn line(frame: &Frame<AgentMessage>) -> Option<serde_json::Value> {
+        Some(match &frame.message {
+            AgentMessage::LogChunk {
+                job_id,
+                stream,
+                seq,
+                ..
+            } => {
+                serde_json::json!({"job": job_id, "kind": "log", "stream": stream, "seq": seq, "bytes": frame.payload.len()})
+            }
+            AgentMessage::CycleDone { job_id, record, .. } => {
+                serde_json::json!({"job": job_id, "kind": "cycle", "cycle": record.cycle})
+            }
+            AgentMessage::JobFinished { job_id, result, .. } => {
+                serde_json::json!({"job": job_id, "kind": "result", "result": result})
+            }
+            _ => return None,
+        })
+    }
+
+    fn write(&self, line: &serde_json::Value) {
+        use std::io::Write;
+        // A write(2) survives the process being killed; that is what the
+        // ledger must outlive.
+        let _ = writeln!(self.file.lock().unwrap(), "{line}");
+    }
 }
 
 impl Outbox {
     pub fn send(&self, frame: Frame<AgentMessage>) {
-        let summary = std::env::var_os("ARMFLEET_LEDGER")
-            .is_some()
-            .then(|| frame.clone());
+        // Only what reached the spool is owed, so the line is written after
+        // the push; it is made before, as the push takes the frame.
+        let owed = Ledger::get().and_then(|l| Ledger::line(&frame).map(|line| (l, line)));
         if let Err(e) = self.spool.lock().unwrap().push(frame) {
             tracing::error!("cannot spool a frame (it is lost): {e}");
-        } else if let Some(f) = summary {
-            ledger(&f);
+        } else if let Some((ledger, line)) = owed {
+            ledger.write(&line);
         }
         self.ready.notify_one();
     }
