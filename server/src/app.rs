@@ -59,7 +59,7 @@ impl Server {
         let server_id = load_or_create_server_id(&settings.data_dir)?;
         boards::sync_with_fleet(&pool, &fleet).await?;
         boards::all_offline(&pool, &server_id, "server started; waiting for the agent").await?;
-        let grace = fleet.server.heartbeat_deadline_ms as f64 / 1000.0;
+        let grace = fleet.server.lease_grace_s();
         let leased = jobs::resolve_after_restart(&pool, &server_id, grace).await?;
         if !leased.is_empty() {
             tracing::warn!(

@@ -236,6 +236,16 @@ pub struct ServerSettings {
     pub boot_deadline_s: u64,
 }
 
+impl ServerSettings {
+    /// How long in-flight jobs of a board whose connection ended wait for
+    /// it to come back with them: the heartbeat deadline, or
+    /// `boot_deadline_s` when a reboot must fit in. The one rule for every
+    /// place that leases jobs (a dropped session, a server start).
+    pub fn lease_grace_s(&self) -> f64 {
+        (self.heartbeat_deadline_ms as f64 / 1000.0).max(self.boot_deadline_s as f64)
+    }
+}
+
 impl std::fmt::Debug for ServerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The token never reaches a log.

@@ -179,11 +179,8 @@ impl Dispatcher {
         if let Err(e) = boards::set_offline(&self.pool, board, reason).await {
             tracing::error!(board, "recording board offline: {e}");
         }
-        // Its jobs get until the heartbeat deadline to come back with it
-        // (or, with `boot_deadline_s`, until it could have rebooted).
-        let settings = &self.fleet().server;
-        let grace =
-            (settings.heartbeat_deadline_ms as f64 / 1000.0).max(settings.boot_deadline_s as f64);
+        // Its jobs get a grace period to come back with it.
+        let grace = self.fleet().server.lease_grace_s();
         match jobs::lease_board_jobs(&self.pool, board, grace).await {
             Ok(n) if n > 0 => tracing::warn!(
                 board,
