@@ -403,23 +403,22 @@ pub fn find_agent_binary() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let me = std::env::current_exe()?;
-    let mut dir = me.parent().map(Path::to_path_buf);
-    while let Some(d) = dir {
-        let candidate = d.join("armfleet-agent");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        dir = d.parent().map(Path::to_path_buf);
-        if dir
-            .as_ref()
-            .is_some_and(|p| !p.join("deps").exists() && !p.ends_with("target"))
-            && d.ends_with("deps")
-        {
-            continue;
-        }
+    // Beside `armfleet`, or one level up when running from `target/*/deps`.
+    let beside = me.parent().map(Path::to_path_buf);
+    let above = beside
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    if let Some(found) = [beside, above]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("armfleet-agent"))
+        .find(|p| p.is_file())
+    {
+        return Ok(found);
     }
     bail!(
-        "armfleet-agent was not found next to {} — build it with `cargo build --release --workspace` \
+        "armfleet-agent was not found next to {} — build it with `cargo build --workspace` \
          (or set ARMFLEET_AGENT_BIN)",
         me.display()
     )
