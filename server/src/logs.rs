@@ -42,22 +42,17 @@ pub async fn read_stream(
     job: i64,
     stream: LogStream,
 ) -> Result<Vec<u8>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT data FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq")
-            .bind(job)
-            .bind(stream.as_str())
-            .fetch_all(pool)
-            .await?;
-    let mut out = Vec::new();
-    for row in rows {
-        let data: Vec<u8> = row.get("data");
-        GzDecoder::new(&data[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}"))
-            })?;
-    }
-    Ok(out)
+    let rows = sqlx::query(
+        "SELECT seq, data FROM log_chunks WHERE job_id = $1 AND stream = $2 ORDER BY seq",
+    )
+    .bind(job)
+    .bind(stream.as_str())
+    .fetch_all(pool)
+    .await?;
+    Ok(decode_rows(job, rows)?
+        .into_iter()
+        .flat_map(|(_, data)| data)
+        .collect())
 }
 
 /// Raw and stored byte counts per stream.
@@ -94,10 +89,31 @@ pub async fn chunk_list(
 
 fn gunzip_chunk(job: i64, data: &[u8]) -> Result<Vec<u8>, sqlx::Error> {
     let mut out = Vec::with_capacity(data.len() * 3);
-    GzDecoder::new(data).read_to_end(&mut out).map_err(|e| {
+    gunzip_into(job, data, &mut out)?;
+    Ok(out)
+}
+
+/// Appends a decompressed chunk to `out` (one buffer for a whole stream).
+fn gunzip_into(job: i64, data: &[u8], out: &mut Vec<u8>) -> Result<(), sqlx::Error> {
+    GzDecoder::new(data).read_to_end(out).map_err(|e| {
         sqlx::Error::Protocol(format!("stored log chunk of job {job} is corrupt: {e}"))
     })?;
-    Ok(out)
+    Ok(())
+}
+
+/// `(seq, data)` rows of `log_chunks`, decompressed.
+fn decode_rows(
+    job: i64,
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.get::<i64, _>("seq"),
+                gunzip_chunk(job, r.get::<&[u8], _>("data"))?,
+            ))
+        })
+        .collect()
 }
 
 /// Chunks `seq_from..=seq_to` of a stream, decompressed, in order.
@@ -115,14 +131,7 @@ pub async fn read_chunk_range(
         .bind(seq_to)
         .fetch_all(pool)
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok((
-                r.get::<i64, _>("seq"),
-                gunzip_chunk(job, r.get::<&[u8], _>("data"))?,
-            ))
-        })
-        .collect()
+    decode_rows(job, rows)
 }
 
 /// Up to `limit` chunks with `seq > after`, decompressed, in order.
@@ -140,14 +149,7 @@ pub async fn chunks_after(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok((
-                r.get::<i64, _>("seq"),
-                gunzip_chunk(job, r.get::<&[u8], _>("data"))?,
-            ))
-        })
-        .collect()
+    decode_rows(job, rows)
 }
 
 /// The last `limit` chunks of a stream, decompressed, in order.
@@ -163,15 +165,7 @@ pub async fn tail_chunks(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    let mut out: Vec<(i64, Vec<u8>)> = rows
-        .into_iter()
-        .map(|r| {
-            Ok((
-                r.get::<i64, _>("seq"),
-                gunzip_chunk(job, r.get::<&[u8], _>("data"))?,
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+    let mut out = decode_rows(job, rows)?;
     out.reverse();
     Ok(out)
 }
