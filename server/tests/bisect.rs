@@ -72,10 +72,7 @@ async fn two_board_lab(cycles: u32) -> (TestServer, Vec<TestAgent>) {
         server.agent("altra-02", &k2.path, &["--executor", "replay"]),
     ];
     for b in ["altra-01", "altra-02"] {
-        wait_for("boards online", Duration::from_secs(20), || async {
-            (server.board_state(b).await == "idle").then_some(())
-        })
-        .await;
+        server.wait_board(b, "idle", Duration::from_secs(20)).await;
     }
     (server, agents)
 }
@@ -342,10 +339,7 @@ async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
     let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
     let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
     for b in ["altra-01", "altra-02"] {
-        wait_for("boards online", Duration::from_secs(20), || async {
-            (server.board_state(b).await == "idle").then_some(())
-        })
-        .await;
+        server.wait_board(b, "idle", Duration::from_secs(20)).await;
     }
     let t0 = Instant::now();
     let trigger = |commit: String, baseline: Option<String>| {

@@ -12,13 +12,6 @@ use common::*;
 
 const HOST_OOPS: &str = include_str!("../../agent/replay/host-oops-stage2.log");
 
-async fn wait_state(server: &TestServer, board: &str, state: &str, timeout: Duration) {
-    wait_for(&format!("{board} to be {state}"), timeout, || async {
-        (server.board_state(board).await == state).then_some(())
-    })
-    .await
-}
-
 /// `armfleet-agent check` with `args`; returns (success, stdout).
 async fn check(args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(bin("armfleet-agent"))
@@ -338,13 +331,19 @@ async fn an_offline_board_is_power_cycled_once_and_its_restarted_agent_brings_it
     );
 
     let mut agent = agent_at(&server, "kunpeng-01", &kp.path, &state, &pstore);
-    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
+        .await;
     agent.start_kill().unwrap();
     let _ = agent.wait().await;
     let killed = Instant::now();
-    wait_state(&server, "kunpeng-01", "offline", Duration::from_secs(10)).await;
+    server
+        .wait_board("kunpeng-01", "offline", Duration::from_secs(10))
+        .await;
     // The server runs the script after 2 s offline; the new agent connects.
-    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(30)).await;
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(30))
+        .await;
     let back_after = killed.elapsed();
     eprintln!("kunpeng-01 back online {back_after:?} after its agent was killed");
     let cycles = audit_power(&server, "kunpeng-01").await;
@@ -471,7 +470,9 @@ async fn a_board_that_crashes_mid_job_is_power_cycled_and_its_pstore_oops_become
     assert_eq!(reload.status(), 200);
 
     let mut agent = agent_at(&server, "kunpeng-01", &key.path, &state, &pstore);
-    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
+        .await;
     let run = server
         .trigger("abcdef0000000000000000000000000000000063")
         .await;
@@ -494,7 +495,9 @@ async fn a_board_that_crashes_mid_job_is_power_cycled_and_its_pstore_oops_become
     let _ = agent.wait().await;
     let crashed = Instant::now();
     std::fs::write(pstore.join("dmesg-ramoops-0"), HOST_OOPS).unwrap();
-    wait_state(&server, "kunpeng-01", "offline", Duration::from_secs(10)).await;
+    server
+        .wait_board("kunpeng-01", "offline", Duration::from_secs(10))
+        .await;
     // The job waits for the board (boot deadline), it is not lost.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
@@ -581,7 +584,9 @@ async fn a_board_that_crashes_mid_job_is_power_cycled_and_its_pstore_oops_become
             .is_some()
     );
     // The board is back and idle for the next job.
-    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
+        .await;
     kill_scripted_agent(dir.path());
     server.stop().await;
 }
@@ -600,7 +605,9 @@ async fn a_crash_log_that_arrives_after_the_job_was_lost_is_still_triaged_into_i
     let pstore = dir.path().join("pstore");
     std::fs::create_dir_all(&pstore).unwrap();
     let mut agent = agent_at(&server, "rpi5-01", &key.path, &state, &pstore);
-    wait_state(&server, "rpi5-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("rpi5-01", "idle", Duration::from_secs(20))
+        .await;
     let run = server
         .trigger("abcdef0000000000000000000000000000000064")
         .await;

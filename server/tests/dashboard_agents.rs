@@ -51,10 +51,7 @@ async fn pages_show_what_real_agents_produced() {
         .map(|((b, _), k)| server.agent(b, &k.path, &["--executor", "replay"]))
         .collect();
     for (b, _) in boards {
-        wait_for(&format!("{b} online"), Duration::from_secs(30), || async {
-            (server.board_state(b).await == "idle").then_some(())
-        })
-        .await;
+        server.wait_board(b, "idle", Duration::from_secs(30)).await;
     }
     let clean = server.trigger(CLEAN).await;
     let buggy = server.trigger(BUGGY).await;

@@ -31,10 +31,9 @@ async fn a_database_restart_mid_job_loses_nothing() {
     );
     let server = TestServer::start_on(url, &fleet).await;
     let agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
-    wait_for("board online", Duration::from_secs(20), || async {
-        (server.board_state("board-1").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-1", "idle", Duration::from_secs(20))
+        .await;
     let run = server
         .trigger("0bad0bad00000000000000000000000000000001")
         .await;

@@ -39,10 +39,7 @@ async fn two_servers_share_the_queue_without_running_a_job_twice() {
         })
         .collect();
     for n in names {
-        wait_for("boards online", Duration::from_secs(30), || async {
-            (a.board_state(n).await == "idle").then_some(())
-        })
-        .await;
+        a.wait_board(n, "idle", Duration::from_secs(30)).await;
     }
     let servers: i64 = sqlx::query_scalar("SELECT count(DISTINCT server_id) FROM boards")
         .fetch_one(&a.pool)

@@ -43,10 +43,9 @@ async fn metrics_count_boards_jobs_logs_and_refused_keys() {
     .await;
     let _agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
     let mut refused = server.agent("board-1", &stranger.path, &["--executor", "replay"]);
-    wait_for("board online", Duration::from_secs(20), || async {
-        (server.board_state("board-1").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-1", "idle", Duration::from_secs(20))
+        .await;
     let run = server.trigger("abcdef0123456789").await;
     wait_for("job passed", Duration::from_secs(20), || async {
         let r = server.get_json(&format!("/api/v1/runs/{run}")).await;

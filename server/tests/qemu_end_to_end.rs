@@ -46,10 +46,9 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
     let server =
         TestServer::start(&fleet_toml(&[("virt-01", "qemu-virt", &key.public)], PLAN)).await;
     let _agent = server.agent("virt-01", &key.path, &["--executor", "qemu"]);
-    wait_for("board online", Duration::from_secs(30), || async {
-        (server.board_state("virt-01").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("virt-01", "idle", Duration::from_secs(30))
+        .await;
     let boards = server.get_json("/api/v1/boards").await;
     assert_eq!(
         boards["boards"][0]["simulated"], false,
@@ -63,11 +62,7 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
     let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
         .as_i64()
         .unwrap();
-    let done = wait_for("the QEMU job to end", Duration::from_secs(300), || async {
-        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
-        (!["queued", "assigned", "running"].contains(&j["state"].as_str().unwrap())).then_some(j)
-    })
-    .await;
+    let done = server.wait_job_end(job, Duration::from_secs(300)).await;
     assert_eq!(done["state"], "passed", "{}", done["reason"]);
     assert_eq!(done["simulated"], false);
     assert_eq!(done["cycles_completed"], 20);
@@ -132,21 +127,16 @@ async fn asking_for_kvm_on_a_host_without_it_is_a_lab_failure_not_a_kernel_failu
     ))
     .await;
     let _agent = server.agent("virt-01", &key.path, &["--executor", "qemu"]);
-    wait_for("board online", Duration::from_secs(30), || async {
-        (server.board_state("virt-01").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("virt-01", "idle", Duration::from_secs(30))
+        .await;
     let run = server
         .trigger("c0ffee0000000000000000000000000000000002")
         .await;
     let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
         .as_i64()
         .unwrap();
-    let done = wait_for("the job to end", Duration::from_secs(120), || async {
-        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
-        (!["queued", "assigned", "running"].contains(&j["state"].as_str().unwrap())).then_some(j)
-    })
-    .await;
+    let done = server.wait_job_end(job, Duration::from_secs(120)).await;
     assert_eq!(done["state"], "infra_error", "{done}");
     assert!(
         done["reason"]

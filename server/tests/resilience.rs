@@ -21,10 +21,9 @@ async fn a_server_restart_mid_job_loses_nothing_and_duplicates_nothing() {
     );
     let server = TestServer::start(&fleet).await;
     let _agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
-    wait_for("board online", Duration::from_secs(20), || async {
-        (server.board_state("board-1").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-1", "idle", Duration::from_secs(20))
+        .await;
     let run = server
         .trigger("abcabc0000000000000000000000000000000001")
         .await;
@@ -38,16 +37,7 @@ async fn a_server_restart_mid_job_loses_nothing_and_duplicates_nothing() {
     .await;
 
     let server = server.restart().await;
-    let done = wait_for(
-        "the job to end after the restart",
-        Duration::from_secs(60),
-        || async {
-            let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
-            (!["queued", "assigned", "running"].contains(&j["state"].as_str().unwrap()))
-                .then_some(j)
-        },
-    )
-    .await;
+    let done = server.wait_job_end(job, Duration::from_secs(60)).await;
     assert_eq!(
         done["state"], "passed",
         "the agent kept the job through the restart: {done}"
@@ -100,10 +90,9 @@ async fn a_log_flood_is_capped_with_a_marker_and_the_job_still_ends() {
     );
     let server = TestServer::start(&fleet).await;
     let _agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
-    wait_for("board online", Duration::from_secs(20), || async {
-        (server.board_state("board-1").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-1", "idle", Duration::from_secs(20))
+        .await;
     let run = server
         .trigger("f100d00000000000000000000000000000000001")
         .await;

@@ -76,10 +76,9 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
     );
     let server = TestServer::start(&rotating).await;
     let mut with_old = server.agent("board-1", &old.path, &["--executor", "replay"]);
-    wait_for("old key in", Duration::from_secs(20), || async {
-        (server.board_state("board-1").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-1", "idle", Duration::from_secs(20))
+        .await;
 
     // An invalid file is refused and changes nothing.
     let fleet_path = server.dir.path().join("fleet.toml");
@@ -131,10 +130,9 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
     assert_eq!(server.board_state("board-1").await, "offline");
     with_old.kill9();
     let _with_new = server.agent("board-1", &new.path, &["--executor", "replay"]);
-    wait_for("new key in", Duration::from_secs(20), || async {
-        (server.board_state("board-1").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-1", "idle", Duration::from_secs(20))
+        .await;
     let audit: serde_json::Value = server
         .client
         .get(server.url("/api/v1/audit"))

@@ -70,10 +70,7 @@ async fn a_rare_abort_is_called_a_regression_after_extra_cycles_and_a_clean_kern
     let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
     let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
     for b in ["altra-01", "altra-02"] {
-        wait_for("boards online", Duration::from_secs(20), || async {
-            (server.board_state(b).await == "idle").then_some(())
-        })
-        .await;
+        server.wait_board(b, "idle", Duration::from_secs(20)).await;
     }
 
     // The clean parent, judged on its own: it must run enough clean cycles

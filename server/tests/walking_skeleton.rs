@@ -31,26 +31,6 @@ async fn three_board_lab() -> (TestServer, Vec<AgentKey>) {
     (TestServer::start(&fleet).await, keys)
 }
 
-async fn wait_state(server: &TestServer, board: &str, state: &str, timeout: Duration) {
-    wait_for(&format!("{board} to be {state}"), timeout, || async {
-        (server.board_state(board).await == state).then_some(())
-    })
-    .await
-}
-
-async fn wait_job_terminal(server: &TestServer, job: i64) -> serde_json::Value {
-    wait_for(
-        &format!("job {job} to end"),
-        Duration::from_secs(60),
-        || async {
-            let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
-            let s = j["state"].as_str().unwrap_or_default().to_owned();
-            (!["queued", "assigned", "running"].contains(&s.as_str())).then_some(j)
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdicts() {
     let (server, keys) = three_board_lab().await;
@@ -61,7 +41,7 @@ async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdict
         .map(|(b, k)| server.agent(b, &k.path, &["--executor", "replay"]))
         .collect();
     for b in boards {
-        wait_state(&server, b, "idle", Duration::from_secs(20)).await;
+        server.wait_board(b, "idle", Duration::from_secs(20)).await;
     }
     let listed = server.get_json("/api/v1/boards").await;
     let listed = listed["boards"].as_array().unwrap();
@@ -89,7 +69,9 @@ async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdict
             .clone();
         assert_eq!(jobs.len(), 3, "one job per board");
         for j in jobs {
-            let done = wait_job_terminal(&server, j["id"].as_i64().unwrap()).await;
+            let done = server
+                .wait_job_end(j["id"].as_i64().unwrap(), Duration::from_secs(60))
+                .await;
             assert_eq!(done["state"], expect, "{done}");
             assert_eq!(done["simulated"], true);
             if expect == "failed" {
@@ -226,7 +208,9 @@ async fn unknown_keys_and_keys_claiming_another_board_are_refused() {
     impostor.kill9();
     // The rightful key still gets in.
     let _ok = server.agent("kunpeng-01", &keys[0].path, &["--executor", "replay"]);
-    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
+        .await;
     server.stop().await;
 }
 
@@ -241,7 +225,9 @@ async fn an_agent_killed_mid_job_loses_the_job_and_its_restart_brings_the_board_
     );
     let server = TestServer::start(&fleet).await;
     let mut agent = server.agent("kunpeng-01", &key.path, &["--executor", "replay"]);
-    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
+        .await;
     let run = server.trigger(CLEAN).await;
     let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
         .as_i64()
@@ -258,7 +244,7 @@ async fn an_agent_killed_mid_job_loses_the_job_and_its_restart_brings_the_board_
     .await;
     agent.kill9();
     let killed_at = std::time::Instant::now();
-    let done = wait_job_terminal(&server, job).await;
+    let done = server.wait_job_end(job, Duration::from_secs(60)).await;
     let took = killed_at.elapsed();
     assert_eq!(done["state"], "lost", "{done}");
     assert!(
@@ -269,7 +255,9 @@ async fn an_agent_killed_mid_job_loses_the_job_and_its_restart_brings_the_board_
     // heartbeat deadline is 1.5 s; allow scheduling slack, but not a minute.
     assert!(took < Duration::from_secs(10), "lost after {took:?}");
     let _restarted = server.agent("kunpeng-01", &key.path, &["--executor", "replay"]);
-    wait_state(&server, "kunpeng-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
+        .await;
     server.stop().await;
 }
 
@@ -374,7 +362,9 @@ async fn the_trigger_command_plans_a_run_and_a_server_stop_leaves_no_job_running
     );
     let server = TestServer::start(&fleet).await;
     let _agent = server.agent("altra-01", &key.path, &["--executor", "replay"]);
-    wait_state(&server, "altra-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("altra-01", "idle", Duration::from_secs(20))
+        .await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_armfleet"))
         .args([
             "trigger",

@@ -55,10 +55,9 @@ async fn expect_refusal(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Str
 async fn garbage_closes_only_that_connection() {
     let (server, a, b) = lab().await;
     let _good = server.agent("board-b", &b.path, &["--executor", "replay"]);
-    wait_for("board-b online", Duration::from_secs(20), || async {
-        (server.board_state("board-b").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-b", "idle", Duration::from_secs(20))
+        .await;
 
     // A board that says hello properly, then sends junk.
     let mut raw = raw_channel(&server, "board-a", &a.path).await;
@@ -70,10 +69,9 @@ async fn garbage_closes_only_that_connection() {
     .unwrap();
     let welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
     assert!(matches!(welcome.message, ServerMessage::Welcome { .. }));
-    wait_for("board-a online", Duration::from_secs(10), || async {
-        (server.board_state("board-a").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-a", "idle", Duration::from_secs(10))
+        .await;
     raw.write_all(&[0, 0, 0, 9, 0, 0, 0, 5, b'{', b'x', b'x', b'x', b'}'])
         .await
         .unwrap();
@@ -83,10 +81,9 @@ async fn garbage_closes_only_that_connection() {
         reason.contains("protocol error") && reason.contains("bad message"),
         "{reason}"
     );
-    wait_for("board-a offline", Duration::from_secs(10), || async {
-        (server.board_state("board-a").await == "offline").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-a", "offline", Duration::from_secs(10))
+        .await;
     // The other board did not notice.
     assert_eq!(server.board_state("board-b").await, "idle");
 
@@ -140,10 +137,9 @@ async fn stale_epochs_and_results_for_lost_jobs_are_refused() {
     .await
     .unwrap();
     let _welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
-    wait_for("board-a online", Duration::from_secs(10), || async {
-        (server.board_state("board-a").await == "idle").then_some(())
-    })
-    .await;
+    server
+        .wait_board("board-a", "idle", Duration::from_secs(10))
+        .await;
     server
         .trigger("5ca1e00000000000000000000000000000000001")
         .await;

@@ -271,6 +271,25 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Waits until `board` is in `state` (e.g. `idle` once its agent is in).
+    pub async fn wait_board(&self, board: &str, state: &str, timeout: Duration) {
+        wait_for(&format!("{board} to be {state}"), timeout, || async {
+            (self.board_state(board).await == state).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until `job` has ended; returns its API record.
+    pub async fn wait_job_end(&self, job: i64, timeout: Duration) -> serde_json::Value {
+        wait_for(&format!("job {job} to end"), timeout, || async {
+            let j = self.get_json(&format!("/api/v1/jobs/{job}")).await;
+            let live = ["queued", "assigned", "running"]
+                .contains(&j["state"].as_str().unwrap_or_default());
+            (!live).then_some(j)
+        })
+        .await
+    }
+
     /// Starts an agent process for `board` with `key`.
     pub fn agent(&self, board: &str, key: &Path, extra: &[&str]) -> TestAgent {
         let state_dir = self
