@@ -35,8 +35,10 @@ pub struct DemoArgs {
     pub http: String,
     #[arg(long, default_value = "127.0.0.1:2222")]
     pub ssh: String,
-    #[arg(long, default_value = ".armfleet-demo")]
-    pub data_dir: PathBuf,
+    /// Default: `.armfleet-demo` here, or `/var/tmp/armfleet-demo` when the
+    /// private PostgreSQL (run as `postgres` under root) could not reach it.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Executor for the agents: `auto` (the first board runs real QEMU
     /// guests where this host can, the others replay), `qemu` (all), `replay` (all).
     #[arg(long, default_value = "auto")]
@@ -48,8 +50,9 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let agent_exe = find_agent_binary()?;
-    std::fs::create_dir_all(&args.data_dir)?;
-    let data_dir = args.data_dir.canonicalize()?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)?;
+    let data_dir = data_dir.canonicalize()?;
     let keys_dir = data_dir.join("agent-keys");
     std::fs::create_dir_all(&keys_dir)?;
 
@@ -374,6 +377,28 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// `.armfleet-demo` in the current directory, unless the embedded
+/// PostgreSQL could not reach it there (root runs it as `postgres`, and a
+/// clone under e.g. a 0700 `mktemp -d` is closed to that user).
+fn default_data_dir() -> PathBuf {
+    let here = PathBuf::from(".armfleet-demo");
+    let needs_postgres_user = std::env::var("DATABASE_URL").map_or(true, |u| u.is_empty())
+        && crate::db::embedded::is_root();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match crate::db::embedded::closed_ancestor(&cwd.join("x")) {
+        Some((closed, _)) if needs_postgres_user => {
+            let fallback = PathBuf::from("/var/tmp/armfleet-demo");
+            println!(
+                "armfleet demo: {} is closed to the `postgres` user; keeping the demo's data in {}",
+                closed.display(),
+                fallback.display()
+            );
+            fallback
+        }
+        _ => here,
+    }
 }
 
 /// `armfleet-agent keygen` writes the key pair and prints the public line.

@@ -231,18 +231,24 @@ fn ensure_traversable(root: &Path, user: &str) -> anyhow::Result<()> {
     if mode & 0o001 == 0 {
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o711))?;
     }
-    for ancestor in root.ancestors().skip(1) {
-        let mode = std::fs::metadata(ancestor)?.permissions().mode();
-        if mode & 0o001 == 0 {
-            bail!(
-                "{} is not traversable by the `{user}` user that runs the private PostgreSQL \
-                 cluster (mode {:o}); choose a --data-dir elsewhere or set DATABASE_URL",
-                ancestor.display(),
-                mode & 0o7777
-            );
-        }
+    if let Some((ancestor, mode)) = closed_ancestor(root) {
+        bail!(
+            "{} is not traversable by the `{user}` user that runs the private PostgreSQL \
+             cluster (mode {:o}); choose a --data-dir elsewhere or set DATABASE_URL",
+            ancestor.display(),
+            mode & 0o7777
+        );
     }
     Ok(())
+}
+
+/// The first ancestor of `dir` that other users cannot traverse, if any.
+pub fn closed_ancestor(dir: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors().skip(1).find_map(|a| {
+        let mode = std::fs::metadata(a).ok()?.permissions().mode();
+        (mode & 0o001 == 0).then(|| (a.to_owned(), mode))
+    })
 }
 
 impl EmbeddedPostgres {
