@@ -38,7 +38,13 @@ pub fn gather(choice: ExecutorChoice) -> BoardFacts {
         qemu: probe.qemu,
         hugepages: probe.hugepages,
         executor,
+        build_id: None,
     }
+}
+
+/// `uname -r`.
+pub fn uname_release() -> String {
+    read_trim("/proc/sys/kernel/osrelease")
 }
 
 fn read_trim(path: &str) -> String {

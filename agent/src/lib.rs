@@ -2,6 +2,7 @@
 //! turns a job into protocol messages, `replay` and the QEMU executor
 //! (crate `armfleet-migrate-stress`) do the work.
 
+pub mod boot;
 pub mod check;
 pub mod crash;
 pub mod facts;
@@ -28,6 +29,9 @@ pub struct Config {
     pub pstore_dir: PathBuf,
     /// Read `journalctl -k -b -1` after a reboot when pstore has nothing.
     pub journal: bool,
+    /// How builds are booted (None: auto, see [`boot::BootMethod`]).
+    pub boot_method: Option<boot::BootMethod>,
+    pub boot: boot::BootSettings,
 }
 
 /// What the operator asked for; resolved against the host by [`facts`].

@@ -20,6 +20,30 @@ use crate::runner::{JobRunner, Outbox};
 use crate::spool::Spool;
 use crate::{Config, facts};
 
+/// `STATE_DIR/agent.pid` and `agent.cmdline` (NUL-separated argv): what
+/// a power-cycle script of a simulated board needs to restart it
+/// (`scripts/sim-power-cycle`), and handy for people.
+fn record_process(state_dir: &std::path::Path) {
+    let _ = std::fs::write(
+        state_dir.join("agent.pid"),
+        format!("{}\n", std::process::id()),
+    );
+    let mut cmdline = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        cmdline.extend_from_slice(exe.as_os_str().as_encoded_bytes());
+        for a in std::env::args_os().skip(1) {
+            cmdline.push(0);
+            cmdline.extend_from_slice(a.as_encoded_bytes());
+        }
+    }
+    let _ = std::fs::write(state_dir.join("agent.cmdline"), cmdline);
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
 /// Log payload a job may spool before further logs are truncated.
 const SPOOL_LOG_CAP: u64 = 512 << 20;
 
@@ -30,6 +54,17 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 enum SessionEnd {
     /// The connection dropped after working for a while: retry at once-ish.
     Dropped(String),
+    /// The server asked for a build to be booted; it is installed and
+    /// reported: reboot now.
+    Reboot(crate::boot::RebootPlan),
+}
+
+/// What the agent knows about the kernel the board runs, across sessions.
+struct KernelState {
+    method: crate::boot::BootMethod,
+    running: crate::boot::Running,
+    /// A boot report still to deliver (the server has not seen it yet).
+    report: Option<crate::boot::Report>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +137,44 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
         move || facts::gather(choice).executor
     })
     .await?;
+    // Which kernel came up (and whether a boot armfleet asked for failed).
+    let method = config.boot_method.unwrap_or(match executor {
+        armfleet_protocol::ExecutorKind::Replay => crate::boot::BootMethod::Simulated,
+        armfleet_protocol::ExecutorKind::Qemu if which("kexec") => crate::boot::BootMethod::Kexec,
+        armfleet_protocol::ExecutorKind::Qemu => crate::boot::BootMethod::Disabled,
+    });
+    let uname = facts::uname_release();
+    record_process(&config.state_dir);
+    // A simulated board keeps its "pstore" in its state dir unless told.
+    let boot_pstore = if method == crate::boot::BootMethod::Simulated
+        && config.pstore_dir == std::path::Path::new(crate::settings::DEFAULT_PSTORE_DIR)
+    {
+        config.state_dir.join("pstore")
+    } else {
+        config.pstore_dir.clone()
+    };
+    let mut kernel = match crate::boot::settle(
+        &config.state_dir,
+        method,
+        &uname,
+        &boot_pstore,
+        config.journal,
+    ) {
+        crate::boot::Settled::Up { running, report } => KernelState {
+            method,
+            running,
+            report,
+        },
+        crate::boot::Settled::Hung { why } => {
+            tokio::select! {
+                _ = crate::boot::hang(&why) => unreachable!(),
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    };
+    if let Some(r) = &kernel.report {
+        tracing::warn!(boot = r.boot_id, outcome = ?r.outcome, "a boot of a build did not come up; reporting it");
+    }
     let mut runner = JobRunner::new(
         config.clone(),
         executor,
@@ -112,7 +185,7 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = session(&config, key.clone(), &policy, &mut runner, &outbox) => r,
+            r = session(&config, key.clone(), &policy, &mut runner, &outbox, &mut kernel) => r,
             _ = shutdown.cancelled() => {
                 runner.shutdown("the agent is stopping").await;
                 return Ok(());
@@ -121,6 +194,13 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
         match outcome {
             Ok(SessionEnd::Dropped(why)) => {
                 tracing::warn!("connection to {} ended: {why}", config.server)
+            }
+            Ok(SessionEnd::Reboot(plan)) => {
+                tracing::warn!(method = plan.method.as_str(), command = ?plan.command, "rebooting into the build");
+                if let Err(e) = crate::boot::reboot(&plan) {
+                    // Still here: the server's boot deadline ends the boot.
+                    tracing::error!("the reboot failed: {e:#}");
+                }
             }
             Err(LinkError::HostKey(e @ HostKeyError::Mismatch { .. })) => {
                 tracing::error!("{e}");
@@ -181,6 +261,7 @@ async fn session(
     policy: &HostKeyPolicy,
     runner: &mut JobRunner,
     outbox: &Outbox,
+    kernel: &mut KernelState,
 ) -> Result<SessionEnd, LinkError> {
     let ssh_config = Arc::new(client::Config {
         inactivity_timeout: None,
@@ -228,6 +309,11 @@ async fn session(
     })
     .await
     .context("gathering facts")?;
+    let mut facts = facts;
+    facts.build_id = kernel.running.build_id;
+    if let Some(release) = &kernel.running.kernel_release {
+        facts.kernel_release = release.clone();
+    }
     let executor = facts.executor;
     // What this agent still owes the server: running jobs, and ended ones
     // whose results were not acknowledged yet.
@@ -259,13 +345,22 @@ async fn session(
     .await
     .map_err(|_| anyhow::anyhow!("no welcome from the server within 15 s"))?
     .context("reading welcome")?;
-    let heartbeat_every = match welcome.message {
+    let (heartbeat_every, artifact_base) = match welcome.message {
         ServerMessage::Welcome {
             protocol_version,
             heartbeat_interval_ms,
+            artifact_base_url,
+            artifact_port,
             ..
         } if protocol_version == PROTOCOL_VERSION => {
-            Duration::from_millis(heartbeat_interval_ms.max(100))
+            let host = config
+                .server
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&config.server);
+            let base = artifact_base_url
+                .unwrap_or_else(|| format!("http://{host}:{}", artifact_port.unwrap_or(8080)));
+            (Duration::from_millis(heartbeat_interval_ms.max(100)), base)
         }
         ServerMessage::Refused { reason } => {
             return Err(anyhow::anyhow!("the server refused this agent: {reason}").into());
@@ -275,6 +370,25 @@ async fn session(
     tracing::info!(board = %config.board, server = %config.server, executor = executor.as_str(), "connected");
 
     outbox.ready.notify_one();
+    if let Some(r) = &kernel.report {
+        let frame = Frame::with_payload(
+            AgentMessage::BootReport {
+                boot_id: r.boot_id,
+                outcome: r.outcome.clone(),
+            },
+            r.console.clone(),
+        );
+        write_frame(&mut writer, &frame)
+            .await
+            .context("sending the boot report")?;
+        kernel.report = None;
+    }
+    // A deploy in progress (downloads take a while; the session keeps
+    // heartbeating meanwhile).
+    let mut deploying: Option<(
+        i64,
+        tokio::task::JoinHandle<Result<crate::boot::RebootPlan, String>>,
+    )> = None;
 
     let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame<ServerMessage>, FrameError>>(16);
     let reader_task = tokio::spawn(async move {
@@ -332,8 +446,43 @@ async fn session(
                     ServerMessage::JobAck { job_id } => outbox.spool.lock().unwrap().ack(job_id),
                     ServerMessage::Refused { reason } => break SessionEnd::Dropped(format!("server refused: {reason}")),
                     ServerMessage::Welcome { .. } => tracing::warn!("ignoring a second welcome"),
+                    ServerMessage::Boot { boot_id, build } => {
+                        if runner.has_jobs() || deploying.is_some() {
+                            let msg = AgentMessage::BootReport { boot_id, outcome: armfleet_protocol::BootOutcome::DeployFailed {
+                                reason: "the board is busy (a job or another deploy is running)".into(),
+                            }};
+                            if let Err(e) = write_frame(&mut writer, &Frame::new(msg)).await {
+                                break SessionEnd::Dropped(format!("writing: {e}"));
+                            }
+                        } else {
+                            tracing::info!(boot_id, build = build.build_id, release = %build.kernel_release, "deploying a build");
+                            let (settings, method, state_dir, base) = (config.boot.clone(), kernel.method, config.state_dir.clone(), artifact_base.clone());
+                            deploying = Some((boot_id, tokio::spawn(async move {
+                                crate::boot::deploy(&settings, method, &state_dir, &base, boot_id, &build).await
+                            })));
+                        }
+                    }
                 },
             },
+            done = async { (&mut deploying.as_mut().unwrap().1).await }, if deploying.is_some() => {
+                let (boot_id, _) = deploying.take().unwrap();
+                let result = done.unwrap_or_else(|e| Err(format!("the deploy task died: {e}")));
+                let outcome = match &result {
+                    Ok(plan) => armfleet_protocol::BootOutcome::Rebooting { method: plan.method.as_str().into() },
+                    Err(reason) => {
+                        tracing::error!(boot_id, "deploy failed: {reason}");
+                        armfleet_protocol::BootOutcome::DeployFailed { reason: reason.clone() }
+                    }
+                };
+                if let Err(e) = write_frame(&mut writer, &Frame::new(AgentMessage::BootReport { boot_id, outcome })).await {
+                    break SessionEnd::Dropped(format!("writing: {e}"));
+                }
+                if let Ok(plan) = result {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = writer.flush().await;
+                    break SessionEnd::Reboot(plan);
+                }
+            }
             _ = runner.reap(), if runner.has_jobs() => {}
         }
     };

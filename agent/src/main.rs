@@ -40,6 +40,10 @@ struct Cli {
     /// Where the previous boot's pstore records are [default: /sys/fs/pstore].
     #[arg(long, global = true, env = "ARMFLEET_PSTORE_DIR")]
     pstore_dir: Option<PathBuf>,
+    /// How builds are booted: auto, kexec, oneshot, simulated, none
+    /// [default: auto: simulated on replay boards, kexec where installed].
+    #[arg(long, global = true, env = "ARMFLEET_BOOT_METHOD")]
+    boot_method: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -106,6 +110,7 @@ fn config(cli: Cli) -> anyhow::Result<armfleet_agent::Config> {
         state_dir: cli.state_dir,
         executor: cli.executor,
         pstore_dir: cli.pstore_dir,
+        boot_method: cli.boot_method,
     };
     Ok(settings::resolve(over, file, &cli.config)?)
 }

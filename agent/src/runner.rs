@@ -151,6 +151,7 @@ impl JobRunner {
             executor: self.executor,
             work_dir: self.config.state_dir.join("work"),
             board: self.config.board.clone(),
+            sim_kernel: crate::boot::simulated_kernel(&self.config.state_dir),
         };
         let span = tracing::info_span!("job", id = job_id, epoch);
         self.tasks.spawn(tracing::Instrument::instrument(
@@ -198,6 +199,9 @@ struct JobContext {
     executor: ExecutorKind,
     work_dir: std::path::PathBuf,
     board: String,
+    /// The simulated kernel a replay board booted, whose behaviour (its
+    /// abort probability) the replay takes on.
+    sim_kernel: Option<crate::boot::SimKernel>,
 }
 
 async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
@@ -208,9 +212,13 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
         executor,
         work_dir,
         board,
+        sim_kernel,
     } = ctx;
     out.send(Frame::new(AgentMessage::JobStarted { job_id, epoch }));
-    let Task::MigrateCancel(params) = spec.task.clone();
+    let Task::MigrateCancel(mut params) = spec.task.clone();
+    if let Some(k) = &sim_kernel {
+        params.replay_abort_probability = params.replay_abort_probability.max(k.abort_probability);
+    }
     let (ev_tx, mut ev_rx) = mpsc::channel::<StressEvent>(256);
 
     let banner = match executor {

@@ -15,6 +15,12 @@
 //! executor = "auto"            # auto | qemu | replay
 //! pstore_dir = "/sys/fs/pstore"
 //! journal = true               # read `journalctl -k -b -1` after a reboot
+//!
+//! [boot]                       # how armfleet builds are booted
+//! method = "auto"              # auto | kexec | oneshot | simulated | none
+//! install_dir = "/var/lib/armfleet-agent/kernels"
+//! oneshot_command = ["/usr/local/sbin/lab-bootonce", "{image}", "{release}"]
+//! reboot_command = ["systemctl", "reboot"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -40,6 +46,7 @@ pub struct AgentFile {
     pub executor: Option<String>,
     pub pstore_dir: Option<PathBuf>,
     pub journal: Option<bool>,
+    pub boot: Option<crate::boot::BootSettings>,
 }
 
 /// What flags and the environment gave (clap merges those two).
@@ -52,6 +59,7 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub executor: Option<String>,
     pub pstore_dir: Option<PathBuf>,
+    pub boot_method: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +150,20 @@ pub fn resolve(
         path: file_name.clone(),
         message: format!("field `executor`: {e}"),
     })?;
+    let boot = file.boot.unwrap_or_default();
+    let boot_method = over
+        .boot_method
+        .or(boot.method.clone())
+        .map(|m| crate::boot::BootMethod::parse(&m))
+        .transpose()
+        .map_err(|e| SettingsError::Invalid {
+            path: file_name.clone(),
+            message: format!("field `boot.method`: {e}"),
+        })?
+        .flatten();
     Ok(Config {
+        boot_method,
+        boot,
         server: over
             .server
             .or(file.server)

@@ -184,6 +184,7 @@ fn facts() -> BoardFacts {
         qemu: Vec::new(),
         hugepages: Default::default(),
         executor: ExecutorKind::Replay,
+        build_id: None,
     }
 }
 
@@ -571,6 +572,7 @@ async fn serve(
                             }
                             ServerMessage::Refused { reason } => bail!("server refused: {reason}"),
                             ServerMessage::Welcome { .. } => shared.errors.push(format!("{board}: second welcome")),
+                            ServerMessage::Boot { .. } => shared.errors.push(format!("{board}: unexpected boot request (loadgen plans build no kernels)")),
                         }
                     }
                 }

@@ -23,4 +23,9 @@ pub use messages::*;
 /// (Still v2: a crash log recovered after a restart travels as ordinary
 /// `host_dmesg` `LogChunk`s numbered from [`RECOVERED_LOG_SEQ_BASE`]; no
 /// message or field changed.)
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// v3: the kernel lifecycle: `ServerMessage::Boot` (deploy a build and boot
+/// it), `AgentMessage::BootReport` (how that went before the reboot, and the
+/// console of a boot that never came up), `BoardFacts::build_id`, and
+/// `Welcome::artifact_base_url`.
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -33,6 +33,30 @@ pub enum AgentMessage {
         epoch: i64,
         result: JobResult,
     },
+    /// How a [`ServerMessage::Boot`] went on the agent's side. `Rebooting`
+    /// is the last thing the agent says before it boots the build; the server
+    /// then waits for it to come back running that build. A report about an
+    /// earlier boot attempt (the agent came back on its known-good kernel)
+    /// carries that boot's recovered console as the frame payload.
+    BootReport { boot_id: i64, outcome: BootOutcome },
+}
+
+/// What became of a boot request, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BootOutcome {
+    /// Artifacts downloaded, verified and installed; the board reboots now.
+    Rebooting { method: String },
+    /// Nothing was booted: a download, checksum or install step failed (a
+    /// lab problem, not the kernel's).
+    DeployFailed { reason: String },
+    /// The board came back on its known-good kernel instead of the build:
+    /// the build did not boot. The payload holds the console the agent
+    /// recovered from that boot (pstore, journal), if any.
+    FellBack {
+        kernel_release: String,
+        console_source: Option<String>,
+    },
 }
 
 /// The agent's opening message.
@@ -70,6 +94,12 @@ pub enum ServerMessage {
         server_version: String,
         /// How often the agent must heartbeat.
         heartbeat_interval_ms: u64,
+        /// Where relative artifact URLs point (the server's HTTP API). When
+        /// absent, the agent uses the host it dialed and `artifact_port`.
+        #[serde(default)]
+        artifact_base_url: Option<String>,
+        #[serde(default)]
+        artifact_port: Option<u16>,
     },
     /// The server will not talk to this agent; the connection closes next.
     Refused { reason: String },
@@ -85,6 +115,32 @@ pub enum ServerMessage {
     /// The server has the job's final result (or the job is no longer this
     /// agent's): its spool may be deleted.
     JobAck { job_id: i64 },
+    /// Make the board run this build: download and verify its artifacts,
+    /// install them, and reboot into it (kexec or a one-shot boot entry, so
+    /// a kernel that does not boot falls back to the known-good one). Sent
+    /// only to an idle board.
+    Boot { boot_id: i64, build: BuildSpec },
+}
+
+/// A kernel build a board can boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub build_id: i64,
+    /// `make kernelrelease` of the build: what `uname -r` says once booted.
+    pub kernel_release: String,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// One file of a build, content-addressed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// `Image`, `modules.tar.gz`, `dtbs.tar.gz`, `config`, ...
+    pub name: String,
+    /// Absolute, or relative to `Welcome::artifact_base_url`.
+    pub url: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// Facts a board reports about itself on every connect.
@@ -103,6 +159,10 @@ pub struct BoardFacts {
     pub hugepages: HugepageInfo,
     /// The executor this agent runs `migrate-cancel` jobs with.
     pub executor: ExecutorKind,
+    /// The armfleet build the board runs, when it booted one (None: its own
+    /// known-good kernel).
+    #[serde(default)]
+    pub build_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -196,6 +256,10 @@ pub struct JobSpec {
     pub plan: String,
     pub timeout_s: u64,
     pub task: Task,
+    /// The armfleet build the board must be running for this job (None: the
+    /// board's own kernel). The server boots it first.
+    #[serde(default)]
+    pub build_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -87,6 +87,7 @@ impl Server {
             api_token: Arc::from(api_token.as_str()),
             host_key_fingerprint: Arc::from(fingerprint.as_str()),
             shutdown: CancellationToken::new(),
+            http_port: Arc::default(),
         };
         Ok(Server {
             state,
@@ -115,6 +116,9 @@ impl Server {
             shutdown: shutdown.clone(),
             ..self.state.clone()
         };
+        if let Ok(addr) = http.local_addr() {
+            let _ = state.http_port.set(addr.port());
+        }
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(ssh::serve(
             state.clone(),
@@ -141,6 +145,8 @@ impl Server {
         }
         tasks.spawn(crate::power::worker(state.clone(), shutdown.clone()).map(Ok));
         tasks.spawn(crate::bisect::worker(state.clone(), shutdown.clone()).map(Ok));
+        tasks.spawn(crate::builds::worker(state.clone(), shutdown.clone()).map(Ok));
+        tasks.spawn(crate::deploy::watchdog(state.clone(), shutdown.clone()).map(Ok));
         let app = crate::http::app(state.clone());
         let http_token = shutdown.clone();
         tasks.spawn(async move {

@@ -823,6 +823,12 @@ async fn plan_cycles(
     .bind(&origin)
     .fetch_one(&mut *tx)
     .await?;
+    // A plan that builds its kernel builds each bisected commit (cached per
+    // commit and config) and boots it before the step's jobs run.
+    let build_id = match &plan.build {
+        Some(cfg) => Some(crate::builds::request(&mut tx, &kernel.tree, commit, cfg).await?),
+        None => None,
+    };
     for board in &boards {
         let spec = JobSpec {
             kernel: KernelRef {
@@ -833,6 +839,7 @@ async fn plan_cycles(
             plan: plan.name.clone(),
             timeout_s: plan.timeout_s,
             task: Task::MigrateCancel(params.clone()),
+            build_id,
         };
         runs::insert_job(
             &mut tx, run_id, kernel_id, board, &plan.name, &spec, None, 1,
@@ -847,16 +854,59 @@ async fn plan_cycles(
 async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), BisectError> {
     let pool = &state.pool;
     let rows = sqlx::query(
-        "SELECT id, state, cycles_completed, analyzed_at IS NOT NULL AS analysed,
+        "SELECT id, state, reason, cycles_completed, analyzed_at IS NOT NULL AS analysed,
                 COALESCE(EXTRACT(EPOCH FROM finished_at - started_at), 0)::float8 AS secs
          FROM jobs WHERE run_id = ANY($1)",
     )
     .bind(&s.runs)
     .fetch_all(pool)
     .await?;
+    // A commit that does not build, or boots on none of the boards, is
+    // skipped as `git bisect skip` would.
+    let build_failed: Option<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT b.id, b.error FROM builds b WHERE b.state = 'failed'
+           AND b.id IN (SELECT build_id FROM jobs WHERE run_id = ANY($1)) LIMIT 1",
+    )
+    .bind(&s.runs)
+    .fetch_optional(pool)
+    .await?;
+    let cancelled_for = |prefix: &str| {
+        !rows.is_empty()
+            && rows.iter().all(|r| {
+                r.get::<&str, _>("state") == "cancelled"
+                    && r.get::<Option<String>, _>("reason")
+                        .is_some_and(|x| x.starts_with(prefix))
+            })
+    };
+    let unbootable = if let Some((build, error)) = build_failed {
+        Some(serde_json::json!({"build": build, "build_state": "failed", "why": error}))
+    } else if cancelled_for("boot_failed") {
+        Some(
+            serde_json::json!({"boot": "failed", "why": "the commit booted on none of the step's boards"}),
+        )
+    } else {
+        None
+    };
+    if let Some(evidence) = unbootable {
+        if s.kind == "calibrate" {
+            finish(
+                pool,
+                b.id,
+                "failed",
+                None,
+                &[],
+                "the bad commit itself cannot be built or booted",
+            )
+            .await?;
+            return Ok(());
+        }
+        tracing::info!(bisection = b.id, commit = %s.commit_sha, %evidence, "cannot build or boot: skipped");
+        return decide(pool, b, s, "skip", 0, 0, None, 0.0, evidence).await;
+    }
     if rows.iter().any(|r| {
         let st: &str = r.get("state");
-        ["queued", "assigned", "running"].contains(&st) || !r.get::<bool, _>("analysed")
+        ["queued", "assigned", "running"].contains(&st)
+            || (st != "cancelled" && !r.get::<bool, _>("analysed"))
     }) {
         return Ok(()); // still running, or not triaged yet
     }

@@ -79,7 +79,8 @@ pub async fn set_online(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE boards SET state = 'idle', facts = $2, executor = $3, simulated = $4, server_id = $5,
-            connected_at = now(), last_heartbeat = now(), offline_reason = NULL, updated_at = now()
+            connected_at = now(), last_heartbeat = now(), offline_reason = NULL, updated_at = now(),
+            build_id = (SELECT id FROM builds WHERE id = $6)
          WHERE name = $1",
     )
     .bind(board)
@@ -87,6 +88,7 @@ pub async fn set_online(
     .bind(facts.executor.as_str())
     .bind(facts.executor.is_simulated())
     .bind(server_id)
+    .bind(facts.build_id)
     .execute(pool)
     .await
     .map(|_| ())

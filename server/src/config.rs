@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use armfleet_protocol::MigrateCancelParams;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use toml::Spanned;
 
 /// Board families armfleet knows. An unknown family is a configuration error,
@@ -234,9 +235,26 @@ pub struct ServerSettings {
     /// come back (reboot included) before they are lost; at least the
     /// heartbeat deadline.
     pub boot_deadline_s: u64,
+    /// The server's HTTP address as boards reach it, for artifact URLs
+    /// (default: the host the agent dialed, on the HTTP port).
+    pub public_url: Option<String>,
+    /// Where built and fetched kernel artifacts are kept, content-addressed
+    /// (default: DATA_DIR/artifacts). Several servers on one database
+    /// should share it.
+    pub artifact_dir: Option<PathBuf>,
 }
 
 impl ServerSettings {
+    /// How long a board that reboots into a build has to come back running
+    /// it: `boot_deadline_s`, or 300 s when that is not set.
+    pub fn boot_wait_s(&self) -> u64 {
+        if self.boot_deadline_s > 0 {
+            self.boot_deadline_s
+        } else {
+            300
+        }
+    }
+
     /// How long in-flight jobs of a board whose connection ended wait for
     /// it to come back with them: the heartbeat deadline, or
     /// `boot_deadline_s` when a reboot must fit in. The one rule for every
@@ -292,6 +310,38 @@ pub struct Plan {
     pub replay_buggy_commits: Vec<String>,
     pub replay_abort_probability: f64,
     pub verdict: VerdictSettings,
+    /// Build the kernel under test before running the plan's jobs, and boot
+    /// it on the boards (see `builds` and `deploy`).
+    pub build: Option<BuildConfig>,
+}
+
+/// How a plan's kernel is built: `make ARCH=… CROSS_COMPILE=… <defconfig>`,
+/// the fragments merged in, `make -jN <targets>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildConfig {
+    pub arch: String,
+    pub cross_compile: Option<String>,
+    pub defconfig: String,
+    /// (file name, contents) of each config fragment, read when the fleet
+    /// is loaded, so the cache key covers what they say, not their names.
+    pub fragments: Vec<(String, String)>,
+    pub targets: Vec<String>,
+    /// The kernel image, relative to the build tree.
+    pub image: String,
+    /// `make -j`; 0: the host's CPU count.
+    pub jobs: u32,
+    pub timeout_s: u64,
+}
+
+impl BuildConfig {
+    /// The build cache key's config half: same hash, same artifacts.
+    pub fn hash(&self) -> String {
+        let canonical = serde_json::json!({
+            "arch": self.arch, "cross_compile": self.cross_compile, "defconfig": self.defconfig,
+            "fragments": self.fragments, "targets": self.targets, "image": self.image,
+        });
+        hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
+    }
 }
 
 impl Plan {
@@ -368,6 +418,10 @@ impl Fleet {
             power_cycle_interval_s: server.power_cycle_interval_s.unwrap_or(900),
             power_cycle_timeout_s: server.power_cycle_timeout_s.unwrap_or(60).max(1),
             boot_deadline_s: server.boot_deadline_s.unwrap_or(0),
+            public_url: server
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            artifact_dir: server.artifact_dir.map(|d| base_dir.join(d)),
         };
 
         let mut boards = Vec::new();
@@ -565,7 +619,61 @@ impl Fleet {
                     ),
                 ));
             }
+            let build = match raw_plan.build {
+                None => None,
+                Some(b) => {
+                    let mut fragments = Vec::new();
+                    for f in &b.fragments {
+                        let file = base_dir.join(f);
+                        let text = std::fs::read_to_string(&file).map_err(|e| {
+                            at(
+                                span.clone(),
+                                "plan.build.fragments",
+                                format!(
+                                    "plan `{name}`: reading config fragment {}: {e}",
+                                    file.display()
+                                ),
+                            )
+                        })?;
+                        fragments.push((f.clone(), text));
+                    }
+                    if b.targets.is_empty()
+                        || !valid_make_word(&b.defconfig)
+                        || b.targets.iter().any(|t| !valid_make_word(t))
+                    {
+                        return Err(at(
+                            span,
+                            "plan.build",
+                            format!(
+                                "plan `{name}`: defconfig and targets must be plain make targets (letters, digits, `_-.`), and targets not empty"
+                            ),
+                        ));
+                    }
+                    let image = b.image.unwrap_or_else(|| {
+                        format!(
+                            "arch/{}/boot/{}",
+                            b.arch,
+                            if b.arch == "arm64" {
+                                "Image"
+                            } else {
+                                "bzImage"
+                            }
+                        )
+                    });
+                    Some(BuildConfig {
+                        arch: b.arch,
+                        cross_compile: b.cross_compile,
+                        defconfig: b.defconfig,
+                        fragments,
+                        targets: b.targets,
+                        image,
+                        jobs: b.jobs,
+                        timeout_s: b.timeout_s.unwrap_or(4 * 3600),
+                    })
+                }
+            };
             plans.push(Plan {
+                build,
                 verdict,
                 name,
                 boards: selected,
@@ -687,6 +795,14 @@ const DEFAULT_INTERVAL_MS: u64 = 2_000;
 const DEFAULT_DEADLINE_MS: u64 = 10_000;
 
 /// The raw public key bytes, used to compare keys regardless of comment.
+/// A make target or defconfig name; never an option or a variable.
+fn valid_make_word(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
 pub fn key_bytes(key: &russh::keys::PublicKey) -> Vec<u8> {
     key.to_bytes().unwrap_or_default()
 }
@@ -776,6 +892,8 @@ struct RawServer {
     power_cycle_interval_s: Option<u64>,
     power_cycle_timeout_s: Option<u64>,
     boot_deadline_s: Option<u64>,
+    public_url: Option<String>,
+    artifact_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -809,6 +927,35 @@ struct RawPlan {
     params: Option<MigrateCancelParams>,
     replay: Option<RawReplay>,
     verdict: Option<VerdictSettings>,
+    build: Option<RawBuild>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    #[serde(default = "default_build_arch")]
+    arch: String,
+    cross_compile: Option<String>,
+    #[serde(default = "default_defconfig")]
+    defconfig: String,
+    #[serde(default)]
+    fragments: Vec<String>,
+    #[serde(default = "default_build_targets")]
+    targets: Vec<String>,
+    image: Option<String>,
+    #[serde(default)]
+    jobs: u32,
+    timeout_s: Option<u64>,
+}
+
+fn default_build_arch() -> String {
+    "arm64".into()
+}
+fn default_defconfig() -> String {
+    "defconfig".into()
+}
+fn default_build_targets() -> Vec<String> {
+    vec!["Image".into(), "modules".into()]
 }
 
 #[derive(Deserialize, Default)]

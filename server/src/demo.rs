@@ -189,6 +189,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ("child (buggy in the replay plan)", DEMO_CHILD),
     ] {
         let req = TriggerRequest {
+            build: None,
             tree: DEMO_TREE.into(),
             branch: DEMO_BRANCH.into(),
             commit: commit.into(),

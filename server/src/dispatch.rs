@@ -232,7 +232,19 @@ impl Dispatcher {
             let deadline = self.fleet().server.assign_deadline_s;
             match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await
             {
-                Ok(Some(a)) => {
+                Ok(jobs::Claim::NeedsBoot { build_id }) => {
+                    match crate::deploy::record_start(&self.pool, &self.fleet(), board, build_id)
+                        .await
+                    {
+                        Ok(Some(msg)) => {
+                            let _ = tx.send(msg).await;
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(board, build = build_id, "starting a boot: {e}"),
+                    }
+                    return;
+                }
+                Ok(jobs::Claim::Assigned(a)) => {
                     let waited = (chrono::Utc::now() - a.queued_at)
                         .num_microseconds()
                         .unwrap_or(0);
@@ -250,7 +262,7 @@ impl Dispatcher {
                         return;
                     }
                 }
-                Ok(None) => {
+                Ok(jobs::Claim::Nothing) => {
                     let _ = boards::refresh_busy(&self.pool, board).await;
                     return;
                 }

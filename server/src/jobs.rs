@@ -15,6 +15,8 @@ use armfleet_protocol::{CycleRecord, JobResult, JobSpec};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+pub use crate::deploy::Claim;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -230,6 +232,11 @@ pub struct Assignment {
 /// Claims the oldest queued job of `board`, if the board has room for it.
 /// `SKIP LOCKED` lets several dispatchers (or servers) claim concurrently
 /// without ever handing one job out twice.
+///
+/// A job that names a build waits until the build is built, and runs only
+/// when the board runs that build: when it does not (and the board is idle,
+/// with no boot in progress) the answer is [`Claim::NeedsBoot`] and nothing
+/// is claimed (see `deploy`).
 pub async fn claim_next(
     pool: &PgPool,
     board: &str,
@@ -237,13 +244,18 @@ pub async fn claim_next(
     executor: &str,
     simulated: bool,
     assign_deadline_s: u64,
-) -> Result<Option<Assignment>, JobError> {
+) -> Result<Claim<Assignment>, JobError> {
     let mut tx = pool.begin().await?;
     // Serialise claims per board so `max_active` holds across servers.
-    sqlx::query("SELECT name FROM boards WHERE name = $1 FOR UPDATE")
-        .bind(board)
-        .execute(&mut *tx)
-        .await?;
+    let running_build: Option<i64> =
+        sqlx::query_scalar("SELECT build_id FROM boards WHERE name = $1 FOR UPDATE")
+            .bind(board)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+    if crate::deploy::is_booting(&mut tx, board).await? {
+        return Ok(Claim::Nothing);
+    }
     let active: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE board = $1 AND state IN ('assigned', 'running')",
     )
@@ -251,18 +263,31 @@ pub async fn claim_next(
     .fetch_one(&mut *tx)
     .await?;
     if active >= max_active as i64 {
-        return Ok(None);
+        return Ok(Claim::Nothing);
     }
     let Some(row) = sqlx::query(
-        "SELECT id, spec, created_at FROM jobs WHERE board = $1 AND state = 'queued'
-         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "SELECT j.id, j.spec, j.created_at, j.build_id FROM jobs j
+         WHERE j.board = $1 AND j.state = 'queued'
+           AND (j.build_id IS NULL OR EXISTS (SELECT 1 FROM builds b WHERE b.id = j.build_id AND b.state = 'built'))
+         ORDER BY j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED",
     )
     .bind(board)
     .fetch_optional(&mut *tx)
     .await?
     else {
-        return Ok(None);
+        return Ok(Claim::Nothing);
     };
+    let wanted: Option<i64> = row.get("build_id");
+    if let Some(build_id) = wanted {
+        if running_build != Some(build_id) {
+            // Never reboot a board under a running job.
+            return Ok(if active == 0 {
+                Claim::NeedsBoot { build_id }
+            } else {
+                Claim::Nothing
+            });
+        }
+    }
     let job_id: i64 = row.get("id");
     let queued_at: chrono::DateTime<chrono::Utc> = row.get("created_at");
     let spec: serde_json::Value = row.get("spec");
@@ -293,7 +318,7 @@ pub async fn claim_next(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(Assignment {
+    Ok(Claim::Assigned(Assignment {
         job_id,
         epoch,
         spec,

@@ -47,6 +47,10 @@ enum Command {
         /// Compare against this commit instead of the nearest tested ancestor.
         #[arg(long)]
         baseline: Option<String>,
+        /// Boot artifacts built elsewhere instead of building: a JSON file
+        /// `{"kernel_release": "…", "artifacts": [{"name": "Image", "url": "…", "sha256": "…"}, …]}`.
+        #[arg(long, value_name = "FILE")]
+        artifacts: Option<PathBuf>,
         #[command(flatten)]
         access: ServerAccess,
     },
@@ -263,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commit,
             plan,
             baseline,
+            artifacts,
             access:
                 ServerAccess {
                     server,
@@ -271,12 +276,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let token = read_token(token, &data_dir)?;
+            let build = match artifacts {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("{}: not an artifact list", path.display()))?,
+                    )
+                }
+                None => None,
+            };
             let req = TriggerRequest {
                 tree,
                 branch,
                 commit,
                 plan,
                 baseline,
+                build,
             };
             let resp = reqwest::Client::new()
                 .post(format!("{}/api/v1/runs", server.trim_end_matches('/')))

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub ssh_connections: Counter,
     pub ssh_auth_failures: Counter,
     pub sessions: Gauge,
+    pub boots_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +64,7 @@ impl Metrics {
             ssh_connections: Counter::default(),
             ssh_auth_failures: Counter::default(),
             sessions: Gauge::default(),
+            boots_failed: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap();
@@ -119,6 +121,11 @@ impl Metrics {
                 m.ssh_auth_failures.clone(),
             );
             r.register("agent_sessions", "Agents connected now", m.sessions.clone());
+            r.register(
+                "boots_failed",
+                "Builds that did not boot on a board",
+                m.boots_failed.clone(),
+            );
         }
         m
     }

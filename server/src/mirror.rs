@@ -111,7 +111,11 @@ impl Mirror {
     }
 }
 
-async fn git(dir: Option<&Path>, args: &[&str], timeout: Duration) -> Result<String, MirrorError> {
+pub(crate) async fn git(
+    dir: Option<&Path>,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, MirrorError> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);

@@ -18,6 +18,10 @@ pub struct TriggerRequest {
     /// Compare against this commit instead of the nearest tested ancestor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
+    /// Boot these artifacts, built elsewhere, instead of building the
+    /// kernel (checked against their sums before any board gets them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::builds::UrlBuild>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,9 @@ impl TriggerRequest {
         }
         if self.baseline.as_deref().is_some_and(|b| !valid_commit(b)) {
             return bad("`baseline` must be a hexadecimal commit id of 7 to 64 characters");
+        }
+        if let Some(b) = &self.build {
+            b.validate().map_err(TriggerError::Invalid)?;
         }
         Ok(())
     }
@@ -103,6 +110,14 @@ pub async fn create(
     )?;
     let mut tx = pool.begin().await?;
     let kernel_id = record_kernel(&mut tx, &kernel).await?;
+    if let Some(b) = &req.build {
+        let build = crate::builds::request_urls(&mut tx, &kernel.tree, &kernel.commit, b).await?;
+        sqlx::query("UPDATE kernels SET build_id = $2 WHERE id = $1")
+            .bind(kernel_id)
+            .bind(build)
+            .execute(&mut *tx)
+            .await?;
+    }
     let baseline = match &req.baseline {
         Some(b) => Some(
             sqlx::query_scalar::<_, i64>("SELECT id FROM kernels WHERE tree = $1 AND commit_sha LIKE $2 || '%' ORDER BY id LIMIT 1")
@@ -214,7 +229,19 @@ pub async fn plan_run(
     .await?;
     let mut jobs = Vec::new();
     let mut boards = Vec::new();
+    // Artifacts built elsewhere win over the plan's own build.
+    let given_build: Option<i64> = sqlx::query_scalar("SELECT build_id FROM kernels WHERE id = $1")
+        .bind(kernel_id)
+        .fetch_one(&mut **tx)
+        .await?;
     for plan in plans {
+        let build_id = match (given_build, &plan.build) {
+            (Some(b), _) => Some(b),
+            (None, Some(cfg)) => {
+                Some(crate::builds::request(tx, &kernel.tree, &kernel.commit, cfg).await?)
+            }
+            (None, None) => None,
+        };
         let mut params = plan.params_for(&kernel.commit);
         let targets: Vec<String> = match &extension {
             Some(e) => {
@@ -239,6 +266,7 @@ pub async fn plan_run(
                 plan: plan.name.clone(),
                 timeout_s: plan.timeout_s,
                 task: Task::MigrateCancel(params.clone()),
+                build_id,
             };
             let id = insert_job(tx, run_id, kernel_id, board, &plan.name, &spec, None, 1).await?;
             jobs.push(id);
@@ -269,8 +297,8 @@ pub async fn insert_job(
 ) -> Result<i64, sqlx::Error> {
     let Task::MigrateCancel(params) = &spec.task;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (run_id, kernel_id, board, plan, spec, cycles_total, retry_of, attempt)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        "INSERT INTO jobs (run_id, kernel_id, board, plan, spec, cycles_total, retry_of, attempt, build_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(run_id)
     .bind(kernel_id)
@@ -280,6 +308,7 @@ pub async fn insert_job(
     .bind(params.cycles as i32)
     .bind(retry_of)
     .bind(attempt)
+    .bind(spec.build_id)
     .fetch_one(&mut **tx)
     .await?;
     let why = match retry_of {

@@ -270,6 +270,17 @@ async fn agent_session(
     if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts, &state.server_id).await {
         tracing::error!(board, "recording board online: {e}");
     }
+    // A boot waiting for this board ends here: back on the build, or not.
+    if let Err(e) = crate::deploy::board_reported(
+        &state,
+        &board,
+        hello.facts.build_id,
+        &hello.facts.kernel_release,
+    )
+    .await
+    {
+        tracing::error!(board, "checking the board's boot: {e}");
+    }
     // Jobs the agent still holds keep running; the board's others died
     // with its previous agent. Jobs it holds that are no longer its own are
     // stopped and acknowledged so it can drop their spools.
@@ -287,6 +298,8 @@ async fn agent_session(
         protocol_version: PROTOCOL_VERSION,
         server_version: env!("CARGO_PKG_VERSION").into(),
         heartbeat_interval_ms: state.fleet.current().server.heartbeat_interval_ms,
+        artifact_base_url: state.fleet.current().server.public_url.clone(),
+        artifact_port: state.http_port.get().copied(),
     };
     if let Err(e) = write_frame(&mut writer, &Frame::new(welcome)).await {
         state
@@ -506,6 +519,9 @@ async fn handle_frame(
             state.log_budget.forget(*job_id);
             state.dispatcher.kick(board).await;
             return Ok(Some(ServerMessage::JobAck { job_id: *job_id }));
+        }
+        AgentMessage::BootReport { boot_id, outcome } => {
+            crate::deploy::agent_report(state, board, *boot_id, outcome, &frame.payload).await?;
         }
     }
     Ok(None)

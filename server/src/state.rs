@@ -43,4 +43,7 @@ pub struct AppState {
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
     pub shutdown: CancellationToken,
+    /// The HTTP port this server listens on (set when it starts serving),
+    /// told to agents for artifact downloads.
+    pub http_port: Arc<std::sync::OnceLock<u16>>,
 }

@@ -523,6 +523,11 @@ async fn store(
     .bind(&plan.name)
     .fetch_optional(&mut *tx)
     .await?;
+    if matches!(previous.as_deref(), Some("build_failed" | "boot_failed")) {
+        // A kernel that did not build or boot keeps that verdict: cycles
+        // from other boards of the family do not make it a pass.
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO verdicts (kernel_id, family, plan, baseline_kernel_id, baseline_reason, verdict, p_value,
                                cycles_run, failed_cycles, rate, ci_low, ci_high, baseline_cycles, baseline_failed,
@@ -690,6 +695,54 @@ pub struct VerdictRow {
     pub board_seconds: f64,
     pub extensions: i32,
     pub decided_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The kernel did not build (`build_failed`) or did not boot on a board of
+/// the family (`boot_failed`): a verdict of its own, not a test failure.
+pub async fn record_lifecycle_failure(
+    pool: &PgPool,
+    kernel: i64,
+    family: &str,
+    plan: &str,
+    verdict: &str,
+    explanation: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let previous: Option<String> = sqlx::query_scalar(
+        "SELECT verdict FROM verdicts WHERE kernel_id = $1 AND family = $2 AND plan = $3 FOR UPDATE",
+    )
+    .bind(kernel)
+    .bind(family)
+    .bind(plan)
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO verdicts (kernel_id, family, plan, baseline_reason, verdict, cycles_run, failed_cycles,
+                               rate, ci_low, ci_high, explanation)
+         VALUES ($1, $2, $3, 'none needed', $4, 0, 0, 0, 0, 1, $5)
+         ON CONFLICT (kernel_id, family, plan) DO UPDATE SET
+            verdict = EXCLUDED.verdict, explanation = EXCLUDED.explanation, decided_at = now()",
+    )
+    .bind(kernel)
+    .bind(family)
+    .bind(plan)
+    .bind(verdict)
+    .bind(explanation)
+    .execute(&mut *tx)
+    .await?;
+    if previous.as_deref() != Some(verdict) {
+        sqlx::query("INSERT INTO verdict_history (kernel_id, family, plan, verdict, explanation) VALUES ($1, $2, $3, $4, $5)")
+            .bind(kernel)
+            .bind(family)
+            .bind(plan)
+            .bind(verdict)
+            .bind(explanation)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::warn!(kernel, family, plan, verdict, "verdict");
+    Ok(())
 }
 
 pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<VerdictRow>, sqlx::Error> {

@@ -57,6 +57,10 @@ async fn metrics_count_boards_jobs_logs_and_refused_keys() {
     })
     .await;
     refused.kill9();
+    // The board turns idle just after its job's end is recorded.
+    server
+        .wait_board("board-1", "idle", Duration::from_secs(20))
+        .await;
 
     let resp = server
         .client

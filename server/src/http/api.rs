@@ -40,6 +40,9 @@ pub fn routes() -> Router<AppState> {
         .route("/bisections/{id}", get(crate::bisect::api_show))
         .route("/bisections/{id}/stop", post(crate::bisect::api_stop))
         .route("/audit", get(list_audit))
+        .route("/artifacts/{sha256}", get(crate::builds::api_artifact))
+        .route("/builds/{id}", get(crate::builds::api_show))
+        .route("/builds/{id}/log", get(crate::builds::api_log))
 }
 
 /// Who called, proven by a bearer token: the server's admin token, or one
@@ -353,6 +356,11 @@ async fn get_kernel(
         v["results"] = serde_json::to_value(results).unwrap_or_default();
         v["verdicts"] = serde_json::to_value(verdicts).unwrap_or_default();
         v["runs"] = serde_json::to_value(runs).unwrap_or_default();
+        v["builds"] = serde_json::to_value(crate::builds::for_kernel(&state.pool, k.id).await?)
+            .unwrap_or_default();
+        v["boots"] =
+            serde_json::to_value(crate::deploy::boots_for_kernel(&state.pool, k.id).await?)
+                .unwrap_or_default();
         out.push(v);
     }
     Ok(Json(serde_json::json!({ "kernels": out })))

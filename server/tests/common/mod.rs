@@ -296,6 +296,11 @@ impl TestServer {
             .dir
             .path()
             .join(format!("agent-{board}-{}", rand::random::<u16>()));
+        self.agent_in(board, key, &state_dir, extra)
+    }
+
+    /// Starts an agent process for `board` keeping its state in `state_dir`.
+    pub fn agent_in(&self, board: &str, key: &Path, state_dir: &Path, extra: &[&str]) -> TestAgent {
         let log = state_dir.with_extension("log");
         let child = Command::new(bin("armfleet-agent"))
             .arg("--server")
@@ -307,7 +312,7 @@ impl TestServer {
             .arg("--server-key")
             .arg(&self.fingerprint)
             .arg("--state-dir")
-            .arg(&state_dir)
+            .arg(state_dir)
             .args(extra)
             .env("ARMFLEET_LOG", "info")
             .stdout(Stdio::null())

@@ -118,6 +118,7 @@ pub fn facts(kernel: &str, implementer: &str) -> BoardFacts {
             free: 480,
         },
         executor: ExecutorKind::Replay,
+        build_id: None,
     }
 }
 

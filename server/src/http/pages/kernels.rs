@@ -553,6 +553,8 @@ struct KernelPage {
     jobs: Vec<JobLine>,
     pager: Pager,
     findings: Vec<FindingView>,
+    builds: Vec<crate::builds::BuildRow>,
+    boots: Vec<crate::deploy::BootRow>,
 }
 
 fn duration(secs: f64) -> String {
@@ -697,5 +699,7 @@ pub async fn kernel_page(
         jobs: job_rows.into_iter().map(JobLine::from_brief).collect(),
         pager,
         findings,
+        builds: crate::builds::for_kernel(pool, id).await?,
+        boots: crate::deploy::boots_for_kernel(pool, id).await?,
     })
 }

@@ -1,0 +1,460 @@
+//! Putting a build on a board: the boot lifecycle.
+//!
+//! Architecture invariant: a job that names a build runs only on a board
+//! whose agent reported running exactly that build (`boards.build_id`,
+//! from the agent's facts after it reconnected). `jobs::claim_next` holds
+//! such a job back and answers [`Claim::NeedsBoot`]; the dispatcher then
+//! calls [`start`], which records a boot and sends `ServerMessage::Boot`.
+//!
+//! ```text
+//! deploying ──(agent: Rebooting)──► booting ──(agent back on the build)──► booted
+//!     │                                │
+//!     │                                ├─(back on another kernel)──────────► boot_failed
+//!     │                                └─(not back by the deadline)─► boot_failed + power cycle
+//!     └─(agent: DeployFailed, or deadline)─► deploy_failed
+//! ```
+//!
+//! A `boot_failed` boot is a result about the kernel: the board's queued jobs
+//! for the build are cancelled, and the kernel's verdict for the board's
+//! family is `boot_failed`. The board is power-cycled (its one-shot boot
+//! entry falls back to the known-good kernel) and its agent later uploads
+//! the console of the failed boot ([`attach_console`]). Every boot state
+//! change goes through this module.
+
+use armfleet_protocol::{BootOutcome, ServerMessage};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::builds;
+use crate::config::Fleet;
+use crate::state::AppState;
+
+/// What `jobs::claim_next` found at the head of a board's queue.
+#[derive(Debug)]
+pub enum Claim<A> {
+    Assigned(A),
+    /// The next job needs `build_id` running first and the board is idle.
+    NeedsBoot {
+        build_id: i64,
+    },
+    Nothing,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BootRow {
+    pub id: i64,
+    pub board: String,
+    pub build_id: i64,
+    pub state: String,
+    pub reason: Option<String>,
+    pub method: Option<String>,
+    pub console: Option<String>,
+    pub console_source: Option<String>,
+    pub power_cycled: bool,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const BOOT_COLUMNS: &str =
+    "id, board, build_id, state, reason, method, console, console_source, power_cycled,
+     started_at, deadline, ended_at";
+
+pub async fn boots_for_build(pool: &PgPool, build: i64) -> Result<Vec<BootRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BOOT_COLUMNS} FROM boots WHERE build_id = $1 ORDER BY id"
+    )))
+    .bind(build)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn boots_for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<BootRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BOOT_COLUMNS} FROM boots WHERE build_id IN
+           (SELECT DISTINCT build_id FROM jobs WHERE kernel_id = $1 AND build_id IS NOT NULL)
+         ORDER BY id"
+    )))
+    .bind(kernel)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn boots_for_board(
+    pool: &PgPool,
+    board: &str,
+    limit: i64,
+) -> Result<Vec<BootRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BOOT_COLUMNS} FROM boots WHERE board = $1 ORDER BY id DESC LIMIT $2"
+    )))
+    .bind(board)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether `board` is deploying or booting a build right now.
+pub async fn is_booting(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    board: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM boots WHERE board = $1 AND state IN ('deploying', 'booting'))",
+    )
+    .bind(board)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Records a boot of `build_id` on `board`; returns the message that tells
+/// the agent, or None when the board already has a boot in progress
+/// (another kick, or another server, started it).
+pub async fn record_start(
+    pool: &PgPool,
+    fleet: &Fleet,
+    board: &str,
+    build_id: i64,
+) -> anyhow::Result<Option<ServerMessage>> {
+    let Some(build) = builds::get(pool, build_id).await? else {
+        anyhow::bail!("build {build_id} does not exist");
+    };
+    let Some(spec) = builds::spec(&build) else {
+        anyhow::bail!("build {build_id} has no artifacts to boot");
+    };
+    let wait = fleet.server.boot_wait_s() as f64;
+    let boot_id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO boots (board, build_id, state, deadline)
+         VALUES ($1, $2, 'deploying', now() + make_interval(secs => $3))
+         ON CONFLICT (board) WHERE state IN ('deploying', 'booting') DO NOTHING
+         RETURNING id",
+    )
+    .bind(board)
+    .bind(build_id)
+    .bind(wait)
+    .fetch_optional(pool)
+    .await?;
+    let Some(boot_id) = boot_id else {
+        return Ok(None);
+    };
+    tracing::info!(board, build = build_id, boot = boot_id, release = %spec.kernel_release, "deploying a build");
+    Ok(Some(ServerMessage::Boot {
+        boot_id,
+        build: spec,
+    }))
+}
+
+/// The agent's report about a boot (before its reboot, or after it came
+/// back on the known-good kernel). `console` is the frame's payload.
+pub async fn agent_report(
+    state: &AppState,
+    board: &str,
+    boot_id: i64,
+    outcome: &BootOutcome,
+    console: &[u8],
+) -> anyhow::Result<()> {
+    let pool = &state.pool;
+    match outcome {
+        BootOutcome::Rebooting { method } => {
+            let wait = state.fleet.current().server.boot_wait_s() as f64;
+            sqlx::query(
+                "UPDATE boots SET state = 'booting', method = $3,
+                        deadline = now() + make_interval(secs => $4)
+                 WHERE id = $1 AND board = $2 AND state = 'deploying'",
+            )
+            .bind(boot_id)
+            .bind(board)
+            .bind(method)
+            .bind(wait)
+            .execute(pool)
+            .await?;
+            tracing::info!(
+                board,
+                boot = boot_id,
+                method,
+                "board rebooting into a build"
+            );
+        }
+        BootOutcome::DeployFailed { reason } => {
+            let ended = end(
+                pool,
+                boot_id,
+                board,
+                &["deploying"],
+                "deploy_failed",
+                reason,
+            )
+            .await?;
+            if ended {
+                tracing::warn!(board, boot = boot_id, reason, "deploy failed");
+                cancel_waiting_jobs(
+                    state,
+                    boot_id,
+                    &format!("the board could not install the build: {reason}"),
+                )
+                .await?;
+            }
+        }
+        BootOutcome::FellBack {
+            kernel_release,
+            console_source,
+        } => {
+            let why = format!(
+                "the board came back on its known-good kernel {kernel_release}: the build did not boot"
+            );
+            let ended = end(
+                pool,
+                boot_id,
+                board,
+                &["deploying", "booting"],
+                "boot_failed",
+                &why,
+            )
+            .await?;
+            attach_console(pool, boot_id, board, console, console_source.as_deref()).await?;
+            if ended {
+                boot_failed(state, boot_id, &why).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The agent connected and reported the build it runs: a boot waiting for
+/// it has succeeded, or (back on something else) failed.
+pub async fn board_reported(
+    state: &AppState,
+    board: &str,
+    running: Option<i64>,
+    release: &str,
+) -> anyhow::Result<()> {
+    let pool = &state.pool;
+    let active: Option<(i64, i64, String)> = sqlx::query_as(
+        "SELECT id, build_id, state FROM boots WHERE board = $1 AND state IN ('deploying', 'booting')",
+    )
+    .bind(board)
+    .fetch_optional(pool)
+    .await?;
+    let Some((boot_id, build_id, boot_state)) = active else {
+        return Ok(());
+    };
+    if running == Some(build_id) {
+        let why = format!("running {release}");
+        if end(
+            pool,
+            boot_id,
+            board,
+            &["deploying", "booting"],
+            "booted",
+            &why,
+        )
+        .await?
+        {
+            tracing::info!(
+                board,
+                boot = boot_id,
+                build = build_id,
+                release,
+                "board booted the build"
+            );
+        }
+    } else if boot_state == "booting" {
+        let why = format!(
+            "the board came back running {release} (build {}), not build {build_id}: the build did not boot",
+            running
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "none".into())
+        );
+        if end(pool, boot_id, board, &["booting"], "boot_failed", &why).await? {
+            boot_failed(state, boot_id, &why).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves a boot from one of `from` to `to`; false when it was not in `from`
+/// (someone else ended it).
+async fn end(
+    pool: &PgPool,
+    boot_id: i64,
+    board: &str,
+    from: &[&str],
+    to: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    let n = sqlx::query(
+        "UPDATE boots SET state = $3, reason = $4, ended_at = now()
+         WHERE id = $1 AND board = $2 AND state = ANY($5)",
+    )
+    .bind(boot_id)
+    .bind(board)
+    .bind(to)
+    .bind(reason)
+    .bind(&from)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Keeps the console a failed boot printed (recovered by the agent later).
+pub async fn attach_console(
+    pool: &PgPool,
+    boot_id: i64,
+    board: &str,
+    console: &[u8],
+    source: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    if console.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE boots SET console = $3, console_source = $4 WHERE id = $1 AND board = $2 AND console IS NULL",
+    )
+    .bind(boot_id)
+    .bind(board)
+    .bind(String::from_utf8_lossy(console).into_owned())
+    .bind(source)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A build did not boot on a board: a result about the kernel.
+async fn boot_failed(state: &AppState, boot_id: i64, why: &str) -> anyhow::Result<()> {
+    let (board, build_id): (String, i64) =
+        sqlx::query_as("SELECT board, build_id FROM boots WHERE id = $1")
+            .bind(boot_id)
+            .fetch_one(&state.pool)
+            .await?;
+    tracing::warn!(board, boot = boot_id, build = build_id, why, "boot failed");
+    state.metrics.boots_failed.inc();
+    let family = state
+        .fleet
+        .current()
+        .board(&board)
+        .map(|b| b.family.as_str().to_owned())
+        .unwrap_or_default();
+    let decided = cancel_waiting_jobs(state, boot_id, &format!("boot_failed: {why}")).await?;
+    for (kernel, plan) in decided {
+        crate::verdicts::record_lifecycle_failure(
+            &state.pool,
+            kernel,
+            &family,
+            &plan,
+            "boot_failed",
+            &format!("build {build_id} did not boot on {board}: {why}"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Cancels the board's queued jobs for the boot's build; returns their
+/// (kernel, plan) pairs.
+async fn cancel_waiting_jobs(
+    state: &AppState,
+    boot_id: i64,
+    reason: &str,
+) -> anyhow::Result<Vec<(i64, String)>> {
+    let jobs: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT j.id, j.kernel_id, j.plan FROM jobs j JOIN boots b ON b.board = j.board AND b.build_id = j.build_id
+         WHERE b.id = $1 AND j.state = 'queued'",
+    )
+    .bind(boot_id)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut pairs = Vec::new();
+    for (job, kernel, plan) in jobs {
+        if let Err(e) = crate::jobs::cancel(&state.pool, job, reason).await {
+            tracing::warn!(job, "cancelling a job after its boot ended: {e}");
+        }
+        if !pairs.contains(&(kernel, plan.clone())) {
+            pairs.push((kernel, plan));
+        }
+    }
+    Ok(pairs)
+}
+
+/// Ends boots past their deadline: the build did not come up (or the
+/// board never got to reboot). Boards that did not come back are
+/// power-cycled back to their known-good kernel. Runs until `shutdown`.
+pub async fn watchdog(state: AppState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = expire(&state).await {
+            tracing::warn!("checking boot deadlines: {e}");
+        }
+    }
+}
+
+async fn expire(state: &AppState) -> anyhow::Result<()> {
+    let overdue: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, board, state FROM boots WHERE state IN ('deploying', 'booting') AND deadline < now()",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    for (boot_id, board, boot_state) in overdue {
+        let wait = state.fleet.current().server.boot_wait_s();
+        if boot_state == "deploying" {
+            let why = format!("the board did not install the build within {wait} s");
+            if end(
+                &state.pool,
+                boot_id,
+                &board,
+                &["deploying"],
+                "deploy_failed",
+                &why,
+            )
+            .await?
+            {
+                cancel_waiting_jobs(state, boot_id, &why).await?;
+            }
+            continue;
+        }
+        let why = format!("the board did not come back running the build within {wait} s");
+        if !end(
+            &state.pool,
+            boot_id,
+            &board,
+            &["booting"],
+            "boot_failed",
+            &why,
+        )
+        .await?
+        {
+            continue;
+        }
+        boot_failed(state, boot_id, &why).await?;
+        // Only a board that is still away needs its power cycled.
+        if !state.dispatcher.is_connected(&board) {
+            match crate::power::power_cycle(
+                state,
+                &board,
+                "armfleet",
+                &format!("boot {boot_id}: {why}"),
+            )
+            .await
+            {
+                Ok(outcome) => {
+                    sqlx::query("UPDATE boots SET power_cycled = $2 WHERE id = $1")
+                        .bind(boot_id)
+                        .bind(outcome.ok)
+                        .execute(&state.pool)
+                        .await?;
+                }
+                Err(e) => tracing::error!(
+                    board,
+                    boot = boot_id,
+                    "cannot power-cycle the board after a failed boot: {e}"
+                ),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! The kernel lifecycle on (simulated) boards: a plan that builds its
+//! kernel builds it for real (`make` on a tiny real source tree, see
+//! `tests/fixtures/sim-kernel`), stores the artifacts content-addressed,
+//! and the board downloads, checks and boots the build before its jobs run.
+//! A build that fails is `build_failed`; a build that does not boot is
+//! `boot_failed`, and the board is power-cycled back to its known-good
+//! kernel. The simulated board plays the reboot (the agent re-executes
+//! itself), the hang and the power cycle (`scripts/sim-power-cycle`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// What one commit of the synthetic kernel tree does.
+#[derive(Clone, Copy, Default)]
+struct Behaviour {
+    /// init/main.c has a syntax error.
+    broken: bool,
+    /// `ok`, `hang` or `panic` at boot.
+    boot: &'static str,
+    /// Per-cycle guest abort probability once booted.
+    abort: f64,
+}
+
+/// A git tree of `commits.len()` commits of the tiny kernel; returns SHAs.
+fn kernel_tree(dir: &Path, commits: &[Behaviour]) -> Vec<String> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sim-kernel");
+    copy_dir(&fixture, dir);
+    git(dir, &["init", "-q", "-b", "master"]);
+    let good_c = std::fs::read_to_string(dir.join("init/main.c")).unwrap();
+    let mut shas = Vec::new();
+    for (i, b) in commits.iter().enumerate() {
+        std::fs::write(dir.join("VERSION"), format!("{i}\n")).unwrap();
+        std::fs::write(
+            dir.join("BOOT"),
+            format!("{}\n", if b.boot.is_empty() { "ok" } else { b.boot }),
+        )
+        .unwrap();
+        std::fs::write(dir.join("ABORT"), format!("{}\n", b.abort)).unwrap();
+        std::fs::write(
+            dir.join("CONSOLE"),
+            "Booting Linux on physical CPU 0x0000000000 [0x481fd010]\nVFS: Cannot open root device \"vda1\" or unknown-block(0,0): error -6\nKernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n",
+        )
+        .unwrap();
+        let c = if b.broken {
+            good_c.replace("return 0;", "return 0 +;")
+        } else {
+            good_c.clone()
+        };
+        std::fs::write(dir.join("init/main.c"), c).unwrap();
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", &format!("commit {i}")]);
+        shas.push(git(dir, &["rev-parse", "HEAD"]));
+    }
+    shas
+}
+
+/// A fleet of simulated boards whose plan builds the kernel, with a short
+/// boot deadline and the simulated power-cycle script.
+fn building_fleet(boards: &[(&str, &str, &str, &Path)], fragment: &Path) -> String {
+    let mut fleet = fleet_toml(
+        &boards
+            .iter()
+            .map(|(n, f, k, _)| (*n, *f, *k))
+            .collect::<Vec<_>>(),
+        &format!(
+            "[plan.params]\ncycles = 6\nreplay_cycle_ms = 5\n[plan.build]\ndefconfig = \"defconfig\"\nfragments = [\"{}\"]\ntargets = [\"Image\", \"modules\"]\n",
+            fragment.display()
+        ),
+    );
+    fleet = fleet.replace(
+        "[server]\n",
+        "[server]\nboot_deadline_s = 8\npower_cycle_after_s = 3600\n",
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sim-power-cycle");
+    for (name, _, key, state) in boards {
+        fleet = fleet.replace(
+            &format!("name = \"{name}\"\n"),
+            &format!(
+                "name = \"{name}\"\npower_cycle = [\"{}\", \"{}\"]\n",
+                script.display(),
+                state.display()
+            ),
+        );
+        let _ = key;
+    }
+    fleet
+}
+
+/// Kills agents restarted by the power-cycle script (not our children).
+struct Restarted(Vec<PathBuf>);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        for state in &self.0 {
+            if let Ok(pid) = std::fs::read_to_string(state.join("agent.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn trigger(
+    server: &TestServer,
+    tree: &Path,
+    commit: &str,
+    extra: serde_json::Value,
+) -> reqwest::Response {
+    let mut body = serde_json::json!({"tree": tree.display().to_string(), "branch": "master", "commit": commit});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    server
+        .client
+        .post(server.url("/api/v1/runs"))
+        .bearer_auth(&server.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn run_job(server: &TestServer, tree: &Path, commit: &str) -> serde_json::Value {
+    let r = trigger(server, tree, commit, serde_json::json!({})).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let run = r.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    let runv = server.get_json(&format!("/api/v1/runs/{run}")).await;
+    let job = runv["jobs"][0]["id"].as_i64().unwrap();
+    server.wait_job_end(job, Duration::from_secs(120)).await
+}
+
+async fn kernel(server: &TestServer, commit: &str) -> serde_json::Value {
+    server.get_json(&format!("/api/v1/kernels/{commit}")).await["kernels"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_a_build_builds_boots_and_runs_each_kernel_and_a_broken_one_is_build_failed() {
+    let repo = tempfile::tempdir().unwrap();
+    let shas = kernel_tree(
+        repo.path(),
+        &[
+            Behaviour::default(),
+            Behaviour {
+                abort: 1.0,
+                ..Default::default()
+            },
+            Behaviour {
+                broken: true,
+                ..Default::default()
+            },
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap().keep();
+    let fragment = dir.join("kvm.config");
+    std::fs::write(&fragment, "CONFIG_KVM_ARMFLEET_STRESS=y\n").unwrap();
+    let key = keygen(&dir, "altra-01").await;
+    let state = dir.join("agent-altra-01");
+    let server = TestServer::start(&building_fleet(
+        &[("altra-01", "ampere-altra", &key.public, &state)],
+        &fragment,
+    ))
+    .await;
+    let _agent = server.agent_in("altra-01", &key.path, &state, &["--executor", "replay"]);
+    let _cleanup = Restarted(vec![state.clone()]);
+    server
+        .wait_board("altra-01", "idle", Duration::from_secs(20))
+        .await;
+    let before = server.get_json("/api/v1/boards").await;
+    let known_good = before["boards"][0]["facts"]["kernel_release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Commit 0 builds, boots and passes.
+    let job = run_job(&server, repo.path(), &shas[0]).await;
+    assert_eq!(job["state"], "passed", "{job:#}");
+    let k = kernel(&server, &shas[0]).await;
+    let build = &k["builds"][0];
+    assert_eq!(build["state"], "built", "{k:#}");
+    assert_eq!(build["kernel_release"], "6.13.0-sim-0");
+    let names: Vec<&str> = build["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Image", "config", "modules.tar.gz"], "{build:#}");
+    // Every artifact is served under its checksum, and is what it says.
+    for a in build["artifacts"].as_array().unwrap() {
+        let bytes = server
+            .client
+            .get(server.url(a["url"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            a["sha256"].as_str().unwrap()
+        );
+        assert_eq!(bytes.len() as u64, a["size"].as_u64().unwrap());
+        if a["name"] == "config" {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                text.contains("CONFIG_KVM=y") && text.contains("CONFIG_KVM_ARMFLEET_STRESS=y"),
+                "fragment merged: {text}"
+            );
+        }
+    }
+    let build_id = build["id"].as_i64().unwrap();
+    let log = server
+        .client
+        .get(server.url(&format!("/api/v1/builds/{build_id}/log")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("cc -c -o init/main.o init/main.c")
+            && log.contains("kernelrelease: 6.13.0-sim-0"),
+        "{log}"
+    );
+    let boot = &k["boots"][0];
+    assert_eq!(boot["state"], "booted", "{k:#}");
+    assert_eq!(boot["method"], "simulated");
+    // The board reports the build it runs, and its release.
+    let b = server.get_json("/api/v1/boards").await["boards"][0].clone();
+    assert_eq!(b["facts"]["kernel_release"], "6.13.0-sim-0", "{b:#}");
+    assert_eq!(b["facts"]["build_id"], build_id);
+    assert_ne!(known_good, "6.13.0-sim-0");
+
+    // The same commit again: the cached build, no second boot.
+    let again = run_job(&server, repo.path(), &shas[0]).await;
+    assert_eq!(again["state"], "passed");
+    let k = kernel(&server, &shas[0]).await;
+    assert_eq!(
+        k["builds"].as_array().unwrap().len(),
+        1,
+        "built once: {k:#}"
+    );
+    assert_eq!(
+        k["boots"].as_array().unwrap().len(),
+        1,
+        "the board already ran it: {k:#}"
+    );
+
+    // Commit 1's kernel makes the guest abort: the board boots it, and the
+    // job fails with the abort found in its logs.
+    let bad = run_job(&server, repo.path(), &shas[1]).await;
+    assert_eq!(bad["state"], "failed", "{bad:#}");
+    let job_id = bad["id"].as_i64().unwrap();
+    let findings = wait_for("findings", Duration::from_secs(30), || async {
+        let f = server
+            .get_json(&format!("/api/v1/jobs/{job_id}/findings"))
+            .await;
+        (!f["findings"].as_array().unwrap().is_empty()).then_some(f)
+    })
+    .await;
+    assert!(
+        findings.to_string().contains("TLB conflict abort"),
+        "{findings:#}"
+    );
+    assert_eq!(
+        kernel(&server, &shas[1]).await["boots"][0]["state"],
+        "booted"
+    );
+
+    // Commit 2 does not compile: build_failed, the job is cancelled, not failed.
+    let broken = run_job(&server, repo.path(), &shas[2]).await;
+    assert_eq!(broken["state"], "cancelled", "{broken:#}");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("build_failed"),
+        "{broken:#}"
+    );
+    let k = kernel(&server, &shas[2]).await;
+    assert_eq!(k["builds"][0]["state"], "failed");
+    assert_eq!(k["builds"][0]["failure"], "kernel");
+    assert!(
+        k["builds"][0]["error"].as_str().unwrap().contains("error"),
+        "the compiler's words: {k:#}"
+    );
+    let verdict = wait_for("build_failed verdict", Duration::from_secs(10), || async {
+        let k = kernel(&server, &shas[2]).await;
+        k["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["verdict"] == "build_failed")
+            .cloned()
+    })
+    .await;
+    assert_eq!(verdict["family"], "ampere-altra");
+    assert!(
+        k["boots"].as_array().unwrap().is_empty(),
+        "nothing to boot: {k:#}"
+    );
+    // The kernel page shows it.
+    let page = server
+        .client
+        .get(server.url(&format!("/kernels/{}", k["id"])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("build_failed"),
+        "kernel page shows the failed build"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_that_does_not_boot_is_boot_failed_and_the_board_is_power_cycled_back() {
+    let repo = tempfile::tempdir().unwrap();
+    let shas = kernel_tree(
+        repo.path(),
+        &[
+            Behaviour {
+                boot: "hang",
+                ..Default::default()
+            },
+            Behaviour::default(),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap().keep();
+    let fragment = dir.join("kvm.config");
+    std::fs::write(&fragment, "CONFIG_KVM=y\n").unwrap();
+    let key = keygen(&dir, "kunpeng-01").await;
+    let state = dir.join("agent-kunpeng-01");
+    let server = TestServer::start(&building_fleet(
+        &[("kunpeng-01", "kunpeng920", &key.public, &state)],
+        &fragment,
+    ))
+    .await;
+    let _agent = server.agent_in("kunpeng-01", &key.path, &state, &["--executor", "replay"]);
+    let _cleanup = Restarted(vec![state.clone()]);
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
+        .await;
+
+    let job = run_job(&server, repo.path(), &shas[0]).await;
+    assert_eq!(job["state"], "cancelled", "{job:#}");
+    assert!(
+        job["reason"].as_str().unwrap().starts_with("boot_failed"),
+        "{job:#}"
+    );
+    // The board comes back on its known-good kernel after the power cycle,
+    // and its agent delivers the console of the boot that hung.
+    server
+        .wait_board("kunpeng-01", "idle", Duration::from_secs(30))
+        .await;
+    let k = wait_for(
+        "the failed boot's console",
+        Duration::from_secs(30),
+        || async {
+            let k = kernel(&server, &shas[0]).await;
+            k["boots"][0]["console"].is_string().then_some(k)
+        },
+    )
+    .await;
+    let boot = &k["boots"][0];
+    assert_eq!(boot["state"], "boot_failed", "{k:#}");
+    assert_eq!(boot["power_cycled"], true, "{k:#}");
+    assert!(
+        boot["console"]
+            .as_str()
+            .unwrap()
+            .contains("Kernel panic - not syncing: VFS: Unable to mount root fs"),
+        "{boot:#}"
+    );
+    let b = server.get_json("/api/v1/boards").await["boards"][0].clone();
+    assert!(
+        b["facts"]["build_id"].is_null(),
+        "back on the known-good kernel: {b:#}"
+    );
+    assert!(
+        k["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["verdict"] == "boot_failed" && v["family"] == "kunpeng920"),
+        "{k:#}"
+    );
+    let audit = server
+        .client
+        .get(server.url("/api/v1/audit"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit.contains("power-cycle"),
+        "the power cycle is recorded: {audit}"
+    );
+    let page = server
+        .client
+        .get(server.url(&format!("/kernels/{}", k["id"])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("boot_failed") && page.contains("Unable to mount root fs"),
+        "kernel page shows the failed boot and its console"
+    );
+
+    // The recovered board boots the next, good kernel and runs its job.
+    let next = run_job(&server, repo.path(), &shas[1]).await;
+    assert_eq!(next["state"], "passed", "{next:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_built_elsewhere_are_checked_before_any_board_boots_them() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let image = dir.join("Image");
+    std::fs::write(
+        &image,
+        "ARMFLEET-SIMULATED-KERNEL\nrelease=6.14.0-lab-build\nboot=ok\nabort_probability=0\n",
+    )
+    .unwrap();
+    use sha2::Digest;
+    let sum = hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()));
+    let key = keygen(&dir, "rpi5-01").await;
+    let server = TestServer::start(&fleet_toml(
+        &[("rpi5-01", "rpi5", &key.public)],
+        "[plan.params]\ncycles = 3\nreplay_cycle_ms = 5\n",
+    ))
+    .await;
+    let _agent = server.agent("rpi5-01", &key.path, &["--executor", "replay"]);
+    server
+        .wait_board("rpi5-01", "idle", Duration::from_secs(20))
+        .await;
+    let tree = Path::new("/srv/lab/linux");
+
+    // A bad checksum: nothing is booted, and it is the lab's fault.
+    let wrong = "0".repeat(64);
+    let r = trigger(&server, tree, "1111111111111111", serde_json::json!({"build": {"kernel_release": "6.14.0-lab-build",
+        "artifacts": [{"name": "Image", "url": format!("file://{}", image.display()), "sha256": wrong}]}})).await;
+    assert_eq!(r.status(), 201);
+    let run = r.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let j = server.wait_job_end(job, Duration::from_secs(60)).await;
+    assert_eq!(j["state"], "cancelled");
+    assert!(
+        j["reason"].as_str().unwrap().contains("checksum mismatch"),
+        "{j:#}"
+    );
+    let k = kernel(&server, "1111111111111111").await;
+    assert_eq!(k["builds"][0]["failure"], "infra", "{k:#}");
+    assert!(
+        !k["verdicts"].to_string().contains("build_failed"),
+        "a lab failure is no verdict on the kernel: {k:#}"
+    );
+
+    // Garbage is refused at the door.
+    let r = trigger(
+        &server,
+        tree,
+        "2222222222222222",
+        serde_json::json!({"build": {"kernel_release": "x",
+        "artifacts": [{"name": "../Image", "url": "file:///etc/passwd", "sha256": sum}]}}),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "{}", r.text().await.unwrap());
+
+    // The right checksum: fetched, checked, booted, run.
+    let r = trigger(
+        &server,
+        tree,
+        "3333333333333333",
+        serde_json::json!({"build": {"kernel_release": "6.14.0-lab-build",
+        "artifacts": [{"name": "Image", "url": image.display().to_string(), "sha256": sum}]}}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let run = r.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let j = server.wait_job_end(job, Duration::from_secs(60)).await;
+    assert_eq!(j["state"], "passed", "{j:#}");
+    let b = server.get_json("/api/v1/boards").await["boards"][0].clone();
+    assert_eq!(b["facts"]["kernel_release"], "6.14.0-lab-build", "{b:#}");
+}
