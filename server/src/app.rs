@@ -49,7 +49,8 @@ impl Server {
                 (pg.connect_options(), Some(pg))
             }
         };
-        let pool = db::connect(options).await?;
+        let pool = db::connect(options.clone()).await?;
+        let log_pool = db::connect_log_pool(options).await?;
         let host_key = ssh::load_or_create_host_key(&settings.data_dir)?;
         let fingerprint = ssh::fingerprint(&host_key);
         let api_token = match &fleet.server.api_token {
@@ -88,6 +89,7 @@ impl Server {
             host_key_fingerprint: Arc::from(fingerprint.as_str()),
             shutdown: CancellationToken::new(),
             http_port: Arc::default(),
+            log_pool,
         };
         Ok(Server {
             state,

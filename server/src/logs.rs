@@ -16,12 +16,7 @@ pub async fn store_chunk(
     seq: u64,
     data: &[u8],
 ) -> Result<bool, sqlx::Error> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 3 + 64), Compression::fast());
-    enc.write_all(data)
-        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
-    let compressed = enc
-        .finish()
-        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
+    let compressed = gzip(data)?;
     let result = sqlx::query(
         "INSERT INTO log_chunks (job_id, stream, seq, raw_len, data) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (job_id, stream, seq) DO NOTHING",
@@ -31,6 +26,45 @@ pub async fn store_chunk(
     .bind(seq as i64)
     .bind(data.len() as i32)
     .bind(compressed)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>, sqlx::Error> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 3 + 64), Compression::fast());
+    enc.write_all(data)
+        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
+    enc.finish()
+        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))
+}
+
+/// An agent's chunk, stored only if `board` owns the job at `epoch` — the
+/// ownership check and the insert in one statement, one round trip on the
+/// ingest hot path. False: a duplicate, or not the board's (the caller
+/// asks `jobs::check_owner` which).
+pub async fn store_agent_chunk(
+    pool: &PgPool,
+    job: i64,
+    board: &str,
+    epoch: i64,
+    stream: LogStream,
+    seq: u64,
+    data: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let compressed = gzip(data)?;
+    let result = sqlx::query(
+        "INSERT INTO log_chunks (job_id, stream, seq, raw_len, data)
+         SELECT $1, $2, $3, $4, $5 FROM jobs WHERE id = $1 AND board = $6 AND epoch = $7
+         ON CONFLICT (job_id, stream, seq) DO NOTHING",
+    )
+    .bind(job)
+    .bind(stream.as_str())
+    .bind(seq as i64)
+    .bind(data.len() as i32)
+    .bind(compressed)
+    .bind(board)
+    .bind(epoch)
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -199,12 +233,16 @@ impl LogBudget {
                      FROM jobs WHERE id = $1",
                 )
                 .bind(job)
-                .fetch_one(pool)
+                .fetch_optional(pool)
                 .await?;
-                (
-                    row.get::<i64, _>("used") as u64,
-                    row.get::<bool, _>("log_truncated"),
-                )
+                // An unknown job is refused by the ownership check after.
+                match row {
+                    Some(row) => (
+                        row.get::<i64, _>("used") as u64,
+                        row.get::<bool, _>("log_truncated"),
+                    ),
+                    None => (0, false),
+                }
             }
         };
         if used + bytes <= cap {
@@ -227,6 +265,14 @@ impl LogBudget {
         }
         self.used.lock().unwrap().insert(job, (used, true));
         Ok(false)
+    }
+
+    /// Gives back what [`LogBudget::admit`] counted for a chunk that was
+    /// not stored after all (a duplicate, or refused).
+    pub fn refund(&self, job: i64, bytes: u64) {
+        if let Some((used, _)) = self.used.lock().unwrap().get_mut(&job) {
+            *used = used.saturating_sub(bytes);
+        }
     }
 
     pub fn forget(&self, job: i64) {

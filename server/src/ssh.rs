@@ -475,21 +475,31 @@ async fn handle_frame(
             stream,
             seq,
         } => {
-            jobs::check_owner(pool, *job_id, board, *epoch).await?;
-            if !state
-                .log_budget
-                .admit(
-                    pool,
-                    *job_id,
-                    frame.payload.len() as u64,
-                    state.fleet.current().server.max_log_bytes_per_job,
-                )
-                .await?
-            {
+            let bytes = frame.payload.len() as u64;
+            let cap = state.fleet.current().server.max_log_bytes_per_job;
+            if !state.log_budget.admit(pool, *job_id, bytes, cap).await? {
+                jobs::check_owner(pool, *job_id, board, *epoch).await?;
                 return Ok(None);
             }
-            if logs::store_chunk(pool, *job_id, *stream, *seq, &frame.payload).await? {
-                state.metrics.log_bytes.inc_by(frame.payload.len() as u64);
+            let stored = logs::store_agent_chunk(
+                &state.log_pool,
+                *job_id,
+                board,
+                *epoch,
+                *stream,
+                *seq,
+                &frame.payload,
+            )
+            .await;
+            let stored = match stored {
+                Ok(s) => s,
+                Err(e) => {
+                    state.log_budget.refund(*job_id, bytes);
+                    return Err(e.into());
+                }
+            };
+            if stored {
+                state.metrics.log_bytes.inc_by(bytes);
                 // A crash log recovered after the job already ended (and
                 // was analysed): triage the job again with it.
                 if *seq >= armfleet_protocol::RECOVERED_LOG_SEQ_BASE
@@ -498,6 +508,12 @@ async fn handle_frame(
                     state.analysis.push(*job_id);
                 }
             } else {
+                state.log_budget.refund(*job_id, bytes);
+                // Not the board's job (or a stale epoch): refused as before.
+                if let Err(e) = jobs::check_owner(pool, *job_id, board, *epoch).await {
+                    state.log_budget.forget(*job_id);
+                    return Err(e.into());
+                }
                 state.metrics.log_chunks_duplicate.inc();
             }
         }

@@ -46,4 +46,6 @@ pub struct AppState {
     /// The HTTP port this server listens on (set when it starts serving),
     /// told to agents for artifact downloads.
     pub http_port: Arc<std::sync::OnceLock<u16>>,
+    /// Log chunk inserts only (asynchronous commit; see `db::connect_log_pool`).
+    pub log_pool: PgPool,
 }
