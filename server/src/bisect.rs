@@ -358,6 +358,35 @@ pub struct StepRow {
     pub decided_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// A bisection with its steps, for the kernel page and API.
+#[derive(Debug, Clone, Serialize)]
+pub struct BisectionView {
+    pub bisection: BisectionRow,
+    pub steps: Vec<StepRow>,
+}
+
+/// The bisections that involve `commit`: as their good or bad end, their
+/// result, or one of their steps.
+pub async fn for_commit(pool: &PgPool, commit: &str) -> Result<Vec<BisectionView>, sqlx::Error> {
+    let rows: Vec<BisectionRow> = sqlx::query_as(
+        "SELECT * FROM bisections WHERE good_sha = $1 OR bad_sha = $1 OR first_bad_sha = $1
+            OR id IN (SELECT bisection_id FROM bisect_steps WHERE commit_sha = $1)
+         ORDER BY id DESC LIMIT 20",
+    )
+    .bind(commit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for b in rows {
+        let steps = steps(pool, b.id).await?;
+        out.push(BisectionView {
+            bisection: b,
+            steps,
+        });
+    }
+    Ok(out)
+}
+
 async fn load(pool: &PgPool, id: i64) -> Result<Option<BisectionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM bisections WHERE id = $1")
         .bind(id)

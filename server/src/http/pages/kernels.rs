@@ -555,6 +555,32 @@ struct KernelPage {
     findings: Vec<FindingView>,
     builds: Vec<crate::builds::BuildRow>,
     boots: Vec<crate::deploy::BootRow>,
+    bisections: Vec<BisectView>,
+}
+
+/// A bisection as the kernel page shows it.
+struct BisectView {
+    id: i64,
+    state: String,
+    good: String,
+    bad: String,
+    first_bad: Option<String>,
+    /// Whether the first bad commit is this page's kernel.
+    culprit_here: bool,
+    confidence: String,
+    board_time: String,
+    reason: String,
+    steps: Vec<BisectStepView>,
+}
+
+struct BisectStepView {
+    step: i32,
+    commit: String,
+    here: bool,
+    kind: String,
+    verdict: String,
+    cycles: String,
+    confidence: String,
 }
 
 fn duration(secs: f64) -> String {
@@ -582,6 +608,7 @@ pub async fn kernel_page(
     let k = runs::kernel_summary(pool, id)
         .await?
         .ok_or_else(|| not_found(format!("kernel {id}")))?;
+    let commit_sha = k.commit_sha.clone();
     let parent = k.parent_sha.clone().unwrap_or_else(|| "–".into());
     let author = k.author.clone().unwrap_or_else(|| "–".into());
     let verdict_rows = results::verdicts_for_kernels(pool, &[id], None).await?;
@@ -699,6 +726,43 @@ pub async fn kernel_page(
         jobs: job_rows.into_iter().map(JobLine::from_brief).collect(),
         pager,
         findings,
+        bisections: crate::bisect::for_commit(pool, &commit_sha)
+            .await?
+            .into_iter()
+            .map(|v| {
+                let b = v.bisection;
+                BisectView {
+                    id: b.id,
+                    state: b.state.clone(),
+                    good: short(&b.good_sha),
+                    bad: short(&b.bad_sha),
+                    culprit_here: b.first_bad_sha.as_deref() == Some(commit_sha.as_str()),
+                    first_bad: b.first_bad_sha.as_deref().map(|c| short(c)),
+                    confidence: b
+                        .result_confidence
+                        .map(|c| format!("{:.2}%", c * 100.0))
+                        .unwrap_or_else(|| "–".into()),
+                    board_time: duration(b.board_seconds),
+                    reason: b.reason.clone().unwrap_or_default(),
+                    steps: v
+                        .steps
+                        .iter()
+                        .map(|s| BisectStepView {
+                            step: s.step,
+                            commit: short(&s.commit_sha),
+                            here: s.commit_sha == commit_sha,
+                            kind: s.kind.clone(),
+                            verdict: s.verdict.clone().unwrap_or_else(|| "testing".into()),
+                            cycles: format!("{}/{} failed", s.failures, s.cycles_run),
+                            confidence: s
+                                .confidence
+                                .map(|c| format!("{:.3}", c))
+                                .unwrap_or_else(|| "–".into()),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
         builds: crate::builds::for_kernel(pool, id).await?,
         boots: crate::deploy::boots_for_kernel(pool, id).await?,
     })
