@@ -346,7 +346,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         tokio::time::Instant::now() + Duration::from_secs(5),
         Duration::from_secs(5),
     );
+    // Missed ticks must not fire back to back: "no progress since the last
+    // tick" would then mean no progress in no time, and jobs whose
+    // JobFinished events were still queued were reported as ended by the
+    // server (the stray error of the 10,000-agent run).
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_progress = (0usize, 0usize);
+    let mut last_change = Instant::now();
     while can_run {
         // Burst mode: keep `runs_in_flight` full runs outstanding.
         if opts.rate.is_none() {
@@ -424,7 +430,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 // with a dropped session) never produce a JobFinished event:
                 // settle their runs from the server's view.
                 let done_now = runs_done_total(&runs);
-                if done_now == last_progress.0 && finished.len() == last_progress.1 {
+                if (done_now, finished.len()) != last_progress {
+                    last_change = Instant::now();
+                }
+                if (done_now, finished.len()) == last_progress
+                    && last_change.elapsed() >= Duration::from_secs(5)
+                {
                     for r in runs.iter_mut().filter(|r| r.remaining > 0) {
                         if let Ok(v) = api.get(&format!("/api/v1/runs/{}", r.id)).await {
                             if v["jobs_total"].as_i64().is_some() && v["jobs_total"] == v["jobs_done"] {

@@ -39,7 +39,7 @@ pub async fn run(
     let pool = state.pool.clone();
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
-        let jobs: Vec<i64> = tokio::select! {
+        let mut jobs: Vec<i64> = tokio::select! {
             _ = shutdown.cancelled() => return,
             job = rx.recv() => match job { Some(j) => vec![j], None => return },
             _ = sweep.tick() => match unanalysed(&pool).await {
@@ -47,19 +47,32 @@ pub async fn run(
                 Err(e) => { tracing::error!("listing unanalysed jobs: {e}"); continue; }
             },
         };
-        for job in jobs {
-            match analyse(&pool, job).await {
-                Ok(true) => {
-                    if let Err(e) = crate::verdicts::after_job(&state, job).await {
-                        tracing::error!(job, "deciding verdicts: {e:#}");
+        // Jobs that ended meanwhile join this batch: a kernel's record is
+        // then recomputed once per batch, not once per job (a 1,000-board
+        // run would otherwise aggregate its jobs a million times).
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        for chunk in jobs.chunks(MAX_BATCH) {
+            match analyse_batch(&pool, chunk).await {
+                Ok(done) => {
+                    for job in done {
+                        if let Err(e) = crate::verdicts::after_job(&state, job).await {
+                            tracing::error!(job, "deciding verdicts: {e:#}");
+                        }
                     }
                 }
-                Ok(false) => {}
-                Err(e) => tracing::error!(job, "analysing job: {e:#}"),
+                Err(e) => tracing::error!(jobs = ?chunk, "analysing jobs: {e:#}"),
             }
         }
     }
 }
+
+/// Most jobs analysed in one transaction.
+const MAX_BATCH: usize = 256;
 
 async fn unanalysed(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
@@ -73,41 +86,66 @@ async fn unanalysed(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
 
 /// Returns whether the job was analysed now (false: it already was).
 pub async fn analyse(pool: &PgPool, job: i64) -> anyhow::Result<bool> {
-    let row = sqlx::query("SELECT kernel_id, plan FROM jobs WHERE id = $1")
-        .bind(job)
-        .fetch_one(pool)
-        .await?;
-    let kernel: i64 = row.get("kernel_id");
-    let plan: String = row.get("plan");
-    let mut found = Vec::new();
-    for (stream, source) in TRIAGED {
-        let log = logs::read_stream(pool, job, stream).await?;
-        if log.is_empty() {
-            continue;
+    Ok(!analyse_batch(pool, &[job]).await?.is_empty())
+}
+
+/// Triages the jobs' logs into findings and updates their kernels'
+/// records, all in one transaction (a kernel's record always counts exactly
+/// its analysed jobs). Returns the jobs analysed now (not already done).
+pub async fn analyse_batch(pool: &PgPool, jobs: &[i64]) -> anyhow::Result<Vec<i64>> {
+    let mut jobs = jobs.to_vec();
+    // One lock order for every server analysing at once.
+    jobs.sort_unstable();
+    jobs.dedup();
+    let mut triaged = Vec::with_capacity(jobs.len());
+    for &job in &jobs {
+        let row = sqlx::query("SELECT kernel_id, plan FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(pool)
+            .await?;
+        let kernel: i64 = row.get("kernel_id");
+        let plan: String = row.get("plan");
+        let mut found = Vec::new();
+        for (stream, source) in TRIAGED {
+            let log = logs::read_stream(pool, job, stream).await?;
+            if log.is_empty() {
+                continue;
+            }
+            let mut f =
+                tokio::task::spawn_blocking(move || findings::triage_stream(stream, source, &log))
+                    .await?;
+            found.append(&mut f);
         }
-        let mut f =
-            tokio::task::spawn_blocking(move || findings::triage_stream(stream, source, &log))
-                .await?;
-        found.append(&mut f);
+        triaged.push((job, kernel, plan, found));
     }
     let mut tx = pool.begin().await?;
-    let done: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE")
+    let mut done = Vec::new();
+    let mut dirty = std::collections::BTreeSet::new();
+    for (job, kernel, plan, found) in &triaged {
+        let analysed: Option<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE")
+                .bind(job)
+                .fetch_one(&mut *tx)
+                .await?;
+        if analysed.is_some() {
+            continue;
+        }
+        findings::store(&mut tx, *job, found).await?;
+        sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = $1")
             .bind(job)
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-    if done.is_some() {
-        return Ok(false);
+        dirty.insert((*kernel, plan.clone()));
+        done.push((*job, found.len()));
     }
-    findings::store(&mut tx, job, &found).await?;
-    results::recompute(&mut tx, kernel, &plan).await?;
-    sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = $1")
-        .bind(job)
-        .execute(&mut *tx)
-        .await?;
+    for (kernel, plan) in &dirty {
+        results::recompute(&mut tx, *kernel, plan).await?;
+    }
     tx.commit().await?;
-    tracing::info!(job, findings = found.len(), "job analysed");
-    Ok(true)
+    for (job, n) in &done {
+        tracing::info!(job, findings = n, "job analysed");
+    }
+    Ok(done.into_iter().map(|(j, _)| j).collect())
 }
 
 /// A log arrived after the job was analysed — a board that came back after
