@@ -430,7 +430,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                 // with a dropped session) never produce a JobFinished event:
                 // settle their runs from the server's view.
                 let done_now = runs_done_total(&runs);
-                if (done_now, finished.len()) != last_progress {
+                // Events still queued (the loop was busy posting runs) are
+                // progress not yet counted: never judge before they are.
+                if (done_now, finished.len()) != last_progress || !ev_rx.is_empty() || !post_rx.is_empty() {
                     last_change = Instant::now();
                 }
                 if (done_now, finished.len()) == last_progress
