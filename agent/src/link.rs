@@ -480,6 +480,9 @@ async fn session(
                 if let Ok(plan) = result {
                     use tokio::io::AsyncWriteExt;
                     let _ = writer.flush().await;
+                    // Let the server handle the report before this board's
+                    // next connection replaces this one.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     break SessionEnd::Reboot(plan);
                 }
             }

@@ -401,7 +401,9 @@ async fn expire(state: &AppState) -> anyhow::Result<()> {
     .await?;
     for (boot_id, board, boot_state) in overdue {
         let wait = state.fleet.current().server.boot_wait_s();
-        if boot_state == "deploying" {
+        // A board that went away while deploying rebooted (its report may
+        // have been lost with the connection): judge it as a boot.
+        if boot_state == "deploying" && state.dispatcher.is_connected(&board) {
             let why = format!("the board did not install the build within {wait} s");
             if end(
                 &state.pool,
