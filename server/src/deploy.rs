@@ -424,7 +424,7 @@ async fn expire(state: &AppState) -> anyhow::Result<()> {
             &state.pool,
             boot_id,
             &board,
-            &["booting"],
+            &["booting", "deploying"],
             "boot_failed",
             &why,
         )
