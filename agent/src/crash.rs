@@ -161,14 +161,12 @@ pub fn lost_job_frames(job_id: i64, epoch: i64, log: Option<&BootLog>) -> Vec<Fr
         );
         text.push_str(&log.text);
         for (i, piece) in text.as_bytes().chunks(48 * 1024).enumerate() {
-            frames.push(Frame::with_payload(
-                AgentMessage::LogChunk {
-                    job_id,
-                    epoch,
-                    stream: LogStream::HostDmesg,
-                    seq: RECOVERED_LOG_SEQ_BASE + i as u64,
-                },
-                piece.to_vec(),
+            frames.push(armfleet_protocol::chunk::gzipped_log_chunk(
+                job_id,
+                epoch,
+                LogStream::HostDmesg,
+                RECOVERED_LOG_SEQ_BASE + i as u64,
+                piece,
             ));
         }
         let findings = armfleet_triage::triage(log.text.as_bytes(), armfleet_triage::Source::Host);

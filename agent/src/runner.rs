@@ -53,9 +53,10 @@ impl Ledger {
                 job_id,
                 stream,
                 seq,
+                encoding,
                 ..
             } => {
-                serde_json::json!({"job": job_id, "kind": "log", "stream": stream, "seq": seq, "bytes": frame.payload.len()})
+                serde_json::json!({"job": job_id, "kind": "log", "stream": stream, "seq": seq, "bytes": encoding.raw_len(frame.payload.len())})
             }
             AgentMessage::CycleDone { job_id, record, .. } => {
                 serde_json::json!({"job": job_id, "kind": "cycle", "cycle": record.cycle})
@@ -288,14 +289,10 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
                     StressEvent::Log { stream, data } => {
                         for piece in data.chunks(CHUNK_BYTES) {
                             let n = seq.entry(stream).or_insert(0);
-                            let msg = AgentMessage::LogChunk {
-                                job_id,
-                                epoch,
-                                stream,
-                                seq: *n,
-                            };
+                            out.send(armfleet_protocol::chunk::gzipped_log_chunk(
+                                job_id, epoch, stream, *n, piece,
+                            ));
                             *n += 1;
-                            out.send(Frame::with_payload(msg, piece.to_vec()));
                         }
                     }
                     StressEvent::Cycle(record) => {

@@ -14,7 +14,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use armfleet_protocol::frame::{decode_body, encode};
-use armfleet_protocol::{AgentMessage, Frame, JobLease, LogStream};
+use armfleet_protocol::{AgentMessage, ChunkEncoding, Frame, JobLease, LogStream};
 
 struct JobSpool {
     path: PathBuf,
@@ -79,11 +79,7 @@ impl Spool {
                 .open(&path)
                 .map_err(io(&path))?;
             file.set_len(len).map_err(io(&path))?;
-            let log_bytes = frames
-                .iter()
-                .filter(|(_, f)| matches!(f.message, AgentMessage::LogChunk { .. }))
-                .map(|(_, f)| f.payload.len() as u64)
-                .sum();
+            let log_bytes = frames.iter().map(|(_, f)| log_bytes_of(f)).sum();
             let finished = frames
                 .iter()
                 .any(|(_, f)| matches!(f.message, AgentMessage::JobFinished { .. }));
@@ -129,8 +125,12 @@ impl Spool {
             finished: false,
         });
         let mut frame = frame;
-        if let AgentMessage::LogChunk { stream, .. } = &frame.message {
-            if spool.log_bytes + frame.payload.len() as u64 > self.max_log_bytes {
+        let log_bytes = log_bytes_of(&frame);
+        if let AgentMessage::LogChunk {
+            stream, encoding, ..
+        } = &mut frame.message
+        {
+            if spool.log_bytes + log_bytes > self.max_log_bytes {
                 if spool.truncated {
                     return Ok(());
                 }
@@ -140,9 +140,10 @@ impl Spool {
                     stream.as_str(),
                     self.max_log_bytes
                 );
+                *encoding = ChunkEncoding::Raw;
                 frame.payload = marker.into_bytes().into();
             }
-            spool.log_bytes += frame.payload.len() as u64;
+            spool.log_bytes += log_bytes_of(&frame);
         }
         let durable = matches!(
             frame.message,
@@ -236,6 +237,15 @@ fn job_of(m: &AgentMessage) -> Option<(i64, i64)> {
     }
 }
 
+/// Log bytes a frame carries (before compression): what the spool limit
+/// counts.
+fn log_bytes_of(frame: &Frame<AgentMessage>) -> u64 {
+    match &frame.message {
+        AgentMessage::LogChunk { encoding, .. } => encoding.raw_len(frame.payload.len()),
+        _ => 0,
+    }
+}
+
 fn epoch_of(m: &AgentMessage) -> Option<i64> {
     job_of(m).map(|(_, e)| e)
 }
@@ -273,6 +283,7 @@ pub fn agent_note(job_id: i64, epoch: i64, seq: u64, text: &str) -> Frame<AgentM
             epoch,
             stream: LogStream::Agent,
             seq,
+            encoding: ChunkEncoding::Raw,
         },
         text.as_bytes().to_vec(),
     )
@@ -290,6 +301,7 @@ mod tests {
                 epoch: 1,
                 stream: LogStream::GuestConsole,
                 seq,
+                encoding: ChunkEncoding::Raw,
             },
             vec![b'x'; n],
         )

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use armfleet_protocol::frame::{decode_body, encode};
 use armfleet_protocol::{
-    AgentMessage, BoardFacts, CycleRecord, ExecutorKind, Frame, Hello, JobLease, JobResult,
-    KvmStatus, LogStream, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage, Task,
+    AgentMessage, BoardFacts, ChunkEncoding, CycleRecord, ExecutorKind, Frame, Hello, JobLease,
+    JobResult, KvmStatus, LogStream, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage, Task,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -35,11 +35,14 @@ pub const STREAMS: [LogStream; 3] = [
 
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
-    pub server_addr: String,
+    /// The servers' SSH addresses; agent `i` dials number `i % len`.
+    pub server_addrs: Vec<String>,
     /// Pin the server's host key (`SHA256:…`); None: accept any (a load test).
     pub server_fingerprint: Option<String>,
     pub log_bytes_per_job: u64,
     pub chunk_bytes: usize,
+    /// Chunks travel uncompressed (the server compresses them).
+    pub raw_chunks: bool,
     /// CycleDone records per job; None: the job spec's `cycles`.
     pub cycles: Option<u32>,
     /// Per-agent log rate while a job runs, bytes/s; 0: as fast as the link takes.
@@ -90,6 +93,10 @@ pub struct Shared {
     pub events: mpsc::UnboundedSender<Event>,
     pub connect_slots: Semaphore,
     log_text: Bytes,
+    /// Gzipped chunks by (variant, length), made once: a real board
+    /// compresses on its own cores, and the load generator must not bill
+    /// the server's cores for the work of thousands of boards.
+    gzipped: Mutex<HashMap<(usize, usize), Bytes>>,
 }
 
 /// Error counter plus the first messages, for the report.
@@ -135,9 +142,40 @@ impl Shared {
             events,
             connect_slots: Semaphore::new(connect_concurrency.max(1)),
             log_text: make_log_text(),
+            gzipped: Mutex::new(HashMap::new()),
         }
     }
+
+    /// The payload and encoding of a chunk of `len` bytes, variant `variant`
+    /// of [`CHUNK_VARIANTS`] (different text per variant, so that chunks do
+    /// not all compress alike).
+    fn chunk(&self, variant: usize, len: usize) -> (Bytes, ChunkEncoding) {
+        let text = &self.log_text;
+        let len = len.min(text.len());
+        let stride = (text.len() - len) / CHUNK_VARIANTS;
+        let off = (variant % CHUNK_VARIANTS) * stride;
+        let raw = text.slice(off..off + len);
+        if self.settings.raw_chunks {
+            return (raw, ChunkEncoding::Raw);
+        }
+        let packed = self
+            .gzipped
+            .lock()
+            .unwrap()
+            .entry((variant % CHUNK_VARIANTS, len))
+            .or_insert_with(|| Bytes::from(armfleet_protocol::chunk::gzip(&raw)))
+            .clone();
+        (
+            packed,
+            ChunkEncoding::Gzip {
+                raw_len: len as u32,
+            },
+        )
+    }
 }
+
+/// Distinct chunk texts per chunk length.
+const CHUNK_VARIANTS: usize = 64;
 
 /// 1 MiB of kernel-log-like text, shared by every chunk of every agent. Hex
 /// words keep it from compressing absurdly well (gzip gets ~3-4×, like a
@@ -264,6 +302,7 @@ impl Link {
 
 async fn connect(
     id: &AgentIdentity,
+    server: usize,
     shared: &Shared,
     leases: Vec<JobLease>,
 ) -> anyhow::Result<Link> {
@@ -276,7 +315,8 @@ async fn connect(
     let handler = Handler {
         fingerprint: shared.settings.server_fingerprint.clone(),
     };
-    let mut handle = client::connect(config, shared.settings.server_addr.as_str(), handler)
+    let addrs = &shared.settings.server_addrs;
+    let mut handle = client::connect(config, addrs[server % addrs.len()].as_str(), handler)
         .await
         .context("SSH connect")?;
     let auth = handle
@@ -352,7 +392,7 @@ impl Running {
 /// Runs one agent until `stop`: connect (bounded by the shared connect
 /// slots), then serve jobs and heartbeat. A dropped connection is an error
 /// (its job is lost on the server); the agent reconnects like a real one.
-pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn run(id: AgentIdentity, server: usize, shared: Arc<Shared>, stop: CancellationToken) {
     let s = &shared.settings;
     let board: Arc<str> = Arc::from(id.board.as_str());
     let mut st = AgentState {
@@ -383,7 +423,7 @@ pub async fn run(id: AgentIdentity, shared: Arc<Shared>, stop: CancellationToken
             }
             let started = Instant::now();
             let r = tokio::select! {
-                r = tokio::time::timeout(s.handshake_timeout, connect(&id, &shared, leases)) => r,
+                r = tokio::time::timeout(s.handshake_timeout, connect(&id, server, &shared, leases)) => r,
                 _ = stop.cancelled() => return,
             };
             drop(permit);
@@ -665,10 +705,8 @@ async fn step_job(link: &Link, shared: &Shared, j: &mut Running) -> anyhow::Resu
     }
     if j.bytes_left > 0 {
         let len = j.bytes_left.min(s.chunk_bytes.max(1) as u64) as usize;
-        let text = &shared.log_text;
-        let off = ((j.chunk_idx as usize).wrapping_mul(len) + (j.id as usize % 4096))
-            % (text.len() - len.min(text.len()));
-        let payload = text.slice(off..off + len);
+        let (payload, encoding) =
+            shared.chunk((j.id as usize).wrapping_add(j.chunk_idx as usize), len);
         let si = (j.chunk_idx % STREAMS.len() as u64) as usize;
         let seq = j.seq[si];
         j.seq[si] += 1;
@@ -677,6 +715,7 @@ async fn step_job(link: &Link, shared: &Shared, j: &mut Running) -> anyhow::Resu
             epoch: j.epoch,
             stream: STREAMS[si],
             seq,
+            encoding,
         };
         if shared.first_chunk_us.load(Ordering::Relaxed) == 0 {
             let now = Utc::now().timestamp_micros() as u64;

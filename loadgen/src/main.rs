@@ -35,8 +35,9 @@ enum Command {
     },
     /// Drive a running server with the agents of a generated fleet.
     Run {
-        #[arg(long)]
-        server_ssh: String,
+        /// The server's SSH address; repeat it for servers sharing one database.
+        #[arg(long, required = true)]
+        server_ssh: Vec<String>,
         #[arg(long)]
         server_http: String,
         /// Pin the server's SSH host key (`armfleet fingerprint`); default: accept any.
@@ -47,9 +48,9 @@ enum Command {
         /// Agents to simulate (default and only valid value: every board of the fleet).
         #[arg(long)]
         agents: Option<usize>,
-        /// Server pid: report its RSS and CPU from /proc.
+        /// Server pid: report its RSS and CPU from /proc (repeatable, summed).
         #[arg(long)]
-        server_pid: Option<u32>,
+        server_pid: Vec<u32>,
         /// PostgreSQL postmaster pid: report the CPU of it and its backends.
         #[arg(long)]
         pg_pid: Option<u32>,
@@ -74,6 +75,9 @@ enum Command {
         /// With DATABASE_URL: the PostgreSQL postmaster pid, to report its CPU.
         #[arg(long)]
         pg_pid: Option<u32>,
+        /// Server processes sharing one database (agents spread over them).
+        #[arg(long, default_value_t = 1)]
+        servers: usize,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -117,6 +121,10 @@ struct LoadArgs {
     log_bytes_per_job: u64,
     #[arg(long, default_value_t = 4096)]
     chunk_bytes: usize,
+    /// Send log chunks uncompressed and let the server compress them (as
+    /// agents before protocol v4 did); default: gzipped, as real agents do.
+    #[arg(long)]
+    raw_chunks: bool,
     /// CycleDone records per job (default: the plan's `cycles`).
     #[arg(long)]
     cycles: Option<u32>,
@@ -150,7 +158,7 @@ struct LoadArgs {
 impl LoadArgs {
     fn options(&self, agents: Option<usize>) -> run::RunOptions {
         run::RunOptions {
-            server_ssh: String::new(),
+            server_ssh: Vec::new(),
             server_http: String::new(),
             server_fingerprint: None,
             fleet_dir: PathBuf::new(),
@@ -158,6 +166,7 @@ impl LoadArgs {
             jobs: self.jobs,
             log_bytes_per_job: self.log_bytes_per_job,
             chunk_bytes: self.chunk_bytes,
+            raw_chunks: self.raw_chunks,
             cycles: self.cycles,
             log_rate_bytes_per_s: self.log_rate,
             connect_concurrency: self.connect_concurrency,
@@ -166,7 +175,7 @@ impl LoadArgs {
             rate: self.rate,
             idle_s: self.idle_s,
             timeout_s: self.timeout_s,
-            server_pid: None,
+            server_pids: Vec::new(),
             pg_pid: None,
             database_url: None,
             verify_concurrency: self.verify_concurrency,
@@ -219,7 +228,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
             o.server_http = server_http;
             o.server_fingerprint = server_key;
             o.fleet_dir = fleet_dir;
-            o.server_pid = server_pid;
+            o.server_pids = server_pid;
             o.pg_pid = pg_pid;
             o.database_url = database_url;
             let json = o.json;
@@ -231,6 +240,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
             dir,
             keep,
             pg_pid,
+            servers,
             load,
         } => {
             let json = load.json;
@@ -240,6 +250,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
                 server_bin,
                 dir,
                 keep,
+                servers,
                 fleet: fleet.spec(),
                 run,
             };

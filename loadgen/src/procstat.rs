@@ -48,6 +48,18 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Several processes (e.g. the servers sharing a database), summed; None
+/// when none could be read.
+pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    pids.iter()
+        .filter_map(|p| sample(*p))
+        .reduce(|a, b| ProcSample {
+            cpu_s: a.cpu_s + b.cpu_s,
+            rss_bytes: a.rss_bytes + b.rss_bytes,
+            peak_rss_bytes: a.peak_rss_bytes + b.peak_rss_bytes,
+        })
+}
+
 /// A process and its direct children (PostgreSQL: the postmaster and its
 /// backends): summed CPU seconds and RSS.
 pub fn sample_tree(pid: u32) -> Option<ProcSample> {

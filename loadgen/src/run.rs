@@ -20,7 +20,9 @@ use crate::procstat::{self, ProcSample};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub server_ssh: String,
+    /// SSH addresses of the servers (several: sharing one database);
+    /// agents are spread over them in turn.
+    pub server_ssh: Vec<String>,
     pub server_http: String,
     pub server_fingerprint: Option<String>,
     pub fleet_dir: PathBuf,
@@ -29,6 +31,8 @@ pub struct RunOptions {
     pub jobs: usize,
     pub log_bytes_per_job: u64,
     pub chunk_bytes: usize,
+    /// Chunks travel uncompressed (the server compresses them).
+    pub raw_chunks: bool,
     pub cycles: Option<u32>,
     pub log_rate_bytes_per_s: u64,
     pub connect_concurrency: usize,
@@ -40,7 +44,8 @@ pub struct RunOptions {
     /// Seconds to stay connected and idle before submitting (heartbeat cost).
     pub idle_s: u64,
     pub timeout_s: u64,
-    pub server_pid: Option<u32>,
+    /// Server pids: their RSS and CPU are reported, summed.
+    pub server_pids: Vec<u32>,
     pub pg_pid: Option<u32>,
     pub database_url: Option<String>,
     pub verify_concurrency: usize,
@@ -179,10 +184,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared::new(
         AgentSettings {
-            server_addr: opts.server_ssh.clone(),
+            server_addrs: opts.server_ssh.clone(),
             server_fingerprint: opts.server_fingerprint.clone(),
             log_bytes_per_job: opts.log_bytes_per_job,
             chunk_bytes: opts.chunk_bytes,
+            raw_chunks: opts.raw_chunks,
             cycles: opts.cycles,
             log_rate_bytes_per_s: opts.log_rate_bytes_per_s,
             connect_retries: opts.connect_retries,
@@ -192,7 +198,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         opts.connect_concurrency,
     ));
     let stop = CancellationToken::new();
-    let server_sample = || opts.server_pid.and_then(procstat::sample);
+    let server_sample = || procstat::sample_all(&opts.server_pids);
     let pg_sample = || opts.pg_pid.and_then(procstat::sample_tree);
     let self_pid = std::process::id();
     let wall_start = Instant::now();
@@ -203,8 +209,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let l0 = procstat::sample(self_pid);
     let connect_started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for id in identities {
-        tasks.spawn(agent::run(id, shared.clone(), stop.clone()));
+    for (i, id) in identities.into_iter().enumerate() {
+        tasks.spawn(agent::run(id, i, shared.clone(), stop.clone()));
     }
     let mut handshakes = Vec::with_capacity(n);
     let mut connect_failed = Vec::new();

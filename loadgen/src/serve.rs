@@ -18,6 +18,9 @@ pub struct ServeOptions {
     pub server_bin: Option<PathBuf>,
     pub dir: Option<PathBuf>,
     pub keep: bool,
+    /// Server processes on the one database (the first one's, unless
+    /// DATABASE_URL names another).
+    pub servers: usize,
     pub fleet: FleetSpec,
     /// `run` options; server addresses, pids and database are filled in here.
     pub run: RunOptions,
@@ -95,119 +98,81 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
         fresh_db = Some((name.clone(), replace_db(admin, &name)));
     }
 
-    let (http, ssh) = (free_port()?, free_port()?);
-    let data = dir.join("data");
-    let log_path = dir.join("server.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut cmd = tokio::process::Command::new(&server_bin);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(dir.join(fleet::FLEET_FILE))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--http")
-        .arg(format!("127.0.0.1:{http}"))
-        .arg("--ssh")
-        .arg(format!("127.0.0.1:{ssh}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    match &fresh_db {
-        Some((_, url)) => cmd.env("DATABASE_URL", url),
-        None => cmd.env_remove("DATABASE_URL"),
-    };
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "starting {} (build it with `cargo build -p armfleet-server`, or pass --server-bin)",
-            server_bin.display()
-        )
-    })?;
-    let pid = child.id().context("server pid")?;
-    eprintln!(
-        "loadgen: server {} pid {pid}, http 127.0.0.1:{http}, ssh 127.0.0.1:{ssh}, log {}",
-        server_bin.display(),
-        log_path.display()
-    );
-
+    let fleet_file = dir.join(fleet::FLEET_FILE);
+    let mut servers: Vec<ServerProc> = Vec::new();
     let result = async {
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the server exited with {status} before becoming healthy; its log:\n{}",
-                    tail(&log_path)
-                );
-            }
-            if let Ok(r) = client
-                .get(format!("http://127.0.0.1:{http}/healthz"))
-                .send()
-                .await
-            {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            if started.elapsed() > Duration::from_secs(180) {
-                bail!(
-                    "the server did not become healthy within 180 s; its log:\n{}",
-                    tail(&log_path)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        eprintln!(
-            "loadgen: server healthy after {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        let fingerprint = std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.split("SSH host key ").nth(1).map(|s| s.trim().to_owned()));
-        let pgdata = data.join("postgres/pgdata");
+        // The first server; with an embedded database it owns it.
+        let first = ServerProc::start(
+            &server_bin,
+            &fleet_file,
+            &dir.join("data"),
+            fresh_db.as_ref().map(|(_, url)| url.as_str()),
+            &dir.join("server.log"),
+        )?;
+        servers.push(first);
+        servers[0].wait_healthy().await?;
+        let data = dir.join("data");
         let (pg_pid, database_url) = match &fresh_db {
-            Some((_, url)) => (opts.run.pg_pid, Some(url.clone())),
+            Some((_, url)) => (opts.run.pg_pid, url.clone()),
             None => (
-                procstat::postmaster_pid(&pgdata),
-                Some(format!(
+                procstat::postmaster_pid(&data.join("postgres/pgdata")),
+                format!(
                     "postgres://postgres@localhost/postgres?host={}&port=5432",
                     data.join("postgres/pgsock")
                         .canonicalize()
                         .unwrap_or(data.join("postgres/pgsock"))
                         .display()
-                )),
+                ),
             ),
         };
+        // More servers on the same database, with the first one's host key
+        // (one lab, one identity, as behind a shared DNS name).
+        for k in 2..=opts.servers.max(1) {
+            let data_k = dir.join(format!("data-{k}"));
+            std::fs::create_dir_all(&data_k)?;
+            std::fs::copy(
+                data.join("ssh_host_ed25519_key"),
+                data_k.join("ssh_host_ed25519_key"),
+            )
+            .context("sharing the first server's SSH host key")?;
+            let next = ServerProc::start(
+                &server_bin,
+                &fleet_file,
+                &data_k,
+                Some(&database_url),
+                &dir.join(format!("server-{k}.log")),
+            )?;
+            servers.push(next);
+            servers.last_mut().unwrap().wait_healthy().await?;
+        }
+        let fingerprint = std::fs::read_to_string(&servers[0].log_path)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.split("SSH host key ").nth(1).map(|s| s.trim().to_owned()));
         let mut run_opts = opts.run.clone();
-        run_opts.server_ssh = format!("127.0.0.1:{ssh}");
-        run_opts.server_http = format!("http://127.0.0.1:{http}");
+        run_opts.server_ssh = servers.iter().map(|s| s.ssh.clone()).collect();
+        run_opts.server_http = servers[0].http.clone();
         run_opts.server_fingerprint = fingerprint;
         run_opts.fleet_dir = dir.clone();
-        run_opts.server_pid = Some(pid);
+        run_opts.server_pids = servers.iter().map(|s| s.pid).collect();
         run_opts.pg_pid = pg_pid;
-        run_opts.database_url = database_url;
+        run_opts.database_url = Some(database_url);
         run::run(run_opts).await
     }
     .await;
 
-    // SIGTERM: the server's orderly stop (and its PostgreSQL's).
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // SIGTERM, the last started first: the first server owns the embedded
+    // database and stops it.
     let stop_started = Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(90), child.wait()).await;
-    let stop_s = stop_started.elapsed().as_secs_f64();
-    let clean = matches!(&status, Ok(Ok(s)) if s.success());
-    if !clean {
-        eprintln!(
-            "loadgen: the server did not stop cleanly on SIGTERM ({status:?}); see {}",
-            log_path.display()
-        );
-        let _ = child.kill().await;
+    let mut clean = true;
+    for server in servers.iter_mut().rev() {
+        clean &= server.stop().await;
     }
+    let stop_s = stop_started.elapsed().as_secs_f64();
     let mut outcome = result?;
     outcome.report["server_stop_s"] = json!(stop_s);
     outcome.report["server_stopped_cleanly"] = json!(clean);
+    outcome.report["servers"] = json!(opts.servers.max(1));
     outcome.report["dir"] = json!(dir.display().to_string());
     if !clean {
         outcome.ok = false;
@@ -226,14 +191,122 @@ pub async fn serve_and_run(opts: ServeOptions) -> anyhow::Result<Outcome> {
     }
     if opts.keep || !outcome.ok {
         eprintln!(
-            "loadgen: kept {} (server log: {})",
+            "loadgen: kept {} (server logs: {}/server*.log)",
             dir.display(),
-            log_path.display()
+            dir.display()
         );
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(outcome)
+}
+
+/// One `armfleet serve` child.
+struct ServerProc {
+    child: tokio::process::Child,
+    pid: u32,
+    http: String,
+    ssh: String,
+    log_path: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts `armfleet serve` on free ports; `database_url` None: its own
+    /// embedded PostgreSQL in `data`.
+    fn start(
+        server_bin: &Path,
+        fleet_file: &Path,
+        data: &Path,
+        database_url: Option<&str>,
+        log_path: &Path,
+    ) -> anyhow::Result<ServerProc> {
+        let (http, ssh) = (free_port()?, free_port()?);
+        let log = std::fs::File::create(log_path)?;
+        let mut cmd = tokio::process::Command::new(server_bin);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(fleet_file)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--http")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--ssh")
+            .arg(format!("127.0.0.1:{ssh}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        match database_url {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            None => cmd.env_remove("DATABASE_URL"),
+        };
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build -p armfleet-server`, or pass --server-bin)",
+                server_bin.display()
+            )
+        })?;
+        let pid = child.id().context("server pid")?;
+        eprintln!(
+            "loadgen: server {} pid {pid}, http 127.0.0.1:{http}, ssh 127.0.0.1:{ssh}, log {}",
+            server_bin.display(),
+            log_path.display()
+        );
+        Ok(ServerProc {
+            child,
+            pid,
+            http: format!("http://127.0.0.1:{http}"),
+            ssh: format!("127.0.0.1:{ssh}"),
+            log_path: log_path.to_owned(),
+        })
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the server exited with {status} before becoming healthy; its log:\n{}",
+                    tail(&self.log_path)
+                );
+            }
+            if let Ok(r) = client.get(format!("{}/healthz", self.http)).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(180) {
+                bail!(
+                    "the server did not become healthy within 180 s; its log:\n{}",
+                    tail(&self.log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "loadgen: server pid {} healthy after {:.1} s",
+            self.pid,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// SIGTERM, the server's orderly stop; true when it stopped cleanly.
+    async fn stop(&mut self) -> bool {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(90), self.child.wait()).await;
+        let clean = matches!(&status, Ok(Ok(s)) if s.success());
+        if !clean {
+            eprintln!(
+                "loadgen: the server did not stop cleanly on SIGTERM ({status:?}); see {}",
+                self.log_path.display()
+            );
+            let _ = self.child.kill().await;
+        }
+        clean
+    }
 }
 
 fn tail(path: &Path) -> String {

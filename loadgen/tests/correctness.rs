@@ -24,11 +24,15 @@ fn server_bin() -> PathBuf {
 }
 
 #[test]
-fn two_hundred_agents_two_thousand_jobs_every_job_once_passed_and_every_log_byte_stored() {
+fn two_hundred_agents_on_two_servers_two_thousand_jobs_every_job_once_passed_and_every_log_byte_stored()
+ {
     let server = server_bin();
     let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_armfleet-loadgen"))
         .args(["serve-and-run", "--agents", "200", "--jobs", "2000"])
+        // Two servers on one database: agents are split over them and
+        // every run is posted to the first.
+        .args(["--servers", "2"])
         .args([
             "--plan-cycles",
             "2",
@@ -93,6 +97,7 @@ fn two_hundred_agents_two_thousand_jobs_every_job_once_passed_and_every_log_byte
         "every log byte stored: {report}"
     );
     assert_eq!(report["server_stopped_cleanly"], true, "{report}");
+    assert_eq!(report["servers"], 2, "{report}");
     assert!(
         out.lines()
             .last()

@@ -10,9 +10,11 @@
 //! timeouts, no logging). It only defines messages and how they are framed,
 //! so that it can be fuzzed on its own.
 
+pub mod chunk;
 pub mod frame;
 pub mod messages;
 
+pub use chunk::ChunkEncoding;
 pub use frame::{Frame, FrameError, MAX_FRAME_BYTES, read_frame, write_frame};
 pub use messages::*;
 
@@ -28,4 +30,7 @@ pub use messages::*;
 /// it), `AgentMessage::BootReport` (how that went before the reboot, and the
 /// console of a boot that never came up), `BoardFacts::build_id`, and
 /// `Welcome::artifact_base_url`.
-pub const PROTOCOL_VERSION: u32 = 3;
+///
+/// v4: `LogChunk::encoding`: agents gzip their log chunks and the server
+/// stores them as they arrive, after checking them (see [`chunk`]).
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -20,6 +20,9 @@ pub enum AgentMessage {
         epoch: i64,
         stream: LogStream,
         seq: u64,
+        /// Absent: the payload is the log bytes themselves.
+        #[serde(default, skip_serializing_if = "is_raw")]
+        encoding: crate::ChunkEncoding,
     },
     /// One stress cycle finished (successfully or not).
     CycleDone {
@@ -77,6 +80,10 @@ pub struct Hello {
 pub struct JobLease {
     pub job_id: i64,
     pub epoch: i64,
+}
+
+fn is_raw(e: &crate::ChunkEncoding) -> bool {
+    *e == crate::ChunkEncoding::Raw
 }
 
 /// `LogChunk::seq` from which an agent numbers the chunks of a kernel log it

@@ -30,8 +30,16 @@ fn sample_messages() -> Vec<Frame<AgentMessage>> {
                 epoch: 2,
                 stream: LogStream::GuestConsole,
                 seq: 3,
+                encoding: ChunkEncoding::Raw,
             },
             b"\x00\xffnot utf-8 \x1b[31mred\r\n".to_vec(),
+        ),
+        armfleet_protocol::chunk::gzipped_log_chunk(
+            7,
+            2,
+            LogStream::HostDmesg,
+            4,
+            b"[ 1.0] kvm [1]: IPA Size Limit: 44 bits\n",
         ),
         Frame::new(AgentMessage::CycleDone {
             job_id: 7,
@@ -77,6 +85,7 @@ fn oversized_frames_are_refused_before_reading_them() {
             epoch: 1,
             stream: LogStream::Agent,
             seq: 0,
+            encoding: ChunkEncoding::Raw,
         },
         vec![b'x'; MAX_FRAME_BYTES as usize],
     );

@@ -112,7 +112,7 @@ pub async fn set_offline(pool: &PgPool, board: &str, reason: &str) -> Result<(),
 }
 
 /// For a connected board: busy while it has active jobs, idle otherwise.
-pub async fn refresh_busy(pool: &PgPool, board: &str) -> Result<(), sqlx::Error> {
+pub async fn refresh_busy(db: impl sqlx::PgExecutor<'_>, board: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE boards SET state = CASE WHEN EXISTS (
                 SELECT 1 FROM jobs WHERE board = $1 AND state IN ('assigned', 'running'))
@@ -120,7 +120,7 @@ pub async fn refresh_busy(pool: &PgPool, board: &str) -> Result<(), sqlx::Error>
          WHERE name = $1 AND state IN ('idle', 'busy')",
     )
     .bind(board)
-    .execute(pool)
+    .execute(db)
     .await
     .map(|_| ())
 }

@@ -467,35 +467,21 @@ pub async fn after_build(state: &AppState, id: i64) -> anyhow::Result<()> {
     } else {
         format!("the lab could not build the kernel (build {id}): {error}")
     };
-    let waiting: Vec<(i64, i64, String, String)> = sqlx::query_as(
-        "SELECT id, kernel_id, plan, board FROM jobs WHERE build_id = $1 AND state = 'queued'",
+    let stranded: Vec<crate::verdicts::StrandedJob> = sqlx::query_as(
+        "SELECT id AS job, kernel_id AS kernel, plan, board FROM jobs WHERE build_id = $1 AND state = 'queued'",
     )
     .bind(id)
     .fetch_all(&state.pool)
     .await?;
-    let fleet = state.fleet.current();
-    let mut decided = std::collections::HashSet::new();
-    for (job, kernel, plan, board) in waiting {
-        if let Err(e) = crate::jobs::cancel(&state.pool, job, &reason).await {
-            tracing::warn!(job, "cancelling a job whose build failed: {e}");
-        }
-        let family = fleet
-            .board(&board)
-            .map(|b| b.family.as_str().to_owned())
-            .unwrap_or_default();
-        if kernel_fault && decided.insert((kernel, family.clone(), plan.clone())) {
-            crate::verdicts::record_lifecycle_failure(
-                &state.pool,
-                kernel,
-                &family,
-                &plan,
-                "build_failed",
-                &format!("the kernel does not build (build {id}): {error}"),
-            )
-            .await?;
-        }
-    }
-    Ok(())
+    let explanation = format!("the kernel does not build (build {id}): {error}");
+    crate::verdicts::end_stranded_jobs(
+        &state.pool,
+        &state.fleet.current(),
+        stranded,
+        &reason,
+        kernel_fault.then_some(("build_failed", explanation.as_str())),
+    )
+    .await
 }
 
 /// Appends a command's output to the build log.

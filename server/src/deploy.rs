@@ -95,19 +95,6 @@ pub async fn boots_for_board(
     .await
 }
 
-/// Whether `board` is deploying or booting a build right now.
-pub async fn is_booting(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    board: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM boots WHERE board = $1 AND state IN ('deploying', 'booting'))",
-    )
-    .bind(board)
-    .fetch_one(&mut **tx)
-    .await
-}
-
 /// Records a boot of `build_id` on `board`; returns the message that tells
 /// the agent, or None when the board already has a boot in progress
 /// (another kick, or another server, started it).
@@ -188,10 +175,11 @@ pub async fn agent_report(
             .await?;
             if ended {
                 tracing::warn!(board, boot = boot_id, reason, "deploy failed");
-                cancel_waiting_jobs(
+                end_waiting_jobs(
                     state,
                     boot_id,
                     &format!("the board could not install the build: {reason}"),
+                    None,
                 )
                 .await?;
             }
@@ -331,51 +319,39 @@ async fn boot_failed(state: &AppState, boot_id: i64, why: &str) -> anyhow::Resul
             .await?;
     tracing::warn!(board, boot = boot_id, build = build_id, why, "boot failed");
     state.metrics.boots_failed.inc();
-    let family = state
-        .fleet
-        .current()
-        .board(&board)
-        .map(|b| b.family.as_str().to_owned())
-        .unwrap_or_default();
-    let decided = cancel_waiting_jobs(state, boot_id, &format!("boot_failed: {why}")).await?;
-    for (kernel, plan) in decided {
-        crate::verdicts::record_lifecycle_failure(
-            &state.pool,
-            kernel,
-            &family,
-            &plan,
-            "boot_failed",
-            &format!("build {build_id} did not boot on {board}: {why}"),
-        )
-        .await?;
-    }
-    Ok(())
+    let explanation = format!("build {build_id} did not boot on {board}: {why}");
+    end_waiting_jobs(
+        state,
+        boot_id,
+        &format!("boot_failed: {why}"),
+        Some(("boot_failed", explanation.as_str())),
+    )
+    .await
 }
 
-/// Cancels the board's queued jobs for the boot's build; returns their
-/// (kernel, plan) pairs.
-async fn cancel_waiting_jobs(
+/// Ends the board's queued jobs for the boot's build (see
+/// `verdicts::end_stranded_jobs`).
+async fn end_waiting_jobs(
     state: &AppState,
     boot_id: i64,
     reason: &str,
-) -> anyhow::Result<Vec<(i64, String)>> {
-    let jobs: Vec<(i64, i64, String)> = sqlx::query_as(
-        "SELECT j.id, j.kernel_id, j.plan FROM jobs j JOIN boots b ON b.board = j.board AND b.build_id = j.build_id
+    verdict: Option<(&str, &str)>,
+) -> anyhow::Result<()> {
+    let stranded: Vec<crate::verdicts::StrandedJob> = sqlx::query_as(
+        "SELECT j.id AS job, j.kernel_id AS kernel, j.plan, j.board FROM jobs j JOIN boots b ON b.board = j.board AND b.build_id = j.build_id
          WHERE b.id = $1 AND j.state = 'queued'",
     )
     .bind(boot_id)
     .fetch_all(&state.pool)
     .await?;
-    let mut pairs = Vec::new();
-    for (job, kernel, plan) in jobs {
-        if let Err(e) = crate::jobs::cancel(&state.pool, job, reason).await {
-            tracing::warn!(job, "cancelling a job after its boot ended: {e}");
-        }
-        if !pairs.contains(&(kernel, plan.clone())) {
-            pairs.push((kernel, plan));
-        }
-    }
-    Ok(pairs)
+    crate::verdicts::end_stranded_jobs(
+        &state.pool,
+        &state.fleet.current(),
+        stranded,
+        reason,
+        verdict,
+    )
+    .await
 }
 
 /// Ends boots past their deadline: the build did not come up (or the
@@ -415,7 +391,7 @@ async fn expire(state: &AppState) -> anyhow::Result<()> {
             )
             .await?
             {
-                cancel_waiting_jobs(state, boot_id, &why).await?;
+                end_waiting_jobs(state, boot_id, &why, None).await?;
             }
             continue;
         }

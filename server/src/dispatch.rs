@@ -217,37 +217,35 @@ impl Dispatcher {
         }
     }
 
+    /// One claim for the board: a batch of jobs up to its room, a boot, or
+    /// nothing. A job ending or new work kicks it again.
     async fn kick_locked(&self, board: &str) {
         let Some(max_jobs) = self.fleet().board(board).map(|b| b.max_jobs) else {
             return;
         };
-        loop {
-            let (tx, executor, simulated) = {
-                let sessions = self.sessions.lock().unwrap();
-                match sessions.get(board) {
-                    Some(s) => (s.tx.clone(), s.executor, s.simulated),
-                    None => return,
-                }
-            };
-            let deadline = self.fleet().server.assign_deadline_s;
-            match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await
-            {
-                Ok(jobs::Claim::NeedsBoot { build_id }) => {
-                    match crate::deploy::record_start(&self.pool, &self.fleet(), board, build_id)
-                        .await
-                    {
-                        Ok(Some(msg)) => {
-                            let _ = tx.send(msg).await;
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::error!(board, build = build_id, "starting a boot: {e}"),
+        let (tx, executor, simulated) = {
+            let sessions = self.sessions.lock().unwrap();
+            match sessions.get(board) {
+                Some(s) => (s.tx.clone(), s.executor, s.simulated),
+                None => return,
+            }
+        };
+        let deadline = self.fleet().server.assign_deadline_s;
+        match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await {
+            Ok(jobs::Claim::NeedsBoot { build_id }) => {
+                match crate::deploy::record_start(&self.pool, &self.fleet(), board, build_id).await
+                {
+                    Ok(Some(msg)) => {
+                        let _ = tx.send(msg).await;
                     }
-                    return;
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(board, build = build_id, "starting a boot: {e}"),
                 }
-                Ok(jobs::Claim::Assigned(a)) => {
-                    let waited = (chrono::Utc::now() - a.queued_at)
-                        .num_microseconds()
-                        .unwrap_or(0);
+            }
+            Ok(jobs::Claim::Assigned(batch)) => {
+                let now = chrono::Utc::now();
+                for a in batch {
+                    let waited = (now - a.queued_at).num_microseconds().unwrap_or(0);
                     self.metrics
                         .dispatch_latency
                         .observe(waited.max(0) as f64 / 1e6);
@@ -262,15 +260,9 @@ impl Dispatcher {
                         return;
                     }
                 }
-                Ok(jobs::Claim::Nothing) => {
-                    let _ = boards::refresh_busy(&self.pool, board).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(board, "claiming a job: {e}");
-                    return;
-                }
             }
+            Ok(jobs::Claim::Nothing) => {}
+            Err(e) => tracing::error!(board, "claiming jobs: {e}"),
         }
     }
 

@@ -1,10 +1,10 @@
 //! Job logs: chunks as agents stream them, stored gzip-compressed and
 //! exactly once per (job, stream, seq).
 
-use std::io::{Read, Write};
+use std::io::Read;
 
-use armfleet_protocol::LogStream;
-use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use armfleet_protocol::{ChunkEncoding, LogStream};
+use flate2::read::GzDecoder;
 use sqlx::{PgPool, Row};
 
 /// Stores one chunk; a chunk already stored (a resend) is ignored.
@@ -16,7 +16,7 @@ pub async fn store_chunk(
     seq: u64,
     data: &[u8],
 ) -> Result<bool, sqlx::Error> {
-    let compressed = gzip(data)?;
+    let compressed = armfleet_protocol::chunk::gzip(data);
     let result = sqlx::query(
         "INSERT INTO log_chunks (job_id, stream, seq, raw_len, data) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (job_id, stream, seq) DO NOTHING",
@@ -31,12 +31,43 @@ pub async fn store_chunk(
     Ok(result.rows_affected() == 1)
 }
 
-fn gzip(data: &[u8]) -> Result<Vec<u8>, sqlx::Error> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 3 + 64), Compression::fast());
-    enc.write_all(data)
-        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))?;
-    enc.finish()
-        .map_err(|e| sqlx::Error::Protocol(format!("compressing log chunk: {e}")))
+/// A chunk as an agent sent it, checked and ready to store.
+pub struct IncomingChunk<'a> {
+    /// Log bytes it carries.
+    pub raw_len: u64,
+    /// The payload: already gzip, or raw bytes to compress here.
+    payload: &'a [u8],
+    gzipped: bool,
+}
+
+impl<'a> IncomingChunk<'a> {
+    /// A gzip payload is checked in full before it is accepted, so that a
+    /// stored chunk can always be read back.
+    pub fn check(
+        payload: &'a [u8],
+        encoding: ChunkEncoding,
+    ) -> Result<IncomingChunk<'a>, armfleet_protocol::chunk::ChunkError> {
+        Ok(match encoding {
+            ChunkEncoding::Raw => IncomingChunk {
+                raw_len: payload.len() as u64,
+                payload,
+                gzipped: false,
+            },
+            ChunkEncoding::Gzip { raw_len } => IncomingChunk {
+                raw_len: armfleet_protocol::chunk::check_gzip(payload, raw_len)?,
+                payload,
+                gzipped: true,
+            },
+        })
+    }
+
+    fn stored_form(&self) -> std::borrow::Cow<'a, [u8]> {
+        if self.gzipped {
+            std::borrow::Cow::Borrowed(self.payload)
+        } else {
+            std::borrow::Cow::Owned(armfleet_protocol::chunk::gzip(self.payload))
+        }
+    }
 }
 
 /// An agent's chunk, stored only if `board` owns the job at `epoch` — the
@@ -50,9 +81,9 @@ pub async fn store_agent_chunk(
     epoch: i64,
     stream: LogStream,
     seq: u64,
-    data: &[u8],
+    chunk: IncomingChunk<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let compressed = gzip(data)?;
+    let compressed = chunk.stored_form();
     let result = sqlx::query(
         "INSERT INTO log_chunks (job_id, stream, seq, raw_len, data)
          SELECT $1, $2, $3, $4, $5 FROM jobs WHERE id = $1 AND board = $6 AND epoch = $7
@@ -61,8 +92,8 @@ pub async fn store_agent_chunk(
     .bind(job)
     .bind(stream.as_str())
     .bind(seq as i64)
-    .bind(data.len() as i32)
-    .bind(compressed)
+    .bind(chunk.raw_len as i32)
+    .bind(compressed.as_ref())
     .bind(board)
     .bind(epoch)
     .execute(pool)

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub ssh_auth_failures: Counter,
     pub sessions: Gauge,
     pub boots_failed: Counter,
+    pub agent_messages_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -65,6 +66,7 @@ impl Metrics {
             ssh_auth_failures: Counter::default(),
             sessions: Gauge::default(),
             boots_failed: Counter::default(),
+            agent_messages_refused: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap();
@@ -125,6 +127,11 @@ impl Metrics {
                 "boots_failed",
                 "Builds that did not boot on a board",
                 m.boots_failed.clone(),
+            );
+            r.register(
+                "agent_messages_refused",
+                "Agent messages refused (corrupt, stale or not the board's); the session goes on",
+                m.agent_messages_refused.clone(),
             );
         }
         m

@@ -438,6 +438,7 @@ async fn handle_with_retry(
             }
             Err(e) => {
                 tracing::warn!(board, "message refused: {e:#}");
+                state.metrics.agent_messages_refused.inc();
                 // A result the server cannot take (stale epoch, job already
                 // ended) will never be taken: let the agent drop it.
                 if let AgentMessage::JobFinished { job_id, .. } = &frame.message {
@@ -474,8 +475,11 @@ async fn handle_frame(
             epoch,
             stream,
             seq,
+            encoding,
         } => {
-            let bytes = frame.payload.len() as u64;
+            let chunk = logs::IncomingChunk::check(&frame.payload, *encoding)
+                .with_context(|| format!("log chunk {seq} of job {job_id} refused"))?;
+            let bytes = chunk.raw_len;
             let cap = state.fleet.current().server.max_log_bytes_per_job;
             if !state.log_budget.admit(pool, *job_id, bytes, cap).await? {
                 jobs::check_owner(pool, *job_id, board, *epoch).await?;
@@ -488,7 +492,7 @@ async fn handle_frame(
                 *epoch,
                 *stream,
                 *seq,
-                &frame.payload,
+                chunk,
             )
             .await;
             let stored = match stored {

@@ -697,6 +697,48 @@ pub struct VerdictRow {
     pub decided_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// A queued job its kernel's build or boot left with nothing to run
+/// (selected as `id AS job, kernel_id AS kernel, plan, board`).
+#[derive(sqlx::FromRow)]
+pub struct StrandedJob {
+    pub job: i64,
+    pub kernel: i64,
+    pub plan: String,
+    pub board: String,
+}
+
+/// Cancels `stranded` jobs with `reason` and, when the kernel is at fault,
+/// records `verdict` (`build_failed`, `boot_failed`) once per kernel ×
+/// board family × plan. A lab failure (`verdict` None) cancels only.
+pub async fn end_stranded_jobs(
+    pool: &PgPool,
+    fleet: &Fleet,
+    stranded: Vec<StrandedJob>,
+    reason: &str,
+    verdict: Option<(&str, &str)>,
+) -> anyhow::Result<()> {
+    let mut decided = std::collections::HashSet::new();
+    for s in stranded {
+        if let Err(e) = crate::jobs::cancel(pool, s.job, reason).await {
+            tracing::warn!(
+                job = s.job,
+                "cancelling a job its kernel's build or boot stranded: {e}"
+            );
+        }
+        let family = fleet
+            .board(&s.board)
+            .map(|b| b.family.as_str().to_owned())
+            .unwrap_or_default();
+        if let Some((verdict, explanation)) = verdict {
+            if decided.insert((s.kernel, family.clone(), s.plan.clone())) {
+                record_lifecycle_failure(pool, s.kernel, &family, &s.plan, verdict, explanation)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The kernel did not build (`build_failed`) or did not boot on a board of
 /// the family (`boot_failed`): a verdict of its own, not a test failure.
 pub async fn record_lifecycle_failure(

@@ -559,14 +559,8 @@ async fn a_board_that_crashes_mid_job_is_power_cycled_and_its_pstore_oops_become
     assert_eq!(host["class"], "oops");
     assert_eq!(host["stream"], "host_dmesg");
     let log = server
-        .client
-        .get(server.url(&format!("/api/v1/jobs/{job}/log?stream=host_dmesg")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/jobs/{job}/log?stream=host_dmesg"))
+        .await;
     assert!(
         log.contains("previous boot's kernel log") && log.contains("dmesg-ramoops-0"),
         "{log}"

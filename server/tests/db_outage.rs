@@ -93,14 +93,8 @@ async fn a_database_restart_mid_job_loses_nothing() {
         "every cycle exactly once"
     );
     let console = server
-        .client
-        .get(server.url(&format!("/api/v1/jobs/{job}/log?stream=guest_console")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/jobs/{job}/log?stream=guest_console"))
+        .await;
     let beats: Vec<u64> = console
         .lines()
         .filter_map(|l| l.strip_prefix("ARMFLEET-HB "))

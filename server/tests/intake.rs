@@ -409,14 +409,8 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
 
     for (run, expect) in [(good, "0"), (bad, "1")] {
         let xml = server
-            .client
-            .get(server.url(&format!("/api/v1/export/junit?run={run}")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .get_text(&format!("/api/v1/export/junit?run={run}"))
+            .await;
         let path = dir.path().join(format!("junit-{run}.xml"));
         std::fs::write(&path, &xml).unwrap();
         let parsed = Command::new("python3")

@@ -234,14 +234,8 @@ async fn a_plan_with_a_build_builds_boots_and_runs_each_kernel_and_a_broken_one_
     }
     let build_id = build["id"].as_i64().unwrap();
     let log = server
-        .client
-        .get(server.url(&format!("/api/v1/builds/{build_id}/log")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/builds/{build_id}/log"))
+        .await;
     assert!(
         log.contains("cc -c -o init/main.o init/main.c")
             && log.contains("kernelrelease: 6.13.0-sim-0"),
@@ -325,15 +319,7 @@ async fn a_plan_with_a_build_builds_boots_and_runs_each_kernel_and_a_broken_one_
         "nothing to boot: {k:#}"
     );
     // The kernel page shows it.
-    let page = server
-        .client
-        .get(server.url(&format!("/kernels/{}", k["id"])))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text(&format!("/kernels/{}", k["id"])).await;
     assert!(
         page.contains("build_failed"),
         "kernel page shows the failed build"
@@ -426,15 +412,7 @@ async fn a_kernel_that_does_not_boot_is_boot_failed_and_the_board_is_power_cycle
         audit.contains("power-cycle"),
         "the power cycle is recorded: {audit}"
     );
-    let page = server
-        .client
-        .get(server.url(&format!("/kernels/{}", k["id"])))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text(&format!("/kernels/{}", k["id"])).await;
     assert!(
         page.contains("boot_failed") && page.contains("Unable to mount root fs"),
         "kernel page shows the failed boot and its console"

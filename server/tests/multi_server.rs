@@ -77,3 +77,90 @@ async fn two_servers_share_the_queue_without_running_a_job_twice() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Many dispatchers (two servers' worth) race to claim for one board: the
+/// board's `max_jobs` holds and no job is handed out twice, with claims
+/// taking several jobs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_batch_claims_respect_max_jobs_and_never_hand_a_job_out_twice() {
+    use armfleet_server::jobs::{Claim, claim_next};
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "b1").await;
+    let fleet = fleet_toml(&[("b1", "generic-arm64", &key.public)], "")
+        .replace("name = \"b1\"\n", "name = \"b1\"\nmax_jobs = 3\n");
+    let server = TestServer::start(&fleet).await;
+    for i in 0..10 {
+        server.trigger(&format!("{:040x}", 0xc1a1e000u64 + i)).await;
+    }
+    // A second pool stands in for a second server on the same database.
+    let other = sqlx::PgPool::connect(&server.db).await.unwrap();
+    let pools = [server.pool.clone(), other];
+    let mut claims = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let pool = pools[i % 2].clone();
+        claims.spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                match claim_next(&pool, "b1", 3, "replay", true, 30)
+                    .await
+                    .unwrap()
+                {
+                    Claim::Assigned(batch) => got.extend(batch.into_iter().map(|a| a.job_id)),
+                    Claim::NeedsBoot { .. } => panic!("no job here names a build"),
+                    Claim::Nothing => {}
+                }
+            }
+            got
+        });
+    }
+    let mut claimed = Vec::new();
+    while let Some(got) = claims.join_next().await {
+        claimed.extend(got.unwrap());
+    }
+    claimed.sort();
+    let distinct = {
+        let mut d = claimed.clone();
+        d.dedup();
+        d
+    };
+    assert_eq!(distinct, claimed, "no job was claimed twice");
+    assert_eq!(
+        claimed.len(),
+        3,
+        "exactly the board's room was claimed: {claimed:?}"
+    );
+    let assigned: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT id, epoch FROM jobs WHERE board = 'b1' AND state = 'assigned' ORDER BY id",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        assigned.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        claimed,
+        "the oldest three jobs, and only they, are assigned"
+    );
+    let oldest: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE board = 'b1' ORDER BY id LIMIT 3")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(oldest, claimed, "claims take the queue in order");
+    assert!(
+        assigned.iter().all(|(_, epoch)| *epoch == 1),
+        "each assignment is a new epoch"
+    );
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE to_state = 'assigned' AND from_state = 'queued'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 3, "every move is in the job's history");
+    let board: String = sqlx::query_scalar("SELECT state FROM boards WHERE name = 'b1'")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_ne!(board, "idle", "a board with assigned jobs is not idle");
+    server.stop().await;
+}

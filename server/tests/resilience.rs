@@ -54,14 +54,8 @@ async fn a_server_restart_mid_job_loses_nothing_and_duplicates_nothing() {
         "every cycle record exactly once"
     );
     let console = server
-        .client
-        .get(server.url(&format!("/api/v1/jobs/{job}/log?stream=guest_console")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/jobs/{job}/log?stream=guest_console"))
+        .await;
     let beats: Vec<u64> = console
         .lines()
         .filter_map(|l| l.strip_prefix("ARMFLEET-HB "))
@@ -115,14 +109,8 @@ async fn a_log_flood_is_capped_with_a_marker_and_the_job_still_ends() {
         "capped near the limit (marker included): {stored}"
     );
     let agent_log = server
-        .client
-        .get(server.url(&format!("/api/v1/jobs/{job}/log?stream=agent")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/jobs/{job}/log?stream=agent"))
+        .await;
     assert!(
         agent_log.contains("truncated at") && agent_log.contains("per-job limit is 4000 bytes"),
         "{agent_log}"

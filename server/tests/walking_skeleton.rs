@@ -116,14 +116,8 @@ async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdict
         .as_i64()
         .unwrap();
     let console = server
-        .client
-        .get(server.url(&format!("/api/v1/jobs/{job}/log?stream=guest_console")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/jobs/{job}/log?stream=guest_console"))
+        .await;
     assert!(
         console.contains("ARMFLEET-GUEST-READY")
             && console.contains("Unable to handle kernel TLB conflict abort")
@@ -169,15 +163,7 @@ async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdict
     assert_eq!(sigs["signatures"].as_array().unwrap().len(), 1, "{sigs}");
     assert_eq!(sigs["signatures"][0]["boards"].as_array().unwrap().len(), 3);
     // The page lists the fleet and the finished runs, labelled simulated.
-    let page = server
-        .client
-        .get(server.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/").await;
     for b in boards {
         assert!(page.contains(b), "fleet page lists {b}");
     }

@@ -243,3 +243,104 @@ async fn stale_epochs_and_results_for_lost_jobs_are_refused() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_gzip_chunk_is_refused_and_the_chunks_around_it_are_kept() {
+    use armfleet_protocol::chunk::gzipped_log_chunk;
+    use armfleet_protocol::{ChunkEncoding, LogStream};
+    let (server, a, _b) = lab().await;
+    let mut raw = raw_channel(&server, "board-a", &a.path).await;
+    write_frame(
+        &mut raw,
+        &hello("board-a", armfleet_protocol::PROTOCOL_VERSION),
+    )
+    .await
+    .unwrap();
+    let _welcome = read_frame::<ServerMessage, _>(&mut raw).await.unwrap();
+    server
+        .wait_board("board-a", "idle", Duration::from_secs(10))
+        .await;
+    server
+        .trigger("5ca1e00000000000000000000000000000000002")
+        .await;
+    let (job_id, epoch) = loop {
+        let f = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<ServerMessage, _>(&mut raw),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        if let ServerMessage::AssignJob { job_id, epoch, .. } = f.message {
+            break (job_id, epoch);
+        }
+    };
+    let console = LogStream::GuestConsole;
+    let first = b"[    1.000000] Booting Linux on physical CPU 0x0\n".repeat(40);
+    let last = b"[    2.000000] armfleet-guest: heartbeat 1\n".repeat(40);
+    let mut corrupt = gzipped_log_chunk(job_id, epoch, console, 1, &first);
+    let mut bytes = corrupt.payload.to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    corrupt.payload = bytes.into();
+    let mut lying = gzipped_log_chunk(job_id, epoch, console, 2, &first);
+    lying.message = AgentMessage::LogChunk {
+        job_id,
+        epoch,
+        stream: console,
+        seq: 2,
+        encoding: ChunkEncoding::Gzip { raw_len: 1 << 19 },
+    };
+    for frame in [
+        Frame::new(AgentMessage::JobStarted { job_id, epoch }),
+        gzipped_log_chunk(job_id, epoch, console, 0, &first),
+        corrupt,
+        lying,
+        gzipped_log_chunk(job_id, epoch, console, 3, &last),
+        Frame::new(AgentMessage::JobFinished {
+            job_id,
+            epoch,
+            result: armfleet_protocol::JobResult::Passed {
+                cycles_completed: 1,
+            },
+        }),
+    ] {
+        write_frame(&mut raw, &frame).await.unwrap();
+    }
+    let ack = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<ServerMessage, _>(&mut raw),
+    )
+    .await
+    .expect("the connection survives the bad chunks")
+    .unwrap();
+    assert_eq!(ack.message, ServerMessage::JobAck { job_id });
+    let stored: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT seq, raw_len FROM log_chunks WHERE job_id = $1 AND stream = 'guest_console' ORDER BY seq",
+    )
+    .bind(job_id)
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        vec![(0, first.len() as i32), (3, last.len() as i32)],
+        "only the two sound chunks are stored, with their log lengths"
+    );
+    let text = reqwest::get(server.url(&format!("/api/v1/jobs/{job_id}/log?stream=guest_console")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text.as_bytes(),
+        [first.as_slice(), last.as_slice()].concat()
+    );
+    let metrics = server.get_text("/metrics").await;
+    assert!(
+        metrics.contains("armfleet_agent_messages_refused_total 2\n"),
+        "the corrupt chunk and the lying one are counted as refused:\n{metrics}"
+    );
+    server.stop().await;
+}

@@ -242,6 +242,13 @@ impl TestServer {
         resp.json().await.unwrap()
     }
 
+    /// A page or text endpoint, which must answer 2xx.
+    pub async fn get_text(&self, path: &str) -> String {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.text().await.unwrap()
+    }
+
     /// `POST /api/v1/runs` with the token; returns the run id.
     pub async fn trigger(&self, commit: &str) -> i64 {
         let resp = self
