@@ -486,7 +486,7 @@ async fn download(
     file.sync_all()
         .await
         .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    let sum = hex_lower(&hasher.finalize());
+    let sum = hex::encode(hasher.finalize());
     if !sum.eq_ignore_ascii_case(sha256) || got != size {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(
@@ -494,10 +494,6 @@ async fn download(
         ));
     }
     std::fs::rename(&tmp, dest).map_err(|e| format!("installing {}: {e}", dest.display()))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn run(argv: &[String]) -> Result<(), String> {

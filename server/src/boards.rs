@@ -112,12 +112,16 @@ pub async fn set_offline(pool: &PgPool, board: &str, reason: &str) -> Result<(),
 }
 
 /// For a connected board: busy while it has active jobs, idle otherwise.
+/// The row is only written when that changes its state (claims call this
+/// on every empty claim; a rewrite costs a row version and WAL each time).
 pub async fn refresh_busy(db: impl sqlx::PgExecutor<'_>, board: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE boards SET state = CASE WHEN EXISTS (
+        "WITH truth AS (
+            SELECT CASE WHEN EXISTS (
                 SELECT 1 FROM jobs WHERE board = $1 AND state IN ('assigned', 'running'))
-             THEN 'busy' ELSE 'idle' END, updated_at = now()
-         WHERE name = $1 AND state IN ('idle', 'busy')",
+             THEN 'busy' ELSE 'idle' END AS state)
+         UPDATE boards SET state = truth.state, updated_at = now() FROM truth
+         WHERE name = $1 AND boards.state IN ('idle', 'busy') AND boards.state <> truth.state",
     )
     .bind(board)
     .execute(db)

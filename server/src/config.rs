@@ -84,6 +84,9 @@ pub struct Fleet {
     pub tokens: Vec<ApiToken>,
     /// Raw agent key bytes → index into `boards`, for authentication.
     key_owner: HashMap<Vec<u8>, usize>,
+    /// Board name → index into `boards`: the dispatcher looks a board up on
+    /// every claim, and a lab may have 10,000 of them.
+    board_index: HashMap<String, usize>,
 }
 
 /// What an API token may do. Reads are open; these guard writes.
@@ -368,7 +371,7 @@ impl Fleet {
     }
 
     pub fn board(&self, name: &str) -> Option<&Board> {
-        self.boards.iter().find(|b| b.name == name)
+        self.board_index.get(name).map(|&i| &self.boards[i])
     }
     pub fn plan(&self, name: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.name == name)
@@ -779,6 +782,11 @@ impl Fleet {
             .enumerate()
             .flat_map(|(i, b)| b.keys.iter().map(move |k| (key_bytes(k), i)))
             .collect();
+        let board_index = boards
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.clone(), i))
+            .collect();
         Ok(Fleet {
             path: path.to_owned(),
             server: settings,
@@ -787,6 +795,7 @@ impl Fleet {
             trees,
             tokens,
             key_owner,
+            board_index,
         })
     }
 }

@@ -389,17 +389,28 @@ impl Dispatcher {
                 }
             }
             // Safety net: a kick that failed (database busy or away) is
-            // retried here, for connected boards with queued work.
-            match sqlx::query_scalar::<_, String>(
-                "SELECT DISTINCT board FROM jobs WHERE state = 'queued'",
+            // retried here, for connected boards with queued work and room
+            // for it (a busy board is kicked when its job ends; claiming
+            // for thousands of full boards every tick would be wasted work).
+            match sqlx::query_as::<_, (String, i64)>(
+                "SELECT board, count(*) FILTER (WHERE state IN ('assigned', 'running'))
+                 FROM jobs WHERE state IN ('queued', 'assigned', 'running')
+                 GROUP BY board HAVING bool_or(state = 'queued')",
             )
             .fetch_all(&self.pool)
             .await
             {
                 Ok(waiting) => {
+                    let fleet = self.fleet();
                     let waiting: Vec<String> = waiting
                         .into_iter()
-                        .filter(|b| self.is_connected(b))
+                        .filter(|(b, active)| {
+                            fleet
+                                .board(b)
+                                .is_some_and(|cfg| *active < cfg.max_jobs as i64)
+                                && self.is_connected(b)
+                        })
+                        .map(|(b, _)| b)
                         .collect();
                     self.kick_many(&waiting).await;
                 }

@@ -354,10 +354,12 @@ pub async fn claim_next(
             a.epoch = epoch;
         }
     }
-    sqlx::query("UPDATE boards SET state = 'busy', updated_at = now() WHERE name = $1 AND state IN ('idle', 'busy')")
-        .bind(board)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE boards SET state = 'busy', updated_at = now() WHERE name = $1 AND state = 'idle'",
+    )
+    .bind(board)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Claim::Assigned(batch))
 }
