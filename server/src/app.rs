@@ -71,7 +71,12 @@ impl Server {
         }
         let shared = SharedFleet::new(fleet);
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let dispatcher = Dispatcher::new(pool.clone(), shared.clone(), metrics.clone());
+        let dispatcher = Dispatcher::new(
+            pool.clone(),
+            shared.clone(),
+            metrics.clone(),
+            Arc::from(server_id.as_str()),
+        );
         let (analysis, analysis_rx) = crate::analysis::AnalysisQueue::new();
         let (mirrors, mirror_rx) = crate::mirror::MirrorQueue::new();
         let state = AppState {

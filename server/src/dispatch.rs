@@ -39,6 +39,9 @@ struct Session {
 
 pub struct Dispatcher {
     pool: PgPool,
+    /// This server's id: it signs its work announcements, so that it does
+    /// not claim a second time for boards it has just kicked itself.
+    server_id: Arc<str>,
     fleet: SharedFleet,
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -55,9 +58,15 @@ pub struct SessionTicket {
 }
 
 impl Dispatcher {
-    pub fn new(pool: PgPool, fleet: SharedFleet, metrics: Arc<Metrics>) -> Arc<Dispatcher> {
+    pub fn new(
+        pool: PgPool,
+        fleet: SharedFleet,
+        metrics: Arc<Metrics>,
+        server_id: Arc<str>,
+    ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             pool,
+            server_id,
             fleet,
             metrics,
             sessions: Mutex::new(HashMap::new()),
@@ -269,11 +278,14 @@ impl Dispatcher {
     /// New work for `boards`: wakes the servers holding their sessions,
     /// this one included (several servers may share the database).
     pub async fn announce(&self, boards: &[String]) {
-        if let Err(e) =
-            sqlx::query("SELECT pg_notify('armfleet_work', b) FROM unnest($1::text[]) AS b")
-                .bind(boards)
-                .execute(&self.pool)
-                .await
+        // Payload: "<server id>/<board>".
+        if let Err(e) = sqlx::query(
+            "SELECT pg_notify('armfleet_work', $2 || '/' || b) FROM unnest($1::text[]) AS b",
+        )
+        .bind(boards)
+        .bind(self.server_id.as_ref())
+        .execute(&self.pool)
+        .await
         {
             tracing::warn!("notifying other servers: {e}");
         }
@@ -309,9 +321,13 @@ impl Dispatcher {
                 };
                 match n {
                     Ok(n) => {
-                        let board = n.payload().to_owned();
-                        if self.is_connected(&board) {
-                            self.kick(&board).await;
+                        let (from, board) = match n.payload().split_once('/') {
+                            Some((from, board)) => (Some(from), board),
+                            None => (None, n.payload()),
+                        };
+                        // Our own announcement: `announce` kicked already.
+                        if from != Some(self.server_id.as_ref()) && self.is_connected(board) {
+                            self.kick(board).await;
                         }
                     }
                     Err(e) => {
