@@ -103,6 +103,59 @@ fn building_fleet(boards: &[(&str, &str, &str, &Path)], fragment: &Path) -> Stri
     fleet
 }
 
+/// A running lab of simulated boards whose plan builds the kernel: the
+/// server, each board's agent idle on its known-good kernel, and the
+/// clean-up of agents the power-cycle script restarts.
+struct BuildingLab {
+    server: TestServer,
+    _agents: Vec<TestAgent>,
+    _restarted: Restarted,
+}
+
+/// Starts a [`BuildingLab`] of `boards` (name, family) whose builds merge
+/// the config fragment `fragment`.
+async fn building_lab(boards: &[(&str, &str)], fragment: &str) -> BuildingLab {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let fragment_path = dir.join("kvm.config");
+    std::fs::write(&fragment_path, fragment).unwrap();
+    let mut keys = Vec::new();
+    for (name, _) in boards {
+        keys.push(keygen(&dir, name).await);
+    }
+    let states: Vec<PathBuf> = boards
+        .iter()
+        .map(|(name, _)| dir.join(format!("agent-{name}")))
+        .collect();
+    let spec: Vec<(&str, &str, &str, &Path)> = boards
+        .iter()
+        .zip(&keys)
+        .zip(&states)
+        .map(|(((name, family), key), state)| {
+            (*name, *family, key.public.as_str(), state.as_path())
+        })
+        .collect();
+    let server = TestServer::start(&building_fleet(&spec, &fragment_path)).await;
+    let agents = boards
+        .iter()
+        .zip(&keys)
+        .zip(&states)
+        .map(|(((name, _), key), state)| {
+            server.agent_in(name, &key.path, state, &["--executor", "replay"])
+        })
+        .collect();
+    let restarted = Restarted(states);
+    for (name, _) in boards {
+        server
+            .wait_board(name, "idle", Duration::from_secs(20))
+            .await;
+    }
+    BuildingLab {
+        server,
+        _agents: agents,
+        _restarted: restarted,
+    }
+}
+
 /// Kills agents restarted by the power-cycle script (not our children).
 struct Restarted(Vec<PathBuf>);
 
@@ -172,21 +225,12 @@ async fn a_plan_with_a_build_builds_boots_and_runs_each_kernel_and_a_broken_one_
             },
         ],
     );
-    let dir = tempfile::tempdir().unwrap().keep();
-    let fragment = dir.join("kvm.config");
-    std::fs::write(&fragment, "CONFIG_KVM_ARMFLEET_STRESS=y\n").unwrap();
-    let key = keygen(&dir, "altra-01").await;
-    let state = dir.join("agent-altra-01");
-    let server = TestServer::start(&building_fleet(
-        &[("altra-01", "ampere-altra", &key.public, &state)],
-        &fragment,
-    ))
+    let lab = building_lab(
+        &[("altra-01", "ampere-altra")],
+        "CONFIG_KVM_ARMFLEET_STRESS=y\n",
+    )
     .await;
-    let _agent = server.agent_in("altra-01", &key.path, &state, &["--executor", "replay"]);
-    let _cleanup = Restarted(vec![state.clone()]);
-    server
-        .wait_board("altra-01", "idle", Duration::from_secs(20))
-        .await;
+    let server = &lab.server;
     let before = server.get_json("/api/v1/boards").await;
     let known_good = before["boards"][0]["facts"]["kernel_release"]
         .as_str()
@@ -339,21 +383,8 @@ async fn a_kernel_that_does_not_boot_is_boot_failed_and_the_board_is_power_cycle
             Behaviour::default(),
         ],
     );
-    let dir = tempfile::tempdir().unwrap().keep();
-    let fragment = dir.join("kvm.config");
-    std::fs::write(&fragment, "CONFIG_KVM=y\n").unwrap();
-    let key = keygen(&dir, "kunpeng-01").await;
-    let state = dir.join("agent-kunpeng-01");
-    let server = TestServer::start(&building_fleet(
-        &[("kunpeng-01", "kunpeng920", &key.public, &state)],
-        &fragment,
-    ))
-    .await;
-    let _agent = server.agent_in("kunpeng-01", &key.path, &state, &["--executor", "replay"]);
-    let _cleanup = Restarted(vec![state.clone()]);
-    server
-        .wait_board("kunpeng-01", "idle", Duration::from_secs(20))
-        .await;
+    let lab = building_lab(&[("kunpeng-01", "kunpeng920")], "CONFIG_KVM=y\n").await;
+    let server = &lab.server;
 
     let job = run_job(&server, repo.path(), &shas[0]).await;
     assert_eq!(job["state"], "cancelled", "{job:#}");
@@ -519,26 +550,12 @@ async fn a_regression_is_bisected_through_real_builds_and_boots_skipping_what_do
         })
         .collect();
     let shas = kernel_tree(repo.path(), &commits);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let fragment = dir.join("kvm.config");
-    std::fs::write(&fragment, "CONFIG_KVM=y\n").unwrap();
-    let k1 = keygen(&dir, "altra-01").await;
-    let k2 = keygen(&dir, "altra-02").await;
-    let (s1, s2) = (dir.join("agent-altra-01"), dir.join("agent-altra-02"));
-    let server = TestServer::start(&building_fleet(
-        &[
-            ("altra-01", "ampere-altra", &k1.public, &s1),
-            ("altra-02", "ampere-altra", &k2.public, &s2),
-        ],
-        &fragment,
-    ))
+    let lab = building_lab(
+        &[("altra-01", "ampere-altra"), ("altra-02", "ampere-altra")],
+        "CONFIG_KVM=y\n",
+    )
     .await;
-    let _a1 = server.agent_in("altra-01", &k1.path, &s1, &["--executor", "replay"]);
-    let _a2 = server.agent_in("altra-02", &k2.path, &s2, &["--executor", "replay"]);
-    let _cleanup = Restarted(vec![s1.clone(), s2.clone()]);
-    for b in ["altra-01", "altra-02"] {
-        server.wait_board(b, "idle", Duration::from_secs(20)).await;
-    }
+    let server = &lab.server;
     let r = server
         .client
         .post(server.url("/api/v1/bisections"))
