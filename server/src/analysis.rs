@@ -5,7 +5,7 @@
 //! is queued again, so a crash between "job ended" and "job analysed" loses
 //! nothing.
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -97,14 +97,13 @@ pub async fn analyse_batch(pool: &PgPool, jobs: &[i64]) -> anyhow::Result<Vec<i6
     // One lock order for every server analysing at once.
     jobs.sort_unstable();
     jobs.dedup();
-    let mut triaged = Vec::with_capacity(jobs.len());
-    for &job in &jobs {
-        let row = sqlx::query("SELECT kernel_id, plan FROM jobs WHERE id = $1")
-            .bind(job)
-            .fetch_one(pool)
+    let owners: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT id, kernel_id, plan FROM jobs WHERE id = ANY($1) ORDER BY id")
+            .bind(&jobs)
+            .fetch_all(pool)
             .await?;
-        let kernel: i64 = row.get("kernel_id");
-        let plan: String = row.get("plan");
+    let mut triaged = Vec::with_capacity(owners.len());
+    for (job, kernel, plan) in owners {
         let mut found = Vec::new();
         for (stream, source) in TRIAGED {
             let log = logs::read_stream(pool, job, stream).await?;
@@ -119,25 +118,27 @@ pub async fn analyse_batch(pool: &PgPool, jobs: &[i64]) -> anyhow::Result<Vec<i6
         triaged.push((job, kernel, plan, found));
     }
     let mut tx = pool.begin().await?;
+    // The jobs nobody analysed meanwhile (another server, a sweep), locked.
+    let fresh: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE id = ANY($1) AND analyzed_at IS NULL ORDER BY id FOR UPDATE",
+    )
+    .bind(&jobs)
+    .fetch_all(&mut *tx)
+    .await?;
     let mut done = Vec::new();
     let mut dirty = std::collections::BTreeSet::new();
     for (job, kernel, plan, found) in &triaged {
-        let analysed: Option<chrono::DateTime<chrono::Utc>> =
-            sqlx::query_scalar("SELECT analyzed_at FROM jobs WHERE id = $1 FOR UPDATE")
-                .bind(job)
-                .fetch_one(&mut *tx)
-                .await?;
-        if analysed.is_some() {
+        if fresh.binary_search(job).is_err() {
             continue;
         }
         findings::store(&mut tx, *job, found).await?;
-        sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = $1")
-            .bind(job)
-            .execute(&mut *tx)
-            .await?;
         dirty.insert((*kernel, plan.clone()));
         done.push((*job, found.len()));
     }
+    sqlx::query("UPDATE jobs SET analyzed_at = now() WHERE id = ANY($1)")
+        .bind(&fresh)
+        .execute(&mut *tx)
+        .await?;
     for (kernel, plan) in &dirty {
         results::recompute(&mut tx, *kernel, plan).await?;
     }

@@ -112,8 +112,8 @@ pub async fn set_offline(pool: &PgPool, board: &str, reason: &str) -> Result<(),
 }
 
 /// For a connected board: busy while it has active jobs, idle otherwise.
-/// The row is only written when that changes its state (claims call this
-/// on every empty claim; a rewrite costs a row version and WAL each time).
+/// The row is only written when that changes its state (every claim calls
+/// this; a rewrite costs a row version and WAL each time).
 pub async fn refresh_busy(db: impl sqlx::PgExecutor<'_>, board: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH truth AS (

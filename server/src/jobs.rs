@@ -141,21 +141,8 @@ pub async fn transition(
         .await?
         .ok_or(JobError::NotFound(job))?;
     let from = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Lost);
-    let current_epoch: i64 = row.get("epoch");
-    if let Some((board, got)) = fence {
-        if row.get::<&str, _>("board") != board {
-            return Err(JobError::WrongBoard {
-                job,
-                board: board.to_owned(),
-            });
-        }
-        if got != current_epoch {
-            return Err(JobError::StaleEpoch {
-                job,
-                got,
-                current: current_epoch,
-            });
-        }
+    if let Some((board, epoch)) = fence {
+        check_fence(job, (row.get("board"), row.get("epoch")), board, epoch)?;
     }
     transition_locked(tx, &[job], from, to, effects).await?;
     Ok(from)
@@ -267,8 +254,8 @@ pub struct Assignment {
 /// A job that names a build waits until the build is built, and runs only
 /// when the board runs that build: when it does not (and the board is idle,
 /// with no boot in progress) the answer is [`Claim::NeedsBoot`] and nothing
-/// is claimed (see `deploy`). When nothing is claimed the board's
-/// idle/busy state is brought up to date in the same transaction.
+/// is claimed (see `deploy`). Either way the board's idle/busy state is
+/// brought up to date in the same transaction.
 ///
 /// Five round trips and one commit for a whole batch: at thousands of jobs
 /// a second this path is what PostgreSQL spends its time on.
@@ -354,12 +341,7 @@ pub async fn claim_next(
             a.epoch = epoch;
         }
     }
-    sqlx::query(
-        "UPDATE boards SET state = 'busy', updated_at = now() WHERE name = $1 AND state = 'idle'",
-    )
-    .bind(board)
-    .execute(&mut *tx)
-    .await?;
+    crate::boards::refresh_busy(&mut *tx, board).await?;
     tx.commit().await?;
     Ok(Claim::Assigned(batch))
 }
@@ -371,8 +353,17 @@ pub async fn check_owner(pool: &PgPool, job: i64, board: &str, epoch: i64) -> Re
         .fetch_optional(pool)
         .await?
         .ok_or(JobError::NotFound(job))?;
-    let owner: String = row.get("board");
-    let current: i64 = row.get("epoch");
+    check_fence(job, (row.get("board"), row.get("epoch")), board, epoch)
+}
+
+/// The fence every agent message about a job passes: it must come from the
+/// job's board (`owner`) and carry its `current` epoch.
+fn check_fence(
+    job: i64,
+    (owner, current): (&str, i64),
+    board: &str,
+    epoch: i64,
+) -> Result<(), JobError> {
     if owner != board {
         return Err(JobError::WrongBoard {
             job,

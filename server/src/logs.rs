@@ -31,13 +31,12 @@ pub async fn store_chunk(
     Ok(result.rows_affected() == 1)
 }
 
-/// A chunk as an agent sent it, checked and ready to store.
+/// A chunk as an agent sent it, checked and in the form it is stored.
 pub struct IncomingChunk<'a> {
     /// Log bytes it carries.
     pub raw_len: u64,
-    /// The payload: already gzip, or raw bytes to compress here.
-    payload: &'a [u8],
-    gzipped: bool,
+    /// Its gzip: the agent's payload as it came, or compressed here.
+    gzip: std::borrow::Cow<'a, [u8]>,
 }
 
 impl<'a> IncomingChunk<'a> {
@@ -50,23 +49,13 @@ impl<'a> IncomingChunk<'a> {
         Ok(match encoding {
             ChunkEncoding::Raw => IncomingChunk {
                 raw_len: payload.len() as u64,
-                payload,
-                gzipped: false,
+                gzip: armfleet_protocol::chunk::gzip(payload).into(),
             },
             ChunkEncoding::Gzip { raw_len } => IncomingChunk {
                 raw_len: armfleet_protocol::chunk::check_gzip(payload, raw_len)?,
-                payload,
-                gzipped: true,
+                gzip: payload.into(),
             },
         })
-    }
-
-    fn stored_form(&self) -> std::borrow::Cow<'a, [u8]> {
-        if self.gzipped {
-            std::borrow::Cow::Borrowed(self.payload)
-        } else {
-            std::borrow::Cow::Owned(armfleet_protocol::chunk::gzip(self.payload))
-        }
     }
 }
 
@@ -83,7 +72,6 @@ pub async fn store_agent_chunk(
     seq: u64,
     chunk: IncomingChunk<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let compressed = chunk.stored_form();
     let result = sqlx::query(
         "INSERT INTO log_chunks (job_id, stream, seq, raw_len, data)
          SELECT $1, $2, $3, $4, $5 FROM jobs WHERE id = $1 AND board = $6 AND epoch = $7
@@ -93,7 +81,7 @@ pub async fn store_agent_chunk(
     .bind(stream.as_str())
     .bind(seq as i64)
     .bind(chunk.raw_len as i32)
-    .bind(compressed.as_ref())
+    .bind(chunk.gzip.as_ref())
     .bind(board)
     .bind(epoch)
     .execute(pool)
