@@ -255,25 +255,6 @@ async fn gitlab_and_gitea_pushes_start_runs() {
     server.stop().await;
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Tester")
-        .env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "Tester")
-        .env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_git_push_through_the_post_receive_hook_starts_a_run_and_the_mirror_knows_the_parent()
  {
@@ -314,11 +295,11 @@ async fn a_real_git_push_through_the_post_receive_hook_starts_a_run_and_the_mirr
     std::fs::write(clone.join("Makefile"), "all:\n").unwrap();
     git(&clone, &["add", "."]);
     git(&clone, &["commit", "-qm", "first"]);
-    let first = git(&clone, &["rev-parse", "HEAD"]).trim().to_owned();
+    let first = git(&clone, &["rev-parse", "HEAD"]);
     std::fs::write(clone.join("stage2.c"), "/* tlbi range */\n").unwrap();
     git(&clone, &["add", "."]);
     git(&clone, &["commit", "-qm", "KVM: arm64: stage-2 change"]);
-    let second = git(&clone, &["rev-parse", "HEAD"]).trim().to_owned();
+    let second = git(&clone, &["rev-parse", "HEAD"]);
     let push = Command::new("git")
         .arg("-C")
         .arg(&clone)
