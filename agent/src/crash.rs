@@ -202,6 +202,7 @@ pub fn lost_job_frames(job_id: i64, epoch: i64, log: Option<&BootLog>) -> Vec<Fr
         job_id,
         epoch,
         result,
+        environment: None,
     }));
     frames
 }
@@ -231,6 +232,7 @@ mod tests {
                     JobResult::Failed {
                         reason, evidence, ..
                     },
+                ..
             } => {
                 assert!(reason.contains("kvm_pgtable_stage2_map"), "{reason}");
                 assert!(

@@ -12,6 +12,7 @@ pub mod replay;
 pub mod runner;
 pub mod settings;
 pub mod spool;
+pub mod vboard;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,8 @@ pub struct Config {
     /// How builds are booted (None: auto, see [`boot::BootMethod`]).
     pub boot_method: Option<boot::BootMethod>,
     pub boot: boot::BootSettings,
+    /// Drive this SSH-driven board instead of running guests here.
+    pub ssh_board: Option<armfleet_migrate_stress::ssh_board::SshBoardConfig>,
 }
 
 /// What the operator asked for; resolved against the host by [`facts`].

@@ -132,11 +132,21 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
         spool: Arc::new(Mutex::new(spool)),
         ready: Arc::new(tokio::sync::Notify::new()),
     };
-    let executor = tokio::task::spawn_blocking({
-        let choice = config.executor;
-        move || facts::gather(choice).executor
-    })
-    .await?;
+    let executor = match &config.ssh_board {
+        Some(board) => {
+            if let Err(e) = facts::sweep_ssh_board(board).await {
+                tracing::warn!("cannot clean up the SSH-driven board at start-up: {e:#}");
+            }
+            armfleet_protocol::ExecutorKind::Qemu
+        }
+        None => {
+            tokio::task::spawn_blocking({
+                let choice = config.executor;
+                move || facts::gather(choice).executor
+            })
+            .await?
+        }
+    };
     // Which kernel came up (and whether a boot armfleet asked for failed).
     let method = config.boot_method.unwrap_or(match executor {
         armfleet_protocol::ExecutorKind::Replay => crate::boot::BootMethod::Simulated,
@@ -303,13 +313,9 @@ async fn session(
         .context("opening the agent channel")?;
     let (mut reader, mut writer) = tokio::io::split(channel.into_stream());
 
-    let facts = tokio::task::spawn_blocking({
-        let choice = config.executor;
-        move || facts::gather(choice)
-    })
-    .await
-    .context("gathering facts")?;
-    let mut facts = facts;
+    let mut facts = facts::gather_for(config)
+        .await
+        .context("gathering the board's facts")?;
     facts.build_id = kernel.running.build_id;
     if let Some(release) = &kernel.running.kernel_release {
         facts.kernel_release = release.clone();

@@ -58,6 +58,49 @@ enum Command {
     /// Self-test: server reachable, key accepted, QEMU/KVM, hugepages,
     /// kexec, pstore, disk space. Exits non-zero when a required check fails.
     Check,
+    /// The virtual arm64 board: an emulated arm64 host with real KVM/arm64
+    /// (nested under QEMU TCG), driven over SSH like a locked-down board.
+    Vboard {
+        #[command(subcommand)]
+        command: VboardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VboardCommand {
+    /// Boot it and keep it running (restarted after a power cycle) until
+    /// Ctrl-C; `STATE/vboard.json` says how to reach it once SSH answers.
+    Run {
+        #[arg(long)]
+        state: PathBuf,
+        /// Where `agent/vboard/build.sh` put the image
+        /// [default: ~/.cache/armfleet/vboard].
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Loopback port forwarded to the board's SSH.
+        #[arg(long, default_value_t = 2522)]
+        ssh_port: u16,
+        /// KVM mode: vhe or nvhe (`kvm-arm.mode=nvhe`, as on a Cortex-A72).
+        #[arg(long, default_value = "vhe")]
+        mode: String,
+        #[arg(long, default_value = "max")]
+        cpu: String,
+        #[arg(long, default_value_t = 3072)]
+        memory_mib: u32,
+        #[arg(long, default_value_t = 2)]
+        smp: u32,
+        /// 2 MiB hugepages reserved inside the board at boot.
+        #[arg(long, default_value_t = 0)]
+        hugepages_2m: u32,
+        /// A public key (`.pub` file) the board accepts; repeat for more.
+        #[arg(long = "authorized-key", required = true)]
+        authorized_keys: Vec<PathBuf>,
+    },
+    /// Power-cycle a running board (QMP quit; `run` starts it again).
+    PowerCycle {
+        #[arg(long)]
+        state: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,6 +127,7 @@ fn main() -> std::process::ExitCode {
             Ok(false) => return std::process::ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Some(Command::Vboard { command }) => vboard(command),
         None => run(cli),
     };
     match result {
@@ -122,6 +166,61 @@ fn self_test(cli: Cli) -> anyhow::Result<bool> {
         .build()?;
     let results = runtime.block_on(check::run(&config));
     Ok(check::print(&results, &mut std::io::stdout()))
+}
+
+fn vboard(command: VboardCommand) -> anyhow::Result<()> {
+    use armfleet_agent::vboard;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match command {
+        VboardCommand::Run {
+            state,
+            image,
+            ssh_port,
+            mode,
+            cpu,
+            memory_mib,
+            smp,
+            hugepages_2m,
+            authorized_keys,
+        } => {
+            let mut keys = vec![];
+            for path in authorized_keys {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                keys.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
+            }
+            let opts = vboard::VboardOptions {
+                state_dir: state,
+                image_dir: image.unwrap_or_else(vboard::default_image_dir),
+                ssh_port,
+                mode,
+                cpu,
+                memory_mib,
+                smp,
+                authorized_keys: keys,
+                hugepages_2m,
+                qemu: std::env::var_os("ARMFLEET_QEMU_AARCH64").map(PathBuf::from),
+            };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            runtime.block_on(async {
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    stop.cancel();
+                });
+                vboard::run(opts, shutdown).await
+            })
+        }
+        VboardCommand::PowerCycle { state } => runtime.block_on(vboard::power_cycle(&state)),
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -153,6 +153,7 @@ impl JobRunner {
             work_dir: self.config.state_dir.join("work"),
             board: self.config.board.clone(),
             sim_kernel: crate::boot::simulated_kernel(&self.config.state_dir),
+            ssh_board: self.config.ssh_board.clone(),
         };
         let span = tracing::info_span!("job", id = job_id, epoch);
         self.tasks.spawn(tracing::Instrument::instrument(
@@ -203,6 +204,8 @@ struct JobContext {
     /// The simulated kernel a replay board booted, whose behaviour (its
     /// abort probability) the replay takes on.
     sim_kernel: Option<crate::boot::SimKernel>,
+    /// The SSH-driven board this agent drives, if any.
+    ssh_board: Option<armfleet_migrate_stress::ssh_board::SshBoardConfig>,
 }
 
 async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
@@ -214,7 +217,9 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
         work_dir,
         board,
         sim_kernel,
+        ssh_board,
     } = ctx;
+    let board_name = board.clone();
     out.send(Frame::new(AgentMessage::JobStarted { job_id, epoch }));
     let Task::MigrateCancel(mut params) = spec.task.clone();
     if let Some(k) = &sim_kernel {
@@ -226,7 +231,14 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
         ExecutorKind::Replay => format!(
             "armfleet-agent: job {job_id} on a SIMULATED board (replay executor: recorded logs, no real guest)\n"
         ),
-        ExecutorKind::Qemu => format!("armfleet-agent: job {job_id} with the QEMU executor\n"),
+        ExecutorKind::Qemu => match &ssh_board {
+            Some(b) => format!(
+                "armfleet-agent: job {job_id} with the QEMU executor on the SSH-driven {}board {}\n",
+                if b.emulated { "(emulated arm64) " } else { "" },
+                b.addr()
+            ),
+            None => format!("armfleet-agent: job {job_id} with the QEMU executor\n"),
+        },
     };
     let _ = ev_tx
         .send(StressEvent::Log {
@@ -254,6 +266,7 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
             ExecutorKind::Qemu => {
                 let mut env = StressEnv::new(StressEnv::default_guest_dir(), work_dir);
                 env.job_timeout = Some(timeout);
+                env.board = ssh_board;
                 env.fatal_detector = crate::replay::fatal_detector();
                 // The QEMU executor runs on a runtime of its own thread so
                 // that a busy guest's I/O never competes with the link's
@@ -283,7 +296,7 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
         let out = out.clone();
         async move {
             let mut seq: HashMap<LogStream, u64> = HashMap::new();
-            let mut last_cycle = 0;
+            let mut environment = None;
             while let Some(event) = ev_rx.recv().await {
                 match event {
                     StressEvent::Log { stream, data } => {
@@ -295,8 +308,8 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
                             *n += 1;
                         }
                     }
+                    StressEvent::Environment(e) => environment = Some(e),
                     StressEvent::Cycle(record) => {
-                        last_cycle = record.cycle;
                         out.send(Frame::new(AgentMessage::CycleDone {
                             job_id,
                             epoch,
@@ -305,14 +318,22 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
                     }
                 }
             }
-            last_cycle
+            environment
         }
     };
-    let (result, _) = tokio::join!(exec, forward);
+    let (result, environment) = tokio::join!(exec, forward);
+    let environment = environment.or_else(|| {
+        (executor == ExecutorKind::Replay).then(|| armfleet_protocol::RunEnvironment {
+            host: armfleet_protocol::HostKind::Simulated,
+            accel: "none".into(),
+            detail: format!("simulated board {board_name} (replayed logs)"),
+        })
+    });
     tracing::info!(job_id, ?result, "job finished");
     out.send(Frame::new(AgentMessage::JobFinished {
         job_id,
         epoch,
         result,
+        environment,
     }));
 }

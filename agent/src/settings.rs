@@ -21,6 +21,15 @@
 //! install_dir = "/var/lib/armfleet-agent/kernels"
 //! oneshot_command = ["/usr/local/sbin/lab-bootonce", "{image}", "{release}"]
 //! reboot_command = ["systemctl", "reboot"]
+//!
+//! [ssh_board]                  # this agent is a lab controller driving a
+//! host = "127.0.0.1"           # board that runs only sshd and QEMU
+//! port = 2522
+//! user = "root"
+//! host_key = "ssh-ed25519 AAAA…"   # the board's key, pinned (or SHA256:…)
+//! key = "/etc/armfleet/controller.key"
+//! guest_dir = "/guest"         # the stress guest on the board
+//! emulated = true              # the virtual arm64 board
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -47,6 +56,7 @@ pub struct AgentFile {
     pub pstore_dir: Option<PathBuf>,
     pub journal: Option<bool>,
     pub boot: Option<crate::boot::BootSettings>,
+    pub ssh_board: Option<armfleet_migrate_stress::ssh_board::SshBoardConfig>,
 }
 
 /// What flags and the environment gave (clap merges those two).
@@ -187,6 +197,7 @@ pub fn resolve(
             .or(file.pstore_dir)
             .unwrap_or_else(|| DEFAULT_PSTORE_DIR.into()),
         journal: file.journal.unwrap_or(true),
+        ssh_board: file.ssh_board,
     })
 }
 

@@ -318,6 +318,7 @@ mod tests {
             result: JobResult::Passed {
                 cycles_completed: 3,
             },
+            environment: None,
         }))
         .unwrap();
         assert!(s.next_unsent().unwrap().is_some());
@@ -360,6 +361,7 @@ mod tests {
             result: JobResult::Passed {
                 cycles_completed: 3,
             },
+            environment: None,
         }))
         .unwrap();
         let mut frames = Vec::new();

@@ -222,6 +222,9 @@ fn facts() -> BoardFacts {
         qemu: Vec::new(),
         hugepages: Default::default(),
         executor: ExecutorKind::Replay,
+        host_kind: armfleet_protocol::HostKind::Simulated,
+        ssh_board: None,
+        kvm_mode: None,
         build_id: None,
     }
 }
@@ -515,6 +518,7 @@ async fn resume(link: &Link, shared: &Shared, st: &mut AgentState) -> anyhow::Re
                 job_id,
                 epoch,
                 result,
+                environment: None,
             },
             Bytes::new(),
         )
@@ -750,6 +754,7 @@ async fn step_job(link: &Link, shared: &Shared, j: &mut Running) -> anyhow::Resu
             job_id: j.id,
             epoch: j.epoch,
             result,
+            environment: None,
         },
         Bytes::new(),
     )

@@ -113,6 +113,9 @@ async fn main() {
                     );
                     recs.push(r);
                 }
+                StressEvent::Environment(e) => {
+                    println!("environment: {} host, accel {}, {}", e.host.as_str(), e.accel, e.detail)
+                }
             }
         }
         (logs, recs)

@@ -73,13 +73,12 @@ use std::time::{Duration, Instant};
 
 use armfleet_protocol::{CycleRecord, JobResult, LogStream, MigrateCancelParams};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::host::{BoxStream, Host};
 use crate::kmsg::{KmsgItem, KmsgReader};
 use crate::logs::{LineSplitter, Logs};
 use crate::probe;
@@ -199,7 +198,9 @@ pub async fn run_migrate_cancel(
 struct Guard {
     registry: Arc<Registry>,
     shared: Arc<Shared>,
-    dir: PathBuf,
+    /// Local scratch dir to remove (a board's is removed by its dead-man
+    /// switch when the connection goes).
+    local_dir: Option<PathBuf>,
     kmsg_stop: CancellationToken,
     armed: bool,
 }
@@ -210,7 +211,9 @@ impl Drop for Guard {
             self.shared.shutting_down.store(true, Ordering::SeqCst);
             self.registry.kill_all();
             self.kmsg_stop.cancel();
-            let _ = std::fs::remove_dir_all(&self.dir);
+            if let Some(dir) = &self.local_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }
@@ -228,7 +231,43 @@ async fn run_job(
     logs: &Logs,
     cancel: CancellationToken,
 ) -> JobResult {
-    let plan = match prepare(env, params, logs) {
+    let host = match &env.board {
+        None => Host::Local,
+        Some(cfg) => {
+            logs.agent(format!(
+                "SSH-driven board {}{}: connecting",
+                cfg.addr(),
+                if cfg.emulated { " (emulated arm64 board)" } else { "" }
+            ));
+            match crate::ssh_board::SshBoard::connect(cfg).await {
+                Ok(b) => Host::Ssh(Arc::new(b)),
+                Err(e) => {
+                    let reason = e.to_string();
+                    logs.agent(format!("infra error: {reason}"));
+                    return JobResult::InfraError {
+                        cycles_completed: 0,
+                        reason,
+                    };
+                }
+            }
+        }
+    };
+    let result = run_on_host(env, params, logs, cancel, &host).await;
+    if let Host::Ssh(b) = &host {
+        // The board's dead-man switches fire as the connection goes.
+        b.disconnect().await;
+    }
+    result
+}
+
+async fn run_on_host(
+    env: &StressEnv,
+    params: &MigrateCancelParams,
+    logs: &Logs,
+    cancel: CancellationToken,
+    host: &Host,
+) -> JobResult {
+    let plan = match prepare(env, params, logs, host).await {
         Ok(p) => p,
         Err(reason) => {
             logs.agent(format!("infra error: {reason}"));
@@ -244,7 +283,7 @@ async fn run_job(
             reason: "cancelled before start".into(),
         };
     }
-    let dir = match make_job_dir(&env.work_dir) {
+    let mut dir = match host.make_job_dir(&env.work_dir).await {
         Ok(d) => d,
         Err(reason) => {
             return JobResult::InfraError {
@@ -253,9 +292,9 @@ async fn run_job(
             };
         }
     };
-    logs.agent(format!("scratch dir {}", dir.display()));
+    logs.agent(format!("scratch dir {} on {}", dir.path, host.describe()));
 
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(host.clone()));
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         logs: logs.clone(),
@@ -269,11 +308,11 @@ async fn run_job(
     let mut guard = Guard {
         registry: registry.clone(),
         shared: shared.clone(),
-        dir: dir.clone(),
+        local_dir: matches!(host, Host::Local).then(|| PathBuf::from(&dir.path)),
         kmsg_stop: kmsg_stop.clone(),
         armed: true,
     };
-    let kmsg_task = start_kmsg(&shared, kmsg_stop.clone());
+    let kmsg_task = start_kmsg(host, &shared, kmsg_stop.clone()).await;
     let progress = Arc::new(Progress::default());
 
     let driver = Driver {
@@ -292,7 +331,8 @@ async fn run_job(
             profile: plan.profile.clone(),
             qmp_timeout: plan.qmp_timeout,
             shared: shared.clone(),
-            dir: dir.clone(),
+            host: host.clone(),
+            dir: Arc::new(dir.path.clone()),
             bandwidth_mib_s: params.bandwidth_mib_s,
             downtime_limit_ms: params.downtime_limit_ms,
         },
@@ -368,8 +408,8 @@ async fn run_job(
             findings.push(f);
         }
     }
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        logs.agent(format!("WARNING: could not remove {}: {e}", dir.display()));
+    if let Err(e) = host.remove_job_dir(&mut dir).await {
+        logs.agent(format!("WARNING: {e}"));
     }
     guard.armed = false;
 
@@ -486,7 +526,12 @@ fn judge(findings: &[Finding], logs: &Logs) -> (String, Vec<String>) {
     (reason, ev)
 }
 
-fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result<Plan, String> {
+async fn prepare(
+    env: &StressEnv,
+    params: &MigrateCancelParams,
+    logs: &Logs,
+    host: &Host,
+) -> Result<Plan, String> {
     let arch = GuestArch::parse(&params.guest_arch).ok_or_else(|| {
         format!(
             "invalid parameters: guest_arch '{}' (arm64 | x86_64)",
@@ -506,43 +551,38 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
         ));
     }
 
-    // QEMU binary.
-    let qemu_name = format!("qemu-system-{}", arch.qemu());
-    let binary = match env
-        .qemu_binary
-        .clone()
-        .or_else(|| probe::find_qemu(arch.qemu()))
-    {
-        Some(b) => b,
-        None => {
-            return Err(format!(
-                "{qemu_name} not installed (not in PATH; install qemu-system-{})",
-                if arch == GuestArch::Arm64 {
-                    "arm"
-                } else {
-                    "x86"
-                }
-            ));
-        }
+    let kernel = params
+        .guest_kernel
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| match host {
+            Host::Local => env.guest_dir.join(arch.dir()).join("vmlinuz"),
+            Host::Ssh(b) => PathBuf::from(format!("{}/{}/vmlinuz", b.config().guest_dir, arch.dir())),
+        });
+    let initrd = params
+        .guest_initrd
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| match host {
+            Host::Local => env.guest_dir.join(arch.dir()).join("initrd.gz"),
+            Host::Ssh(b) => PathBuf::from(format!("{}/{}/initrd.gz", b.config().guest_dir, arch.dir())),
+        });
+    let facts = match host {
+        Host::Local => local_facts(env, arch, &kernel, &initrd)?,
+        Host::Ssh(b) => board_facts(b, arch, &kernel, &initrd).await?,
     };
-    if !probe::is_executable(&binary) {
-        return Err(format!(
-            "QEMU binary {} ({qemu_name}) does not exist or is not executable",
-            binary.display()
-        ));
-    }
-    let version = probe::qemu_version(&binary).unwrap_or_else(|| "unknown version".into());
-    logs.agent(format!("qemu: {} ({version})", binary.display()));
+    let binary = facts.binary.clone();
+    logs.agent(format!("qemu: {} ({}) on {}", binary.display(), facts.qemu_version, host.describe()));
 
     // Accelerator.
-    let host = std::env::consts::ARCH;
-    let kvm = probe::probe_kvm();
-    let same_arch = host == arch.qemu();
+    let kvm = &facts.kvm;
+    let same_arch = facts.machine == arch.qemu();
+    let host_arch = &facts.machine;
     let accel = match params.accel.as_str() {
         "kvm" => {
             if !same_arch {
                 return Err(format!(
-                    "accel=kvm: a {} guest needs a {} host; this host is {host}",
+                    "accel=kvm: a {} guest needs a {} host; this host is {host_arch}",
                     arch.dir(),
                     arch.qemu()
                 ));
@@ -569,11 +609,11 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
         "tcg" => Accel::Tcg,
         "auto" => {
             if same_arch && kvm.hardware {
-                logs.agent("accel=auto: hardware KVM available, using KVM");
+                logs.agent("accel=auto: KVM available, using KVM");
                 Accel::Kvm
             } else {
                 let why = if !same_arch {
-                    format!("host is {host}, guest is {}", arch.qemu())
+                    format!("host is {host_arch}, guest is {}", arch.qemu())
                 } else {
                     kvm.note.clone().unwrap_or_else(|| "no hardware KVM".into())
                 };
@@ -592,19 +632,128 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
     if accel == Accel::Tcg && params.eager_split_size.is_some() {
         logs.agent("eager_split_size ignored: it is a KVM option and this run uses TCG");
     }
+    if let Some(stamp) = &facts.guest_stamp {
+        logs.agent(format!(
+            "guest: {} ({})",
+            kernel.display(),
+            stamp.trim().replace('\n', ", ")
+        ));
+    }
 
-    // Guest images.
-    let kernel = params
-        .guest_kernel
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env.guest_dir.join(arch.dir()).join("vmlinuz"));
-    let initrd = params
-        .guest_initrd
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env.guest_dir.join(arch.dir()).join("initrd.gz"));
-    for p in [&kernel, &initrd] {
+    // Hugepages: source and destination hold their RAM at the same time.
+    let free = facts.free_2m_hugepages;
+    if params.hugepages {
+        let per_vm = (params.memory_mib as u64).div_ceil(2);
+        let need = per_vm * 2;
+        if free < need {
+            return Err(format!(
+                "hugepages requested but only {free} free 2 MiB hugepages on {}; need {need} (2 × {} MiB guest: source + destination). e.g. echo {} > /proc/sys/vm/nr_hugepages",
+                host.describe(),
+                params.memory_mib,
+                need + facts.total_2m_hugepages.saturating_sub(free)
+            ));
+        }
+        logs.agent(format!("hugepages: {free} free 2 MiB pages, {need} needed"));
+    }
+    // Pre-starting the next destination needs a third guest's worth of RAM
+    // at times; with hugepages only when that many pages are free.
+    let prespawn = if params.hugepages {
+        let per_vm = (params.memory_mib as u64).div_ceil(2);
+        let ok = free >= 3 * per_vm;
+        if !ok {
+            logs.agent("not pre-starting destinations: fewer than 3 × guest RAM in free hugepages");
+        }
+        ok
+    } else {
+        true
+    };
+    logs.environment(crate::RunEnvironment {
+        host: if let Host::Ssh(b) = host {
+            if b.config().emulated {
+                armfleet_protocol::HostKind::Emulated
+            } else {
+                armfleet_protocol::HostKind::Hardware
+            }
+        } else {
+            armfleet_protocol::HostKind::Hardware
+        },
+        accel: accel.as_str().into(),
+        detail: facts.detail.clone(),
+    });
+
+    let profile = VmProfile {
+        arch,
+        accel,
+        memory_mib: params.memory_mib,
+        vcpus: params.vcpus.max(1),
+        hugepages: params.hugepages,
+        // The emulated board's QEMU (7.2) has no eager-split-size.
+        eager_split_size: if accel == Accel::Kvm && host.slowdown() == 1 {
+            params.eager_split_size.clone()
+        } else {
+            None
+        },
+        kernel,
+        initrd,
+        dirty_percent: params.dirty_percent.min(95),
+        heartbeat_ms: 100 * host.slowdown(),
+        quiet: host.slowdown() > 1,
+    };
+    logs.agent(format!("profile: {}", profile.describe()));
+    let boot_timeout = match (accel, arch) {
+        (Accel::Kvm, _) => Duration::from_secs(60),
+        (Accel::Tcg, GuestArch::Arm64) => Duration::from_secs(90),
+        (Accel::Tcg, GuestArch::X86_64) => Duration::from_secs(150),
+    };
+    let slow = host.slowdown();
+    Ok(Plan {
+        binary,
+        profile,
+        boot_timeout: boot_timeout * slow,
+        progress_timeout: Duration::from_secs(15) * slow,
+        qmp_timeout: Duration::from_secs(10) * slow,
+        prespawn,
+    })
+}
+
+/// What a job needs to know about its host before the first QEMU.
+struct JobHostFacts {
+    binary: PathBuf,
+    qemu_version: String,
+    /// `uname -m` of the host the guests run on.
+    machine: String,
+    kvm: armfleet_protocol::KvmStatus,
+    free_2m_hugepages: u64,
+    total_2m_hugepages: u64,
+    guest_stamp: Option<String>,
+    /// Where the job ran, in words (kernel, KVM mode).
+    detail: String,
+}
+
+fn local_facts(
+    env: &StressEnv,
+    arch: GuestArch,
+    kernel: &Path,
+    initrd: &Path,
+) -> Result<JobHostFacts, String> {
+    let qemu_name = format!("qemu-system-{}", arch.qemu());
+    let binary = env
+        .qemu_binary
+        .clone()
+        .or_else(|| probe::find_qemu(arch.qemu()))
+        .ok_or_else(|| {
+            format!(
+                "{qemu_name} not installed (not in PATH; install qemu-system-{})",
+                if arch == GuestArch::Arm64 { "arm" } else { "x86" }
+            )
+        })?;
+    if !probe::is_executable(&binary) {
+        return Err(format!(
+            "QEMU binary {} ({qemu_name}) does not exist or is not executable",
+            binary.display()
+        ));
+    }
+    for p in [kernel, initrd] {
         if !p.is_file() {
             return Err(format!(
                 "guest image missing: {} — run `agent/guest/build.sh {}` (as root; ARMFLEET_GUEST_DIR={})",
@@ -614,96 +763,88 @@ fn prepare(env: &StressEnv, params: &MigrateCancelParams, logs: &Logs) -> Result
             ));
         }
     }
-    if let Ok(stamp) = std::fs::read_to_string(env.guest_dir.join(arch.dir()).join("stamp")) {
-        logs.agent(format!(
-            "guest: {} ({})",
-            kernel.display(),
-            stamp.trim().replace('\n', ", ")
-        ));
-    }
-
-    // Hugepages: source and destination hold their RAM at the same time.
-    if params.hugepages {
-        let per_vm = (params.memory_mib as u64).div_ceil(2);
-        let need = per_vm * 2;
-        let free = probe::free_2m_hugepages();
-        if free < need {
-            return Err(format!(
-                "hugepages requested but only {free} free 2 MiB hugepages; need {need} (2 × {} MiB guest: source + destination). e.g. echo {} > /proc/sys/vm/nr_hugepages",
-                params.memory_mib,
-                need + probe::hugepages().total.saturating_sub(free)
-            ));
-        }
-        logs.agent(format!("hugepages: {free} free 2 MiB pages, {need} needed"));
-    }
-    // Pre-starting the next destination needs a third guest's worth of RAM
-    // at times; with hugepages only when that many pages are free.
-    let prespawn = if params.hugepages {
-        let per_vm = (params.memory_mib as u64).div_ceil(2);
-        let ok = probe::free_2m_hugepages() >= 3 * per_vm;
-        if !ok {
-            logs.agent("not pre-starting destinations: fewer than 3 × guest RAM in free hugepages");
-        }
-        ok
-    } else {
-        true
-    };
-
-    let profile = VmProfile {
-        arch,
-        accel,
-        memory_mib: params.memory_mib,
-        vcpus: params.vcpus.max(1),
-        hugepages: params.hugepages,
-        eager_split_size: if accel == Accel::Kvm {
-            params.eager_split_size.clone()
-        } else {
-            None
-        },
-        kernel,
-        initrd,
-        dirty_percent: params.dirty_percent.min(95),
-        heartbeat_ms: 100,
-    };
-    logs.agent(format!("profile: {}", profile.describe()));
-    let boot_timeout = match (accel, arch) {
-        (Accel::Kvm, _) => Duration::from_secs(60),
-        (Accel::Tcg, GuestArch::Arm64) => Duration::from_secs(90),
-        (Accel::Tcg, GuestArch::X86_64) => Duration::from_secs(150),
-    };
-    Ok(Plan {
+    let huge = probe::hugepages();
+    Ok(JobHostFacts {
+        qemu_version: probe::qemu_version(&binary).unwrap_or_else(|| "unknown version".into()),
         binary,
-        profile,
-        boot_timeout,
-        progress_timeout: Duration::from_secs(15),
-        qmp_timeout: Duration::from_secs(10),
-        prespawn,
+        machine: std::env::consts::ARCH.to_string(),
+        kvm: probe::probe_kvm(),
+        free_2m_hugepages: probe::free_2m_hugepages(),
+        total_2m_hugepages: huge.total,
+        guest_stamp: std::fs::read_to_string(env.guest_dir.join(arch.dir()).join("stamp")).ok(),
+        detail: format!(
+            "this machine ({}, kernel {})",
+            std::env::consts::ARCH,
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+        ),
     })
 }
 
-fn make_job_dir(work_dir: &Path) -> Result<PathBuf, String> {
-    static N: AtomicU32 = AtomicU32::new(0);
-    std::fs::create_dir_all(work_dir)
-        .map_err(|e| format!("cannot create work dir {}: {e}", work_dir.display()))?;
-    let dir = work_dir.join(format!(
-        "ms{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    // UNIX socket paths are limited to 107 bytes.
-    if dir.join("q999.sock").as_os_str().len() > 100 {
-        let _ = std::fs::remove_dir(&dir);
+async fn board_facts(
+    board: &crate::ssh_board::SshBoard,
+    arch: GuestArch,
+    kernel: &Path,
+    initrd: &Path,
+) -> Result<JobHostFacts, String> {
+    use crate::ssh_board::shell_quote;
+    let p = board.probe().await.map_err(|e| e.to_string())?;
+    let where_ = format!("the board {}", board.config().addr());
+    let (binary, qemu_version) = p.qemu.clone().ok_or_else(|| {
+        format!("qemu-system-{} is not installed on {where_} (not in its PATH)", arch.qemu())
+    })?;
+    let check = format!(
+        "for f in {} {}; do [ -f \"$f\" ] || echo \"missing $f\"; done; true",
+        shell_quote(&kernel.to_string_lossy()),
+        shell_quote(&initrd.to_string_lossy())
+    );
+    let out = board
+        .run(&check, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    let missing = out.stdout_text();
+    if !missing.trim().is_empty() {
         return Err(format!(
-            "work dir path too long for UNIX sockets: {}",
-            dir.display()
+            "guest image missing on {where_}: {} (the board's `guest_dir` must hold {}/vmlinuz and initrd.gz)",
+            missing.trim().replace('\n', ", "),
+            arch.dir()
         ));
     }
-    Ok(dir)
+    let kvm = armfleet_protocol::KvmStatus {
+        present: p.kvm_present,
+        accessible: p.kvm_present,
+        hardware: p.kvm_present,
+        note: (!p.kvm_present).then(|| format!("/dev/kvm does not exist on {where_}")),
+    };
+    let mode = p.kvm_mode.clone().unwrap_or_else(|| "KVM mode unknown".into());
+    Ok(JobHostFacts {
+        binary: PathBuf::from(binary),
+        qemu_version,
+        machine: p.machine.clone(),
+        kvm,
+        free_2m_hugepages: p.hugepages_free,
+        total_2m_hugepages: p.hugepages_total,
+        guest_stamp: None,
+        detail: format!(
+            "{}{} ({}, kernel {}, {})",
+            if board.config().emulated { "emulated arm64 board " } else { "SSH-driven board " },
+            board.config().addr(),
+            p.machine,
+            p.kernel_release,
+            mode
+        ),
+    })
 }
 
-fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandle<()>> {
+async fn start_kmsg(
+    host: &Host,
+    shared: &Arc<Shared>,
+    stop: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    if let Host::Ssh(board) = host {
+        return crate::kmsg::start_board_window(board.clone(), shared.clone(), stop).await;
+    }
     let logs = shared.logs.clone();
     let mut reader = match KmsgReader::open() {
         Ok(r) => r,
@@ -735,25 +876,7 @@ fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandl
                 Ok(items) => {
                     for it in items {
                         match it {
-                            KmsgItem::Record(r) => {
-                                let line = r.format(base);
-                                shared
-                                    .logs
-                                    .write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
-                                let idx =
-                                    shared.logs.rings.push(LogStream::HostDmesg, line.clone());
-                                if let Some(reason) =
-                                    (shared.detector)(LogStream::HostDmesg, &r.text)
-                                {
-                                    let _ = shared.fatal_tx.send(Finding {
-                                        stream: LogStream::HostDmesg,
-                                        reason,
-                                        line,
-                                        idx: Some(idx),
-                                        kind: FindingKind::Line,
-                                    });
-                                }
-                            }
+                            KmsgItem::Record(r) => host_log_record(&shared, &r, base),
                             KmsgItem::Missed { from, to } => {
                                 let line = format!(
                                     "MISSED {} records (#{}..#{}): overwritten in the kernel ring before they were read",
@@ -783,6 +906,25 @@ fn start_kmsg(shared: &Arc<Shared>, stop: CancellationToken) -> Option<JoinHandl
     }))
 }
 
+/// One record of the host kernel log window: stored, and checked for a
+/// fatal finding.
+pub(crate) fn host_log_record(shared: &Shared, r: &crate::kmsg::KmsgRecord, base: u64) {
+    let line = r.format(base);
+    shared
+        .logs
+        .write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
+    let idx = shared.logs.rings.push(LogStream::HostDmesg, line.clone());
+    if let Some(reason) = (shared.detector)(LogStream::HostDmesg, &r.text) {
+        let _ = shared.fatal_tx.send(Finding {
+            stream: LogStream::HostDmesg,
+            reason,
+            line,
+            idx: Some(idx),
+            kind: FindingKind::Line,
+        });
+    }
+}
+
 /// Heartbeat and markers seen on one VM's console.
 #[derive(Debug, Clone, Default)]
 struct ConsoleStatus {
@@ -797,10 +939,10 @@ struct Vm {
     name: String,
     proc: QemuProc,
     qmp: Qmp,
-    console_w: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    console_w: Arc<tokio::sync::Mutex<WriteHalf<BoxStream>>>,
     console: watch::Receiver<ConsoleStatus>,
     events: Arc<Mutex<Vec<String>>>,
-    /// `tcp:127.0.0.1:PORT` for a destination.
+    /// `unix:DIR/mN.sock` for a destination.
     uri: Option<String>,
 }
 
@@ -852,7 +994,9 @@ struct Launcher {
     profile: VmProfile,
     qmp_timeout: Duration,
     shared: Arc<Shared>,
-    dir: PathBuf,
+    host: Host,
+    /// The job's scratch directory on `host`.
+    dir: Arc<String>,
     bandwidth_mib_s: u64,
     downtime_limit_ms: u64,
 }
@@ -861,8 +1005,9 @@ impl Launcher {
     /// Spawns a QEMU, connects its console and QMP, configures migration.
     async fn start_vm(&self, index: u32, incoming: bool) -> Result<Vm, String> {
         let name = format!("vm{index}");
-        let qmp_sock = self.dir.join(format!("q{index}.sock"));
-        let con_sock = self.dir.join(format!("c{index}.sock"));
+        let qmp_sock = PathBuf::from(format!("{}/q{index}.sock", self.dir));
+        let con_sock = PathBuf::from(format!("{}/c{index}.sock", self.dir));
+        let pidfile = format!("{}/vm{index}.pid", self.dir);
         let args = self.profile.args(&Instance {
             name: &name,
             qmp_socket: &qmp_sock,
@@ -879,8 +1024,17 @@ impl Launcher {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
-        let proc = QemuProc::spawn(&self.binary, &args, &name, role, &self.shared)
-            .map_err(|e| format!("cannot execute {}: {e}", self.binary.display()))?;
+        let proc = QemuProc::spawn(
+            &self.host,
+            &self.binary,
+            &args,
+            &pidfile,
+            &name,
+            role,
+            &self.shared,
+        )
+        .await
+        .map_err(|e| format!("cannot execute {}: {e}", self.binary.display()))?;
         let died = |proc: &QemuProc, what: &str| {
             format!(
                 "{name} exited before {what} ({}); stderr: {}",
@@ -890,28 +1044,24 @@ impl Launcher {
         };
 
         // Console first: QEMU waits for it (wait=on) before doing anything else.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let stream = loop {
-            match UnixStream::connect(&con_sock).await {
-                Ok(s) => break s,
+        let connect_timeout = Duration::from_secs(20) * self.host.slowdown();
+        let con_path = con_sock.to_string_lossy().into_owned();
+        let mut exit_w = proc.exit_watch();
+        let stream = tokio::select! {
+            r = self.host.connect_unix(&con_path, connect_timeout) => match r {
+                Ok(s) => s,
                 Err(e) => {
-                    if proc.exited().is_some() {
-                        // let stderr drain
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        return Err(died(&proc, "its console socket appeared"));
-                    }
-                    if Instant::now() >= deadline {
-                        proc.kill();
-                        return Err(format!(
-                            "{name}: console socket {} not connectable: {e}",
-                            con_sock.display()
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    proc.kill();
+                    return Err(format!("{name}: console socket {con_path} not connectable: {e}"));
                 }
+            },
+            _ = async { let _ = exit_w.wait_for(|e| e.is_some()).await; } => {
+                // let stderr drain
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(died(&proc, "its console socket appeared"));
             }
         };
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         let console_w = Arc::new(tokio::sync::Mutex::new(wr));
         let (st_tx, st_rx) = watch::channel(ConsoleStatus::default());
         let h = tokio::spawn(console_reader(
@@ -930,9 +1080,10 @@ impl Launcher {
                 format!("+{:.3} {n2} {} {line}\n", logs.rel(), dir.arrow()).into_bytes(),
             );
         });
-        let mut exit_w = proc.exit_watch();
+        exit_w = proc.exit_watch();
+        let qmp_path = qmp_sock.to_string_lossy().into_owned();
         let (qmp, ev_rx) = tokio::select! {
-            r = Qmp::connect(&qmp_sock, transcript, Duration::from_secs(20)) => match r {
+            r = Qmp::connect_on(&self.host, &qmp_path, transcript, connect_timeout) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // QMP trouble is usually QEMU dying during start-up: say why.
@@ -1006,9 +1157,10 @@ impl Launcher {
             .await
             .map_err(|e| Stop::Infra(format!("destination failed to start: {e}")))?;
         let mut last_err = String::new();
-        for _ in 0..3 {
-            let port = free_port().map_err(|e| Stop::Infra(format!("no free TCP port: {e}")))?;
-            let uri = format!("tcp:127.0.0.1:{port}");
+        for attempt in 0..3 {
+            // A UNIX socket in the job's directory: no port to pick, on
+            // this machine or on a board.
+            let uri = format!("unix:{}/m{index}-{attempt}.sock", self.dir);
             match vm
                 .qmp
                 .execute(
@@ -1670,29 +1822,15 @@ fn is_in_progress(s: &str) -> bool {
     )
 }
 
-fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
+use crate::ssh_board::shell_quote;
 
 /// Reads one VM's console until QEMU closes it. Holds a reference to the
 /// write half: dropping the last one shuts the socket down for writing,
 /// and QEMU then drops the whole connection — losing the rest of e.g. a
 /// panic trace. So the write half lives exactly as long as the reader.
 async fn console_reader(
-    mut rd: tokio::net::unix::OwnedReadHalf,
-    _keep_writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    mut rd: ReadHalf<BoxStream>,
+    _keep_writer: Arc<tokio::sync::Mutex<WriteHalf<BoxStream>>>,
     shared: Arc<Shared>,
     status: watch::Sender<ConsoleStatus>,
 ) {

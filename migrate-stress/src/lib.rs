@@ -23,11 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use armfleet_protocol::{
-    CycleRecord, HugepageInfo, JobResult, KvmStatus, LogStream, MigrateCancelParams, QemuBinary,
+    CycleRecord, HostKind, HugepageInfo, JobResult, KvmStatus, LogStream, MigrateCancelParams,
+    QemuBinary, RunEnvironment,
 };
 
 mod logs;
 mod proc;
+
+pub mod host;
+pub mod ssh_board;
 
 pub mod job;
 pub mod kmsg;
@@ -61,6 +65,8 @@ pub struct StressEnv {
     pub job_timeout: Option<Duration>,
     /// Lab-side fault injection for tests of the executor itself.
     pub fault_hooks: FaultHooks,
+    /// Run the guests on this SSH-driven board instead of this machine.
+    pub board: Option<ssh_board::SshBoardConfig>,
 }
 
 /// Faults the executor can inject on the host side (tests). Guest-side
@@ -82,6 +88,7 @@ impl StressEnv {
             qemu_binary: None,
             job_timeout: None,
             fault_hooks: FaultHooks::default(),
+            board: None,
         }
     }
 
@@ -105,6 +112,9 @@ pub enum StressEvent {
     /// One cycle finished (also sent, with `guest_alive: false`, for the
     /// cycle a fatal finding interrupted).
     Cycle(CycleRecord),
+    /// Where the guests run and under which accelerator (once, before the
+    /// first guest starts).
+    Environment(RunEnvironment),
 }
 
 /// Markers of a kernel or hypervisor failure, per stream.

@@ -19,6 +19,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 enum Msg {
     Data(LogStream, Vec<u8>),
     Cycle(CycleRecord),
+    Environment(crate::RunEnvironment),
     Flush(oneshot::Sender<()>),
 }
 
@@ -66,6 +67,17 @@ impl Logs {
         let _ = self.tx.send(Msg::Cycle(rec));
     }
 
+    /// Where the job runs, once decided.
+    pub fn environment(&self, env: crate::RunEnvironment) {
+        self.agent(format!(
+            "environment: {} host, accel {}, {}",
+            env.host.as_str(),
+            env.accel,
+            env.detail
+        ));
+        let _ = self.tx.send(Msg::Environment(env));
+    }
+
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
@@ -89,6 +101,9 @@ async fn logger(mut rx: mpsc::UnboundedReceiver<Msg>, events: mpsc::Sender<Stres
                         let chunk = std::mem::replace(buf, rest);
                         let _ = events.send(StressEvent::Log { stream, data: chunk }).await;
                     }
+                }
+                Some(Msg::Environment(env)) => {
+                    let _ = events.send(StressEvent::Environment(env)).await;
                 }
                 Some(Msg::Cycle(rec)) => {
                     flush_all(&mut bufs, &events).await;
@@ -251,6 +266,7 @@ mod tests {
                     got.extend(data);
                 }
                 StressEvent::Cycle(_) => saw_cycle = true,
+                StressEvent::Environment(_) => {}
             }
         }
         assert!(saw_cycle);

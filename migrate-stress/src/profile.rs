@@ -73,6 +73,11 @@ pub struct VmProfile {
     pub initrd: PathBuf,
     pub dirty_percent: u32,
     pub heartbeat_ms: u32,
+    /// `quiet` on the guest's command line: on an emulated board every
+    /// console byte is an exit its own emulated QEMU handles, and the boot
+    /// log alone costs ~30 s (crash reports still print: they are above
+    /// the quiet log level).
+    pub quiet: bool,
 }
 
 /// Per-instance sockets and name.
@@ -115,10 +120,11 @@ impl VmProfile {
 
     pub fn kernel_cmdline(&self) -> String {
         format!(
-            "console={} panic=-1 armfleet.dirty={} armfleet.hb_ms={}",
+            "console={} panic=-1 armfleet.dirty={} armfleet.hb_ms={}{}",
             self.arch.console(),
             self.dirty_percent,
-            self.heartbeat_ms
+            self.heartbeat_ms,
+            if self.quiet { " quiet" } else { "" }
         )
     }
 
@@ -251,6 +257,7 @@ mod tests {
             initrd: "/g/initrd.gz".into(),
             dirty_percent: 50,
             heartbeat_ms: 100,
+            quiet: false,
         }
     }
 

@@ -1,4 +1,5 @@
-//! A small asynchronous QMP client over a UNIX socket.
+//! A small asynchronous QMP client over a UNIX socket (on this machine, or
+//! on an SSH-driven board through a forwarded stream).
 //!
 //! * reads the greeting and negotiates `qmp_capabilities`,
 //! * runs commands with numeric ids and a timeout each (responses are
@@ -14,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+
+use crate::host::{BoxStream, Host};
 use tokio::sync::{mpsc, oneshot};
 
 /// Direction of a transcript line.
@@ -74,7 +75,7 @@ pub enum QmpError {
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Value, QmpError>>>>;
 
 struct Inner {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf<BoxStream>>,
     pending: Pending,
     next_id: AtomicU64,
     closed: AtomicBool,
@@ -88,30 +89,33 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    /// Connects (retrying until `timeout` while the socket does not exist
-    /// yet), reads the greeting and enters command mode.
+    /// Connects to a socket on this machine (retrying until `timeout` while
+    /// it does not exist yet), reads the greeting and enters command mode.
     pub async fn connect(
         path: &Path,
         transcript: Transcript,
         timeout: Duration,
     ) -> Result<(Qmp, mpsc::UnboundedReceiver<QmpEvent>), QmpError> {
+        Qmp::connect_on(&Host::Local, &path.to_string_lossy(), transcript, timeout).await
+    }
+
+    /// The same on the job's host.
+    pub async fn connect_on(
+        host: &Host,
+        path: &str,
+        transcript: Transcript,
+        timeout: Duration,
+    ) -> Result<(Qmp, mpsc::UnboundedReceiver<QmpEvent>), QmpError> {
         let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    if Instant::now() >= deadline {
-                        return Err(QmpError::Connect {
-                            path: path.display().to_string(),
-                            msg: e.to_string(),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        };
-        transcript(Dir::Note, &format!("connected to {}", path.display()));
-        let (rd, wr) = stream.into_split();
+        let stream = host
+            .connect_unix(path, timeout)
+            .await
+            .map_err(|e| QmpError::Connect {
+                path: path.to_string(),
+                msg: e.to_string(),
+            })?;
+        transcript(Dir::Note, &format!("connected to {path}"));
+        let (rd, wr) = tokio::io::split(stream);
         let mut lines = BufReader::new(rd).lines();
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -214,7 +218,7 @@ impl Qmp {
 }
 
 async fn reader(
-    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    mut lines: tokio::io::Lines<BufReader<ReadHalf<BoxStream>>>,
     inner: Arc<Inner>,
     events: mpsc::UnboundedSender<QmpEvent>,
 ) {

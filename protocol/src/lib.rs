@@ -33,4 +33,9 @@ pub use messages::*;
 ///
 /// v4: `LogChunk::encoding`: agents gzip their log chunks and the server
 /// stores them as they arrive, after checking them (see [`chunk`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+///
+/// v5: where a result came from: `BoardFacts::host_kind` (hardware,
+/// emulated, simulated), `ssh_board` and `kvm_mode`, and
+/// `JobFinished::environment` (the host kind and the accelerator the job
+/// really used).
+pub const PROTOCOL_VERSION: u32 = 5;

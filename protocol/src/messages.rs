@@ -35,6 +35,10 @@ pub enum AgentMessage {
         job_id: i64,
         epoch: i64,
         result: JobResult,
+        /// Where the job's guests really ran and under which accelerator
+        /// (absent: the job never got as far as deciding, or an older agent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<RunEnvironment>,
     },
     /// How a [`ServerMessage::Boot`] went on the agent's side. `Rebooting`
     /// is the last thing the agent says before it boots the build; the server
@@ -170,6 +174,15 @@ pub struct BoardFacts {
     /// known-good kernel).
     #[serde(default)]
     pub build_id: Option<i64>,
+    /// Hardware, emulated (the virtual arm64 board) or simulated.
+    #[serde(default)]
+    pub host_kind: HostKind,
+    /// For an SSH-driven board: how the controller reaches it (`user@host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_board: Option<String>,
+    /// `vhe` or `nvhe`, from the board's boot log, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -197,6 +210,56 @@ pub struct HugepageInfo {
     pub size_kib: u64,
     pub total: u64,
     pub free: u64,
+}
+
+/// What kind of host produced a result. Only hardware and emulated hosts
+/// run real KVM code; simulated ones replay recorded logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKind {
+    /// A real board.
+    #[default]
+    Hardware,
+    /// The virtual arm64 board: real KVM/arm64 code, nested under QEMU TCG.
+    Emulated,
+    /// Replayed logs: demos and scale tests.
+    Simulated,
+}
+
+impl HostKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKind::Hardware => "hardware",
+            HostKind::Emulated => "emulated",
+            HostKind::Simulated => "simulated",
+        }
+    }
+    /// How pages and exports name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            HostKind::Hardware => "hardware",
+            HostKind::Emulated => "emulated arm64 (nested KVM under TCG)",
+            HostKind::Simulated => "simulated",
+        }
+    }
+    pub fn parse(s: &str) -> Option<HostKind> {
+        match s {
+            "hardware" => Some(HostKind::Hardware),
+            "emulated" => Some(HostKind::Emulated),
+            "simulated" => Some(HostKind::Simulated),
+            _ => None,
+        }
+    }
+}
+
+/// Where a job's guests ran, as the executor decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnvironment {
+    pub host: HostKind,
+    /// `kvm`, `tcg` or `none` (replay).
+    pub accel: String,
+    /// In words: the host, its kernel, the KVM mode.
+    pub detail: String,
 }
 
 /// How a board executes stress jobs.

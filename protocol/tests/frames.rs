@@ -58,6 +58,7 @@ fn sample_messages() -> Vec<Frame<AgentMessage>> {
                 reason: "guest abort".into(),
                 evidence: vec!["Unable to handle kernel TLB conflict abort".into()],
             },
+            environment: None,
         }),
     ]
 }

@@ -78,7 +78,7 @@ pub async fn set_online(
     server_id: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE boards SET state = 'idle', facts = $2, executor = $3, simulated = $4, server_id = $5,
+        "UPDATE boards SET state = 'idle', facts = $2, executor = $3, simulated = $4, server_id = $5, host_kind = $7,
             connected_at = now(), last_heartbeat = now(), offline_reason = NULL, updated_at = now(),
             build_id = (SELECT id FROM builds WHERE id = $6)
          WHERE name = $1",
@@ -89,6 +89,7 @@ pub async fn set_online(
     .bind(facts.executor.is_simulated())
     .bind(server_id)
     .bind(facts.build_id)
+    .bind(facts.host_kind.as_str())
     .execute(pool)
     .await
     .map(|_| ())
@@ -139,6 +140,8 @@ pub struct BoardRow {
     pub facts: Option<serde_json::Value>,
     pub executor: Option<String>,
     pub simulated: bool,
+    /// `hardware`, `emulated` (the virtual arm64 board) or `simulated`.
+    pub host_kind: String,
     pub connected_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
     pub offline_reason: Option<String>,
@@ -146,7 +149,7 @@ pub struct BoardRow {
 
 pub async fn list(pool: &PgPool) -> Result<Vec<BoardRow>, sqlx::Error> {
     sqlx::query_as::<_, BoardRow>(
-        "SELECT name, family, arch, labels, state, facts, executor, simulated, connected_at,
+        "SELECT name, family, arch, labels, state, facts, executor, simulated, host_kind, connected_at,
                 last_heartbeat, offline_reason
          FROM boards WHERE state <> 'retired' ORDER BY family, name",
     )
@@ -159,7 +162,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<BoardRow>, sqlx::Error> {
 /// One board, retired or not.
 pub async fn get(pool: &PgPool, name: &str) -> Result<Option<BoardRow>, sqlx::Error> {
     sqlx::query_as::<_, BoardRow>(
-        "SELECT name, family, arch, labels, state, facts, executor, simulated, connected_at,
+        "SELECT name, family, arch, labels, state, facts, executor, simulated, host_kind, connected_at,
                 last_heartbeat, offline_reason
          FROM boards WHERE name = $1",
     )

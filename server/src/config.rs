@@ -29,6 +29,9 @@ pub enum Family {
     GenericArm64,
     /// QEMU's `virt` machine standing in for a board (development).
     QemuVirt,
+    /// The virtual arm64 board: an emulated arm64 host with real KVM/arm64,
+    /// nested under QEMU TCG and driven over SSH (`armfleet-agent vboard`).
+    VirtArm64,
     /// x86-64 hosts (the executor is not arm64-only).
     X86_64,
 }
@@ -44,6 +47,7 @@ impl Family {
             Family::Rpi5 => "rpi5",
             Family::GenericArm64 => "generic-arm64",
             Family::QemuVirt => "qemu-virt",
+            Family::VirtArm64 => "virt-arm64",
             Family::X86_64 => "x86-64",
         }
     }
@@ -57,6 +61,7 @@ impl Family {
             Family::Rpi5 => "Raspberry Pi 5",
             Family::GenericArm64 => "Generic arm64",
             Family::QemuVirt => "QEMU virt",
+            Family::VirtArm64 => "Virtual arm64 board (emulated)",
             Family::X86_64 => "x86-64",
         }
     }

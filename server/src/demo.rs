@@ -3,8 +3,11 @@
 //! It starts the server on a private PostgreSQL, makes a key pair per board
 //! of the embedded fleet (the root `fleet.toml`), starts one agent process
 //! per board, and tests two kernels: a clean parent and a child that the
-//! demo plan marks buggy. Boards without real QEMU guests run the replay
-//! executor and everything they produce is labelled simulated.
+//! demo plan marks buggy. The fleet's `virt-arm64` board is a real virtual
+//! arm64 board where this host can run one (`armfleet-agent vboard run`;
+//! its jobs run their guests under KVM/arm64 nested in QEMU TCG, labelled
+//! *emulated*), driven over SSH by a controller agent; the other boards run
+//! the replay executor and everything they produce is labelled simulated.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,8 +42,9 @@ pub struct DemoArgs {
     /// private PostgreSQL (run as `postgres` under root) could not reach it.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Executor for the agents: `auto` (the first board runs real QEMU
-    /// guests where this host can, the others replay), `qemu` (all), `replay` (all).
+    /// Executor for the agents: `auto` (the virtual arm64 board runs where
+    /// this host can, the others replay), `qemu` (all boards run real QEMU
+    /// guests), `replay` (all simulated).
     #[arg(long, default_value = "auto")]
     pub executor: String,
     /// Exit once both kernels are tested instead of serving until Ctrl-C.
@@ -61,6 +65,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .parse()
         .context("parsing the embedded fleet.toml")?;
     let mut board_names = Vec::new();
+    // The virtual arm64 board, when this host can run it.
+    let vboard_image = crate::demo::vboard_image();
+    let mut vboard_board: Option<String> = None;
     if let Some(toml::Value::Array(boards)) = fleet.get_mut("board") {
         for board in boards.iter_mut().filter_map(|b| b.as_table_mut()) {
             let name = board
@@ -68,6 +75,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .and_then(|v| v.as_str())
                 .unwrap_or_default()
                 .to_owned();
+            let virtual_board = board.get("family").and_then(|v| v.as_str()) == Some("virt-arm64");
+            if virtual_board && args.executor != "replay" {
+                match &vboard_image {
+                    Ok(_) => {
+                        vboard_board = Some(name.clone());
+                        // Power-cycled through its own QMP.
+                        board.insert(
+                            "power_cycle".into(),
+                            toml::Value::Array(vec![
+                                agent_exe.display().to_string().into(),
+                                "vboard".into(),
+                                "power-cycle".into(),
+                                "--state".into(),
+                                data_dir.join("vboard").display().to_string().into(),
+                            ]),
+                        );
+                    }
+                    Err(why) => println!(
+                        "armfleet demo: {name} will be SIMULATED (replay): no virtual arm64 board here: {why}"
+                    ),
+                }
+            }
             let key_path = keys_dir.join(&name);
             let public = make_agent_key(&agent_exe, &key_path).await?;
             board.remove("key_file");
@@ -122,15 +151,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let server_task = tokio::spawn(server.run(http, ssh, shutdown.clone()));
 
     let mut agents: BTreeMap<String, Child> = BTreeMap::new();
-    for (i, name) in board_names.iter().enumerate() {
-        // `auto`: the first board runs real QEMU guests when this host can,
-        // the others are simulated, so the demo shows both a real stress job
-        // and the replayed abort of the buggy child kernel.
+    let mut vboard_process = None;
+    if let Some(name) = &vboard_board {
+        let (vboard, ssh_board) = start_vboard(&agent_exe, &data_dir, &keys_dir).await?;
+        vboard_process = Some(vboard);
+        let dir = data_dir.join("agents").join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("agent.toml"), ssh_board)?;
+    }
+    for name in &board_names {
+        // `auto`: the virtual arm64 board (when this host can run it) runs
+        // real stress jobs under KVM/arm64, the others are simulated, so the
+        // demo shows both a real stress job and the replayed abort of the
+        // buggy child kernel.
+        let is_vboard = vboard_board.as_deref() == Some(name.as_str());
         let executor = match args.executor.as_str() {
-            "auto" if i > 0 => "replay",
+            "auto" | "qemu" if is_vboard => "qemu",
+            "auto" => "replay",
             other => other,
         };
-        let child = Command::new(&agent_exe)
+        let mut command = Command::new(&agent_exe);
+        if is_vboard {
+            command
+                .arg("--config")
+                .arg(data_dir.join("agents").join(name).join("agent.toml"));
+        }
+        let child = command
             .arg("--server")
             .arg(ssh_addr.to_string())
             .arg("--board")
@@ -174,9 +220,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         if online == board_names.len() {
             break;
         }
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > Duration::from_secs(180) {
             bail!(
-                "the demo agents did not come online within 60 s; see {}/agent-*.log",
+                "the demo agents did not come online within 180 s; see {}/agent-*.log",
                 data_dir.display()
             );
         }
@@ -308,6 +354,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
+    if let Some(mut vboard) = vboard_process {
+        // SIGTERM: the supervisor stops the board's QEMU.
+        if let Some(pid) = vboard.id() {
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), vboard.wait()).await;
+    }
     shutdown.cancel();
     server_task.await.context("server task panicked")??;
     Ok(())
@@ -325,8 +378,8 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
             .fetch_one(pool)
             .await?;
         let verdicts = crate::verdicts::for_kernel(pool, *kernel).await?;
-        let boards: Vec<(String, String, bool)> = sqlx::query_as(
-            "SELECT b.family, j.board, bool_or(j.simulated) FROM jobs j JOIN boards b ON b.name = j.board
+        let boards: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT b.family, j.board, max(j.host_kind), max(j.accel) FROM jobs j JOIN boards b ON b.name = j.board
              WHERE j.kernel_id = $1 GROUP BY b.family, j.board ORDER BY j.board",
         )
         .bind(kernel)
@@ -335,12 +388,16 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
         for v in verdicts {
             let on: Vec<String> = boards
                 .iter()
-                .filter(|(f, _, _)| *f == v.family)
-                .map(|(_, b, sim)| {
-                    if *sim {
-                        format!("{b} (simulated)")
-                    } else {
-                        format!("{b} (real QEMU)")
+                .filter(|(f, _, _, _)| *f == v.family)
+                .map(|(_, b, host, accel)| {
+                    let host = host
+                        .as_deref()
+                        .and_then(armfleet_protocol::HostKind::parse)
+                        .map(|h| h.label())
+                        .unwrap_or("host unknown");
+                    match accel.as_deref() {
+                        Some(a) if a != "none" => format!("{b} ({host}, {a})"),
+                        _ => format!("{b} ({host})"),
                     }
                 })
                 .collect();
@@ -378,6 +435,89 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// The virtual arm64 board's image and QEMU, or why this host cannot run it.
+pub fn vboard_image() -> Result<PathBuf, String> {
+    let image = std::env::var_os("ARMFLEET_VBOARD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/armfleet/vboard")
+        });
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    if std::env::var_os("ARMFLEET_QEMU_AARCH64").is_none() && !on_path("qemu-system-aarch64") {
+        return Err("qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)".into());
+    }
+    if !image.join("vmlinuz").is_file() || !image.join("initrd.gz").is_file() {
+        return Err(format!(
+            "no image in {} (build it with agent/vboard/build.sh, as root)",
+            image.display()
+        ));
+    }
+    Ok(image)
+}
+
+/// Boots the virtual arm64 board under `DATA/vboard` and makes the
+/// controller key that drives it; returns its supervisor and the agent.toml
+/// of its controller agent.
+async fn start_vboard(
+    agent: &Path,
+    data_dir: &Path,
+    keys_dir: &Path,
+) -> anyhow::Result<(Child, String)> {
+    let state = data_dir.join("vboard");
+    std::fs::create_dir_all(&state)?;
+    let controller = keys_dir.join("vboard-controller");
+    make_agent_key(agent, &controller).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _ = std::fs::remove_file(state.join("vboard.json"));
+    let log = data_dir.join("vboard.log");
+    let child = Command::new(agent)
+        .args(["vboard", "run", "--ssh-port", &port.to_string()])
+        .arg("--state")
+        .arg(&state)
+        .arg("--authorized-key")
+        .arg(controller.with_extension("pub"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} vboard run", agent.display()))?;
+    println!(
+        "armfleet demo: booting the virtual arm64 board (KVM/arm64 nested under QEMU TCG; console {}/console.log)",
+        state.display()
+    );
+    let started = Instant::now();
+    let json = state.join("vboard.json");
+    let info: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&json)
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            break v;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the virtual arm64 board did not answer on SSH within 600 s; see {} and {}/console.log",
+                log.display(),
+                state.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "armfleet demo: virtual arm64 board up after {:.0} s (ssh root@127.0.0.1 -p {port})",
+        started.elapsed().as_secs_f64()
+    );
+    let host_key = info["host_key"].as_str().unwrap_or_default();
+    let ssh_board = format!(
+        "[ssh_board]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"root\"\nhost_key = \"{host_key}\"\nkey = \"{}\"\nemulated = true\n",
+        controller.display()
+    );
+    Ok((child, ssh_board))
 }
 
 /// `.armfleet-demo` in the current directory, unless the embedded

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use armfleet_protocol::ServerMessage;
+use armfleet_protocol::{HostKind, ServerMessage};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ struct Session {
     /// When `boards.last_heartbeat` was last written for this session.
     last_recorded: Option<Instant>,
     executor: &'static str,
-    simulated: bool,
+    host: HostKind,
     /// The key the agent authenticated with (revoked keys close the session).
     key: Vec<u8>,
     /// Cancelled to close the connection from the server side.
@@ -87,7 +87,7 @@ impl Dispatcher {
         key: Vec<u8>,
         tx: mpsc::Sender<ServerMessage>,
         executor: &'static str,
-        simulated: bool,
+        host: HostKind,
         shutdown: &CancellationToken,
     ) -> SessionTicket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +100,7 @@ impl Dispatcher {
                 last_seen: Instant::now(),
                 last_recorded: None,
                 executor,
-                simulated,
+                host,
                 key,
                 close: close.clone(),
             },
@@ -232,15 +232,15 @@ impl Dispatcher {
         let Some(max_jobs) = self.fleet().board(board).map(|b| b.max_jobs) else {
             return;
         };
-        let (tx, executor, simulated) = {
+        let (tx, executor, host) = {
             let sessions = self.sessions.lock().unwrap();
             match sessions.get(board) {
-                Some(s) => (s.tx.clone(), s.executor, s.simulated),
+                Some(s) => (s.tx.clone(), s.executor, s.host),
                 None => return,
             }
         };
         let deadline = self.fleet().server.assign_deadline_s;
-        match jobs::claim_next(&self.pool, board, max_jobs, executor, simulated, deadline).await {
+        match jobs::claim_next(&self.pool, board, max_jobs, executor, host, deadline).await {
             Ok(jobs::Claim::NeedsBoot { build_id }) => {
                 match crate::deploy::record_start(&self.pool, &self.fleet(), board, build_id).await
                 {

@@ -13,7 +13,7 @@
 //!   └───────────┴────────────┴──────► lost | cancelled
 //! ```
 
-use armfleet_protocol::{CycleRecord, JobResult, JobSpec};
+use armfleet_protocol::{CycleRecord, HostKind, JobResult, JobSpec, RunEnvironment};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -120,9 +120,12 @@ pub struct TransitionEffects<'a> {
     pub result: Option<&'a JobResult>,
     /// For `assigned`: seconds until the assignment expires.
     pub assign_deadline_s: Option<u64>,
-    /// For `assigned`: the executor the board runs jobs with, and whether
-    /// it is simulated (shown with every result).
-    pub executor: Option<(&'a str, bool)>,
+    /// For `assigned`: the executor the board runs jobs with, and the kind
+    /// of host it is (shown with every result).
+    pub executor: Option<(&'a str, HostKind)>,
+    /// At the end: where the guests really ran, as the agent reported it
+    /// (it overrides the board's kind taken at the claim).
+    pub environment: Option<&'a RunEnvironment>,
 }
 
 /// Moves `job` to `to`, if the state machine allows it and, for a move an
@@ -213,6 +216,9 @@ pub async fn transition_locked(
                 lease_expires_at = CASE WHEN $4 THEN NULL ELSE lease_expires_at END,
                 executor = COALESCE($10, executor),
                 simulated = COALESCE($11, simulated),
+                host_kind = COALESCE($12, host_kind),
+                accel = COALESCE($13, accel),
+                run_detail = COALESCE($14, run_detail),
                 updated_at = now()
              WHERE id = ANY($1)
              RETURNING id, epoch),
@@ -231,7 +237,22 @@ pub async fn transition_locked(
     .bind(reason.as_deref())
     .bind(from.as_str())
     .bind(effects.executor.map(|(e, _)| e))
-    .bind(effects.executor.map(|(_, s)| s))
+    .bind(
+        effects
+            .environment
+            .map(|e| e.host)
+            .or(effects.executor.map(|(_, h)| h))
+            .map(|h| h == HostKind::Simulated),
+    )
+    .bind(
+        effects
+            .environment
+            .map(|e| e.host)
+            .or(effects.executor.map(|(_, h)| h))
+            .map(HostKind::as_str),
+    )
+    .bind(effects.environment.map(|e| e.accel.as_str()))
+    .bind(effects.environment.map(|e| e.detail.as_str()))
     .fetch_all(&mut **tx)
     .await?;
     Ok(moved)
@@ -264,7 +285,7 @@ pub async fn claim_next(
     board: &str,
     max_active: u32,
     executor: &str,
-    simulated: bool,
+    host: HostKind,
     assign_deadline_s: u64,
 ) -> Result<Claim<Vec<Assignment>>, JobError> {
     let mut tx = pool.begin().await?;
@@ -331,7 +352,7 @@ pub async fn claim_next(
         JobState::Assigned,
         TransitionEffects {
             assign_deadline_s: Some(assign_deadline_s),
-            executor: Some((executor, simulated)),
+            executor: Some((executor, host)),
             ..Default::default()
         },
     )
@@ -405,6 +426,7 @@ pub async fn finish(
     board: &str,
     epoch: i64,
     result: &JobResult,
+    environment: Option<&RunEnvironment>,
 ) -> Result<JobState, JobError> {
     let to = JobState::from_result(result);
     let mut tx = pool.begin().await?;
@@ -415,6 +437,7 @@ pub async fn finish(
         Some((board, epoch)),
         TransitionEffects {
             result: Some(result),
+            environment,
             ..Default::default()
         },
     )
@@ -642,6 +665,12 @@ pub struct JobRow {
     pub epoch: i64,
     pub executor: Option<String>,
     pub simulated: bool,
+    /// `hardware`, `emulated` or `simulated`: where the guests ran.
+    pub host_kind: Option<String>,
+    /// `kvm`, `tcg` or `none`: the accelerator the guests really used.
+    pub accel: Option<String>,
+    /// Where the job ran, in words (host, kernel, KVM mode).
+    pub run_detail: Option<String>,
     pub cycles_total: i32,
     pub cycles_completed: i32,
     pub failed_cycle: Option<i32>,
@@ -657,7 +686,7 @@ pub struct JobRow {
 
 const JOB_SELECT: &str =
     "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
-        j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
+        j.host_kind, j.accel, j.run_detail, j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
         k.tree, k.branch, k.commit_sha, j.created_at, j.started_at, j.finished_at
      FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
 

@@ -264,7 +264,7 @@ async fn agent_session(
         key,
         tx,
         executor.as_str(),
-        executor.is_simulated(),
+        hello.facts.host_kind,
         &shutdown,
     );
     if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts, &state.server_id).await {
@@ -532,8 +532,9 @@ async fn handle_frame(
             job_id,
             epoch,
             result,
+            environment,
         } => {
-            let to = jobs::finish(pool, *job_id, board, *epoch, result).await?;
+            let to = jobs::finish(pool, *job_id, board, *epoch, result, environment.as_ref()).await?;
             tracing::info!(board, job = job_id, state = to.as_str(), "job finished");
             state.analysis.push(*job_id);
             state.log_budget.forget(*job_id);

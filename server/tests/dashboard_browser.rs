@@ -480,6 +480,7 @@ async fn an_advancing_job_updates_the_open_job_and_fleet_pages_without_a_reload(
         &armfleet_protocol::JobResult::Passed {
             cycles_completed: 11,
         },
+        None,
     )
     .await
     .unwrap();

@@ -370,6 +370,7 @@ async fn live_streams_push_board_state_progress_cycles_and_log_lines() {
             &armfleet_protocol::JobResult::Passed {
                 cycles_completed: 8,
             },
+            None,
         )
         .await
         .unwrap();

@@ -186,6 +186,7 @@ async fn stale_epochs_and_results_for_lost_jobs_are_refused() {
         result: armfleet_protocol::JobResult::Passed {
             cycles_completed: 3,
         },
+        environment: None,
     };
     write_frame(&mut raw, &Frame::new(stale)).await.unwrap();
     let ack = next_frame(&mut raw).await;
@@ -213,6 +214,7 @@ async fn stale_epochs_and_results_for_lost_jobs_are_refused() {
         result: armfleet_protocol::JobResult::Passed {
             cycles_completed: 20,
         },
+        environment: None,
     };
     write_frame(&mut raw, &Frame::new(late)).await.unwrap();
     // (The server also tells the board to stop the job it declared lost.)
@@ -272,6 +274,7 @@ async fn a_corrupt_gzip_chunk_is_refused_and_the_chunks_around_it_are_kept() {
             result: armfleet_protocol::JobResult::Passed {
                 cycles_completed: 1,
             },
+            environment: None,
         }),
     ] {
         write_frame(&mut raw, &frame).await.unwrap();

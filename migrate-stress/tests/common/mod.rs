@@ -96,6 +96,7 @@ pub struct Collected {
     pub agent: String,
     pub cycles: Vec<CycleRecord>,
     pub max_chunk: usize,
+    pub environment: Option<armfleet_migrate_stress::RunEnvironment>,
 }
 
 impl Collected {
@@ -138,6 +139,7 @@ pub async fn run_job(
                     }
                 }
                 StressEvent::Cycle(r) => c.cycles.push(r),
+                StressEvent::Environment(e) => c.environment = Some(e),
             }
         }
         c

@@ -442,3 +442,147 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// A virtual arm64 board (`armfleet-agent vboard run`) booted for a test,
+/// with the controller key pair that drives it. Stopped when dropped.
+pub struct VirtualBoard {
+    pub state: PathBuf,
+    pub controller_key: PathBuf,
+    pub port: u16,
+    pub info: serde_json::Value,
+    child: Child,
+}
+
+/// The image `agent/vboard/build.sh` makes, and QEMU: skips loudly, or
+/// fails under `ARMFLEET_REQUIRE_QEMU=1`, when either is missing.
+pub fn vboard_ready() -> bool {
+    let image = std::env::var_os("ARMFLEET_VBOARD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/armfleet/vboard")
+        });
+    let qemu = armfleet_migrate_stress::probe::find_qemu("aarch64").is_some();
+    let built = image.join("vmlinuz").is_file() && image.join("initrd.gz").is_file();
+    if qemu && built {
+        return true;
+    }
+    let why = if !qemu {
+        "qemu-system-aarch64 is not installed".to_owned()
+    } else {
+        format!(
+            "no virtual board image in {} (agent/vboard/build.sh)",
+            image.display()
+        )
+    };
+    if std::env::var("ARMFLEET_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
+        panic!("ARMFLEET_REQUIRE_QEMU=1 but {why}");
+    }
+    eprintln!("\n******** SKIPPED (not passing): {why} — run scripts/test as root ********\n");
+    false
+}
+
+impl VirtualBoard {
+    /// Boots one in `dir` (`mode`: vhe or nvhe) and waits until its SSH
+    /// answers.
+    pub async fn boot(dir: &Path, name: &str, mode: &str) -> VirtualBoard {
+        let state = dir.join(format!("vboard-{name}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let controller = keygen(dir, &format!("controller-{name}")).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin("armfleet-agent"))
+            .args(["vboard", "run", "--mode", mode, "--ssh-port", &port.to_string()])
+            .arg("--state")
+            .arg(&state)
+            .arg("--authorized-key")
+            .arg(controller.path.with_extension("pub"))
+            .env("ARMFLEET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting armfleet-agent vboard run");
+        let json = state.join("vboard.json");
+        let info: serde_json::Value = wait_for(
+            "the virtual board's SSH",
+            Duration::from_secs(600),
+            || async {
+                let text = std::fs::read_to_string(&json).ok()?;
+                serde_json::from_str(&text).ok()
+            },
+        )
+        .await;
+        VirtualBoard {
+            state,
+            controller_key: controller.path,
+            port,
+            info,
+            child,
+        }
+    }
+
+    /// The `[ssh_board]` table an agent needs to drive it.
+    pub fn ssh_board_toml(&self, host_key: &str) -> String {
+        format!(
+            "[ssh_board]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nhost_key = \"{host_key}\"\nkey = \"{}\"\nemulated = true\n",
+            self.port,
+            self.controller_key.display()
+        )
+    }
+
+    pub fn host_key(&self) -> String {
+        self.info["host_key"].as_str().unwrap().to_owned()
+    }
+
+    /// The migrate-stress SSH client's view of the board, for checks.
+    pub fn ssh_config(&self) -> armfleet_migrate_stress::ssh_board::SshBoardConfig {
+        armfleet_migrate_stress::ssh_board::SshBoardConfig {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: "root".into(),
+            host_key: self.host_key(),
+            key: self.controller_key.clone(),
+            guest_dir: "/guest".into(),
+            work_dir: "/run/armfleet".into(),
+            emulated: true,
+        }
+    }
+
+    /// Runs a shell command on the board over SSH.
+    pub async fn sh(&self, cmd: &str) -> String {
+        let b = armfleet_migrate_stress::ssh_board::SshBoard::connect(&self.ssh_config())
+            .await
+            .expect("SSH to the virtual board");
+        let out = b.run(cmd, Duration::from_secs(60)).await.expect(cmd);
+        b.disconnect().await;
+        out.stdout_text()
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.state.join("console.log")).unwrap_or_default()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+impl TestServer {
+    /// An agent on this machine acting as the lab controller of an
+    /// SSH-driven board, configured through agent.toml's `[ssh_board]`.
+    pub fn controller_agent(&self, board: &str, key: &Path, ssh_board_toml: &str) -> TestAgent {
+        let state_dir = self
+            .dir
+            .path()
+            .join(format!("controller-{board}-{}", rand::random::<u16>()));
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let config = state_dir.join("agent.toml");
+        std::fs::write(&config, ssh_board_toml).unwrap();
+        let config = config.display().to_string();
+        self.agent_in(board, key, &state_dir, &["--config", &config])
+    }
+}

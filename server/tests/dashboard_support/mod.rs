@@ -118,6 +118,9 @@ pub fn facts(kernel: &str, implementer: &str) -> BoardFacts {
             free: 480,
         },
         executor: ExecutorKind::Replay,
+        host_kind: armfleet_protocol::HostKind::Simulated,
+        ssh_board: None,
+        kvm_mode: None,
         build_id: None,
     }
 }
@@ -305,7 +308,7 @@ pub async fn finish_job(pool: &PgPool, job: i64, board: &str, ok: u32, fail: boo
             cycles_completed: ok,
         }
     };
-    jobs::finish(pool, job, board, epoch, &result)
+    jobs::finish(pool, job, board, epoch, &result, None)
         .await
         .unwrap();
     analysis::analyse(pool, job).await.unwrap();

@@ -6,6 +6,7 @@ use axum::response::Html;
 use serde_json::Value;
 
 use super::util::{
+    host_label,
     PageError, Pager, Params, ago, bytes, family_name, not_found, offset, render, short,
 };
 use crate::state::AppState;
@@ -59,6 +60,8 @@ struct BoardPage {
     family: String,
     state: String,
     simulated: bool,
+    /// "emulated arm64 (nested KVM under TCG)" or empty.
+    host: String,
     labels: String,
     facts: Vec<(String, String)>,
     qemu: Vec<(String, String, String)>,
@@ -196,6 +199,7 @@ pub async fn board_page(
         family: family_name(&b.family),
         state: b.state,
         simulated: b.simulated,
+        host: host_label(Some(&b.host_kind)),
         labels: b.labels.join(", "),
         facts,
         qemu,

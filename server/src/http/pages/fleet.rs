@@ -29,6 +29,8 @@ pub struct BoardView {
     pub family: String,
     pub state: String,
     pub simulated: bool,
+    /// "emulated arm64 (nested KVM under TCG)" or empty.
+    pub host: String,
     pub kernel: String,
     pub heartbeat: String,
     pub offline_reason: String,
@@ -106,6 +108,7 @@ pub async fn board_views(pool: &PgPool) -> Result<Vec<BoardView>, sqlx::Error> {
                 family: b.family,
                 state: b.state,
                 simulated: b.simulated,
+                host: super::util::host_label(Some(&b.host_kind)),
                 kernel,
                 heartbeat: ago(b.last_heartbeat),
                 offline_reason: b.offline_reason.unwrap_or_default(),

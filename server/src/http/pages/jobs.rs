@@ -11,7 +11,9 @@ use super::fleet::progress_pct;
 use super::kernels::log_href;
 use super::logview::{self, Line};
 use super::plot::{self, LineInput, Plot};
-use super::util::{PageError, Params, bad_request, bytes, not_found, render, short, stamp};
+use super::util::{
+    PageError, Params, bad_request, bytes, host_label, not_found, render, short, stamp,
+};
 use crate::state::AppState;
 use crate::{findings, jobs, logs};
 
@@ -98,6 +100,10 @@ struct JobPage {
     kernel_id: i64,
     commit_short: String,
     executor: String,
+    /// "emulated arm64 (nested KVM under TCG)", "simulated", or empty.
+    host: String,
+    /// Where the guests ran and under which accelerator.
+    ran_on: String,
     reason: String,
     pct: u32,
     created: String,
@@ -261,6 +267,12 @@ pub async fn job_page(
         (Some(e), false) => e.clone(),
         (None, _) => "not assigned yet".into(),
     };
+    let host = host_label(job.host_kind.as_deref());
+    let ran_on = match (&job.accel, &job.run_detail) {
+        (Some(a), Some(d)) => format!("{d}; accelerator {a}"),
+        (Some(a), None) => format!("accelerator {a}"),
+        _ => "not reported yet".into(),
+    };
     let last_cycle = cycles.last().map(|c| c.cycle).unwrap_or(after as i64);
     let live_url = format!(
         "/jobs/{id}/live?cycle={}&seq={last_seq}",
@@ -279,6 +291,8 @@ pub async fn job_page(
         started: job.started_at.map(stamp).unwrap_or_else(|| "–".into()),
         finished: job.finished_at.map(stamp).unwrap_or_else(|| "–".into()),
         executor,
+        host,
+        ran_on,
         spec,
         evidence,
         events,

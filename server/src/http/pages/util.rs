@@ -257,6 +257,15 @@ pub fn family_name(family: &str) -> String {
         .unwrap_or_else(|_| family.to_owned())
 }
 
+/// How pages name where a result came from (`jobs.host_kind`,
+/// `boards.host_kind`); empty for hardware, which needs no warning.
+pub fn host_label(kind: Option<&str>) -> String {
+    match kind.and_then(armfleet_protocol::HostKind::parse) {
+        Some(armfleet_protocol::HostKind::Hardware) | None => String::new(),
+        Some(k) => k.label().to_owned(),
+    }
+}
+
 /// Two-sided 95% Wilson score interval for `failures / trials`.
 pub fn wilson95(failures: i64, trials: i64) -> (f64, f64) {
     if trials <= 0 {

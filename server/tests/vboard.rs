@@ -1,0 +1,206 @@
+//! The virtual arm64 board end to end: an emulated arm64 host whose kernel
+//! runs KVM at EL2 (nested under QEMU TCG), driven over SSH by an agent on
+//! this machine acting as its lab controller. A migrate→cancel job runs its
+//! guests under real KVM/arm64 inside it — the stage-2 code the bug class
+//! lives in — and the job's record says so.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A fleet of virtual boards with two plans under KVM: `smoke` (`cycles`
+/// cycles) and `long` (500, to be interrupted); no automatic extra cycles.
+fn fleet(boards: &[(&str, &str)], cycles: u32) -> String {
+    let mut s = fleet_toml(
+        &boards
+            .iter()
+            .map(|(name, key)| (*name, "virt-arm64", *key))
+            .collect::<Vec<_>>(),
+        &format!("[plan.params]\n{}", params(cycles)),
+    );
+    s.push_str(&format!(
+        "\n[[plan]]\nname = \"long\"\ntype = \"migrate-cancel\"\nlabels = [\"kvm\"]\ntimeout_s = 1800\n[plan.params]\n{}[plan.verdict]\nmax_extensions = 0\nmax_infra_retries = 0\n",
+        params(500)
+    ));
+    s
+}
+
+fn params(cycles: u32) -> String {
+    format!(
+        "cycles = {cycles}\nmemory_mib = 192\nvcpus = 1\nguest_arch = \"arm64\"\naccel = \"kvm\"\n\
+         cancel_delay_ms_min = 300\ncancel_delay_ms_max = 600\nbandwidth_mib_s = 32\n"
+    )
+}
+
+/// A run of one plan; the id of its one job.
+async fn one_job(server: &TestServer, commit: &str, plan: &str) -> i64 {
+    let resp = server
+        .client
+        .post(server.url("/api/v1/runs"))
+        .bearer_auth(&server.token)
+        .json(&serde_json::json!({"tree": "https://example.org/linux.git", "branch": "master", "commit": commit, "plan": plan}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let run = resp.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn job_log(server: &TestServer, job: i64, stream: &str) -> String {
+    server
+        .get_text(&format!("/api/v1/jobs/{job}/log?stream={stream}"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans_up_after_a_lost_link()
+ {
+    if !vboard_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vboard = VirtualBoard::boot(dir.path(), "vhe", "vhe").await;
+    let key = keygen(dir.path(), "vboard-01").await;
+    let impostor = keygen(dir.path(), "vboard-02").await;
+    // vboard-02 is never online (its controller pins a wrong host key):
+    // no plan runs on it.
+    let server = TestServer::start(&format!(
+        "{}\n[[board]]\nname = \"vboard-02\"\nfamily = \"virt-arm64\"\nlabels = [\"quarantine\"]\nkey = \"{}\"\n",
+        fleet(&[("vboard-01", &key.public)], 3),
+        impostor.public
+    ))
+    .await;
+    let agent = server.controller_agent("vboard-01", &key.path, &vboard.ssh_board_toml(&vboard.host_key()));
+    server
+        .wait_board("vboard-01", "idle", Duration::from_secs(120))
+        .await;
+
+    // The board's facts are the emulated board's own, not this machine's.
+    let boards = server.get_json("/api/v1/boards").await;
+    let b = boards["boards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "vboard-01")
+        .unwrap()
+        .clone();
+    assert_eq!(b["host_kind"], "emulated", "{b}");
+    assert_eq!(b["simulated"], false, "{b}");
+    assert_eq!(b["facts"]["arch"], "arm64", "{b}");
+    assert_eq!(b["facts"]["kvm"]["present"], true, "{b}");
+    assert_eq!(b["facts"]["kvm_mode"], "vhe", "{b}");
+    assert!(b["facts"]["ssh_board"].as_str().unwrap().contains("127.0.0.1"));
+
+    // A wrong pinned host key: refused, with a clear error, never online.
+    let wrong_pin = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let impostor_agent =
+        server.controller_agent("vboard-02", &impostor.path, &vboard.ssh_board_toml(wrong_pin));
+
+    // One short job under KVM inside the board.
+    let job = one_job(&server, "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a1", "smoke").await;
+    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
+    assert_eq!(done["state"], "passed", "{}\n{}", done["reason"], job_log(&server, job, "agent").await);
+    assert_eq!(done["host_kind"], "emulated", "{done}");
+    assert_eq!(done["accel"], "kvm", "the guests ran under KVM inside the board: {done}");
+    assert!(
+        done["run_detail"].as_str().unwrap().contains("emulated arm64 board"),
+        "{done}"
+    );
+    let cycles = done["cycles"].as_array().unwrap();
+    assert_eq!(cycles.len(), 3, "{done}");
+    for c in cycles {
+        assert_eq!(c["final_state"], "cancelled", "{c}");
+        assert_eq!(c["guest_alive"], true, "{c}");
+    }
+    let dmesg = job_log(&server, job, "host_dmesg").await;
+    assert!(
+        dmesg.contains("the board's kernel log window"),
+        "the board's /dev/kmsg window came back: {dmesg}"
+    );
+    let agent_log = job_log(&server, job, "agent").await;
+    eprintln!("--- the job's agent log ---\n{agent_log}\n--- the board's log window ---\n{dmesg}");
+    assert!(agent_log.contains("accel=kvm") || agent_log.contains("accel kvm"), "{agent_log}");
+    assert!(
+        agent_log.contains("-accel kvm") || agent_log.contains("accel=kvm"),
+        "the guest QEMU was started with KVM: {agent_log}"
+    );
+    // Nothing of the job is left on the board.
+    let left = vboard.sh("ls /run/armfleet 2>/dev/null; pgrep qemu-system || true").await;
+    assert_eq!(left.trim(), "", "left on the board after the job: {left}");
+
+    // The impostor pinning the wrong key never came online.
+    assert_eq!(server.board_state("vboard-02").await, "offline");
+    let log = wait_for("the host key refusal in the agent's log", Duration::from_secs(60), || async {
+        let l = impostor_agent.log_text();
+        l.contains("BOARD HOST KEY MISMATCH").then_some(l)
+    })
+    .await;
+    assert!(log.contains(wrong_pin), "{log}");
+    drop(impostor_agent);
+
+    // The board's sshd goes away mid-job: a lab failure, and once sshd is
+    // back nothing of the job is running on the board.
+    let job = one_job(&server, "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a2", "long").await;
+    wait_for("a cycle of the second job", Duration::from_secs(600), || async {
+        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
+        (j["cycles"].as_array().map(|c| c.len()).unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+    let running = vboard.sh("pgrep qemu-system | wc -l").await;
+    assert!(running.trim().parse::<u32>().unwrap() >= 1, "the job's QEMUs run on the board");
+    // Every sshd, the listener and the sessions: the board's init restarts
+    // the listener a few seconds later.
+    let _ = tokio::time::timeout(Duration::from_secs(20), vboard.sh("pkill -9 sshd")).await;
+    let done = server.wait_job_end(job, Duration::from_secs(300)).await;
+    assert_eq!(done["state"], "infra_error", "a lost link is a lab failure, never the kernel's: {done}");
+    let left = wait_for("the board's sshd back and the job's QEMUs gone", Duration::from_secs(120), || async {
+        let b = armfleet_migrate_stress::ssh_board::SshBoard::connect(&vboard.ssh_config()).await.ok()?;
+        let out = b
+            .run("pgrep qemu-system | wc -l; ls /run/armfleet | wc -l", Duration::from_secs(30))
+            .await
+            .ok()?;
+        b.disconnect().await;
+        let text = out.stdout_text();
+        (text.split_whitespace().collect::<Vec<_>>() == ["0", "0"]).then_some(text)
+    })
+    .await;
+    assert!(!left.is_empty());
+    drop(agent);
+    vboard.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_virtual_board_boots_its_kvm_in_nvhe_mode_and_runs_a_job_there() {
+    if !vboard_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vboard = VirtualBoard::boot(dir.path(), "nvhe", "nvhe").await;
+    assert!(
+        vboard.console().contains("Hyp mode initialized successfully")
+            || vboard.console().contains("nVHE mode initialized successfully"),
+        "the nVHE hypervisor came up: {}",
+        vboard.console()
+    );
+    let key = keygen(dir.path(), "vboard-nvhe").await;
+    let server = TestServer::start(&fleet(&[("vboard-nvhe", &key.public)], 2)).await;
+    let _agent = server.controller_agent("vboard-nvhe", &key.path, &vboard.ssh_board_toml(&vboard.host_key()));
+    server
+        .wait_board("vboard-nvhe", "idle", Duration::from_secs(120))
+        .await;
+    let board = server.get_json("/api/v1/boards").await["boards"][0].clone();
+    assert_eq!(board["facts"]["kvm_mode"], "nvhe", "{board}");
+    let job = one_job(&server, "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b1", "smoke").await;
+    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
+    assert_eq!(done["state"], "passed", "{}\n{}", done["reason"], job_log(&server, job, "agent").await);
+    assert_eq!(done["accel"], "kvm", "{done}");
+    assert!(done["run_detail"].as_str().unwrap().contains("nvhe"), "{done}");
+    vboard.stop().await;
+}
