@@ -48,6 +48,10 @@ pub enum BootMethod {
     OneShot,
     /// The simulated lifecycle (replay boards).
     Simulated,
+    /// The virtual arm64 board: the Image becomes its next kernel
+    /// (`STATE/next-Image`), it is power-cycled through its QMP, and the
+    /// agent starts afresh (re-executed) to see which kernel came up.
+    Vboard,
     /// This board does not boot builds.
     Disabled,
 }
@@ -59,9 +63,10 @@ impl BootMethod {
             "kexec" => Some(BootMethod::Kexec),
             "oneshot" => Some(BootMethod::OneShot),
             "simulated" => Some(BootMethod::Simulated),
+            "vboard" => Some(BootMethod::Vboard),
             "none" => Some(BootMethod::Disabled),
             other => anyhow::bail!(
-                "unknown boot method `{other}` (auto, kexec, oneshot, simulated or none)"
+                "unknown boot method `{other}` (auto, kexec, oneshot, simulated, vboard or none)"
             ),
         })
     }
@@ -70,6 +75,7 @@ impl BootMethod {
             BootMethod::Kexec => "kexec",
             BootMethod::OneShot => "oneshot",
             BootMethod::Simulated => "simulated",
+            BootMethod::Vboard => "vboard",
             BootMethod::Disabled => "none",
         }
     }
@@ -93,6 +99,10 @@ pub struct BootSettings {
     /// Reboots the board (default `systemctl kexec` for kexec, `systemctl
     /// reboot` for oneshot).
     pub reboot_command: Option<Vec<String>>,
+    /// For `vboard`: the virtual board's state directory (`armfleet-agent
+    /// vboard run --state DIR`); `auto` picks `vboard` when it is set on an
+    /// agent driving an SSH board.
+    pub vboard_state: Option<PathBuf>,
 }
 
 /// The build the board runs, for its facts.
@@ -395,6 +405,28 @@ pub async fn deploy(
     };
     let command = match method {
         BootMethod::Simulated => vec![],
+        BootMethod::Vboard => {
+            let state = settings
+                .vboard_state
+                .as_ref()
+                .ok_or("boot method `vboard` needs [boot] vboard_state in agent.toml")?;
+            let next = state.join("next-Image");
+            let tmp = state.join("next-Image.tmp");
+            std::fs::copy(&image, &tmp)
+                .and_then(|_| std::fs::rename(&tmp, &next))
+                .map_err(|e| {
+                    format!("installing {} as {}: {e}", image.display(), next.display())
+                })?;
+            let exe =
+                std::env::current_exe().map_err(|e| format!("finding the agent binary: {e}"))?;
+            vec![
+                exe.display().to_string(),
+                "vboard".into(),
+                "power-cycle".into(),
+                "--state".into(),
+                state.display().to_string(),
+            ]
+        }
         BootMethod::Kexec | BootMethod::OneShot => {
             let modules = dir.join("modules.tar.gz");
             if modules.is_file() {
@@ -517,6 +549,24 @@ async fn run(argv: &[String]) -> Result<(), String> {
 /// Reboots as planned. For a simulated board this re-executes the agent
 /// (it returns only if that fails).
 pub fn reboot(plan: &RebootPlan) -> anyhow::Result<()> {
+    if plan.method == BootMethod::Vboard {
+        let status = std::process::Command::new(&plan.command[0])
+            .args(&plan.command[1..])
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "`{}` failed: {status}",
+            plan.command.join(" ")
+        );
+        // The board restarts on its next kernel; this agent starts afresh
+        // to see which one came up.
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe()?;
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        anyhow::bail!("re-executing the agent after power-cycling the virtual board: {err}");
+    }
     if plan.method == BootMethod::Simulated {
         use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe()?;

@@ -70,6 +70,30 @@ pub async fn ssh_board(cfg: &SshBoardConfig) -> anyhow::Result<BoardFacts> {
     })
 }
 
+/// The SSH-driven board's `uname -r`, waiting for it to answer (it may be
+/// rebooting into a build).
+pub async fn ssh_board_release(cfg: &SshBoardConfig) -> String {
+    let mut logged = false;
+    loop {
+        match SshBoard::connect(cfg).await {
+            Ok(b) => {
+                if let Ok(out) = b.run("uname -r", std::time::Duration::from_secs(30)).await {
+                    b.disconnect().await;
+                    return out.stdout_text().trim().to_owned();
+                }
+                b.disconnect().await;
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::warn!("waiting for the SSH-driven board: {e}");
+                    logged = true;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// Kills whatever an earlier agent process left running on the board (its
 /// jobs' QEMUs and directories). Only at start-up, when no job runs.
 pub async fn sweep_ssh_board(cfg: &SshBoardConfig) -> anyhow::Result<()> {

@@ -149,11 +149,22 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
     };
     // Which kernel came up (and whether a boot armfleet asked for failed).
     let method = config.boot_method.unwrap_or(match executor {
+        _ if config.ssh_board.is_some() => match &config.boot.vboard_state {
+            Some(_) => crate::boot::BootMethod::Vboard,
+            None => crate::boot::BootMethod::Disabled,
+        },
         armfleet_protocol::ExecutorKind::Replay => crate::boot::BootMethod::Simulated,
         armfleet_protocol::ExecutorKind::Qemu if which("kexec") => crate::boot::BootMethod::Kexec,
         armfleet_protocol::ExecutorKind::Qemu => crate::boot::BootMethod::Disabled,
     });
-    let uname = facts::uname_release();
+    let uname = match &config.ssh_board {
+        // The board's kernel, once it answers (it may be rebooting).
+        Some(board) => tokio::select! {
+            r = facts::ssh_board_release(board) => r,
+            _ = shutdown.cancelled() => return Ok(()),
+        },
+        None => facts::uname_release(),
+    };
     record_process(&config.state_dir);
     // A simulated board keeps its "pstore" in its state dir unless told.
     let boot_pstore = if method == crate::boot::BootMethod::Simulated

@@ -189,7 +189,11 @@ fn vboard(command: VboardCommand) -> anyhow::Result<()> {
             for path in authorized_keys {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-                keys.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
+                keys.extend(
+                    text.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(str::to_owned),
+                );
             }
             let opts = vboard::VboardOptions {
                 state_dir: state,

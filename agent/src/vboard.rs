@@ -218,10 +218,7 @@ fn qemu_args(opts: &VboardOptions, kernel: &Path, initrd: &Path) -> Vec<String> 
         "-append".into(),
         append,
         "-netdev".into(),
-        format!(
-            "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22",
-            opts.ssh_port
-        ),
+        format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", opts.ssh_port),
         "-device".into(),
         "virtio-net-pci,netdev=n0".into(),
         "-chardev".into(),
@@ -306,7 +303,13 @@ pub async fn run(
             .kill_on_drop(true);
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
                 Ok(())
             });
         }
@@ -345,7 +348,10 @@ pub async fn run(
                 opts.ssh_port
             );
         } else {
-            tracing::warn!("the virtual board's SSH did not come up; see {}", opts.state_dir.join("console.log").display());
+            tracing::warn!(
+                "the virtual board's SSH did not come up; see {}",
+                opts.state_dir.join("console.log").display()
+            );
         }
         let status = tokio::select! {
             s = child.wait() => s?,

@@ -2,7 +2,12 @@
 //!
 //!   cargo run --release -p armfleet-migrate-stress --example cycle_bench -- \
 //!       [--arch arm64] [--cycles 30] [--memory 256] [--delay-min 300] [--delay-max 700] \
-//!       [--accel auto] [--hugepages] [--dump DIR]
+//!       [--accel auto] [--hugepages] [--dump DIR] [--ssh-board BOARD.toml]
+//!
+//! `--ssh-board` runs the guests on an SSH-driven board (e.g. the virtual
+//! arm64 board); the file holds the fields of agent.toml's `[ssh_board]`
+//! (host, port, user, host_key, key, emulated). The controller's own CPU
+//! time is printed at the end.
 //!
 //! Definitions (per cancel cycle, from the CycleRecords):
 //!
@@ -55,6 +60,7 @@ async fn main() {
         ..Default::default()
     };
     let mut dump: Option<std::path::PathBuf> = None;
+    let mut board = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -70,6 +76,13 @@ async fn main() {
             "--dirty" => params.dirty_percent = val().parse().unwrap(),
             "--complete-every" => params.complete_every = val().parse().unwrap(),
             "--dump" => dump = Some(val().into()),
+            "--ssh-board" => {
+                let text = std::fs::read_to_string(val()).expect("reading the board file");
+                board = Some(
+                    toml::from_str::<armfleet_migrate_stress::ssh_board::SshBoardConfig>(&text)
+                        .expect("a valid [ssh_board] table"),
+                );
+            }
             "--hugepages" => {
                 params.hugepages = true;
                 i += 1;
@@ -79,10 +92,11 @@ async fn main() {
         }
         i += 2;
     }
-    let env = StressEnv::new(
+    let mut env = StressEnv::new(
         StressEnv::default_guest_dir(),
         std::env::temp_dir().join("afms-bench"),
     );
+    env.board = board;
     let (tx, mut rx) = mpsc::channel(256);
     let collector = tokio::spawn(async move {
         let mut logs: BTreeMap<LogStream, Vec<u8>> = BTreeMap::new();
@@ -114,7 +128,12 @@ async fn main() {
                     recs.push(r);
                 }
                 StressEvent::Environment(e) => {
-                    println!("environment: {} host, accel {}, {}", e.host.as_str(), e.accel, e.detail)
+                    println!(
+                        "environment: {} host, accel {}, {}",
+                        e.host.as_str(),
+                        e.accel,
+                        e.detail
+                    )
                 }
             }
         }
@@ -208,6 +227,18 @@ async fn main() {
             100.0 * total_overhead / wall.iter().sum::<f64>()
         );
     }
+    // This process is the controller: its CPU over the job.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let cpu = usage.ru_utime.tv_sec as f64
+        + usage.ru_utime.tv_usec as f64 / 1e6
+        + usage.ru_stime.tv_sec as f64
+        + usage.ru_stime.tv_usec as f64 / 1e6;
+    println!(
+        "controller CPU (this process, incl. local QEMU children: no): {cpu:.2} s over {:.1} s = {:.1} % of one core",
+        total.as_secs_f64(),
+        100.0 * cpu / total.as_secs_f64()
+    );
 
     if let Some(dir) = dump {
         std::fs::create_dir_all(&dir).unwrap();

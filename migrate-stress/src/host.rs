@@ -136,7 +136,9 @@ impl Host {
                 loop {
                     let msg = tokio::time::timeout_at(deadline, ch.wait())
                         .await
-                        .map_err(|_| format!("{}: arming the job directory timed out", self.describe()))?;
+                        .map_err(|_| {
+                            format!("{}: arming the job directory timed out", self.describe())
+                        })?;
                     match msg {
                         Some(russh::ChannelMsg::Data { data }) => {
                             seen.extend_from_slice(&data);

@@ -237,7 +237,11 @@ async fn run_job(
             logs.agent(format!(
                 "SSH-driven board {}{}: connecting",
                 cfg.addr(),
-                if cfg.emulated { " (emulated arm64 board)" } else { "" }
+                if cfg.emulated {
+                    " (emulated arm64 board)"
+                } else {
+                    ""
+                }
             ));
             match crate::ssh_board::SshBoard::connect(cfg).await {
                 Ok(b) => Host::Ssh(Arc::new(b)),
@@ -557,7 +561,9 @@ async fn prepare(
         .map(PathBuf::from)
         .unwrap_or_else(|| match host {
             Host::Local => env.guest_dir.join(arch.dir()).join("vmlinuz"),
-            Host::Ssh(b) => PathBuf::from(format!("{}/{}/vmlinuz", b.config().guest_dir, arch.dir())),
+            Host::Ssh(b) => {
+                PathBuf::from(format!("{}/{}/vmlinuz", b.config().guest_dir, arch.dir()))
+            }
         });
     let initrd = params
         .guest_initrd
@@ -565,14 +571,21 @@ async fn prepare(
         .map(PathBuf::from)
         .unwrap_or_else(|| match host {
             Host::Local => env.guest_dir.join(arch.dir()).join("initrd.gz"),
-            Host::Ssh(b) => PathBuf::from(format!("{}/{}/initrd.gz", b.config().guest_dir, arch.dir())),
+            Host::Ssh(b) => {
+                PathBuf::from(format!("{}/{}/initrd.gz", b.config().guest_dir, arch.dir()))
+            }
         });
     let facts = match host {
         Host::Local => local_facts(env, arch, &kernel, &initrd)?,
         Host::Ssh(b) => board_facts(b, arch, &kernel, &initrd).await?,
     };
     let binary = facts.binary.clone();
-    logs.agent(format!("qemu: {} ({}) on {}", binary.display(), facts.qemu_version, host.describe()));
+    logs.agent(format!(
+        "qemu: {} ({}) on {}",
+        binary.display(),
+        facts.qemu_version,
+        host.describe()
+    ));
 
     // Accelerator.
     let kvm = &facts.kvm;
@@ -744,7 +757,11 @@ fn local_facts(
         .ok_or_else(|| {
             format!(
                 "{qemu_name} not installed (not in PATH; install qemu-system-{})",
-                if arch == GuestArch::Arm64 { "arm" } else { "x86" }
+                if arch == GuestArch::Arm64 {
+                    "arm"
+                } else {
+                    "x86"
+                }
             )
         })?;
     if !probe::is_executable(&binary) {
@@ -792,7 +809,10 @@ async fn board_facts(
     let p = board.probe().await.map_err(|e| e.to_string())?;
     let where_ = format!("the board {}", board.config().addr());
     let (binary, qemu_version) = p.qemu.clone().ok_or_else(|| {
-        format!("qemu-system-{} is not installed on {where_} (not in its PATH)", arch.qemu())
+        format!(
+            "qemu-system-{} is not installed on {where_} (not in its PATH)",
+            arch.qemu()
+        )
     })?;
     let check = format!(
         "for f in {} {}; do [ -f \"$f\" ] || echo \"missing $f\"; done; true",
@@ -817,7 +837,10 @@ async fn board_facts(
         hardware: p.kvm_present,
         note: (!p.kvm_present).then(|| format!("/dev/kvm does not exist on {where_}")),
     };
-    let mode = p.kvm_mode.clone().unwrap_or_else(|| "KVM mode unknown".into());
+    let mode = p
+        .kvm_mode
+        .clone()
+        .unwrap_or_else(|| "KVM mode unknown".into());
     Ok(JobHostFacts {
         binary: PathBuf::from(binary),
         qemu_version,
@@ -828,7 +851,11 @@ async fn board_facts(
         guest_stamp: None,
         detail: format!(
             "{}{} ({}, kernel {}, {})",
-            if board.config().emulated { "emulated arm64 board " } else { "SSH-driven board " },
+            if board.config().emulated {
+                "emulated arm64 board "
+            } else {
+                "SSH-driven board "
+            },
             board.config().addr(),
             p.machine,
             p.kernel_release,

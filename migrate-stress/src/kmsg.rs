@@ -315,7 +315,9 @@ pub(crate) async fn start_board_window(
                             for item in window.line(&line[..line.len() - 1]) {
                                 let base = window.base_seq.unwrap_or(0);
                                 match item {
-                                    KmsgItem::Record(r) => crate::job::host_log_record(&shared, &r, base),
+                                    KmsgItem::Record(r) => {
+                                        crate::job::host_log_record(&shared, &r, base)
+                                    }
                                     KmsgItem::Missed { from, to } => {
                                         let line = format!(
                                             "MISSED {} records (#{}..#{}): overwritten in the board's kernel ring before they were read",
@@ -323,7 +325,10 @@ pub(crate) async fn start_board_window(
                                             from - base,
                                             to - base
                                         );
-                                        shared.logs.write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
+                                        shared.logs.write(
+                                            LogStream::HostDmesg,
+                                            format!("{line}\n").into_bytes(),
+                                        );
                                         shared.logs.agent(format!("host dmesg: {line}"));
                                     }
                                 }
@@ -345,7 +350,9 @@ pub(crate) async fn start_board_window(
                             }
                         }
                     }
-                    Some(russh::ChannelMsg::ExtendedData { data, .. }) => stderr.extend_from_slice(&data),
+                    Some(russh::ChannelMsg::ExtendedData { data, .. }) => {
+                        stderr.extend_from_slice(&data)
+                    }
                     Some(_) => {}
                     None => break,
                 }
@@ -354,7 +361,11 @@ pub(crate) async fn start_board_window(
                 if !stop.is_cancelled() {
                     shared.logs.agent(format!(
                         "host dmesg window on {addr} closed: {}",
-                        if board.is_closed() { "the SSH link is gone".to_string() } else { String::from_utf8_lossy(&stderr).trim().to_string() }
+                        if board.is_closed() {
+                            "the SSH link is gone".to_string()
+                        } else {
+                            String::from_utf8_lossy(&stderr).trim().to_string()
+                        }
                     ));
                 }
                 return;
@@ -364,7 +375,9 @@ pub(crate) async fn start_board_window(
             ch = match board.spawn("exec cat /dev/kmsg").await {
                 Ok(ch) => ch,
                 Err(e) => {
-                    shared.logs.agent(format!("host dmesg window on {addr} closed: {e}"));
+                    shared
+                        .logs
+                        .agent(format!("host dmesg window on {addr} closed: {e}"));
                     return;
                 }
             };
@@ -383,7 +396,9 @@ mod marked_window_tests {
         assert!(w.line(b"12,11,200,-;armfleet MARK-1 opens").is_empty());
         assert_eq!(w.base_seq, Some(11));
         let items = w.line(b"3,12,300,-;kvm: something");
-        assert!(matches!(&items[..], [KmsgItem::Record(r)] if r.seq == 12 && r.text == "kvm: something"));
+        assert!(
+            matches!(&items[..], [KmsgItem::Record(r)] if r.seq == 12 && r.text == "kvm: something")
+        );
         assert!(w.line(b" SUBSYSTEM=cpu").is_empty());
         // An overflow: the reader restarts and sees the ring again.
         assert!(w.line(b"6,12,300,-;kvm: something").is_empty());

@@ -139,7 +139,8 @@ impl QemuProc {
             shared2
                 .logs
                 .agent(format!("{name2} (pid {pid}) exited: {desc}"));
-            if role2.load(Ordering::SeqCst) == ROLE_SOURCE && !shared2.shutting_down() && !link_lost {
+            if role2.load(Ordering::SeqCst) == ROLE_SOURCE && !shared2.shutting_down() && !link_lost
+            {
                 let _ = shared2.fatal_tx.send(Finding {
                     stream: LogStream::Agent,
                     reason: format!("source QEMU {name2} exited unexpectedly ({desc})"),
@@ -197,7 +198,6 @@ impl QemuProc {
         t.iter().rev().take(n).rev().cloned().collect()
     }
 }
-
 
 type Stderr = tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>;
 type Spawned = (u32, Stderr, tokio::sync::oneshot::Receiver<Exit>);
@@ -313,7 +313,9 @@ async fn spawn_remote(
                     })?;
                 }
             }
-            Ok(Some(russh::ChannelMsg::ExtendedData { data, .. })) => early_err.extend_from_slice(&data),
+            Ok(Some(russh::ChannelMsg::ExtendedData { data, .. })) => {
+                early_err.extend_from_slice(&data)
+            }
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(std::io::Error::other(format!(

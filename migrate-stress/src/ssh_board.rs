@@ -81,7 +81,9 @@ pub enum SshBoardError {
         expected: String,
         got: String,
     },
-    #[error("the board at {addr} refused the controller key {fingerprint} for user `{user}` (is it in the board's authorized_keys?)")]
+    #[error(
+        "the board at {addr} refused the controller key {fingerprint} for user `{user}` (is it in the board's authorized_keys?)"
+    )]
     Auth {
         addr: String,
         user: String,
@@ -159,12 +161,11 @@ impl SshBoard {
     pub async fn connect(config: &SshBoardConfig) -> Result<SshBoard, SshBoardError> {
         let addr = config.addr();
         let expected = pinned_fingerprint(&config.host_key)?;
-        let key = russh::keys::load_secret_key(&config.key, None).map_err(|e| {
-            SshBoardError::Key {
+        let key =
+            russh::keys::load_secret_key(&config.key, None).map_err(|e| SshBoardError::Key {
                 path: config.key.display().to_string(),
                 msg: e.to_string(),
-            }
-        })?;
+            })?;
         let offered = Arc::new(Mutex::new(None));
         let ssh_config = Arc::new(client::Config {
             inactivity_timeout: None,

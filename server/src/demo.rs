@@ -450,7 +450,9 @@ pub fn vboard_image() -> Result<PathBuf, String> {
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
     };
     if std::env::var_os("ARMFLEET_QEMU_AARCH64").is_none() && !on_path("qemu-system-aarch64") {
-        return Err("qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)".into());
+        return Err(
+            "qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)".into(),
+        );
     }
     if !image.join("vmlinuz").is_file() || !image.join("initrd.gz").is_file() {
         return Err(format!(
@@ -473,7 +475,9 @@ async fn start_vboard(
     std::fs::create_dir_all(&state)?;
     let controller = keys_dir.join("vboard-controller");
     make_agent_key(agent, &controller).await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let _ = std::fs::remove_file(state.join("vboard.json"));
     let log = data_dir.join("vboard.log");
     let child = Command::new(agent)

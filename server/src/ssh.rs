@@ -534,7 +534,8 @@ async fn handle_frame(
             result,
             environment,
         } => {
-            let to = jobs::finish(pool, *job_id, board, *epoch, result, environment.as_ref()).await?;
+            let to =
+                jobs::finish(pool, *job_id, board, *epoch, result, environment.as_ref()).await?;
             tracing::info!(board, job = job_id, state = to.as_str(), "job finished");
             state.analysis.push(*job_id);
             state.log_budget.forget(*job_id);

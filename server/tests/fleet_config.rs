@@ -28,7 +28,10 @@ fn the_root_example_fleet_is_valid() {
     let fleet = Fleet::load(&path).expect("root fleet.toml loads");
     assert_eq!(fleet.boards.len(), 4);
     let families: Vec<_> = fleet.boards.iter().map(|b| b.family.as_str()).collect();
-    assert_eq!(families, ["kunpeng920", "ampere-altra", "rpi4", "virt-arm64"]);
+    assert_eq!(
+        families,
+        ["kunpeng920", "ampere-altra", "rpi4", "virt-arm64"]
+    );
     assert_eq!(fleet.plans[0].boards.len(), 4);
 }
 

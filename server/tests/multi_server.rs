@@ -101,9 +101,16 @@ async fn racing_batch_claims_respect_max_jobs_and_never_hand_a_job_out_twice() {
         claims.spawn(async move {
             let mut got = Vec::new();
             for _ in 0..5 {
-                match claim_next(&pool, "b1", 3, "replay", armfleet_protocol::HostKind::Simulated, 30)
-                    .await
-                    .unwrap()
+                match claim_next(
+                    &pool,
+                    "b1",
+                    3,
+                    "replay",
+                    armfleet_protocol::HostKind::Simulated,
+                    30,
+                )
+                .await
+                .unwrap()
                 {
                     Claim::Assigned(batch) => got.extend(batch.into_iter().map(|a| a.job_id)),
                     Claim::NeedsBoot { .. } => panic!("no job here names a build"),

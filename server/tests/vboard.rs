@@ -77,7 +77,11 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
         impostor.public
     ))
     .await;
-    let agent = server.controller_agent("vboard-01", &key.path, &vboard.ssh_board_toml(&vboard.host_key()));
+    let agent = server.controller_agent(
+        "vboard-01",
+        &key.path,
+        &vboard.ssh_board_toml(&vboard.host_key()),
+    );
     server
         .wait_board("vboard-01", "idle", Duration::from_secs(120))
         .await;
@@ -96,21 +100,41 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
     assert_eq!(b["facts"]["arch"], "arm64", "{b}");
     assert_eq!(b["facts"]["kvm"]["present"], true, "{b}");
     assert_eq!(b["facts"]["kvm_mode"], "vhe", "{b}");
-    assert!(b["facts"]["ssh_board"].as_str().unwrap().contains("127.0.0.1"));
+    assert!(
+        b["facts"]["ssh_board"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1")
+    );
 
     // A wrong pinned host key: refused, with a clear error, never online.
     let wrong_pin = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let impostor_agent =
-        server.controller_agent("vboard-02", &impostor.path, &vboard.ssh_board_toml(wrong_pin));
+    let impostor_agent = server.controller_agent(
+        "vboard-02",
+        &impostor.path,
+        &vboard.ssh_board_toml(wrong_pin),
+    );
 
     // One short job under KVM inside the board.
     let job = one_job(&server, "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a1", "smoke").await;
     let done = server.wait_job_end(job, Duration::from_secs(900)).await;
-    assert_eq!(done["state"], "passed", "{}\n{}", done["reason"], job_log(&server, job, "agent").await);
+    assert_eq!(
+        done["state"],
+        "passed",
+        "{}\n{}",
+        done["reason"],
+        job_log(&server, job, "agent").await
+    );
     assert_eq!(done["host_kind"], "emulated", "{done}");
-    assert_eq!(done["accel"], "kvm", "the guests ran under KVM inside the board: {done}");
+    assert_eq!(
+        done["accel"], "kvm",
+        "the guests ran under KVM inside the board: {done}"
+    );
     assert!(
-        done["run_detail"].as_str().unwrap().contains("emulated arm64 board"),
+        done["run_detail"]
+            .as_str()
+            .unwrap()
+            .contains("emulated arm64 board"),
         "{done}"
     );
     let cycles = done["cycles"].as_array().unwrap();
@@ -126,21 +150,30 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
     );
     let agent_log = job_log(&server, job, "agent").await;
     eprintln!("--- the job's agent log ---\n{agent_log}\n--- the board's log window ---\n{dmesg}");
-    assert!(agent_log.contains("accel=kvm") || agent_log.contains("accel kvm"), "{agent_log}");
+    assert!(
+        agent_log.contains("accel=kvm") || agent_log.contains("accel kvm"),
+        "{agent_log}"
+    );
     assert!(
         agent_log.contains("-accel kvm") || agent_log.contains("accel=kvm"),
         "the guest QEMU was started with KVM: {agent_log}"
     );
     // Nothing of the job is left on the board.
-    let left = vboard.sh("ls /run/armfleet 2>/dev/null; pgrep qemu-system || true").await;
+    let left = vboard
+        .sh("ls /run/armfleet 2>/dev/null; pgrep qemu-system || true")
+        .await;
     assert_eq!(left.trim(), "", "left on the board after the job: {left}");
 
     // The impostor pinning the wrong key never came online.
     assert_eq!(server.board_state("vboard-02").await, "offline");
-    let log = wait_for("the host key refusal in the agent's log", Duration::from_secs(60), || async {
-        let l = impostor_agent.log_text();
-        l.contains("BOARD HOST KEY MISMATCH").then_some(l)
-    })
+    let log = wait_for(
+        "the host key refusal in the agent's log",
+        Duration::from_secs(60),
+        || async {
+            let l = impostor_agent.log_text();
+            l.contains("BOARD HOST KEY MISMATCH").then_some(l)
+        },
+    )
     .await;
     assert!(log.contains(wrong_pin), "{log}");
     drop(impostor_agent);
@@ -148,28 +181,47 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
     // The board's sshd goes away mid-job: a lab failure, and once sshd is
     // back nothing of the job is running on the board.
     let job = one_job(&server, "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a2", "long").await;
-    wait_for("a cycle of the second job", Duration::from_secs(600), || async {
-        let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
-        (j["cycles"].as_array().map(|c| c.len()).unwrap_or(0) >= 1).then_some(())
-    })
+    wait_for(
+        "a cycle of the second job",
+        Duration::from_secs(600),
+        || async {
+            let j = server.get_json(&format!("/api/v1/jobs/{job}")).await;
+            (j["cycles"].as_array().map(|c| c.len()).unwrap_or(0) >= 1).then_some(())
+        },
+    )
     .await;
     let running = vboard.sh("pgrep qemu-system | wc -l").await;
-    assert!(running.trim().parse::<u32>().unwrap() >= 1, "the job's QEMUs run on the board");
+    assert!(
+        running.trim().parse::<u32>().unwrap() >= 1,
+        "the job's QEMUs run on the board"
+    );
     // Every sshd, the listener and the sessions: the board's init restarts
     // the listener a few seconds later.
     let _ = tokio::time::timeout(Duration::from_secs(20), vboard.sh("pkill -9 sshd")).await;
     let done = server.wait_job_end(job, Duration::from_secs(300)).await;
-    assert_eq!(done["state"], "infra_error", "a lost link is a lab failure, never the kernel's: {done}");
-    let left = wait_for("the board's sshd back and the job's QEMUs gone", Duration::from_secs(120), || async {
-        let b = armfleet_migrate_stress::ssh_board::SshBoard::connect(&vboard.ssh_config()).await.ok()?;
-        let out = b
-            .run("pgrep qemu-system | wc -l; ls /run/armfleet | wc -l", Duration::from_secs(30))
-            .await
-            .ok()?;
-        b.disconnect().await;
-        let text = out.stdout_text();
-        (text.split_whitespace().collect::<Vec<_>>() == ["0", "0"]).then_some(text)
-    })
+    assert_eq!(
+        done["state"], "infra_error",
+        "a lost link is a lab failure, never the kernel's: {done}"
+    );
+    let left = wait_for(
+        "the board's sshd back and the job's QEMUs gone",
+        Duration::from_secs(120),
+        || async {
+            let b = armfleet_migrate_stress::ssh_board::SshBoard::connect(&vboard.ssh_config())
+                .await
+                .ok()?;
+            let out = b
+                .run(
+                    "pgrep qemu-system | wc -l; ls /run/armfleet | wc -l",
+                    Duration::from_secs(30),
+                )
+                .await
+                .ok()?;
+            b.disconnect().await;
+            let text = out.stdout_text();
+            (text.split_whitespace().collect::<Vec<_>>() == ["0", "0"]).then_some(text)
+        },
+    )
     .await;
     assert!(!left.is_empty());
     drop(agent);
@@ -184,14 +236,22 @@ async fn the_virtual_board_boots_its_kvm_in_nvhe_mode_and_runs_a_job_there() {
     let dir = tempfile::tempdir().unwrap();
     let vboard = VirtualBoard::boot(dir.path(), "nvhe", "nvhe").await;
     assert!(
-        vboard.console().contains("Hyp mode initialized successfully")
-            || vboard.console().contains("nVHE mode initialized successfully"),
+        vboard
+            .console()
+            .contains("Hyp mode initialized successfully")
+            || vboard
+                .console()
+                .contains("nVHE mode initialized successfully"),
         "the nVHE hypervisor came up: {}",
         vboard.console()
     );
     let key = keygen(dir.path(), "vboard-nvhe").await;
     let server = TestServer::start(&fleet(&[("vboard-nvhe", &key.public)], 2)).await;
-    let _agent = server.controller_agent("vboard-nvhe", &key.path, &vboard.ssh_board_toml(&vboard.host_key()));
+    let _agent = server.controller_agent(
+        "vboard-nvhe",
+        &key.path,
+        &vboard.ssh_board_toml(&vboard.host_key()),
+    );
     server
         .wait_board("vboard-nvhe", "idle", Duration::from_secs(120))
         .await;
@@ -199,8 +259,102 @@ async fn the_virtual_board_boots_its_kvm_in_nvhe_mode_and_runs_a_job_there() {
     assert_eq!(board["facts"]["kvm_mode"], "nvhe", "{board}");
     let job = one_job(&server, "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b1", "smoke").await;
     let done = server.wait_job_end(job, Duration::from_secs(900)).await;
-    assert_eq!(done["state"], "passed", "{}\n{}", done["reason"], job_log(&server, job, "agent").await);
+    assert_eq!(
+        done["state"],
+        "passed",
+        "{}\n{}",
+        done["reason"],
+        job_log(&server, job, "agent").await
+    );
     assert_eq!(done["accel"], "kvm", "{done}");
-    assert!(done["run_detail"].as_str().unwrap().contains("nvhe"), "{done}");
+    assert!(
+        done["run_detail"].as_str().unwrap().contains("nvhe"),
+        "{done}"
+    );
+    vboard.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_exactly_that_build()
+{
+    if !vboard_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vboard = VirtualBoard::boot(dir.path(), "deploy", "vhe").await;
+    let booted_from = vboard.info["kernel"].as_str().unwrap().to_owned();
+    assert!(!booted_from.ends_with("next-Image"), "{booted_from}");
+    // The build: a real arm64 kernel Image (the Debian kernel the board
+    // image carries), as a lab that builds elsewhere would hand it over.
+    let image_dir = std::env::var_os("ARMFLEET_VBOARD_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".cache/armfleet/vboard")
+        });
+    let image = image_dir.join("vmlinuz");
+    use sha2::Digest;
+    let sum = hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()));
+    let release = vboard.sh("uname -r").await.trim().to_owned();
+
+    let key = keygen(dir.path(), "vboard-deploy").await;
+    let server = TestServer::start(&fleet(&[("vboard-deploy", &key.public)], 2)).await;
+    let agent = server.controller_agent(
+        "vboard-deploy",
+        &key.path,
+        &format!(
+            "{}\n[boot]\nvboard_state = \"{}\"\n",
+            vboard.ssh_board_toml(&vboard.host_key()),
+            vboard.state.display()
+        ),
+    );
+    server
+        .wait_board("vboard-deploy", "idle", Duration::from_secs(120))
+        .await;
+    let resp = server
+        .client
+        .post(server.url("/api/v1/runs"))
+        .bearer_auth(&server.token)
+        .json(&serde_json::json!({"tree": "https://example.org/linux.git", "branch": "master",
+            "commit": "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c1", "plan": "smoke",
+            "build": {"kernel_release": release,
+                      "artifacts": [{"name": "Image", "url": format!("file://{}", image.display()), "sha256": sum}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let run = resp.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
+    assert_eq!(
+        done["state"],
+        "passed",
+        "{}\n--- agent ---\n{}",
+        done["reason"],
+        agent.log_text()
+    );
+    assert_eq!(done["accel"], "kvm", "{done}");
+    // The board was power-cycled onto the build and reported running it.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vboard.state.join("vboard.json")).unwrap())
+            .unwrap();
+    assert!(info["boots"].as_u64().unwrap() >= 2, "{info}");
+    assert!(
+        info["kernel"].as_str().unwrap().ends_with("next-Image"),
+        "{info}"
+    );
+    let board = server.get_json("/api/v1/boards").await["boards"][0].clone();
+    assert!(board["facts"]["build_id"].as_i64().is_some(), "{board}");
+    let kernel = server
+        .get_json("/api/v1/kernels/c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c1")
+        .await;
+    assert!(
+        kernel.to_string().contains("\"booted\""),
+        "the kernel record shows the boot: {kernel:#}"
+    );
     vboard.stop().await;
 }

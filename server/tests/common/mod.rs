@@ -495,7 +495,14 @@ impl VirtualBoard {
             .unwrap()
             .port();
         let child = Command::new(bin("armfleet-agent"))
-            .args(["vboard", "run", "--mode", mode, "--ssh-port", &port.to_string()])
+            .args([
+                "vboard",
+                "run",
+                "--mode",
+                mode,
+                "--ssh-port",
+                &port.to_string(),
+            ])
             .arg("--state")
             .arg(&state)
             .arg("--authorized-key")

@@ -6,8 +6,7 @@ use axum::response::Html;
 use serde_json::Value;
 
 use super::util::{
-    host_label,
-    PageError, Pager, Params, ago, bytes, family_name, not_found, offset, render, short,
+    PageError, Pager, Params, ago, bytes, family_name, host_label, not_found, offset, render, short,
 };
 use crate::state::AppState;
 use crate::{boards, jobs};
