@@ -32,7 +32,9 @@ fn the_root_example_fleet_is_valid() {
         families,
         ["kunpeng920", "ampere-altra", "rpi4", "virt-arm64"]
     );
-    assert_eq!(fleet.plans[0].boards.len(), 4);
+    assert_eq!(fleet.plans[0].boards.len(), 3);
+    // The virtual board has a plan of its own.
+    assert_eq!(fleet.plans[1].boards.len(), 1);
 }
 
 #[test]
