@@ -32,6 +32,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use armfleet_protocol::{BootOutcome, BuildSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -549,32 +550,9 @@ async fn run(argv: &[String]) -> Result<(), String> {
 /// Reboots as planned. For a simulated board this re-executes the agent
 /// (it returns only if that fails).
 pub fn reboot(plan: &RebootPlan) -> anyhow::Result<()> {
-    if plan.method == BootMethod::Vboard {
-        let status = std::process::Command::new(&plan.command[0])
-            .args(&plan.command[1..])
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "`{}` failed: {status}",
-            plan.command.join(" ")
-        );
-        // The board restarts on its next kernel; this agent starts afresh
-        // to see which one came up.
-        use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe()?;
-        let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .exec();
-        anyhow::bail!("re-executing the agent after power-cycling the virtual board: {err}");
-    }
     if plan.method == BootMethod::Simulated {
-        use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe()?;
-        let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env(SIM_REBOOT_ENV, "1")
-            .exec();
-        anyhow::bail!("re-executing the agent for a simulated reboot: {err}");
+        return reexec(Some(SIM_REBOOT_ENV))
+            .context("re-executing the agent for a simulated reboot");
     }
     let status = std::process::Command::new(&plan.command[0])
         .args(&plan.command[1..])
@@ -584,7 +562,25 @@ pub fn reboot(plan: &RebootPlan) -> anyhow::Result<()> {
         "`{}` failed: {status}",
         plan.command.join(" ")
     );
+    if plan.method == BootMethod::Vboard {
+        // The board restarts on its next kernel; this agent starts afresh
+        // to see which one came up.
+        return reexec(None)
+            .context("re-executing the agent after power-cycling the virtual board");
+    }
     Ok(())
+}
+
+/// Replaces this agent process with a fresh one (same pid, same arguments),
+/// with `flag` set to 1 in its environment. Returns only on failure.
+fn reexec(flag: Option<&str>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1));
+    if let Some(flag) = flag {
+        cmd.env(flag, "1");
+    }
+    Err(cmd.exec().into())
 }
 
 /// A simulated kernel that did not come up: stay silent until power-cycled.

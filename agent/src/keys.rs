@@ -21,21 +21,30 @@ pub fn keygen(path: &Path) -> anyhow::Result<String> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     key.set_comment(format!("armfleet-agent@{}", host.trim()));
     let private = key.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(private.as_bytes())?;
-    }
+    write_private(path, private.as_bytes(), false)?;
     let public = key.public_key().to_openssh()?;
     let pub_path = path.with_extension("pub");
     std::fs::write(&pub_path, format!("{public}\n"))?;
     Ok(public)
+}
+
+/// Writes a secret (a private key, an initramfs holding one) readable by
+/// its owner only; `replace` allows overwriting an existing file.
+pub fn write_private(path: &Path, bytes: &[u8], replace: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
 }
 
 pub fn load(path: &Path) -> anyhow::Result<PrivateKey> {

@@ -14,7 +14,7 @@
 //!   power-cycle --state DIR`, QMP `quit`), a panic — it is started again;
 //! * `DIR/vboard.json` says how to reach it once its SSH answers.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -76,25 +76,12 @@ pub fn host_key(state_dir: &Path) -> anyhow::Result<PrivateKey> {
     let mut key = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)?;
     key.set_comment("armfleet-vboard");
     let private = key.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
-    write_private(&path, private.as_bytes())?;
+    crate::keys::write_private(&path, private.as_bytes(), true)?;
     std::fs::write(
         state_dir.join("host_key.pub"),
         format!("{}\n", key.public_key().to_openssh()?),
     )?;
     Ok(key)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
 }
 
 /// A `newc` cpio archive of regular files (and the directories above them).
@@ -183,7 +170,7 @@ fn initrd_with_keys(opts: &VboardOptions, key: &PrivateKey) -> anyhow::Result<Pa
         ("etc/armfleet/board.env", 0o644, env.as_bytes()),
     ]));
     let path = opts.state_dir.join("initrd");
-    write_private(&path, &initrd)?;
+    crate::keys::write_private(&path, &initrd, true)?;
     Ok(path)
 }
 

@@ -901,22 +901,8 @@ async fn start_kmsg(
             };
             match reader.read_available() {
                 Ok(items) => {
-                    for it in items {
-                        match it {
-                            KmsgItem::Record(r) => host_log_record(&shared, &r, base),
-                            KmsgItem::Missed { from, to } => {
-                                let line = format!(
-                                    "MISSED {} records (#{}..#{}): overwritten in the kernel ring before they were read",
-                                    to - from + 1,
-                                    from - base,
-                                    to - base
-                                );
-                                shared
-                                    .logs
-                                    .write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
-                                shared.logs.agent(format!("host dmesg: {line}"));
-                            }
-                        }
+                    for item in items {
+                        host_log_item(&shared, item, base);
                     }
                 }
                 Err(e) => {
@@ -933,9 +919,27 @@ async fn start_kmsg(
     }))
 }
 
-/// One record of the host kernel log window: stored, and checked for a
-/// fatal finding.
-pub(crate) fn host_log_record(shared: &Shared, r: &crate::kmsg::KmsgRecord, base: u64) {
+/// One item of the host kernel log window (this machine's or a board's):
+/// a record, stored and checked for a fatal finding, or a gap, said aloud.
+pub(crate) fn host_log_item(shared: &Shared, item: KmsgItem, base: u64) {
+    match item {
+        KmsgItem::Record(r) => host_log_record(shared, &r, base),
+        KmsgItem::Missed { from, to } => {
+            let line = format!(
+                "MISSED {} records (#{}..#{}): overwritten in the kernel ring before they were read",
+                to - from + 1,
+                from - base,
+                to - base
+            );
+            shared
+                .logs
+                .write(LogStream::HostDmesg, format!("{line}\n").into_bytes());
+            shared.logs.agent(format!("host dmesg: {line}"));
+        }
+    }
+}
+
+fn host_log_record(shared: &Shared, r: &crate::kmsg::KmsgRecord, base: u64) {
     let line = r.format(base);
     shared
         .logs

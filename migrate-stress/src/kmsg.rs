@@ -314,24 +314,7 @@ pub(crate) async fn start_board_window(
                             let line: Vec<u8> = buf.drain(..=nl).collect();
                             for item in window.line(&line[..line.len() - 1]) {
                                 let base = window.base_seq.unwrap_or(0);
-                                match item {
-                                    KmsgItem::Record(r) => {
-                                        crate::job::host_log_record(&shared, &r, base)
-                                    }
-                                    KmsgItem::Missed { from, to } => {
-                                        let line = format!(
-                                            "MISSED {} records (#{}..#{}): overwritten in the board's kernel ring before they were read",
-                                            to - from + 1,
-                                            from - base,
-                                            to - base
-                                        );
-                                        shared.logs.write(
-                                            LogStream::HostDmesg,
-                                            format!("{line}\n").into_bytes(),
-                                        );
-                                        shared.logs.agent(format!("host dmesg: {line}"));
-                                    }
-                                }
+                                crate::job::host_log_item(&shared, item, base);
                             }
                             if window.base_seq.is_some() && !announced {
                                 announced = true;

@@ -18,19 +18,14 @@ fn qemu_ready() -> bool {
     if qemu && images {
         return true;
     }
-    let why = if !qemu {
+    skip_loudly(if !qemu {
         "qemu-system-aarch64 is not installed".to_owned()
     } else {
         format!(
             "no guest in {} (agent/guest/build.sh arm64)",
             guest.display()
         )
-    };
-    if std::env::var("ARMFLEET_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
-        panic!("ARMFLEET_REQUIRE_QEMU=1 but {why}");
-    }
-    eprintln!("\n******** SKIPPED (not passing): {why} — run scripts/test as root ********\n");
-    false
+    })
 }
 
 const PLAN: &str = "[plan.params]\ncycles = 20\nmemory_mib = 256\nguest_arch = \"arm64\"\naccel = \"auto\"\n\

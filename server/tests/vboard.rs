@@ -36,11 +36,24 @@ fn params(cycles: u32) -> String {
 
 /// A run of one plan; the id of its one job.
 async fn one_job(server: &TestServer, commit: &str, plan: &str) -> i64 {
+    one_job_of_build(server, commit, plan, serde_json::Value::Null).await
+}
+
+/// The same for a build handed over as artifacts (`null`: none).
+async fn one_job_of_build(
+    server: &TestServer,
+    commit: &str,
+    plan: &str,
+    build: serde_json::Value,
+) -> i64 {
     let resp = server
         .client
         .post(server.url("/api/v1/runs"))
         .bearer_auth(&server.token)
-        .json(&serde_json::json!({"tree": "https://example.org/linux.git", "branch": "master", "commit": commit, "plan": plan}))
+        .json(
+            &serde_json::json!({"tree": "https://example.org/linux.git", "branch": "master",
+            "commit": commit, "plan": plan, "build": build}),
+        )
         .send()
         .await
         .unwrap();
@@ -51,6 +64,24 @@ async fn one_job(server: &TestServer, commit: &str, plan: &str) -> i64 {
     server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
         .as_i64()
         .unwrap()
+}
+
+/// Waits for `job` to end and asserts that it passed with its guests under
+/// KVM (the agent's log is in the message when not).
+async fn passed_under_kvm(server: &TestServer, job: i64) -> serde_json::Value {
+    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
+    assert_eq!(
+        done["state"],
+        "passed",
+        "{}\n{}",
+        done["reason"],
+        job_log(server, job, "agent").await
+    );
+    assert_eq!(
+        done["accel"], "kvm",
+        "the guests ran under KVM inside the board: {done}"
+    );
+    done
 }
 
 async fn job_log(server: &TestServer, job: i64, stream: &str) -> String {
@@ -117,19 +148,8 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
 
     // One short job under KVM inside the board.
     let job = one_job(&server, "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a1", "smoke").await;
-    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
-    assert_eq!(
-        done["state"],
-        "passed",
-        "{}\n{}",
-        done["reason"],
-        job_log(&server, job, "agent").await
-    );
+    let done = passed_under_kvm(&server, job).await;
     assert_eq!(done["host_kind"], "emulated", "{done}");
-    assert_eq!(
-        done["accel"], "kvm",
-        "the guests ran under KVM inside the board: {done}"
-    );
     assert!(
         done["run_detail"]
             .as_str()
@@ -258,15 +278,7 @@ async fn the_virtual_board_boots_its_kvm_in_nvhe_mode_and_runs_a_job_there() {
     let board = server.get_json("/api/v1/boards").await["boards"][0].clone();
     assert_eq!(board["facts"]["kvm_mode"], "nvhe", "{board}");
     let job = one_job(&server, "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b1", "smoke").await;
-    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
-    assert_eq!(
-        done["state"],
-        "passed",
-        "{}\n{}",
-        done["reason"],
-        job_log(&server, job, "agent").await
-    );
-    assert_eq!(done["accel"], "kvm", "{done}");
+    let done = passed_under_kvm(&server, job).await;
     assert!(
         done["run_detail"].as_str().unwrap().contains("nvhe"),
         "{done}"
@@ -299,7 +311,7 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
 
     let key = keygen(dir.path(), "vboard-deploy").await;
     let server = TestServer::start(&fleet(&[("vboard-deploy", &key.public)], 2)).await;
-    let agent = server.controller_agent(
+    let _agent = server.controller_agent(
         "vboard-deploy",
         &key.path,
         &format!(
@@ -311,33 +323,15 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
     server
         .wait_board("vboard-deploy", "idle", Duration::from_secs(120))
         .await;
-    let resp = server
-        .client
-        .post(server.url("/api/v1/runs"))
-        .bearer_auth(&server.token)
-        .json(&serde_json::json!({"tree": "https://example.org/linux.git", "branch": "master",
-            "commit": "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c1", "plan": "smoke",
-            "build": {"kernel_release": release,
-                      "artifacts": [{"name": "Image", "url": format!("file://{}", image.display()), "sha256": sum}]}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let run = resp.json::<serde_json::Value>().await.unwrap()["run_id"]
-        .as_i64()
-        .unwrap();
-    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
-        .as_i64()
-        .unwrap();
-    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
-    assert_eq!(
-        done["state"],
-        "passed",
-        "{}\n--- agent ---\n{}",
-        done["reason"],
-        agent.log_text()
-    );
-    assert_eq!(done["accel"], "kvm", "{done}");
+    let job = one_job_of_build(
+        &server,
+        "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c1",
+        "smoke",
+        serde_json::json!({"kernel_release": release,
+            "artifacts": [{"name": "Image", "url": format!("file://{}", image.display()), "sha256": sum}]}),
+    )
+    .await;
+    passed_under_kvm(&server, job).await;
     // The board was power-cycled onto the build and reported running it.
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(vboard.state.join("vboard.json")).unwrap())

@@ -174,6 +174,10 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
     } else {
         MIN_LINES_BEFORE_PANIC_STRIP
     };
+    // An arm64 SError report is its header and register dump followed by its
+    // own panic, whose call trace is where the location comes from: that
+    // panic is never stripped, however long the register dump got.
+    let serror = first.text.contains("SError Interrupt on CPU");
     let mut n = 0;
     let mut last_pushed_len: Option<usize> = None;
     let mut quiet = 0;
@@ -236,7 +240,10 @@ fn collect_window(hay: &[u8], start: usize) -> Window {
         }
         if keys & K_NMI != 0 {
             cpu_traceback = true;
-        } else if text_lines > min_lines && keys & (K_PANIC | K_CIRCULAR) != 0 {
+        } else if text_lines > min_lines
+            && keys & (K_PANIC | K_CIRCULAR) != 0
+            && !(serror && line.text.contains("Asynchronous SError Interrupt"))
+        {
             skip_rest = true;
         }
         w.panicked |= keys & K_PANIC != 0;

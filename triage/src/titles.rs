@@ -12,6 +12,9 @@
 //!   arguments.  If no frame can be found the frame is `corrupted` and the
 //!   finding is marked corrupted (syzkaller's convention, so titles such as
 //!   `WARNING in corrupted` match syzbot's);
+//! * `locate` — instead of `stack`, a function that finds the culprit when
+//!   the rule does not fit the step machinery (arm64 SErrors, see
+//!   [`serror_location`]);
 //! * flags: `no_stack` (the report legitimately has no stack trace) and
 //!   `corrupted` (matching this format means the report is truncated).
 //!
@@ -49,12 +52,31 @@ pub(crate) struct StackSpec {
 /// Builds a title from regex arguments when a template is not enough.
 pub(crate) type Builder = fn(&[String]) -> String;
 
+/// Finds the culprit of a report from its text (starting at the match of
+/// the format's `title`).
+pub(crate) type Locator = fn(&str) -> Located;
+
+/// What a [`Locator`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Located {
+    /// The culprit function.
+    At(String),
+    /// The report is complete but blames no kernel function (an SError
+    /// taken from user space): the title has no location.
+    Nowhere,
+    /// No culprit where one should be: the title says `corrupted` and the
+    /// finding is marked corrupted, as for `stack`.
+    Unknown,
+}
+
 pub(crate) struct Format {
     pub title: Regex,
     pub report: Option<Regex>,
     pub template: &'static str,
     pub builder: Option<Builder>,
     pub stack: Option<StackSpec>,
+    /// Finds the culprit instead of `stack` (which is then unused).
+    pub locate: Option<Locator>,
     pub no_stack: bool,
     pub corrupted: bool,
 }
@@ -109,6 +131,7 @@ fn f(title: &str, template: &'static str) -> Format {
         template,
         builder: None,
         stack: None,
+        locate: None,
         no_stack: false,
         corrupted: false,
     }
@@ -165,25 +188,42 @@ impl Format {
         self.builder = Some(b);
         self
     }
+    fn locate(mut self, l: Locator) -> Self {
+        self.locate = Some(l);
+        self
+    }
 }
 
 const WARN_PC: &str = r"(?:(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:<PC> +){0,2}<FUNC>|(?:[0-9]+:)?0x[0-9a-f]+|(?:[0-9]+:)?<PC> +\[< *\(null\)>\] +\(null\)|[0-9]+: +\(null\))|--- interrupt: [0-9]+ at <FUNC>)";
 
-/// Frames of the arm64 SError / panic path.
+/// The arm64 SError panic path: frames between the exception entry and the
+/// stack dump (`vpanic`/`panic` are generic frames anyway).  Exact names,
+/// except `serror`, which also covers the RAS helpers and KVM's
+/// `kvm_handle_guest_serror` on the way to `arm64_serror_panic`.
 const SERROR_SKIP: &[&str] = &[
+    "^panic$",
+    "^vpanic$",
+    "^nmi_panic$",
+    "^abort$",
+    "^add_taint$",
     "serror",
-    "_error_handler",
-    "el1_error",
-    "el0_error",
-    "el1h_64_error",
-    "el0t_64_error",
-    "el0t_32_error",
-    "^__el1_error",
-    "^el1_error",
     "bad_mode",
-    "arm64_serror_panic",
-    "nmi_panic",
 ];
+
+/// Exception entry for an SError (and its C handler, which sits just above
+/// it in the trace): `el1h_64_error`/`el1h_64_error_handler` since 5.14,
+/// `el1_error` before, and their EL0 (64- and 32-bit) counterparts.
+const SERROR_ENTRY: &[&str] = &[
+    "^el1h_64_error",
+    "^el0t_64_error",
+    "^el0t_32_error",
+    "^el1_error",
+    "^__el1_error",
+    "^el0_error",
+];
+
+/// Entries from user space: nothing in the kernel was interrupted.
+const SERROR_EL0_ENTRY: &[&str] = &["^el0t_64_error", "^el0t_32_error", "^el0_error"];
 
 fn fam(header: &'static str, suppress: &[&str], formats: Vec<Format>) -> Family {
     // All suppressions of a family are tried as one alternation.
@@ -483,15 +523,16 @@ fn build_families() -> Vec<Family> {
             "SError Interrupt on CPU",
             &[],
             vec![f(r"SError Interrupt on CPU[0-9]+", "SError Interrupt in {1}")
-                .pc_stack(SERROR_SKIP)
-                .fallback(&[S::CallTrace, S::Trace])],
+                .locate(serror_location)
+                .build(serror_title)],
         ),
         fam(
             "Kernel panic",
             &[],
             vec![
                 f("Kernel panic - not syncing: Asynchronous SError Interrupt", "SError Interrupt in {1}")
-                    .trace_stack(SERROR_SKIP),
+                    .locate(serror_location)
+                    .build(serror_title),
                 f("Kernel panic - not syncing: stack-protector:", "kernel panic: stack is corrupted in {1}")
                     .report(r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: <FUNC>")
                     .no_stack(),
@@ -685,6 +726,119 @@ fn kvm_host_message(args: &[String]) -> String {
     format!("KVM: {msg}")
 }
 
+/// `SError Interrupt in FUNC`, or `SError Interrupt` when it hit no kernel
+/// function (the location is the last argument, empty then).
+fn serror_title(args: &[String]) -> String {
+    match args.last().map(String::as_str) {
+        Some(frame) if !frame.is_empty() => format!("SError Interrupt in {frame}"),
+        _ => "SError Interrupt".to_string(),
+    }
+}
+
+/// Where an arm64 SError hit, from the report text (the `SError Interrupt
+/// on CPU` header or the `Asynchronous SError Interrupt` panic onwards):
+///
+/// 1. the first call-trace frame after the exception entry (`el1h_64_error`,
+///    `el0t_64_error`, `el0t_32_error`, older `el1_error`...), skipping the
+///    panic path and generic frames should any follow it;
+/// 2. else the function of the `pc :` register line printed before the
+///    trace;
+/// 3. else, for an SError taken from user space (an EL0 entry, or a `pc :`
+///    that is a bare user address), no location;
+/// 4. else, when the trace shows no exception entry at all, its first frame
+///    that is neither generic nor on the panic path (`vpanic`/`panic`,
+///    `nmi_panic`, `abort`, `add_taint`, `arm64_serror_panic`, `do_serror`);
+/// 5. else nothing: the report is truncated.
+///
+/// Unwinder source markers after a frame (`(C)`, `(P)`, `(L)`, `(T)`, `(?)`
+/// on newer kernels) are part of the frame line and are ignored.
+pub(crate) fn serror_location(text: &str) -> Located {
+    static RULES: OnceLock<(RuleSet, RuleSet, RuleSet, Regex)> = OnceLock::new();
+    let (skip_rules, entry_rules, el0_rules, pc_re) = RULES.get_or_init(|| {
+        (
+            RuleSet::new(frames::rules(SERROR_SKIP)),
+            RuleSet::new(frames::rules(SERROR_ENTRY)),
+            RuleSet::new(frames::rules(SERROR_EL0_ENTRY)),
+            re(RIP),
+        )
+    });
+    let skip = |f: &str| frames::is_generic(f) || skip_rules.matches(f) || entry_rules.matches(f);
+    let demangled = |f: &str| crate::demangle::demangle(f).unwrap_or_else(|| f.to_string());
+    let first_culprit = |frames: &[String]| {
+        frames
+            .iter()
+            .find(|f| !skip(f))
+            .map(|f| frames::strip_syscall_prefix(f).to_string())
+    };
+
+    let lines: Vec<&str> = text.split('\n').collect();
+    // The first call trace (the panic's) and everything printed before it.
+    let trace_at = lines
+        .iter()
+        .position(|l| l.contains("Call trace:") || l.contains("Call Trace:"));
+    let mut trace: Vec<String> = Vec::new();
+    if let Some(at) = trace_at {
+        for ln in &lines[at + 1..] {
+            if frames::is_stack_start(ln) {
+                break;
+            }
+            if let Some((a, b)) = frames::parse_frame_line(ln) {
+                trace.push(demangled(a));
+                if let Some(b) = b {
+                    trace.push(demangled(b));
+                }
+            }
+        }
+    }
+
+    // 1. The frame after the exception entry.
+    let entry = trace.iter().position(|f| entry_rules.matches(f));
+    if let Some(e) = entry
+        && let Some(frame) = first_culprit(&trace[e + 1..])
+    {
+        return Located::At(frame);
+    }
+
+    // 2. The interrupted pc, as the register dump shows it.
+    let mut user_pc = false;
+    for ln in &lines[..trace_at.unwrap_or(lines.len())] {
+        if let Some(caps) = pc_re.captures(ln) {
+            if let Some(m) = caps.get(1) {
+                let f = demangled(m.as_str());
+                if !skip(&f) {
+                    return Located::At(frames::strip_syscall_prefix(&f).to_string());
+                }
+            }
+            break;
+        }
+        if is_user_pc_line(ln) {
+            user_pc = true;
+            break;
+        }
+    }
+
+    // 3. Taken from user space: no kernel location.
+    if user_pc || entry.is_some_and(|e| el0_rules.matches(&trace[e])) {
+        return Located::Nowhere;
+    }
+
+    // 4. No recognised entry: the first frame past the panic path.
+    if entry.is_none()
+        && let Some(frame) = first_culprit(&trace)
+    {
+        return Located::At(frame);
+    }
+    Located::Unknown
+}
+
+/// arm64 `__show_regs` for a user-mode context: `pc : 0000ffff8f1e2a40`.
+fn is_user_pc_line(line: &str) -> bool {
+    line.trim_start()
+        .strip_prefix("pc : ")
+        .map(str::trim_end)
+        .is_some_and(|v| v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Lines of this kind sit inside another report and do not start a new one.
 pub(crate) fn is_continuation(line: &str) -> bool {
     static AC: OnceLock<AhoCorasick> = OnceLock::new();
@@ -776,8 +930,17 @@ pub(crate) fn describe(text: &str, family: &Family) -> Described {
             .map(|g| g.map_or(String::new(), |g| g.as_str().to_string()))
             .collect();
         corrupted = false;
-        if let Some(stack) = &fmt.stack {
-            let from = caps.get(0).map_or(0, |m| m.start());
+        let from = caps.get(0).map_or(0, |m| m.start());
+        if let Some(locate) = fmt.locate {
+            match locate(&text[from..]) {
+                Located::At(frame) => args.push(frame),
+                Located::Nowhere => args.push(String::new()),
+                Located::Unknown => {
+                    args.push("corrupted".to_string());
+                    corrupted = true;
+                }
+            }
+        } else if let Some(stack) = &fmt.stack {
             let (found, ok) = extract_frames(stack, &text[from..]);
             corrupted = !ok;
             args.extend(found);

@@ -467,14 +467,20 @@ pub fn vboard_ready() -> bool {
     if qemu && built {
         return true;
     }
-    let why = if !qemu {
+    skip_loudly(if !qemu {
         "qemu-system-aarch64 is not installed".to_owned()
     } else {
         format!(
             "no virtual board image in {} (agent/vboard/build.sh)",
             image.display()
         )
-    };
+    })
+}
+
+/// Says loudly that a test skips its real part and why — or fails, under
+/// `ARMFLEET_REQUIRE_QEMU=1` (set by scripts/test once QEMU is installed).
+/// Always `false`: "not ready".
+pub fn skip_loudly(why: String) -> bool {
     if std::env::var("ARMFLEET_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
         panic!("ARMFLEET_REQUIRE_QEMU=1 but {why}");
     }
