@@ -60,9 +60,42 @@ pub async fn run(config: &Config) -> Vec<CheckResult> {
     check_server(config, key, &mut out).await;
     let (config2, probe) = {
         let choice = config.executor;
-        let probe = tokio::task::spawn_blocking(armfleet_migrate_stress::probe_host)
-            .await
-            .ok();
+        let probe = match &config.ssh_board {
+            // A lab controller: QEMU, KVM and hugepages are the board's.
+            Some(board) => match crate::facts::ssh_board(board).await {
+                Ok(f) => {
+                    out.push(CheckResult::ok(
+                        "ssh-board",
+                        true,
+                        format!(
+                            "{} answers with the pinned host key and accepts the controller key ({} {}, kernel {}, KVM {})",
+                            board.addr(),
+                            if board.emulated { "emulated" } else { "hardware" },
+                            f.arch,
+                            f.kernel_release,
+                            f.kvm_mode.as_deref().unwrap_or("mode unknown")
+                        ),
+                    ));
+                    Some(armfleet_migrate_stress::HostProbe {
+                        kvm: f.kvm,
+                        qemu: f.qemu,
+                        hugepages: f.hugepages,
+                    })
+                }
+                Err(e) => {
+                    out.push(CheckResult::missing(
+                        "ssh-board",
+                        true,
+                        format!("{e:#}"),
+                        "check [ssh_board] in agent.toml: host, port, user, the board's host_key, and that the controller key is in the board's authorized_keys",
+                    ));
+                    None
+                }
+            },
+            None => tokio::task::spawn_blocking(armfleet_migrate_stress::probe_host)
+                .await
+                .ok(),
+        };
         (choice, probe)
     };
     let real = config2 != ExecutorChoice::Replay;

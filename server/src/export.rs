@@ -59,18 +59,21 @@ pub async fn kcidb(
             "build_id": format!("{ORIGIN}:b{kernel_id}"),
             "origin": ORIGIN,
             "path": format!("kvm.migrate_cancel.{}", kcidb_path_part(&job.plan)),
-            "comment": format!("{} on {} ({family}){}", job.plan, job.board, if job.simulated { ", simulated board" } else { "" }),
+            "comment": format!("{} on {} ({family}){}", job.plan, job.board, host_note(&job)),
             "status": kcidb_status(&job.state),
             "log_url": format!("{base_url}/api/v1/jobs/{}/log?stream=guest_console", job.id),
             "environment": {
                 "comment": format!("board {} ({family})", job.board),
-                "misc": { "board": job.board, "family": family, "simulated": job.simulated },
+                "misc": { "board": job.board, "family": family, "simulated": job.simulated,
+                          "host_kind": job.host_kind, "accel": job.accel, "ran_on": job.run_detail },
             },
             "misc": {
                 "cycles_completed": job.cycles_completed,
                 "cycles_total": job.cycles_total,
                 "failed_cycle": job.failed_cycle,
                 "simulated": job.simulated,
+                "host_kind": job.host_kind,
+                "accel": job.accel,
                 "armfleet_state": job.state,
             },
         });
@@ -174,7 +177,11 @@ pub fn junit(run_id: i64, jobs: &[JobRow]) -> String {
             (Some(s), Some(e)) => (e - s).num_milliseconds().max(0) as f64 / 1000.0,
             _ => 0.0,
         };
-        let sim = if j.simulated { " (simulated)" } else { "" };
+        let sim = match j.host_kind.as_deref() {
+            Some("emulated") => " (emulated arm64)",
+            _ if j.simulated => " (simulated)",
+            _ => "",
+        };
         out.push_str(&format!(
             "  <testcase classname=\"armfleet.{}\" name=\"{}{}\" time=\"{time:.3}\">",
             xml_escape(&j.plan),
@@ -218,4 +225,14 @@ pub fn junit(run_id: i64, jobs: &[JobRow]) -> String {
     }
     out.push_str("</testsuite></testsuites>\n");
     out
+}
+
+/// ", simulated board" / ", emulated arm64 board (nested KVM under TCG)":
+/// no export passes either off as hardware.
+fn host_note(job: &crate::jobs::JobRow) -> String {
+    match job.host_kind.as_deref() {
+        Some("emulated") => ", emulated arm64 board (nested KVM under TCG)".into(),
+        _ if job.simulated => ", simulated board".into(),
+        _ => String::new(),
+    }
 }

@@ -780,6 +780,7 @@ pub struct JobBrief {
     pub plan: String,
     pub state: String,
     pub simulated: bool,
+    pub host_kind: Option<String>,
     pub cycles_total: i32,
     pub cycles_completed: i32,
     pub failed_cycle: Option<i32>,
@@ -793,7 +794,7 @@ pub struct JobBrief {
 }
 
 const JOB_BRIEF_SELECT: &str =
-    "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated,
+    "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated, j.host_kind,
         j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
         j.created_at, j.finished_at, NULL::text AS finding
      FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
@@ -858,7 +859,7 @@ pub async fn failures_for_board(
     limit: i64,
 ) -> Result<Vec<JobBrief>, sqlx::Error> {
     sqlx::query_as::<_, JobBrief>(
-        "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated,
+        "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated, j.host_kind,
                 j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
                 j.created_at, j.finished_at,
                 (SELECT f.title FROM findings f WHERE f.job_id = j.id ORDER BY f.stream = 'guest_console' DESC, f.ordinal LIMIT 1) AS finding

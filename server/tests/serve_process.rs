@@ -57,7 +57,7 @@ async fn serve_runs_its_own_postgres_and_stops_it_on_sigterm() {
         .json()
         .await
         .unwrap();
-    assert_eq!(boards["boards"].as_array().unwrap().len(), 3);
+    assert_eq!(boards["boards"].as_array().unwrap().len(), 4);
     assert!(
         data.join("postgres/pgdata/PG_VERSION").exists(),
         "private cluster initialised under the data dir"

@@ -30,7 +30,7 @@
 //! | `guest-abort` | TLB conflict abort in a guest, host KVM `Unsupported FSC` | yes |
 //! | `kernel-panic` | `kernel panic: ...` not explained by an earlier report | yes |
 //! | `oops` | BUG/paging request/NULL deref/Internal error/GPF/kernel BUG/Unhandled fault/double fault... | yes |
-//! | `serror` | arm64 SError interrupt, titled by where it hit | yes |
+//! | `serror` | arm64 SError interrupt, titled by where it hit (`SError Interrupt in FUNC`; plain `SError Interrupt` when taken from user space) | yes |
 //! | `kvm-error` | QEMU `kvm run failed`, `KVM internal error` (fatal); other host `kvm [PID]:` errors (not fatal: KVM reports them and the guest goes on) | see left |
 //! | `hang` | an empty guest console | yes |
 //! | `warning` | WARNING, sleeping in atomic, bad page state... | no* |

@@ -1172,6 +1172,105 @@ mod tests {
         assert_eq!(fill("{9}", &[]), "");
     }
 
+    fn trace(frames: &[&str]) -> String {
+        let mut t = String::from(
+            "Kernel panic - not syncing: Asynchronous SError Interrupt\nCall trace:\n",
+        );
+        for f in frames {
+            t.push_str(&format!(" {f}\n"));
+        }
+        t
+    }
+
+    #[test]
+    fn serror_location_rules() {
+        let at = |f: &str| Located::At(f.to_string());
+        // The frame after the entry, whatever the panic path above it shows.
+        assert_eq!(
+            serror_location(&trace(&[
+                "vpanic+0x1/0x2 (C)",
+                "abort+0x0/0x4 (?)",
+                "add_taint+0x0/0x8 (T)",
+                "mystery_panic_helper+0x1/0x2",
+                "do_serror+0x3c/0x70 (P)",
+                "el1h_64_error_handler+0x30/0x48 (C)",
+                "el1h_64_error+0x64/0x68",
+                "stage2_map_walker+0x1/0x2 (P)",
+                "kvm_pgtable_walk+0x1/0x2 (L)",
+            ])),
+            at("stage2_map_walker")
+        );
+        // Only the panic path and the entry are skipped after it: a driver's
+        // own error handler can be where the SError hit.
+        assert_eq!(
+            serror_location(&trace(&[
+                "el1h_64_error+0x64/0x68",
+                "pcie_aer_error_handler+0x1/0x2",
+            ])),
+            at("pcie_aer_error_handler")
+        );
+        // Older kernels' entry.
+        assert_eq!(
+            serror_location(&trace(&[
+                "do_serror+0x1/0x2",
+                "el1_error+0x1/0x2",
+                "gic_write_grpen1+0x1/0x2"
+            ])),
+            at("gic_write_grpen1")
+        );
+        // No entry in the trace: the first frame past the panic path.
+        assert_eq!(
+            serror_location(&trace(&[
+                "dump_stack+0x1/0x2",
+                "panic+0x1/0x2",
+                "abort+0x0/0x4",
+                "add_taint+0x0/0x8",
+                "nmi_panic+0x1/0x2",
+                "arm64_serror_panic+0x1/0x2",
+                "do_serror+0x1/0x2",
+                "kvm_handle_guest_serror+0x1/0x2",
+                "handle_exit_early+0x1/0x2",
+            ])),
+            at("handle_exit_early")
+        );
+        // Trace cut right after the entry: the pc line.
+        let text = format!(
+            "SError Interrupt on CPU1, code 0xbf000000 -- SError\npc : vgic_v3_restore_state+0x1/0x2\n{}",
+            trace(&["do_serror+0x1/0x2", "el1h_64_error+0x1/0x2"])
+        );
+        assert_eq!(serror_location(&text), at("vgic_v3_restore_state"));
+        // ... and without one, nothing: truncated.
+        assert_eq!(
+            serror_location(&trace(&["do_serror+0x1/0x2", "el1h_64_error+0x1/0x2"])),
+            Located::Unknown
+        );
+        // From user space: no kernel location, by the entry or by the pc.
+        assert_eq!(
+            serror_location(&trace(&[
+                "do_serror+0x1/0x2",
+                "el0t_64_error_handler+0x1/0x2",
+                "el0t_64_error+0x1/0x2"
+            ])),
+            Located::Nowhere
+        );
+        assert_eq!(
+            serror_location(&trace(&["do_serror+0x1/0x2", "el0t_32_error+0x1/0x2 (P)"])),
+            Located::Nowhere
+        );
+        assert_eq!(
+            serror_location(
+                "SError Interrupt on CPU0, code 0xbf000000 -- SError\npc : 0000ffff8f1e2a40\nlr : 0000aaaab1c02230\n"
+            ),
+            Located::Nowhere
+        );
+        assert_eq!(
+            serror_location("SError Interrupt on CPU0"),
+            Located::Unknown
+        );
+        assert_eq!(serror_title(&[String::new()]), "SError Interrupt");
+        assert_eq!(serror_title(&["f".to_string()]), "SError Interrupt in f");
+    }
+
     #[test]
     fn kvm_builders() {
         assert_eq!(

@@ -6,6 +6,10 @@
 //! * `FINDING: <class> | <Y/N corrupted> | <title>` — one per expected finding, in order
 //!   (no `FINDING:` line means the log must yield no finding);
 //! * `ESR_FSC: 0x..`, `FATAL: Y/N`, `SOURCE_OUT: ...` — checked on the first finding.
+//!
+//! Every log is also run again with arm64 unwinder markers (`(C)`, `(P)`...)
+//! after each stack frame, as kernels since 6.13 print them: findings must
+//! not change.
 
 use armfleet_triage::{Finding, Source, triage};
 use std::fs;
@@ -187,4 +191,77 @@ fn corpus_covers_title_families() {
             "no corpus log for {fam:?}"
         );
     }
+}
+
+/// `  func+0x1c/0x30` (possibly after a printk prefix): append one of the
+/// unwinder source markers newer arm64 kernels print, in turn.
+fn with_unwinder_markers(data: &[u8]) -> Vec<u8> {
+    const MARKERS: &[&str] = &[" (C)", " (P)", " (L)", " (T)", " (?)"];
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    let mut k = 0;
+    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        let (body, cr) = match line.strip_suffix(b"\r") {
+            Some(b) => (b, true),
+            None => (line, false),
+        };
+        out.extend_from_slice(body);
+        let text = String::from_utf8_lossy(body);
+        let last = text.trim_end().rsplit(' ').next().unwrap_or("");
+        let is_frame = last.split_once("+0x").is_some_and(|(name, off)| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+                && off.split_once("/0x").is_some_and(|(a, b)| {
+                    [a, b]
+                        .iter()
+                        .all(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()))
+                })
+        });
+        if is_frame && text.starts_with([' ', '[']) {
+            out.extend_from_slice(MARKERS[k % MARKERS.len()].as_bytes());
+            k += 1;
+        }
+        if cr {
+            out.push(b'\r');
+        }
+    }
+    out
+}
+
+#[test]
+fn unwinder_markers_change_nothing() {
+    let key = |fs: &[Finding]| {
+        fs.iter()
+            .map(|f| {
+                (
+                    f.title.clone(),
+                    f.class,
+                    f.corrupted,
+                    f.start_line,
+                    f.end_line,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut marked_logs = 0;
+    for log in corpus_logs() {
+        let source = read_expected(&log.with_extension("expected")).source;
+        let data = fs::read(&log).expect("corpus log");
+        let marked = with_unwinder_markers(&data);
+        if marked.len() == data.len() {
+            continue;
+        }
+        marked_logs += 1;
+        assert_eq!(
+            key(&triage(&marked, source)),
+            key(&triage(&data, source)),
+            "{}",
+            log.display()
+        );
+    }
+    assert!(marked_logs >= 20, "only {marked_logs} logs have frames");
 }

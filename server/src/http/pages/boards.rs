@@ -22,6 +22,8 @@ pub struct JobLine {
     pub plan: String,
     pub state: String,
     pub simulated: bool,
+    /// "emulated arm64 (nested KVM under TCG)" or empty.
+    pub host: String,
     pub cycles: String,
     pub when: String,
     pub note: String,
@@ -45,6 +47,7 @@ impl JobLine {
             plan: j.plan,
             state: j.state,
             simulated: j.simulated,
+            host: host_label(j.host_kind.as_deref()),
             cycles,
             when: ago(Some(j.finished_at.unwrap_or(j.created_at))),
             note: j.finding.or(j.reason).unwrap_or_default(),
