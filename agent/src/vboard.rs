@@ -8,8 +8,11 @@
 //!   the controller keys it must accept, is injected at every start as a
 //!   second initramfs archive appended to the image's;
 //! * its console goes to `DIR/console.log` (appended across boots);
-//! * `DIR/next-Image`, when present, is the kernel of the next start (how a
-//!   kernel armfleet built is deployed on it);
+//! * `DIR/next-Image`, when present, is the kernel of the next start only
+//!   (how a kernel armfleet built is deployed on it): it is moved to
+//!   `DIR/boot-once-Image` and booted once, so the power cycle after a
+//!   kernel that does not come up returns to the image's known-good kernel,
+//!   like a one-shot boot entry on a real board;
 //! * when its QEMU exits — a power cycle (`armfleet-agent vboard
 //!   power-cycle --state DIR`, QMP `quit`), a panic — it is started again;
 //! * `DIR/vboard.json` says how to reach it once its SSH answers.
@@ -270,8 +273,10 @@ pub async fn run(
     let mut boots = 0u32;
     loop {
         let next = opts.state_dir.join("next-Image");
-        let kernel = if next.is_file() {
-            next
+        let once = opts.state_dir.join("boot-once-Image");
+        let _ = std::fs::remove_file(&once);
+        let kernel = if next.is_file() && std::fs::rename(&next, &once).is_ok() {
+            once
         } else {
             opts.image_dir.join("vmlinuz")
         };
@@ -349,8 +354,18 @@ pub async fn run(
             }
         };
         let _ = std::fs::remove_file(opts.state_dir.join("vboard.json"));
-        tracing::warn!(boot = boots, %status, "the virtual board's QEMU exited; starting it again (power cycle)");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A board that dies during boot (a kernel that does not boot, a
+        // broken image) is retried, but not in a tight loop.
+        let pause = if ready {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(10)
+        };
+        tracing::warn!(boot = boots, %status, "the virtual board's QEMU exited; starting it again in {:.1} s (power cycle)", pause.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
     }
 }
 

@@ -295,7 +295,7 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
     let dir = tempfile::tempdir().unwrap();
     let vboard = VirtualBoard::boot(dir.path(), "deploy", "vhe").await;
     let booted_from = vboard.info["kernel"].as_str().unwrap().to_owned();
-    assert!(!booted_from.ends_with("next-Image"), "{booted_from}");
+    assert!(!booted_from.ends_with("boot-once-Image"), "{booted_from}");
     // The build: a real arm64 kernel Image (the Debian kernel the board
     // image carries), as a lab that builds elsewhere would hand it over.
     let image_dir = std::env::var_os("ARMFLEET_VBOARD_DIR")
@@ -338,7 +338,7 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
             .unwrap();
     assert!(info["boots"].as_u64().unwrap() >= 2, "{info}");
     assert!(
-        info["kernel"].as_str().unwrap().ends_with("next-Image"),
+        info["kernel"].as_str().unwrap().ends_with("boot-once-Image"),
         "{info}"
     );
     let board = server.get_json("/api/v1/boards").await["boards"][0].clone();
