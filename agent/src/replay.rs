@@ -145,6 +145,8 @@ pub async fn run(
             resumed_paused_source: false,
             events: vec!["simulated".into()],
             wall_ms: cycle_start.elapsed().as_secs_f64() * 1000.0,
+            // Replayed logs exercise no stage-2 code: no path evidence.
+            path: None,
         };
         let _ = events.send(StressEvent::Cycle(record)).await;
         if aborted {

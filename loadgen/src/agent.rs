@@ -691,6 +691,7 @@ async fn step_job(link: &Link, shared: &Shared, j: &mut Running) -> anyhow::Resu
             resumed_paused_source: false,
             events: vec!["MIGRATION active".into(), "MIGRATION cancelled".into()],
             wall_ms: 10.0,
+            path: None,
         };
         link.send(
             shared,

@@ -227,6 +227,28 @@ async fn main() {
             100.0 * total_overhead / wall.iter().sum::<f64>()
         );
     }
+    // Stage-2 path evidence (KVM/arm64 hosts with kprobes).
+    let sum = |f: &dyn Fn(&armfleet_protocol::PathCounters) -> Option<u64>| -> Option<u64> {
+        recs.iter()
+            .map(|r| r.path.as_ref().and_then(f))
+            .sum::<Option<u64>>()
+    };
+    match sum(&|p| p.page_maps) {
+        Some(pages) => {
+            let minutes = total.as_secs_f64() / 60.0;
+            let after = sum(&|p| p.block_maps_after_cancel).unwrap_or(0);
+            println!(
+                "stage-2 path: {pages} page maps, {} block maps, {after} block maps after the cancel ({:.1} per board-minute, {:.2} per cycle), {} permission faults",
+                sum(&|p| p.block_maps).unwrap_or(0),
+                after as f64 / minutes,
+                after as f64 / recs.len().max(1) as f64,
+                sum(&|p| p.perm_faults)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "unknown".into())
+            );
+        }
+        None => println!("stage-2 path: not traced (no KVM/arm64, or no kprobes on this host)"),
+    }
     // This process is the controller: its CPU over the job.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };

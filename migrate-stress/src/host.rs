@@ -11,7 +11,7 @@
 //! and removes the job's directory as soon as that channel ends: the job
 //! finished, the controller died, or the link or the board's sshd went away.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -127,6 +127,7 @@ impl Host {
                 let cmd = format!(
                     "mkdir -p {q} && echo armed && read _ignored; \
                      for f in {q}/*.pid; do [ -f \"$f\" ] && kill -9 $(cat \"$f\") 2>/dev/null; done; \
+                     [ -f {q}/disarm.sh ] && sh {q}/disarm.sh; \
                      rm -rf {q}"
                 );
                 let mut ch = b.spawn(&cmd).await.map_err(|e| e.to_string())?;
@@ -214,7 +215,22 @@ impl Host {
         }
     }
 
-    pub fn local_path(&self, p: &str) -> PathBuf {
-        PathBuf::from(p)
+    /// Runs a shell script on the host; its stdout.
+    pub async fn run_shell(&self, script: &str) -> Result<String, String> {
+        match self {
+            Host::Local => tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map_err(|e| format!("sh: {e}")),
+            Host::Ssh(b) => b
+                .run(script, Duration::from_secs(30))
+                .await
+                .map(|o| o.stdout_text())
+                .map_err(|e| e.to_string()),
+        }
     }
 }

@@ -317,6 +317,29 @@ async fn run_on_host(
         armed: true,
     };
     let kmsg_task = start_kmsg(host, &shared, kmsg_stop.clone()).await;
+    // Path evidence: only KVM/arm64 runs the stage-2 code.
+    let stage2 = if plan.profile.accel == Accel::Kvm && plan.profile.arch == GuestArch::Arm64 {
+        let tag = dir.path.rsplit('/').next().unwrap_or("job").to_owned();
+        match crate::stage2::Stage2Probes::arm(host, &dir, &tag).await {
+            Ok(p) => {
+                logs.agent(format!(
+                    "stage-2 path probes armed: {} (the others are unknown on this kernel)",
+                    p.armed.join(", ")
+                ));
+                Some(Arc::new(p))
+            }
+            Err(why) => {
+                logs.agent(format!(
+                    "stage-2 path tracing unavailable on {}: {why} — path counters are unknown for this job",
+                    host.describe()
+                ));
+                None
+            }
+        }
+    } else {
+        logs.agent("stage-2 path counters: not applicable (the guests do not run under KVM/arm64)");
+        None
+    };
     let progress = Arc::new(Progress::default());
 
     let driver = Driver {
@@ -330,6 +353,9 @@ async fn run_on_host(
         prespawn: plan.prespawn,
         next_dest: None,
         hooks: env.fault_hooks.clone(),
+        host: host.clone(),
+        stage2: stage2.clone(),
+        after_cancel: None,
         launcher: Launcher {
             binary: plan.binary.clone(),
             profile: plan.profile.clone(),
@@ -402,6 +428,9 @@ async fn run_on_host(
         {
             abort.abort();
         }
+    }
+    if let Some(p) = &stage2 {
+        p.disarm(host).await;
     }
     kmsg_stop.cancel();
     if let Some(t) = kmsg_task {
@@ -1234,6 +1263,10 @@ struct Driver<'a> {
     next_dest: Option<JoinHandle<Result<Vm, Stop>>>,
     launcher: Launcher,
     hooks: crate::FaultHooks,
+    host: Host,
+    stage2: Option<Arc<crate::stage2::Stage2Probes>>,
+    /// The path counters right after this cycle's cancel.
+    after_cancel: Option<crate::stage2::Snapshot>,
 }
 
 impl Driver<'_> {
@@ -1257,6 +1290,7 @@ impl Driver<'_> {
             src.name,
             ms(boot_t0.elapsed())
         ));
+        let mut before = self.stage2_snapshot().await;
         for n in 1..=self.params.cycles {
             self.progress.current.store(n, Ordering::SeqCst);
             *self.progress.current_started.lock().unwrap() = Some(Instant::now());
@@ -1267,6 +1301,12 @@ impl Driver<'_> {
                 self.cancel_cycle(n, &mut src).await?
             };
             sort_events(&mut rec.events);
+            let end = self.stage2_snapshot().await;
+            let mid = self.after_cancel.take();
+            if let (Some(p), Some(b), Some(e)) = (&self.stage2, &before, &end) {
+                rec.path = Some(p.counters(b, mid.as_ref(), e));
+            }
+            before = end;
             self.logs().agent(format!(
                 "cycle {n}: {} delay {} ms, reached {}, final {}, {} MiB sent, cancel->cancelled {}, progress {}, wall {:.0} ms{}",
                 rec.action,
@@ -1279,6 +1319,18 @@ impl Driver<'_> {
                 rec.wall_ms,
                 if rec.resumed_paused_source { ", RESUMED PAUSED SOURCE" } else { "" }
             ));
+            if let Some(p) = &rec.path {
+                let v =
+                    |x: Option<u64>| x.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into());
+                self.logs().agent(format!(
+                    "cycle {n}: stage-2 path: {} page maps, {} block maps ({} after the cancel), {} permission faults, {} memslot changes",
+                    v(p.page_maps),
+                    v(p.block_maps),
+                    v(p.block_maps_after_cancel),
+                    v(p.perm_faults),
+                    v(p.memslot_changes)
+                ));
+            }
             self.logs().cycle(rec);
             self.progress.completed.store(n, Ordering::SeqCst);
             *self.progress.partial.lock().unwrap() = None;
@@ -1286,6 +1338,13 @@ impl Driver<'_> {
         // Orderly end: the source is torn down by the job's cleanup.
         src.proc.set_role(ROLE_RETIRED);
         Ok(self.params.cycles)
+    }
+
+    async fn stage2_snapshot(&self) -> Option<crate::stage2::Snapshot> {
+        match &self.stage2 {
+            Some(p) => p.read(&self.host).await,
+            None => None,
+        }
     }
 
     async fn qmp(&self, vm: &Vm, cmd: &str, args: Option<Value>) -> Result<Value, Stop> {
@@ -1548,6 +1607,7 @@ impl Driver<'_> {
             completed = status == "completed";
         }
         self.snap(&rec);
+        self.after_cancel = self.stage2_snapshot().await;
 
         if rec.final_state == "failed" {
             // Most likely the destination died mid-migration.

@@ -32,6 +32,7 @@ mod proc;
 
 pub mod host;
 pub mod ssh_board;
+pub mod stage2;
 
 pub mod job;
 pub mod kmsg;

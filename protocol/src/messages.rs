@@ -435,6 +435,28 @@ pub struct CycleRecord {
     pub resumed_paused_source: bool,
     pub events: Vec<String>,
     pub wall_ms: f64,
+    /// What the host kernel's stage-2 code did during the cycle (KVM/arm64
+    /// hosts with kprobes; absent where the path could not be traced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathCounters>,
+}
+
+/// Stage-2 path counters of one cycle, from kprobes on the host kernel.
+/// `None` in a field: that probe could not be armed on this kernel —
+/// unknown, never zero.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathCounters {
+    /// `kvm_pgtable_stage2_map` of one 4 KiB page.
+    pub page_maps: Option<u64>,
+    /// `kvm_pgtable_stage2_map` of a block (2 MiB on a 4K host).
+    pub block_maps: Option<u64>,
+    /// Block maps after the cancel, when dirty logging is off again: KVM
+    /// re-installing blocks over the tables the logging split left.
+    pub block_maps_after_cancel: Option<u64>,
+    /// `kvm_pgtable_stage2_relax_perms`: stage-2 permission faults.
+    pub perm_faults: Option<u64>,
+    /// `kvm_arch_commit_memory_region`: memslot changes (dirty logging on/off).
+    pub memslot_changes: Option<u64>,
 }
 
 /// How a job ended, as the agent saw it.

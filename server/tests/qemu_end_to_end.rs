@@ -69,6 +69,10 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
         let delay = c["delay_ms"].as_u64().unwrap();
         assert!((200..=400).contains(&delay), "{c}");
         assert!(c["cancel_to_cancelled_ms"].as_f64().is_some());
+        assert!(
+            c.get("path").is_none(),
+            "a TCG cycle runs no KVM stage-2 code: no path evidence, not zeros: {c}"
+        );
     }
     let log = |stream: &'static str| {
         let url = server.url(&format!("/api/v1/jobs/{job}/log?stream={stream}"));

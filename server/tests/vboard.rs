@@ -162,7 +162,16 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
     for c in cycles {
         assert_eq!(c["final_state"], "cancelled", "{c}");
         assert_eq!(c["guest_alive"], true, "{c}");
+        // The board's own kernel traced its stage-2 code doing the work:
+        // pages mapped under dirty logging, write-protection faults taken.
+        let path = &c["path"];
+        assert!(path["page_maps"].as_u64().unwrap() > 0, "{c}");
+        assert!(path["perm_faults"].as_u64().unwrap() > 0, "{c}");
+        assert!(path["block_maps_after_cancel"].is_u64(), "{c}");
     }
+    // The probes are gone from the board's kernel once the job ended.
+    let probes = vboard.sh("cat /sys/kernel/tracing/kprobe_events").await;
+    assert!(!probes.contains("armfleet_"), "{probes}");
     let dmesg = job_log(&server, job, "host_dmesg").await;
     assert!(
         dmesg.contains("the board's kernel log window"),
@@ -338,7 +347,10 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
             .unwrap();
     assert!(info["boots"].as_u64().unwrap() >= 2, "{info}");
     assert!(
-        info["kernel"].as_str().unwrap().ends_with("boot-once-Image"),
+        info["kernel"]
+            .as_str()
+            .unwrap()
+            .ends_with("boot-once-Image"),
         "{info}"
     );
     let board = server.get_json("/api/v1/boards").await["boards"][0].clone();

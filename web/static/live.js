@@ -107,6 +107,7 @@
       if (c.alive) alive.textContent = "yes"; else alive.appendChild(el("strong", "bad", "no"));
       tr.appendChild(alive);
       tr.appendChild(el("td", null, c.wall_ms));
+      tr.appendChild(el("td", null, c.stage2));
       body.appendChild(tr);
     });
   });

@@ -219,6 +219,7 @@ pub fn cycle(n: u32, alive: bool) -> CycleRecord {
         resumed_paused_source: false,
         events: vec![],
         wall_ms: 400.0 + n as f64,
+        path: None,
     }
 }
 

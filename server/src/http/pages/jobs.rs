@@ -39,6 +39,10 @@ pub struct CycleView {
     pub progress_ms: String,
     pub alive: bool,
     pub wall_ms: String,
+    /// Stage-2 path counters: "pages / blocks (after cancel) / perm
+    /// faults"; "–" where the job could not trace the path, `?` for a
+    /// probe this kernel lacked.
+    pub stage2: String,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -64,6 +68,24 @@ impl CycleView {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             wall_ms: ms(n("wall_ms")),
+            stage2: match r.get("path") {
+                Some(p) if p.is_object() => {
+                    let c = |k: &str| {
+                        p.get(k)
+                            .and_then(Value::as_u64)
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "?".into())
+                    };
+                    format!(
+                        "{} / {} ({}) / {}",
+                        c("page_maps"),
+                        c("block_maps"),
+                        c("block_maps_after_cancel"),
+                        c("perm_faults")
+                    )
+                }
+                _ => "–".into(),
+            },
         }
     }
 }
