@@ -46,12 +46,7 @@ pub async fn ssh_board(cfg: &SshBoardConfig) -> anyhow::Result<BoardFacts> {
         cpu_part: p.cpu_part.clone(),
         cores: p.cores,
         mem_total_kib: p.mem_total_kib,
-        kvm: armfleet_protocol::KvmStatus {
-            present: p.kvm_present,
-            accessible: p.kvm_present,
-            hardware: p.kvm_present && p.machine == "aarch64",
-            note: (!p.kvm_present).then(|| "/dev/kvm does not exist on the board".into()),
-        },
+        kvm: p.kvm_status(&cfg.addr()),
         qemu,
         hugepages: armfleet_protocol::HugepageInfo {
             size_kib: 2048,

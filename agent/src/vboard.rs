@@ -17,7 +17,6 @@
 //!   power-cycle --state DIR`, QMP `quit`), a panic — it is started again;
 //! * `DIR/vboard.json` says how to reach it once its SSH answers.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -385,27 +384,6 @@ pub async fn power_cycle(state_dir: &Path) -> anyhow::Result<()> {
         })?;
     let _ = qmp.execute("quit", None, Duration::from_secs(5)).await;
     Ok(())
-}
-
-/// Reads `DIR/vboard.json`, waiting up to `timeout` for the board to answer.
-pub fn wait_ready(state_dir: &Path, timeout: Duration) -> anyhow::Result<VboardState> {
-    let deadline = Instant::now() + timeout;
-    let path = state_dir.join("vboard.json");
-    loop {
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            let mut s = String::new();
-            f.read_to_string(&mut s)?;
-            return Ok(serde_json::from_str(&s)?);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the virtual board in {} did not answer on SSH within {} s",
-                state_dir.display(),
-                timeout.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[cfg(test)]

@@ -584,26 +584,20 @@ async fn prepare(
         ));
     }
 
-    let kernel = params
-        .guest_kernel
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| match host {
-            Host::Local => env.guest_dir.join(arch.dir()).join("vmlinuz"),
-            Host::Ssh(b) => {
-                PathBuf::from(format!("{}/{}/vmlinuz", b.config().guest_dir, arch.dir()))
-            }
-        });
-    let initrd = params
-        .guest_initrd
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| match host {
-            Host::Local => env.guest_dir.join(arch.dir()).join("initrd.gz"),
-            Host::Ssh(b) => {
-                PathBuf::from(format!("{}/{}/initrd.gz", b.config().guest_dir, arch.dir()))
-            }
-        });
+    // The stress guest where the host keeps it, unless the job names one.
+    let guest_file = |given: &Option<String>, name: &str| -> PathBuf {
+        given
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| match host {
+                Host::Local => env.guest_dir.join(arch.dir()).join(name),
+                Host::Ssh(b) => {
+                    PathBuf::from(format!("{}/{}/{name}", b.config().guest_dir, arch.dir()))
+                }
+            })
+    };
+    let kernel = guest_file(&params.guest_kernel, "vmlinuz");
+    let initrd = guest_file(&params.guest_initrd, "initrd.gz");
     let facts = match host {
         Host::Local => local_facts(env, arch, &kernel, &initrd)?,
         Host::Ssh(b) => board_facts(b, arch, &kernel, &initrd).await?,
@@ -860,12 +854,7 @@ async fn board_facts(
             arch.dir()
         ));
     }
-    let kvm = armfleet_protocol::KvmStatus {
-        present: p.kvm_present,
-        accessible: p.kvm_present,
-        hardware: p.kvm_present,
-        note: (!p.kvm_present).then(|| format!("/dev/kvm does not exist on {where_}")),
-    };
+    let kvm = p.kvm_status(&board.config().addr());
     let mode = p
         .kvm_mode
         .clone()

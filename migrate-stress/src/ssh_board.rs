@@ -358,6 +358,20 @@ m=$(dmesg 2>/dev/null | grep -o 'kvm \[1\]: [a-zA-Z]* mode initialized' | head -
 true
 "#;
 
+impl BoardProbe {
+    /// KVM as the agent reports it: the board's `/dev/kvm`, usable for
+    /// arm64 guests when the board itself is arm64.
+    pub fn kvm_status(&self, addr: &str) -> armfleet_protocol::KvmStatus {
+        armfleet_protocol::KvmStatus {
+            present: self.kvm_present,
+            accessible: self.kvm_present,
+            hardware: self.kvm_present && self.machine == "aarch64",
+            note: (!self.kvm_present)
+                .then(|| format!("/dev/kvm does not exist on the board {addr}")),
+        }
+    }
+}
+
 impl SshBoard {
     pub async fn probe(&self) -> Result<BoardProbe, SshBoardError> {
         let out = self.run(PROBE_SCRIPT, Duration::from_secs(30)).await?;

@@ -307,13 +307,9 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
     assert!(!booted_from.ends_with("boot-once-Image"), "{booted_from}");
     // The build: a real arm64 kernel Image (the Debian kernel the board
     // image carries), as a lab that builds elsewhere would hand it over.
-    let image_dir = std::env::var_os("ARMFLEET_VBOARD_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap())
-                .join(".cache/armfleet/vboard")
-        });
-    let image = image_dir.join("vmlinuz");
+    let image = armfleet_server::demo::vboard_image()
+        .unwrap()
+        .join("vmlinuz");
     use sha2::Digest;
     let sum = hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()));
     let release = vboard.sh("uname -r").await.trim().to_owned();

@@ -456,25 +456,10 @@ pub struct VirtualBoard {
 /// The image `agent/vboard/build.sh` makes, and QEMU: skips loudly, or
 /// fails under `ARMFLEET_REQUIRE_QEMU=1`, when either is missing.
 pub fn vboard_ready() -> bool {
-    let image = std::env::var_os("ARMFLEET_VBOARD_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/armfleet/vboard")
-        });
-    let qemu = armfleet_migrate_stress::probe::find_qemu("aarch64").is_some();
-    let built = image.join("vmlinuz").is_file() && image.join("initrd.gz").is_file();
-    if qemu && built {
-        return true;
+    match armfleet_server::demo::vboard_image() {
+        Ok(_) => true,
+        Err(why) => skip_loudly(why),
     }
-    skip_loudly(if !qemu {
-        "qemu-system-aarch64 is not installed".to_owned()
-    } else {
-        format!(
-            "no virtual board image in {} (agent/vboard/build.sh)",
-            image.display()
-        )
-    })
 }
 
 /// Says loudly that a test skips its real part and why — or fails, under
