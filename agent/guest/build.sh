@@ -133,7 +133,7 @@ build_arch() {
 	[ -f "$vmlinuz" ] || die "no vmlinuz in $kpkg"
 
 	log "$arch: compiling dirty.c with $cc -static"
-	"$cc" -static -O2 -Wall -o "$tmp/root/dirty" "$HERE/dirty.c"
+	"$cc" -static -O2 -Wall -pthread -o "$tmp/root/dirty" "$HERE/dirty.c"
 
 	local r="$tmp/root"
 	mkdir -p "$r/bin" "$r/dev" "$r/proc" "$r/sys" "$r/tmp" "$r/lib/modules"

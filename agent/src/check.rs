@@ -80,6 +80,7 @@ pub async fn run(config: &Config) -> Vec<CheckResult> {
                         kvm: f.kvm,
                         qemu: f.qemu,
                         hugepages: f.hugepages,
+                        memory: f.memory,
                     })
                 }
                 Err(e) => {

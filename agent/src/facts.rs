@@ -62,6 +62,7 @@ pub async fn ssh_board(cfg: &SshBoardConfig) -> anyhow::Result<BoardFacts> {
         },
         ssh_board: Some(cfg.addr()),
         kvm_mode: p.kvm_mode.clone(),
+        memory: p.memory(),
     })
 }
 
@@ -148,6 +149,7 @@ pub fn gather(choice: ExecutorChoice) -> BoardFacts {
         },
         ssh_board: None,
         kvm_mode: None,
+        memory: probe.memory,
     }
 }
 

@@ -150,6 +150,8 @@ impl JobRunner {
             epoch,
             out: self.out.clone(),
             executor: self.executor,
+            replay_fallback: self.executor == ExecutorKind::Replay
+                && self.config.executor == crate::ExecutorChoice::Auto,
             work_dir: self.config.state_dir.join("work"),
             board: self.config.board.clone(),
             sim_kernel: crate::boot::simulated_kernel(&self.config.state_dir),
@@ -199,6 +201,9 @@ struct JobContext {
     epoch: i64,
     out: Outbox,
     executor: ExecutorKind,
+    /// `executor = "auto"` became replay on this host: its results are a
+    /// fallback, never evidence.
+    replay_fallback: bool,
     work_dir: std::path::PathBuf,
     board: String,
     /// The simulated kernel a replay board booted, whose behaviour (its
@@ -214,6 +219,7 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
         epoch,
         out,
         executor,
+        replay_fallback,
         work_dir,
         board,
         sim_kernel,
@@ -327,6 +333,9 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
             host: armfleet_protocol::HostKind::Simulated,
             accel: "none".into(),
             detail: format!("simulated board {board_name} (replayed logs)"),
+            fallback: replay_fallback.then(|| {
+                "executor=auto fell back to replay: no arm64 QEMU or guest image on this host".into()
+            }),
         })
     });
     tracing::info!(job_id, ?result, "job finished");

@@ -225,6 +225,7 @@ fn facts() -> BoardFacts {
         host_kind: armfleet_protocol::HostKind::Simulated,
         ssh_board: None,
         kvm_mode: None,
+        memory: Default::default(),
         build_id: None,
     }
 }

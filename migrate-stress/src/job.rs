@@ -83,7 +83,7 @@ use crate::kmsg::{KmsgItem, KmsgReader};
 use crate::logs::{LineSplitter, Logs};
 use crate::probe;
 use crate::proc::{QemuProc, ROLE_DEST, ROLE_RETIRED, ROLE_SOURCE, Registry};
-use crate::profile::{Accel, GuestArch, Instance, VmProfile};
+use crate::profile::{Accel, Backing, GuestArch, Instance, VmProfile};
 use crate::qmp::{Dir, Qmp, QmpError, QmpEvent, Transcript};
 use crate::{FatalDetector, StressEnv, StressEvent};
 
@@ -614,6 +614,7 @@ async fn prepare(
     let kvm = &facts.kvm;
     let same_arch = facts.machine == arch.qemu();
     let host_arch = &facts.machine;
+    let mut accel_fallback = None;
     let accel = match params.accel.as_str() {
         "kvm" => {
             if !same_arch {
@@ -656,6 +657,7 @@ async fn prepare(
                 logs.agent(format!(
                     "accel=auto: using TCG ({why}) — this run does NOT exercise KVM stage-2 dirty logging"
                 ));
+                accel_fallback = Some(format!("accel=auto fell back to TCG: {why}"));
                 Accel::Tcg
             }
         }
@@ -676,32 +678,37 @@ async fn prepare(
         ));
     }
 
-    // Hugepages: source and destination hold their RAM at the same time.
-    let free = facts.free_2m_hugepages;
-    if params.hugepages {
-        let per_vm = (params.memory_mib as u64).div_ceil(2);
-        let need = per_vm * 2;
-        if free < need {
-            return Err(format!(
-                "hugepages requested but only {free} free 2 MiB hugepages on {}; need {need} (2 × {} MiB guest: source + destination). e.g. echo {} > /proc/sys/vm/nr_hugepages",
-                host.describe(),
-                params.memory_mib,
-                need + facts.total_2m_hugepages.saturating_sub(free)
-            ));
-        }
-        logs.agent(format!("hugepages: {free} free 2 MiB pages, {need} needed"));
-    }
+    // Memory backing: source and destination hold their RAM at the same
+    // time, so the host must have room for two guests.
+    let (backing, why) = match crate::profile::resolve_backing(
+        params.memory_backing,
+        params.hugepages,
+        &facts.memory,
+        params.memory_mib,
+        2,
+    ) {
+        Ok(b) => b,
+        // Under TCG no stage-2 table exists: the backing changes nothing
+        // this run can show, so it is not worth a lab failure.
+        Err(e) if accel == Accel::Tcg => (
+            Backing::Anonymous,
+            format!("{e}; this TCG run uses anonymous RAM instead"),
+        ),
+        Err(e) => return Err(format!("{e} (on {})", host.describe())),
+    };
+    logs.agent(format!("memory: {why}"));
     // Pre-starting the next destination needs a third guest's worth of RAM
-    // at times; with hugepages only when that many pages are free.
-    let prespawn = if params.hugepages {
-        let per_vm = (params.memory_mib as u64).div_ceil(2);
-        let ok = free >= 3 * per_vm;
-        if !ok {
-            logs.agent("not pre-starting destinations: fewer than 3 × guest RAM in free hugepages");
+    // at times; with hugetlb only when that many pages are free.
+    let prespawn = match backing {
+        Backing::Hugetlb { size_kib } => {
+            let free = facts.memory.pool(size_kib).map(|p| p.free).unwrap_or(0);
+            let ok = free >= 3 * backing.pages_per_guest(params.memory_mib);
+            if !ok {
+                logs.agent("not pre-starting destinations: fewer than 3 × guest RAM in free hugepages");
+            }
+            ok
         }
-        ok
-    } else {
-        true
+        _ => true,
     };
     logs.environment(crate::RunEnvironment {
         host: if let Host::Ssh(b) = host {
@@ -715,6 +722,7 @@ async fn prepare(
         },
         accel: accel.as_str().into(),
         detail: facts.detail.clone(),
+        fallback: accel_fallback,
     });
 
     let profile = VmProfile {
@@ -722,16 +730,21 @@ async fn prepare(
         accel,
         memory_mib: params.memory_mib,
         vcpus: params.vcpus.max(1),
-        hugepages: params.hugepages,
+        backing,
         // The emulated board's QEMU (7.2) has no eager-split-size.
         eager_split_size: if accel == Accel::Kvm && host.slowdown() == 1 {
             params.eager_split_size.clone()
         } else {
             None
         },
+        dirty_ring_size: params.dirty_ring_size.filter(|_| accel == Accel::Kvm),
+        gic_version: params.gic_version,
         kernel,
         initrd,
         dirty_percent: params.dirty_percent.min(95),
+        dirty_threads: params.dirty_threads,
+        seed: params.seed,
+        verify: params.verify,
         heartbeat_ms: 100 * host.slowdown(),
         quiet: host.slowdown() > 1,
     };
@@ -759,8 +772,7 @@ struct JobHostFacts {
     /// `uname -m` of the host the guests run on.
     machine: String,
     kvm: armfleet_protocol::KvmStatus,
-    free_2m_hugepages: u64,
-    total_2m_hugepages: u64,
+    memory: armfleet_protocol::MemoryFacts,
     guest_stamp: Option<String>,
     /// Where the job ran, in words (kernel, KVM mode).
     detail: String,
@@ -803,14 +815,12 @@ fn local_facts(
             ));
         }
     }
-    let huge = probe::hugepages();
     Ok(JobHostFacts {
         qemu_version: probe::qemu_version(&binary).unwrap_or_else(|| "unknown version".into()),
         binary,
         machine: std::env::consts::ARCH.to_string(),
         kvm: probe::probe_kvm(),
-        free_2m_hugepages: probe::free_2m_hugepages(),
-        total_2m_hugepages: huge.total,
+        memory: probe::memory_facts(),
         guest_stamp: std::fs::read_to_string(env.guest_dir.join(arch.dir()).join("stamp")).ok(),
         detail: format!(
             "this machine ({}, kernel {})",
@@ -864,8 +874,7 @@ async fn board_facts(
         qemu_version,
         machine: p.machine.clone(),
         kvm,
-        free_2m_hugepages: p.hugepages_free,
-        total_2m_hugepages: p.hugepages_total,
+        memory: p.memory(),
         guest_stamp: None,
         detail: format!(
             "{}{} ({}, kernel {}, {})",
@@ -1470,25 +1479,31 @@ impl Driver<'_> {
             .filter(|r| *r > 0);
     }
 
-    /// Fault injection (`inject_guest_panic_after = N`): in cycle N+1, while
-    /// the migration is active, the guest is told to panic (sysrq-c). The
-    /// cycle then waits for the panic, so the failure is attributed to
-    /// exactly this cycle (the job ends through the fatal-finding path).
-    async fn maybe_inject_panic(
+    /// Fault injection (`inject_guest_panic_after = N`,
+    /// `inject_guest_corruption_after = N`): in cycle N+1, while the
+    /// migration is active, the guest is told to panic (sysrq-c) or its
+    /// workload to flip a bit it wrote. The cycle then waits for the
+    /// finding, so the failure is attributed to exactly this cycle (the job
+    /// ends through the fatal-finding path).
+    async fn maybe_inject_fault(
         &self,
         n: u32,
         src: &Vm,
         rec: &mut CycleRecord,
     ) -> Result<(), Stop> {
-        if self.params.inject_guest_panic_after != Some(n - 1) {
+        let command = if self.params.inject_guest_panic_after == Some(n - 1) {
+            "ARMFLEET-PANIC"
+        } else if self.params.inject_guest_corruption_after == Some(n - 1) {
+            "ARMFLEET-CORRUPT"
+        } else {
             return Ok(());
-        }
+        };
         self.logs().agent(format!(
-            "fault injection: asking the guest on {} to panic (cycle {n}, after {} completed cycles)",
+            "fault injection: {command} to the guest on {} (cycle {n}, after {} completed cycles)",
             src.name,
             n - 1
         ));
-        if let Err(e) = src.send_console("ARMFLEET-PANIC\n").await {
+        if let Err(e) = src.send_console(&format!("{command}\n")).await {
             return Err(Stop::Infra(format!(
                 "fault injection: console write to {}: {e}",
                 src.name
@@ -1497,12 +1512,12 @@ impl Driver<'_> {
         note(
             &self.shared,
             rec,
-            "fault injection: ARMFLEET-PANIC sent to the guest console",
+            format!("fault injection: {command} sent to the guest console"),
         );
         self.snap(rec);
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(60) * self.host.slowdown()).await;
         Err(Stop::Infra(format!(
-            "fault injection: the guest on {} did not panic within 60 s of ARMFLEET-PANIC",
+            "fault injection: no finding from the guest on {} within 60 s of {command}",
             src.name
         )))
     }
@@ -1541,7 +1556,7 @@ impl Driver<'_> {
 
         let mut status = rec.state_reached.clone();
         if is_in_progress(&status) {
-            self.maybe_inject_panic(n, src, &mut rec).await?;
+            self.maybe_inject_fault(n, src, &mut rec).await?;
             self.snap(&rec);
             if self.prespawn && n < self.params.cycles && self.next_dest.is_none() {
                 // The next destination starts while this migration is held
@@ -1644,6 +1659,11 @@ impl Driver<'_> {
         let mark = Instant::now();
         self.ensure_running(src, &mut rec).await?;
         self.check_progress(src, &mut rec, mark).await?;
+        if self.params.dwell_after_cancel_ms > 0 {
+            // The guest keeps writing to what dirty logging left mapped by
+            // pages; these faults are where KVM re-installs blocks.
+            tokio::time::sleep(Duration::from_millis(self.params.dwell_after_cancel_ms)).await;
+        }
         rec.events.extend(src.take_events());
         rec.wall_ms = ms(t0.elapsed());
         Ok(rec)
@@ -1674,7 +1694,7 @@ impl Driver<'_> {
             Some(json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 2000})),
         )
         .await?;
-        self.maybe_inject_panic(n, src, &mut rec).await?;
+        self.maybe_inject_fault(n, src, &mut rec).await?;
         self.qmp(src, "migrate", Some(json!({ "uri": uri })))
             .await?;
         let (q, _) = self

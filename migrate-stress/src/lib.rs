@@ -130,6 +130,7 @@ const CONSOLE_MARKERS: &[&str] = &[
     "watchdog: BUG: soft lockup",
     "rcu_sched self-detected stall",
     "rcu: INFO: rcu_sched detected stall",
+    "ARMFLEET-CORRUPTION",
 ];
 const STDERR_MARKERS: &[&str] = &[
     "kvm run failed",

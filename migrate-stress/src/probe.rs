@@ -9,6 +9,7 @@ pub struct HostProbe {
     pub kvm: KvmStatus,
     pub qemu: Vec<QemuBinary>,
     pub hugepages: HugepageInfo,
+    pub memory: armfleet_protocol::MemoryFacts,
 }
 
 /// Probes the host (blocking, fast: reads /proc and /sys, runs
@@ -29,7 +30,19 @@ pub fn probe_host() -> HostProbe {
         kvm: probe_kvm(),
         qemu,
         hugepages: hugepages(),
+        memory: memory_facts(),
     }
+}
+
+/// Page size, THP modes and hugetlb pools of this host, read by the same
+/// script an SSH-driven board runs.
+pub fn memory_facts() -> armfleet_protocol::MemoryFacts {
+    let out = std::process::Command::new("sh")
+        .args(["-c", crate::ssh_board::MEMORY_SCRIPT])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    crate::ssh_board::parse_probe(&out).memory()
 }
 
 /// QEMU's name for the guest architecture (`arm64` → `aarch64`).

@@ -57,6 +57,149 @@ impl Accel {
     }
 }
 
+/// How guest RAM is backed on the host, as decided for one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Anonymous memory. QEMU madvises guest RAM for hugepages, so with THP
+    /// `always` or `madvise` the host can back it with blocks.
+    Anonymous,
+    /// hugetlb pages of this size (memfd; no hugetlbfs mount, no files left
+    /// behind).
+    Hugetlb { size_kib: u64 },
+    /// Shared memory (memfd) without hugepages: stage 2 maps pages only.
+    SharedPages,
+}
+
+impl Backing {
+    pub fn describe(self) -> String {
+        match self {
+            Backing::Anonymous => "anonymous RAM".into(),
+            Backing::Hugetlb { size_kib } => format!("hugetlb {} (memfd)", size_name(size_kib)),
+            Backing::SharedPages => "shared memory, pages only (memfd)".into(),
+        }
+    }
+    /// hugetlb pages one guest holds.
+    pub fn pages_per_guest(self, memory_mib: u32) -> u64 {
+        match self {
+            Backing::Hugetlb { size_kib } => (memory_mib as u64 * 1024).div_ceil(size_kib),
+            _ => 0,
+        }
+    }
+}
+
+/// `2M`, `512M`, `1G`.
+pub fn size_name(kib: u64) -> String {
+    if kib >= 1024 * 1024 && kib % (1024 * 1024) == 0 {
+        format!("{}G", kib / (1024 * 1024))
+    } else if kib >= 1024 && kib % 1024 == 0 {
+        format!("{}M", kib / 1024)
+    } else {
+        format!("{kib}K")
+    }
+}
+
+/// Picks the backing a job asked for on this host, or says why this host
+/// cannot give it. `guests` is how many guests hold their RAM at the same
+/// time (source and destination: 2).
+pub fn resolve_backing(
+    requested: Option<armfleet_protocol::MemoryBacking>,
+    legacy_hugepages: bool,
+    mem: &armfleet_protocol::MemoryFacts,
+    memory_mib: u32,
+    guests: u64,
+) -> Result<(Backing, String), String> {
+    use armfleet_protocol::MemoryBacking as Want;
+    let requested = match (requested, legacy_hugepages) {
+        (Some(r), _) => r,
+        (None, true) => Want::Hugetlb,
+        (None, false) => {
+            return Ok((
+                Backing::Anonymous,
+                format!("anonymous RAM (THP {})", thp_name(&mem.thp)),
+            ));
+        }
+    };
+    let block_kib = match mem.block_size_kib() {
+        Some(b) => b,
+        None if mem.page_size_kib == 0 => 2048,
+        None => {
+            return Err(format!(
+                "memory_backing={}: unknown block size for a {} KiB page size",
+                requested.as_str(),
+                mem.page_size_kib
+            ));
+        }
+    };
+    let block = size_name(block_kib);
+    let thp_ok = matches!(mem.thp.as_str(), "always" | "madvise");
+    let hugetlb = || -> Result<Backing, String> {
+        if (memory_mib as u64 * 1024) % block_kib != 0 {
+            return Err(format!(
+                "memory_mib {memory_mib} is not a multiple of the {block} hugetlb page size"
+            ));
+        }
+        let b = Backing::Hugetlb { size_kib: block_kib };
+        let need = b.pages_per_guest(memory_mib) * guests;
+        let (total, free) = mem
+            .pool(block_kib)
+            .map(|p| (p.total, p.free))
+            .unwrap_or((0, 0));
+        if free < need {
+            return Err(format!(
+                "{free} free {block} hugetlb pages, {need} needed ({guests} × {memory_mib} MiB guests); e.g. echo {} > /sys/kernel/mm/hugepages/hugepages-{block_kib}kB/nr_hugepages",
+                total + need - free
+            ));
+        }
+        Ok(b)
+    };
+    match requested {
+        Want::Hugetlb => hugetlb()
+            .map(|b| (b, format!("hugetlb {block}: stage-2 blocks of {block}")))
+            .map_err(|e| format!("memory_backing=hugetlb: {e}")),
+        Want::Thp => {
+            if thp_ok {
+                Ok((
+                    Backing::Anonymous,
+                    format!("anonymous RAM with THP {} ({block} blocks)", mem.thp),
+                ))
+            } else {
+                Err(format!(
+                    "memory_backing=thp but transparent hugepages are {} on this host (echo madvise > /sys/kernel/mm/transparent_hugepage/enabled)",
+                    thp_name(&mem.thp)
+                ))
+            }
+        }
+        Want::Block => match hugetlb() {
+            Ok(b) => Ok((b, format!("block-backed: hugetlb {block}"))),
+            Err(why) if thp_ok => Ok((
+                Backing::Anonymous,
+                format!("block-backed: anonymous RAM with THP {} ({why})", mem.thp),
+            )),
+            Err(why) => Err(format!(
+                "memory_backing=block: this host cannot back guest RAM with {block} stage-2 blocks: {why}, and THP is {}",
+                thp_name(&mem.thp)
+            )),
+        },
+        Want::Pages => {
+            if matches!(mem.shmem_thp.as_str(), "always" | "within_size" | "advise" | "force") {
+                Err(format!(
+                    "memory_backing=pages but shared-memory THP is '{}' on this host, which can still give blocks (echo never > /sys/kernel/mm/transparent_hugepage/shmem_enabled)",
+                    mem.shmem_thp
+                ))
+            } else {
+                Ok((
+                    Backing::SharedPages,
+                    "pages only (shared memory without hugepages): stage 2 cannot use blocks here".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn thp_name(mode: &str) -> &str {
+    if mode.is_empty() { "not available" } else { mode }
+}
+
 /// Everything that shapes one QEMU command line.
 #[derive(Debug, Clone)]
 pub struct VmProfile {
@@ -64,14 +207,22 @@ pub struct VmProfile {
     pub accel: Accel,
     pub memory_mib: u32,
     pub vcpus: u32,
-    /// Back RAM with 2 MiB hugetlb pages (memfd; no hugetlbfs mount, no
-    /// files left behind).
-    pub hugepages: bool,
+    pub backing: Backing,
     /// `-accel kvm,eager-split-size=<this>` (QEMU ≥ 8.2).
     pub eager_split_size: Option<String>,
+    /// `-accel kvm,dirty-ring-size=<this>`.
+    pub dirty_ring_size: Option<u32>,
+    /// `gic-version=` of the `virt` machine under KVM; `None`: `host`.
+    pub gic_version: Option<u8>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub dirty_percent: u32,
+    /// Dirtying threads in the guest (0: one per vCPU).
+    pub dirty_threads: u32,
+    /// Seed of the guest's address pattern and data.
+    pub seed: u64,
+    /// The guest verifies what it wrote.
+    pub verify: bool,
     pub heartbeat_ms: u32,
     /// `quiet` on the guest's command line: on an emulated board every
     /// console byte is an exit its own emulated QEMU handles, and the boot
@@ -102,15 +253,20 @@ impl VmProfile {
             (GuestArch::X86_64, Accel::Tcg) => "x86_64 TCG (emulation: mechanics only)",
         };
         format!(
-            "{what}; {} MiB {}, {} vCPU(s), dirty {}%{}",
+            "{what}; {} MiB {}, {} vCPU(s), dirty {}% by {} thread(s){}{}{}",
             self.memory_mib,
-            if self.hugepages {
-                "hugetlb 2M (memfd)"
-            } else {
-                "anonymous RAM"
-            },
+            self.backing.describe(),
             self.vcpus,
             self.dirty_percent,
+            if self.dirty_threads == 0 {
+                self.vcpus.max(1)
+            } else {
+                self.dirty_threads
+            },
+            if self.verify { ", verified" } else { "" },
+            self.dirty_ring_size
+                .map(|n| format!(", dirty ring {n}"))
+                .unwrap_or_default(),
             self.eager_split_size
                 .as_deref()
                 .map(|s| format!(", eager-split-size={s}"))
@@ -120,10 +276,13 @@ impl VmProfile {
 
     pub fn kernel_cmdline(&self) -> String {
         format!(
-            "console={} panic=-1 armfleet.dirty={} armfleet.hb_ms={}{}",
+            "console={} panic=-1 armfleet.dirty={} armfleet.hb_ms={} armfleet.threads={} armfleet.seed={} armfleet.verify={}{}",
             self.arch.console(),
             self.dirty_percent,
             self.heartbeat_ms,
+            self.dirty_threads,
+            self.seed,
+            u8::from(self.verify),
             if self.quiet { " quiet" } else { "" }
         )
     }
@@ -132,15 +291,18 @@ impl VmProfile {
     pub fn args(&self, inst: &Instance<'_>) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec![];
         let mut push = |s: &str| a.push(OsString::from(s));
-        let mem_backend = if self.hugepages {
-            ",memory-backend=mem0"
-        } else {
-            ""
+        let mem_backend = match self.backing {
+            Backing::Anonymous => "",
+            Backing::Hugetlb { .. } | Backing::SharedPages => ",memory-backend=mem0",
         };
+        let gic = self
+            .gic_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "host".into());
         match (self.arch, self.accel) {
             (GuestArch::Arm64, Accel::Kvm) => {
                 push("-machine");
-                push(&format!("virt,gic-version=host{mem_backend}"));
+                push(&format!("virt,gic-version={gic}{mem_backend}"));
                 push("-cpu");
                 push("host");
             }
@@ -165,19 +327,38 @@ impl VmProfile {
             }
         }
         push("-accel");
-        match (self.accel, &self.eager_split_size) {
-            (Accel::Kvm, Some(sz)) => push(&format!("kvm,eager-split-size={sz}")),
-            (Accel::Kvm, None) => push("kvm"),
-            (Accel::Tcg, _) => push("tcg"),
+        match self.accel {
+            Accel::Kvm => {
+                let mut kvm = String::from("kvm");
+                if let Some(sz) = &self.eager_split_size {
+                    kvm.push_str(&format!(",eager-split-size={sz}"));
+                }
+                if let Some(n) = self.dirty_ring_size {
+                    kvm.push_str(&format!(",dirty-ring-size={n}"));
+                }
+                push(&kvm);
+            }
+            Accel::Tcg => push("tcg"),
         }
         push("-m");
         push(&format!("{}M", self.memory_mib));
-        if self.hugepages {
-            push("-object");
-            push(&format!(
-                "memory-backend-memfd,id=mem0,size={}M,hugetlb=on,hugetlbsize=2M",
-                self.memory_mib
-            ));
+        match self.backing {
+            Backing::Anonymous => {}
+            Backing::Hugetlb { size_kib } => {
+                push("-object");
+                push(&format!(
+                    "memory-backend-memfd,id=mem0,size={}M,hugetlb=on,hugetlbsize={}",
+                    self.memory_mib,
+                    size_name(size_kib)
+                ));
+            }
+            Backing::SharedPages => {
+                push("-object");
+                push(&format!(
+                    "memory-backend-memfd,id=mem0,size={}M,share=on",
+                    self.memory_mib
+                ));
+            }
         }
         push("-smp");
         push(&self.vcpus.max(1).to_string());
@@ -251,14 +432,92 @@ mod tests {
             accel,
             memory_mib: 256,
             vcpus: 1,
-            hugepages: huge,
+            backing: if huge {
+                Backing::Hugetlb { size_kib: 2048 }
+            } else {
+                Backing::Anonymous
+            },
             eager_split_size: Some("2M".into()),
+            dirty_ring_size: None,
+            gic_version: None,
             kernel: "/g/vmlinuz".into(),
             initrd: "/g/initrd.gz".into(),
             dirty_percent: 50,
+            dirty_threads: 0,
+            seed: 7,
+            verify: true,
             heartbeat_ms: 100,
             quiet: false,
         }
+    }
+
+    fn mem(page_kib: u64, thp: &str, pools: &[(u64, u64, u64)]) -> armfleet_protocol::MemoryFacts {
+        armfleet_protocol::MemoryFacts {
+            page_size_kib: page_kib,
+            thp: thp.into(),
+            shmem_thp: "never".into(),
+            hugetlb_pools: pools
+                .iter()
+                .map(|&(size_kib, total, free)| armfleet_protocol::HugepageInfo {
+                    size_kib,
+                    total,
+                    free,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn block_backing_prefers_hugetlb_of_the_block_size_then_thp() {
+        use armfleet_protocol::MemoryBacking::*;
+        let m = mem(4, "madvise", &[(2048, 512, 512), (1048576, 0, 0)]);
+        let (b, _) = resolve_backing(Some(Block), false, &m, 256, 2).unwrap();
+        assert_eq!(b, Backing::Hugetlb { size_kib: 2048 });
+        // Too few free pages: THP does it.
+        let m = mem(4, "madvise", &[(2048, 100, 100)]);
+        let (b, why) = resolve_backing(Some(Block), false, &m, 256, 2).unwrap();
+        assert_eq!(b, Backing::Anonymous);
+        assert!(why.contains("THP madvise"), "{why}");
+        // Neither: a clear error naming both.
+        let m = mem(4, "never", &[(2048, 0, 0)]);
+        let e = resolve_backing(Some(Block), false, &m, 256, 2).unwrap_err();
+        assert!(e.contains("0 free 2M hugetlb pages, 256 needed") && e.contains("THP is never"), "{e}");
+        // 64K pages: blocks are 512M, and a 256 MiB guest cannot be hugetlb-backed.
+        let m = mem(64, "never", &[(524288, 8, 8)]);
+        let e = resolve_backing(Some(Hugetlb), false, &m, 256, 2).unwrap_err();
+        assert!(e.contains("not a multiple of the 512M"), "{e}");
+        let (b, _) = resolve_backing(Some(Hugetlb), false, &m, 1024, 2).unwrap();
+        assert_eq!(b, Backing::Hugetlb { size_kib: 524288 });
+    }
+
+    #[test]
+    fn pages_backing_refuses_hosts_whose_shared_memory_gets_thp() {
+        use armfleet_protocol::MemoryBacking::*;
+        let mut m = mem(4, "always", &[]);
+        assert_eq!(
+            resolve_backing(Some(Pages), false, &m, 256, 2).unwrap().0,
+            Backing::SharedPages
+        );
+        m.shmem_thp = "advise".into();
+        assert!(resolve_backing(Some(Pages), false, &m, 256, 2).is_err());
+        // The older spelling.
+        let m = mem(4, "never", &[(2048, 0, 0)]);
+        assert!(resolve_backing(None, true, &m, 256, 2).unwrap_err().contains("memory_backing=hugetlb"));
+        assert_eq!(resolve_backing(None, false, &m, 256, 2).unwrap().0, Backing::Anonymous);
+    }
+
+    #[test]
+    fn shared_pages_and_dirty_ring_and_gic() {
+        let mut p = prof(GuestArch::Arm64, Accel::Kvm, false);
+        p.backing = Backing::SharedPages;
+        p.dirty_ring_size = Some(4096);
+        p.gic_version = Some(3);
+        p.eager_split_size = None;
+        let s = joined(&p, false);
+        assert!(s.contains("-machine virt,gic-version=3,memory-backend=mem0"), "{s}");
+        assert!(s.contains("-accel kvm,dirty-ring-size=4096"), "{s}");
+        assert!(s.contains("memory-backend-memfd,id=mem0,size=256M,share=on"), "{s}");
+        assert!(s.contains("armfleet.threads=0 armfleet.seed=7 armfleet.verify=1"), "{s}");
     }
 
     fn joined(p: &VmProfile, incoming: bool) -> String {

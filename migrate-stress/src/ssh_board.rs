@@ -331,6 +331,9 @@ pub struct BoardProbe {
     pub mem_total_kib: u64,
     pub page_size: Option<u64>,
     pub thp: Option<String>,
+    pub shmem_thp: Option<String>,
+    /// Every hugetlb pool: size in KiB, total, free.
+    pub pools: Vec<armfleet_protocol::HugepageInfo>,
     pub hugepages_total: u64,
     pub hugepages_free: u64,
     /// `qemu-system-aarch64` on the board's PATH, and its version line.
@@ -339,8 +342,28 @@ pub struct BoardProbe {
     pub kvm_mode: Option<String>,
 }
 
+/// The memory facts, as `key=value` lines: the same script runs on an
+/// SSH-driven board and on the agent's own host ([`crate::probe`]).
+macro_rules! memory_script {
+    () => {
+        r#"
+grep '^HugePages_Total:' /proc/meminfo | awk '{print "huge_total=" $2}'
+grep '^HugePages_Free:' /proc/meminfo | awk '{print "huge_free=" $2}'
+grep '^KernelPageSize:' /proc/self/smaps 2>/dev/null | head -n1 | awk '{print "pagekib=" $2}'
+[ -r /sys/kernel/mm/transparent_hugepage/enabled ] && echo "thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+[ -r /sys/kernel/mm/transparent_hugepage/shmem_enabled ] && echo "shmem_thp=$(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled)"
+for d in /sys/kernel/mm/hugepages/hugepages-*kB; do [ -d "$d" ] && echo "pool=${d##*-} $(cat "$d/nr_hugepages") $(cat "$d/free_hugepages")"; done
+true
+"#
+    };
+}
+
+/// The memory part of the probe, for hosts probed without SSH.
+pub const MEMORY_SCRIPT: &str = memory_script!();
+
 /// One shell script, one round trip: every fact as `key=value`.
-const PROBE_SCRIPT: &str = r#"
+const PROBE_SCRIPT: &str = concat!(
+    r#"
 echo "machine=$(uname -m)"
 echo "release=$(uname -r)"
 echo "version=$(uname -v)"
@@ -349,16 +372,21 @@ grep -m1 '^CPU implementer' /proc/cpuinfo | sed 's/.*: */implementer=/'
 grep -m1 '^CPU part' /proc/cpuinfo | sed 's/.*: */part=/'
 echo "cores=$(grep -c '^processor' /proc/cpuinfo)"
 grep '^MemTotal:' /proc/meminfo | awk '{print "memkib=" $2}'
-grep '^HugePages_Total:' /proc/meminfo | awk '{print "huge_total=" $2}'
-grep '^HugePages_Free:' /proc/meminfo | awk '{print "huge_free=" $2}'
-grep '^KernelPageSize:' /proc/self/smaps 2>/dev/null | head -n1 | awk '{print "pagekib=" $2}'
-[ -r /sys/kernel/mm/transparent_hugepage/enabled ] && echo "thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 q=$(command -v qemu-system-aarch64) && echo "qemu=$q" && echo "qemu_version=$($q --version 2>/dev/null | head -n1)"
 m=$(dmesg 2>/dev/null | grep -o 'kvm \[1\]: [a-zA-Z]* mode initialized' | head -n1) && echo "kvm_mode=$m"
-true
-"#;
+"#,
+    memory_script!()
+);
 
 impl BoardProbe {
+    pub fn memory(&self) -> armfleet_protocol::MemoryFacts {
+        armfleet_protocol::MemoryFacts {
+            page_size_kib: self.page_size.map(|b| b / 1024).unwrap_or(0),
+            thp: self.thp.clone().unwrap_or_default(),
+            shmem_thp: self.shmem_thp.clone().unwrap_or_default(),
+            hugetlb_pools: self.pools.clone(),
+        }
+    }
     /// KVM as the agent reports it: the board's `/dev/kvm`, usable for
     /// arm64 guests when the board itself is arm64.
     pub fn kvm_status(&self, addr: &str) -> armfleet_protocol::KvmStatus {
@@ -377,6 +405,14 @@ impl SshBoard {
         let out = self.run(PROBE_SCRIPT, Duration::from_secs(30)).await?;
         Ok(parse_probe(&out.stdout_text()))
     }
+}
+
+/// "always [madvise] never": the bracketed word is the mode.
+fn selected_mode(v: &str) -> String {
+    v.split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
+        .unwrap_or_else(|| v.into())
 }
 
 pub fn parse_probe(text: &str) -> BoardProbe {
@@ -401,13 +437,21 @@ pub fn parse_probe(text: &str) -> BoardProbe {
             "huge_total" => p.hugepages_total = v.parse().unwrap_or(0),
             "huge_free" => p.hugepages_free = v.parse().unwrap_or(0),
             "pagekib" => p.page_size = v.parse::<u64>().ok().map(|k| k * 1024),
-            "thp" => {
-                // "always [madvise] never": the bracketed word is the mode.
-                p.thp = v
-                    .split_whitespace()
-                    .find(|w| w.starts_with('['))
-                    .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
-                    .or_else(|| Some(v.into()));
+            "thp" => p.thp = Some(selected_mode(v)),
+            "shmem_thp" => p.shmem_thp = Some(selected_mode(v)),
+            "pool" => {
+                // "2048kB 16 12": size, total, free.
+                let mut w = v.split_whitespace();
+                let size = w.next().and_then(|s| s.trim_end_matches("kB").parse().ok());
+                let total = w.next().and_then(|s| s.parse().ok());
+                let free = w.next().and_then(|s| s.parse().ok());
+                if let (Some(size_kib), Some(total), Some(free)) = (size, total, free) {
+                    p.pools.push(armfleet_protocol::HugepageInfo {
+                        size_kib,
+                        total,
+                        free,
+                    });
+                }
             }
             "qemu" => p.qemu = Some((v.into(), String::new())),
             "qemu_version" => {

@@ -38,4 +38,10 @@ pub use messages::*;
 /// emulated, simulated), `ssh_board` and `kvm_mode`, and
 /// `JobFinished::environment` (the host kind and the accelerator the job
 /// really used).
-pub const PROTOCOL_VERSION: u32 = 5;
+///
+/// v6: evidence of the stage-2 path: `BoardFacts::memory` (page size, THP
+/// modes, hugetlb pools), `RunEnvironment::fallback`, and the workload's
+/// `MigrateCancelParams` (`memory_backing`, `dirty_threads`, `verify`,
+/// `dwell_after_cancel_ms`, `dirty_ring_size`, `gic_version`,
+/// `inject_guest_corruption_after`), which a v5 agent would refuse.
+pub const PROTOCOL_VERSION: u32 = 6;

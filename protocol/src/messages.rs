@@ -183,6 +183,45 @@ pub struct BoardFacts {
     /// `vhe` or `nvhe`, from the board's boot log, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvm_mode: Option<String>,
+    /// What decides whether guest RAM can be mapped with stage-2 blocks.
+    #[serde(default)]
+    pub memory: MemoryFacts,
+}
+
+/// The host's page size, transparent hugepage modes and hugetlb pools:
+/// what decides which memory backing gives the guest stage-2 blocks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryFacts {
+    /// Base page size in KiB (4, 16 or 64); 0 when unknown.
+    pub page_size_kib: u64,
+    /// `/sys/kernel/mm/transparent_hugepage/enabled`, the selected mode
+    /// (`always`, `madvise`, `never`); empty when the kernel has no THP.
+    pub thp: String,
+    /// `.../transparent_hugepage/shmem_enabled`, the selected mode.
+    pub shmem_thp: String,
+    /// Every hugetlb pool (`/sys/kernel/mm/hugepages/hugepages-*`).
+    pub hugetlb_pools: Vec<HugepageInfo>,
+}
+
+impl MemoryFacts {
+    /// The smallest stage-2 block size for this page size: the size a
+    /// block re-install over a table has (4K: 2M, 16K: 32M, 64K: 512M).
+    pub fn block_size_kib(&self) -> Option<u64> {
+        block_size_kib(self.page_size_kib)
+    }
+    pub fn pool(&self, size_kib: u64) -> Option<&HugepageInfo> {
+        self.hugetlb_pools.iter().find(|p| p.size_kib == size_kib)
+    }
+}
+
+/// The level-2 block size of an arm64 translation granule, in KiB.
+pub fn block_size_kib(page_size_kib: u64) -> Option<u64> {
+    match page_size_kib {
+        4 => Some(2 * 1024),
+        16 => Some(32 * 1024),
+        64 => Some(512 * 1024),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -260,6 +299,11 @@ pub struct RunEnvironment {
     pub accel: String,
     /// In words: the host, its kernel, the KVM mode.
     pub detail: String,
+    /// Set when the agent fell back from what it was asked to use
+    /// (`executor = "auto"` became replay, `accel = "auto"` became TCG):
+    /// why. A fallback never counts as evidence for a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// How a board executes stress jobs.
@@ -353,8 +397,25 @@ pub struct MigrateCancelParams {
     pub cycles: u32,
     pub memory_mib: u32,
     pub vcpus: u32,
-    /// Back guest RAM with 2 MiB hugepages (what makes stage 2 use blocks).
+    /// Back guest RAM with 2 MiB hugetlb pages (the older spelling of
+    /// `memory_backing = "hugetlb"`).
     pub hugepages: bool,
+    /// How guest RAM is backed; see [`MemoryBacking`]. `None`: `hugepages`
+    /// decides (hugetlb or plain anonymous memory).
+    pub memory_backing: Option<MemoryBacking>,
+    /// Dirtying threads in the guest; 0: one per vCPU.
+    pub dirty_threads: u32,
+    /// The guest verifies what it wrote; a mismatch is a finding of its own
+    /// (guest memory corruption).
+    pub verify: bool,
+    /// After each cancel, keep the guest writing this long before the next
+    /// migration: the writes fault on what dirty logging left
+    /// write-protected, which is where KVM re-installs blocks.
+    pub dwell_after_cancel_ms: u64,
+    /// `-accel kvm,dirty-ring-size=N` (entries; KVM only).
+    pub dirty_ring_size: Option<u32>,
+    /// GIC version for the guest's `virt` machine under KVM; `None`: `host`.
+    pub gic_version: Option<u8>,
     pub cancel_delay_ms_min: u64,
     pub cancel_delay_ms_max: u64,
     /// Migration bandwidth cap, MiB/s; low enough that migration cannot converge.
@@ -378,6 +439,9 @@ pub struct MigrateCancelParams {
     /// Fault injection for tests: the guest panics (sysrq-c) after this many
     /// cycles.
     pub inject_guest_panic_after: Option<u32>,
+    /// Fault injection for tests: the guest workload flips a bit it wrote
+    /// after this many cycles (its verification must report it).
+    pub inject_guest_corruption_after: Option<u32>,
     /// Replay executor only: per-cycle probability that this kernel's guest
     /// takes a TLB conflict abort (set by the plan for kernels it marks buggy).
     pub replay_abort_probability: f64,
@@ -392,8 +456,16 @@ impl Default for MigrateCancelParams {
         MigrateCancelParams {
             cycles: 20,
             memory_mib: 512,
-            vcpus: 1,
+            // Several vCPUs, each with its own dirtying thread: faults on
+            // every vCPU during and after the cancel.
+            vcpus: 2,
             hugepages: false,
+            memory_backing: None,
+            dirty_threads: 0,
+            verify: true,
+            dwell_after_cancel_ms: 0,
+            dirty_ring_size: None,
+            gic_version: None,
             cancel_delay_ms_min: 300,
             cancel_delay_ms_max: 700,
             bandwidth_mib_s: 128,
@@ -406,10 +478,50 @@ impl Default for MigrateCancelParams {
             guest_kernel: None,
             guest_initrd: None,
             inject_guest_panic_after: None,
+            inject_guest_corruption_after: None,
             replay_abort_probability: 0.0,
             replay_cycle_ms: 50,
             seed: 0,
         }
+    }
+}
+
+/// How guest RAM is backed, which decides whether KVM can map it with
+/// stage-2 blocks at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryBacking {
+    /// Whatever gives stage-2 blocks on this board: hugetlb pages of the
+    /// block size when the pool has enough free, else anonymous memory with
+    /// THP (`always` or `madvise`); a lab error when neither can.
+    Block,
+    /// hugetlb pages of the block size (memfd).
+    Hugetlb,
+    /// Anonymous memory; needs THP `always` or `madvise`.
+    Thp,
+    /// Shared memory without hugepages: stage 2 can only use pages, so the
+    /// race cannot happen (a control).
+    Pages,
+}
+
+impl MemoryBacking {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryBacking::Block => "block",
+            MemoryBacking::Hugetlb => "hugetlb",
+            MemoryBacking::Thp => "thp",
+            MemoryBacking::Pages => "pages",
+        }
+    }
+    pub fn parse(s: &str) -> Option<MemoryBacking> {
+        [
+            MemoryBacking::Block,
+            MemoryBacking::Hugetlb,
+            MemoryBacking::Thp,
+            MemoryBacking::Pages,
+        ]
+        .into_iter()
+        .find(|b| b.as_str() == s)
     }
 }
 

@@ -825,16 +825,24 @@ async fn plan_cycles(
     let per_board = cycles
         .div_ceil(boards.len() as u64)
         .clamp(1, u32::MAX as u64) as u32;
-    let mut params = plan.params_for(commit);
-    params.cycles = per_board;
-    if let Some(p) = tree_file(mirror, commit, BUG_FILE).await? {
-        params.replay_abort_probability = p.trim().parse::<f64>().unwrap_or(1.0).clamp(0.0, 1.0);
-    }
-    params.seed = params
-        .seed
-        .wrapping_add(b.seed as u64)
-        .wrapping_mul(1_000_003)
-        .wrapping_add((b.id as u64) << 20 | (step as u64) << 4 | attempt as u64);
+    let bug_file_rate = tree_file(mirror, commit, BUG_FILE)
+        .await?
+        .map(|p| p.trim().parse::<f64>().unwrap_or(1.0).clamp(0.0, 1.0));
+    // One step's parameters on one board (its family profile fills what
+    // the plan left unset).
+    let params_on = |board: &str| {
+        let mut params = plan.params_for(commit, board);
+        params.cycles = per_board;
+        if let Some(rate) = bug_file_rate {
+            params.replay_abort_probability = rate;
+        }
+        params.seed = params
+            .seed
+            .wrapping_add(b.seed as u64)
+            .wrapping_mul(1_000_003)
+            .wrapping_add((b.id as u64) << 20 | (step as u64) << 4 | attempt as u64);
+        params
+    };
     let kernel = KernelInput {
         tree: b.tree.clone(),
         branch: b.branch.clone(),
@@ -867,7 +875,7 @@ async fn plan_cycles(
             },
             plan: plan.name.clone(),
             timeout_s: plan.timeout_s,
-            task: Task::MigrateCancel(params.clone()),
+            task: Task::MigrateCancel(params_on(board)),
             build_id,
         };
         runs::insert_job(

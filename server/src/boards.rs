@@ -170,3 +170,28 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<BoardRow>, sqlx::Er
     .fetch_optional(pool)
     .await
 }
+
+/// Where a board's reported facts contradict its family's profile (MIDR,
+/// page size, THP mode), in words; empty when they agree or the board has
+/// not reported yet.
+pub fn profile_warnings(
+    fleet: &crate::config::Fleet,
+    board: &str,
+    facts: Option<&serde_json::Value>,
+) -> Vec<String> {
+    let (Some(b), Some(facts)) = (fleet.board(board), facts) else {
+        return vec![];
+    };
+    let Ok(facts) = serde_json::from_value::<BoardFacts>(facts.clone()) else {
+        return vec![];
+    };
+    if facts.executor.is_simulated() {
+        // A simulated board reports this machine, not the board it plays.
+        return vec![];
+    }
+    fleet
+        .families
+        .get(&b.family)
+        .map(|p| p.check(b.family, &facts))
+        .unwrap_or_default()
+}

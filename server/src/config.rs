@@ -4,10 +4,12 @@
 //! the file, line and field named, and the previously loaded fleet (if any)
 //! stays in force.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use armfleet_protocol::MigrateCancelParams;
+
+use crate::families::FamilyProfile;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use toml::Spanned;
@@ -84,6 +86,9 @@ pub struct Fleet {
     pub path: PathBuf,
     pub server: ServerSettings,
     pub boards: Vec<Board>,
+    /// The profile of every family a board belongs to: built in, with
+    /// fleet.toml's `[[family]]` fields over it.
+    pub families: BTreeMap<Family, FamilyProfile>,
     pub plans: Vec<Plan>,
     pub trees: Vec<Tree>,
     pub tokens: Vec<ApiToken>,
@@ -202,6 +207,10 @@ pub struct VerdictSettings {
     pub max_extensions: u32,
     /// Retries of a job that ended with a lab failure.
     pub max_infra_retries: u32,
+    /// Count clean KVM cycles whose host could not be traced (no kprobes,
+    /// a locked-down kernel) toward a verdict, labelled "untraced". Off:
+    /// only cycles whose trace shows the stage-2 path count.
+    pub count_untraced_cycles: bool,
 }
 
 impl Default for VerdictSettings {
@@ -214,6 +223,7 @@ impl Default for VerdictSettings {
             budget_board_minutes: 120.0,
             max_extensions: 20,
             max_infra_retries: 2,
+            count_untraced_cycles: false,
         }
     }
 }
@@ -312,6 +322,11 @@ pub struct Plan {
     pub name: String,
     pub boards: Vec<String>,
     pub params: MigrateCancelParams,
+    /// The keys the plan's own `[plan.params]` sets.
+    pub given_params: Vec<String>,
+    /// Each selected board's family profile, which fills what the plan
+    /// left unset.
+    pub board_profiles: HashMap<String, FamilyProfile>,
     pub timeout_s: u64,
     /// Replay executor only: kernels (commit prefixes) that the simulated
     /// boards treat as buggy, and how likely the abort is per cycle.
@@ -353,9 +368,13 @@ impl BuildConfig {
 }
 
 impl Plan {
-    /// The parameters of this plan for one kernel.
-    pub fn params_for(&self, commit: &str) -> MigrateCancelParams {
+    /// The parameters of this plan for one kernel on one board (whose
+    /// family profile fills what the plan left unset).
+    pub fn params_for(&self, commit: &str, board: &str) -> MigrateCancelParams {
         let mut params = self.params.clone();
+        if let Some(profile) = self.board_profiles.get(board) {
+            profile.apply(&mut params, &self.given_params);
+        }
         let buggy = self
             .replay_buggy_commits
             .iter()
@@ -533,6 +552,23 @@ impl Fleet {
             });
         }
 
+        let mut profiles: BTreeMap<Family, FamilyProfile> = BTreeMap::new();
+        for b in &boards {
+            profiles
+                .entry(b.family)
+                .or_insert_with(|| FamilyProfile::builtin(b.family));
+        }
+        let mut seen_families = Vec::new();
+        for raw_family in &raw.family {
+            if seen_families.contains(&raw_family.name) {
+                return Err(invalid(format!(
+                    "duplicate [[family]] `{}`",
+                    raw_family.name.as_str()
+                )));
+            }
+            seen_families.push(raw_family.name);
+            profiles.insert(raw_family.name, raw_family.profile().map_err(invalid)?);
+        }
         let mut plans: Vec<Plan> = Vec::new();
         for raw_plan in raw.plan {
             let name = raw_plan.name.get_ref().clone();
@@ -557,7 +593,21 @@ impl Fleet {
                     ),
                 ));
             }
-            let params = raw_plan.params.unwrap_or_default();
+            let given_params: Vec<String> = raw_plan
+                .params
+                .as_ref()
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_default();
+            let params: MigrateCancelParams = match raw_plan.params {
+                None => MigrateCancelParams::default(),
+                Some(t) => toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| {
+                    at(
+                        span.clone(),
+                        "plan.params",
+                        format!("plan `{name}`: {}", e.message().trim()),
+                    )
+                })?,
+            };
             if params.cycles == 0 {
                 return Err(at(
                     span,
@@ -581,6 +631,32 @@ impl Fleet {
                     format!(
                         "plan `{name}`: accel must be kvm, tcg or auto, not `{}`",
                         params.accel
+                    ),
+                ));
+            }
+            if params.dirty_threads > 64 {
+                return Err(at(
+                    span,
+                    "plan.params.dirty_threads",
+                    format!("plan `{name}`: dirty_threads must be at most 64 (0: one per vCPU)"),
+                ));
+            }
+            if let Some(g) = params.gic_version.filter(|g| ![2, 3, 4].contains(g)) {
+                return Err(at(
+                    span,
+                    "plan.params.gic_version",
+                    format!("plan `{name}`: gic_version must be 2, 3 or 4, not {g}"),
+                ));
+            }
+            if let Some(n) = params
+                .dirty_ring_size
+                .filter(|n| !n.is_power_of_two() || !(1024..=65536).contains(n))
+            {
+                return Err(at(
+                    span,
+                    "plan.params.dirty_ring_size",
+                    format!(
+                        "plan `{name}`: dirty_ring_size must be a power of two within 1024..=65536, not {n}"
                     ),
                 ));
             }
@@ -680,12 +756,21 @@ impl Fleet {
                     })
                 }
             };
+            let board_profiles = selected
+                .iter()
+                .filter_map(|b| {
+                    let family = boards.iter().find(|x| &x.name == b)?.family;
+                    Some((b.clone(), profiles.get(&family).cloned().unwrap_or_default()))
+                })
+                .collect();
             plans.push(Plan {
                 build,
                 verdict,
                 name,
                 boards: selected,
                 params,
+                given_params,
+                board_profiles,
                 timeout_s: raw_plan.timeout_s.unwrap_or(3600),
                 replay_buggy_commits: replay.buggy_commits,
                 replay_abort_probability: replay.abort_probability,
@@ -796,6 +881,7 @@ impl Fleet {
             path: path.to_owned(),
             server: settings,
             boards,
+            families: profiles,
             plans,
             trees,
             tokens,
@@ -863,6 +949,8 @@ struct RawFleet {
     tree: Vec<RawTree>,
     #[serde(default)]
     token: Vec<RawToken>,
+    #[serde(default)]
+    family: Vec<crate::families::RawFamily>,
 }
 
 #[derive(Deserialize)]
@@ -938,7 +1026,9 @@ struct RawPlan {
     #[serde(default)]
     labels: Vec<String>,
     timeout_s: Option<u64>,
-    params: Option<MigrateCancelParams>,
+    /// Kept as a table first: the keys a plan sets win over its boards'
+    /// family profiles, the others come from them.
+    params: Option<toml::Table>,
     replay: Option<RawReplay>,
     verdict: Option<VerdictSettings>,
     build: Option<RawBuild>,

@@ -382,8 +382,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<()> {
     println!();
     println!(
-        "{:<13} {:<14} {:<14} {:>12} {:>20}  {}",
-        "kernel", "family", "verdict", "failed/run", "rate (95% CI)", "boards"
+        "{:<13} {:<14} {:<14} {:<10} {:>12} {:>20}  {}",
+        "kernel", "family", "verdict", "rests on", "failed/run", "rate (95% CI)", "boards"
     );
     for kernel in kernels {
         let commit: String = sqlx::query_scalar("SELECT commit_sha FROM kernels WHERE id = $1")
@@ -415,10 +415,11 @@ async fn print_summary(pool: &sqlx::PgPool, kernels: &[i64]) -> anyhow::Result<(
                 })
                 .collect();
             println!(
-                "{:<13} {:<14} {:<14} {:>12} {:>20}  {}",
+                "{:<13} {:<14} {:<14} {:<10} {:>12} {:>20}  {}",
                 &commit[..12],
                 v.family,
                 v.verdict,
+                v.basis.as_deref().unwrap_or("–"),
                 format!("{}/{}", v.failed_cycles, v.cycles_run),
                 format!(
                     "{:.1}% ({:.1}–{:.1})",

@@ -219,6 +219,7 @@ pub async fn transition_locked(
                 host_kind = COALESCE($12, host_kind),
                 accel = COALESCE($13, accel),
                 run_detail = COALESCE($14, run_detail),
+                fallback = COALESCE($15, fallback),
                 updated_at = now()
              WHERE id = ANY($1)
              RETURNING id, epoch),
@@ -253,6 +254,7 @@ pub async fn transition_locked(
     )
     .bind(effects.environment.map(|e| e.accel.as_str()))
     .bind(effects.environment.map(|e| e.detail.as_str()))
+    .bind(effects.environment.and_then(|e| e.fallback.as_deref()))
     .fetch_all(&mut **tx)
     .await?;
     Ok(moved)
@@ -671,6 +673,9 @@ pub struct JobRow {
     pub accel: Option<String>,
     /// Where the job ran, in words (host, kernel, KVM mode).
     pub run_detail: Option<String>,
+    /// Why the agent fell back from what it was asked for (TCG or replay
+    /// instead of `auto`'s first choice): such a job never counts.
+    pub fallback: Option<String>,
     pub cycles_total: i32,
     pub cycles_completed: i32,
     pub failed_cycle: Option<i32>,
@@ -686,7 +691,7 @@ pub struct JobRow {
 
 const JOB_SELECT: &str =
     "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
-        j.host_kind, j.accel, j.run_detail, j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
+        j.host_kind, j.accel, j.run_detail, j.fallback, j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
         k.tree, k.branch, k.commit_sha, j.created_at, j.started_at, j.finished_at
      FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
 

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod deploy;
 pub mod dispatch;
 pub mod export;
+pub mod families;
 pub mod findings;
 pub mod http;
 pub mod intake;

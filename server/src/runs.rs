@@ -242,21 +242,22 @@ pub async fn plan_run(
             }
             (None, None) => None,
         };
-        let mut params = plan.params_for(&kernel.commit);
         let targets: Vec<String> = match &extension {
-            Some(e) => {
-                params.cycles = e.cycles;
-                // Each extension job draws fresh replay/cancel-delay randomness.
-                params.seed = params.seed.wrapping_add(run_id as u64);
-                e.boards
-                    .iter()
-                    .filter(|b| plan.boards.contains(b))
-                    .cloned()
-                    .collect()
-            }
+            Some(e) => e
+                .boards
+                .iter()
+                .filter(|b| plan.boards.contains(b))
+                .cloned()
+                .collect(),
             None => plan.boards.clone(),
         };
         for board in &targets {
+            let mut params = plan.params_for(&kernel.commit, board);
+            if let Some(e) = &extension {
+                params.cycles = e.cycles;
+                // Each extension job draws fresh replay/cancel-delay randomness.
+                params.seed = params.seed.wrapping_add(run_id as u64);
+            }
             let spec = JobSpec {
                 kernel: KernelRef {
                     tree: kernel.tree.clone(),

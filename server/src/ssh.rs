@@ -270,6 +270,10 @@ async fn agent_session(
     if let Err(e) = boards::set_online(&state.pool, &board, &hello.facts, &state.server_id).await {
         tracing::error!(board, "recording board online: {e}");
     }
+    let facts_json = serde_json::to_value(&hello.facts).unwrap_or_default();
+    for w in boards::profile_warnings(&state.fleet.current(), &board, Some(&facts_json)) {
+        tracing::warn!(board, "family profile: {w}");
+    }
     // A boot waiting for this board ends here: back on the build, or not.
     if let Err(e) = crate::deploy::board_reported(
         &state,

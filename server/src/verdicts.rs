@@ -17,7 +17,7 @@ use sqlx::{PgPool, Row};
 
 use crate::config::{Fleet, Plan};
 use crate::mirror::Mirror;
-use crate::results::{self, KernelResult};
+use crate::results::{self, Basis, KernelResult};
 use crate::runs::{self, Extension, KernelInput};
 use crate::state::AppState;
 
@@ -210,6 +210,7 @@ pub async fn decide(
         }
     }
     let cfg = verdict_config(plan);
+    let count_untraced = plan.verdict.count_untraced_cycles;
     let candidate_rows = results::for_kernel(pool, kernel).await?;
     let baseline_rows = match baseline {
         Some(b) => results::for_kernel(pool, b).await?,
@@ -220,10 +221,22 @@ pub async fn decide(
         let base = baseline_rows
             .iter()
             .find(|r| r.family == cand.family && r.plan == plan.name);
+        let (cand_failed, cand_cycles, basis) = cand.countable(count_untraced);
+        if basis == Basis::None {
+            let report = armfleet_stats::verdict(Evidence::default(), Evidence::default(), &cfg);
+            let why = not_exercised(cand, count_untraced);
+            store(pool, kernel, cand, plan, baseline, &baseline_reason, "not-exercised", basis, &report, Evidence::default(), &why)
+                .await?;
+            continue;
+        }
+        // The baseline counts only evidence of the same kind: real cycles
+        // against real, simulated against simulated.
         let base_ev = base
-            .map(|b| Evidence::new(b.failed_cycles as u64, b.cycles_run as u64))
+            .map(|b| b.countable(count_untraced))
+            .filter(|(_, _, b)| (*b == Basis::Simulated) == (basis == Basis::Simulated) && *b != Basis::None)
+            .map(|(f, n, _)| Evidence::new(f as u64, n as u64))
             .unwrap_or_default();
-        let cand_ev = Evidence::new(cand.failed_cycles as u64, cand.cycles_run as u64);
+        let cand_ev = Evidence::new(cand_failed as u64, cand_cycles as u64);
         let report = armfleet_stats::verdict(base_ev, cand_ev, &cfg);
         let family_boards: Vec<String> = fleet
             .boards
@@ -232,7 +245,7 @@ pub async fn decide(
             .map(|b| b.name.clone())
             .collect();
         let mut verdict = report.verdict;
-        let mut explanation = report.explanation.clone();
+        let mut explanation = format!("{} {}", report.explanation, rests_on(cand, basis, cand_cycles));
         let mut extend_on = family_boards.clone();
         let failing = failing_boards(pool, kernel, &plan.name, &cand.family).await?;
         if verdict == Verdict::Regression && family_boards.len() >= 2 && failing.len() < 2 {
@@ -240,7 +253,7 @@ pub async fn decide(
             let clean =
                 clean_cycles_on_siblings(pool, kernel, &plan.name, &cand.family, &failing).await?;
             if clean >= cfg.required_clean_cycles() as i64 {
-                store(pool, kernel, cand, plan, baseline, &baseline_reason, "board-suspect", &report, base_ev, &format!(
+                store(pool, kernel, cand, plan, baseline, &baseline_reason, "board-suspect", basis, &report, base_ev, &format!(
                     "only {} failed; its siblings ran {clean} clean cycles: a board suspect, not a kernel regression",
                     failing.join(", ")
                 ))
@@ -285,6 +298,7 @@ pub async fn decide(
                     baseline,
                     &baseline_reason,
                     "inconclusive",
+                    basis,
                     &report,
                     base_ev,
                     &explanation,
@@ -306,6 +320,7 @@ pub async fn decide(
             baseline,
             &baseline_reason,
             verdict.as_str(),
+            basis,
             &report,
             base_ev,
             &explanation,
@@ -325,6 +340,60 @@ pub async fn decide(
         .await?;
     }
     Ok(())
+}
+
+/// Why a record gives no verdict: what ran, and why none of it counts.
+fn not_exercised(r: &KernelResult, count_untraced: bool) -> String {
+    let mut parts = vec![];
+    let other = r.cycles_run - r.kvm_cycles - r.kvm_failed;
+    if r.kvm_cycles > 0 {
+        parts.push(format!(
+            "{} under KVM on arm64, {} of them traced, none with a block re-installed after the cancel{}",
+            r.kvm_cycles,
+            r.traced_cycles,
+            if r.untraced_cycles > 0 && !count_untraced {
+                " (untraced cycles do not count in this plan)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if other > 0 {
+        parts.push(format!(
+            "{other} under TCG, on a non-arm64 host or replayed{}",
+            if r.fallback_jobs > 0 {
+                format!(" ({} job(s) on a fallback)", r.fallback_jobs)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    format!(
+        "Not exercised: {} cycle(s) ran, none could show the bug ({}). A verdict needs cycles under KVM on an arm64 host whose trace shows stage-2 blocks re-installed after the cancel.",
+        r.cycles_run,
+        if parts.is_empty() { "nothing finished".into() } else { parts.join("; ") }
+    )
+}
+
+/// The sentence that says what a verdict rests on.
+fn rests_on(r: &KernelResult, basis: Basis, counted: i64) -> String {
+    let skipped = r.cycles_run - counted;
+    let skipped = if skipped > 0 && basis != Basis::Simulated {
+        format!(" {skipped} other cycle(s) ran but do not count (TCG, fallback, or no block re-install seen).")
+    } else {
+        String::new()
+    };
+    match basis {
+        Basis::Path => format!(
+            "Rests on {counted} cycle(s) under KVM that reached the stage-2 path ({} block re-install(s) after the cancels; failures under KVM count as such).{skipped}",
+            r.block_maps_after_cancel
+        ),
+        Basis::Untraced => format!(
+            "Rests on {counted} KVM cycle(s) whose host could not be traced (counted because the plan allows it).{skipped}"
+        ),
+        Basis::Simulated => format!("Rests on {counted} simulated cycle(s): replayed logs, not a kernel."),
+        Basis::None => String::new(),
+    }
 }
 
 fn extension_cycles(report: &VerdictReport, cand: Evidence, plan: &Plan, boards: usize) -> u32 {
@@ -510,10 +579,12 @@ async fn store(
     baseline: Option<i64>,
     baseline_reason: &str,
     verdict: &str,
+    basis: Basis,
     report: &VerdictReport,
     base: Evidence,
     explanation: &str,
 ) -> Result<(), sqlx::Error> {
+    let (counted_failed, counted_cycles, _) = cand.countable(plan.verdict.count_untraced_cycles);
     let mut tx = pool.begin().await?;
     let previous: Option<String> = sqlx::query_scalar(
         "SELECT verdict FROM verdicts WHERE kernel_id = $1 AND family = $2 AND plan = $3 FOR UPDATE",
@@ -531,15 +602,15 @@ async fn store(
     sqlx::query(
         "INSERT INTO verdicts (kernel_id, family, plan, baseline_kernel_id, baseline_reason, verdict, p_value,
                                cycles_run, failed_cycles, rate, ci_low, ci_high, baseline_cycles, baseline_failed,
-                               explanation, board_seconds, decided_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now())
+                               explanation, board_seconds, basis, decided_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, now())
          ON CONFLICT (kernel_id, family, plan) DO UPDATE SET
             baseline_kernel_id = EXCLUDED.baseline_kernel_id, baseline_reason = EXCLUDED.baseline_reason,
             verdict = EXCLUDED.verdict, p_value = EXCLUDED.p_value, cycles_run = EXCLUDED.cycles_run,
             failed_cycles = EXCLUDED.failed_cycles, rate = EXCLUDED.rate, ci_low = EXCLUDED.ci_low,
             ci_high = EXCLUDED.ci_high, baseline_cycles = EXCLUDED.baseline_cycles,
             baseline_failed = EXCLUDED.baseline_failed, explanation = EXCLUDED.explanation,
-            board_seconds = EXCLUDED.board_seconds, decided_at = now()",
+            board_seconds = EXCLUDED.board_seconds, basis = EXCLUDED.basis, decided_at = now()",
     )
     .bind(kernel)
     .bind(&cand.family)
@@ -548,8 +619,9 @@ async fn store(
     .bind(baseline_reason)
     .bind(verdict)
     .bind(report.p_value)
-    .bind(cand.cycles_run)
-    .bind(cand.failed_cycles)
+    // The cycles the verdict counted (see KernelResult::countable).
+    .bind(counted_cycles)
+    .bind(counted_failed)
     .bind(report.candidate_rate)
     .bind(report.candidate_ci.0)
     .bind(report.candidate_ci.1)
@@ -557,6 +629,7 @@ async fn store(
     .bind(base.failed_cycles as i64)
     .bind(explanation)
     .bind(cand.board_seconds)
+    .bind(basis.as_str())
     .execute(&mut *tx)
     .await?;
     if previous.as_deref() != Some(verdict) {
@@ -695,6 +768,8 @@ pub struct VerdictRow {
     pub board_seconds: f64,
     pub extensions: i32,
     pub decided_at: chrono::DateTime<chrono::Utc>,
+    /// What the verdict rests on: `path`, `untraced`, `simulated`, `none`.
+    pub basis: Option<String>,
 }
 
 /// A queued job its kernel's build or boot left with nothing to run
@@ -800,7 +875,8 @@ pub async fn for_kernels(
     sqlx::query_as::<_, VerdictRow>(
         "SELECT v.kernel_id, v.family, v.plan, v.verdict, v.baseline_kernel_id, b.commit_sha AS baseline_commit,
                 v.baseline_reason, v.p_value, v.cycles_run, v.failed_cycles, v.rate, v.ci_low, v.ci_high,
-                v.baseline_cycles, v.baseline_failed, v.explanation, v.board_seconds, v.extensions, v.decided_at
+                v.baseline_cycles, v.baseline_failed, v.explanation, v.board_seconds, v.extensions, v.decided_at,
+                v.basis
          FROM verdicts v LEFT JOIN kernels b ON b.id = v.baseline_kernel_id
          WHERE v.kernel_id = ANY($1) AND ($2::text IS NULL OR v.plan = $2)
          ORDER BY v.kernel_id, v.plan, v.family",

@@ -444,3 +444,46 @@ async fn empty_database_pages_render() {
         ok(&app, uri).await;
     }
 }
+
+/// A board whose facts contradict its family's profile (another CPU, a
+/// 64K-page kernel) is shown with a warning on its page and in the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_that_is_not_what_its_family_says_is_flagged() {
+    let p = prepare().await;
+    let mut f = facts("6.1.0-28-arm64", "0x41");
+    f.cpu_part = Some("0xd0c".into());
+    f.executor = armfleet_protocol::ExecutorKind::Qemu;
+    f.host_kind = armfleet_protocol::HostKind::Hardware;
+    f.memory.page_size_kib = 64;
+    f.memory.thp = "madvise".into();
+    f.memory.hugetlb_pools = vec![armfleet_protocol::HugepageInfo {
+        size_kib: 524288,
+        total: 4,
+        free: 4,
+    }];
+    online(p.pool(), "kunpeng-01", &f).await;
+    let app = p.app();
+    let board = ok(&app, "/boards/kunpeng-01").await;
+    assert!(board.contains("MIDR mismatch"), "{board}");
+    assert!(board.contains("implementer 0x41 part 0xd0c"), "{board}");
+    assert!(board.contains("64K pages (512.0 MiB blocks)") || board.contains("64K pages ("), "{board}");
+    assert!(board.contains("page size mismatch"), "{board}");
+    let (status, _, api) = get(&app, "/api/v1/boards").await;
+    assert_eq!(status, StatusCode::OK);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    let warnings = api["boards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "kunpeng-01")
+        .unwrap()["profile_warnings"]
+        .clone();
+    assert_eq!(warnings.as_array().unwrap().len(), 2, "{warnings}");
+    // A board that is what its family says has none.
+    let mut good = facts("6.1.0-28-arm64", "0x48");
+    good.executor = armfleet_protocol::ExecutorKind::Qemu;
+    good.memory.page_size_kib = 4;
+    online(p.pool(), "kunpeng-01", &good).await;
+    let board = ok(&app, "/boards/kunpeng-01").await;
+    assert!(!board.contains("profile-warning"), "{board}");
+}

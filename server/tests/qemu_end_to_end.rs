@@ -105,6 +105,38 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
         agent.contains("TCG"),
         "a TCG run says it does not exercise KVM: {agent}"
     );
+    assert!(agent.contains("stage-2 path counters: not applicable"), "{agent}");
+    // The kernel's record: 20 cycles, none of them evidence of the path.
+    let record = wait_for("the kernel's record", Duration::from_secs(60), || async {
+        let k = server
+            .get_json("/api/v1/kernels/c0ffee0000000000000000000000000000000001")
+            .await;
+        let r = k["kernels"][0]["results"][0].clone();
+        (r["cycles_run"].as_i64() == Some(20)).then_some(r)
+    })
+    .await;
+    assert_eq!(record["kvm_cycles"], 0, "{record}");
+    assert_eq!(record["traced_cycles"], 0, "{record}");
+    assert_eq!(record["path_cycles"], 0, "{record}");
+    // accel = "auto" fell back to TCG: recorded as such, and never a pass.
+    assert!(
+        done["fallback"].as_str().unwrap_or("").contains("fell back to TCG"),
+        "{}",
+        done["fallback"]
+    );
+    let verdict = wait_for("the kernel's verdict", Duration::from_secs(60), || async {
+        let k = server
+            .get_json("/api/v1/kernels/c0ffee0000000000000000000000000000000001")
+            .await;
+        let v = k["kernels"][0]["verdicts"][0].clone();
+        v["verdict"].is_string().then_some(v)
+    })
+    .await;
+    assert_eq!(verdict["verdict"], "not-exercised", "{verdict}");
+    assert_eq!(verdict["basis"], "none", "{verdict}");
+    assert_eq!(verdict["cycles_run"], 0, "no cycle counted: {verdict}");
+    let why = verdict["explanation"].as_str().unwrap();
+    assert!(why.contains("20 cycle(s) ran") && why.contains("under TCG"), "{why}");
     server.stop().await;
 }
 

@@ -169,6 +169,22 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
         assert!(path["perm_faults"].as_u64().unwrap() > 0, "{c}");
         assert!(path["block_maps_after_cancel"].is_u64(), "{c}");
     }
+    // The kernel's record says what it rests on.
+    let record = wait_for("the kernel's record", Duration::from_secs(60), || async {
+        let k = server
+            .get_json("/api/v1/kernels/a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a1")
+            .await;
+        let r = k["kernels"][0]["results"][0].clone();
+        (r["traced_cycles"].as_i64() == Some(3)).then_some(r)
+    })
+    .await;
+    assert_eq!(record["kvm_cycles"], 3, "{record}");
+    assert_eq!(record["host_kinds"], serde_json::json!(["emulated"]), "{record}");
+    let after: u64 = cycles
+        .iter()
+        .map(|c| c["path"]["block_maps_after_cancel"].as_u64().unwrap())
+        .sum();
+    assert_eq!(record["block_maps_after_cancel"], after, "{record}");
     // The probes are gone from the board's kernel once the job ended.
     let probes = vboard.sh("cat /sys/kernel/tracing/kprobe_events").await;
     assert!(!probes.contains("armfleet_"), "{probes}");
@@ -359,4 +375,103 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
         "the kernel record shows the boot: {kernel:#}"
     );
     vboard.stop().await;
+}
+
+/// The workload this project exists for, on the board's real KVM/arm64:
+/// with block-backed guest RAM, several dirtying threads and a dwell after
+/// each cancel, the board's kernel re-installs stage-2 blocks after the
+/// cancels and the kernel's verdict rests on those cycles; the same stress
+/// on memory that stage 2 can only map by pages is `not-exercised`; and a
+/// bit flipped in guest memory is a finding of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_not_exercised() {
+    if !vboard_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vboard = VirtualBoard::boot(dir.path(), "path", "vhe").await;
+    let key = keygen(dir.path(), "vboard-01").await;
+    let stress = |cycles: u32, extra: &str| {
+        format!(
+            "{}vcpus = 2\nverify = true\ndwell_after_cancel_ms = 1500\n{extra}[plan.verdict]\nmax_extensions = 0\nmax_infra_retries = 0\n",
+            params(cycles).replace("vcpus = 1\n", "")
+        )
+    };
+    let mut toml = fleet_toml(
+        &[("vboard-01", "virt-arm64", key.public.as_str())],
+        &format!("[plan.params]\n{}", stress(4, "memory_backing = \"block\"\n")),
+    );
+    for (name, cycles, extra) in [
+        ("pages", 3, "memory_backing = \"pages\"\n"),
+        ("corrupt", 3, "inject_guest_corruption_after = 1\n"),
+    ] {
+        toml.push_str(&format!(
+            "\n[[plan]]\nname = \"{name}\"\ntype = \"migrate-cancel\"\nlabels = [\"kvm\"]\ntimeout_s = 1800\n[plan.params]\n{}",
+            stress(cycles, extra)
+        ));
+    }
+    let server = TestServer::start(&toml).await;
+    let _agent = server.controller_agent("vboard-01", &key.path, &vboard.ssh_board_toml(&vboard.host_key()));
+    server.wait_board("vboard-01", "idle", Duration::from_secs(120)).await;
+    let facts = &server.get_json("/api/v1/boards").await["boards"][0]["facts"];
+    assert_eq!(facts["memory"]["page_size_kib"], 4, "{facts}");
+    assert!(facts["memory"]["thp"].is_string(), "{facts}");
+
+    // Block-backed: blocks re-installed after the cancels, and the verdict
+    // rests on those cycles.
+    const BLOCK: &str = "b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1";
+    let job = one_job(&server, BLOCK, "smoke").await;
+    let done = passed_under_kvm(&server, job).await;
+    let agent_log = job_log(&server, job, "agent").await;
+    assert!(agent_log.contains("memory: block-backed"), "{agent_log}");
+    let console = job_log(&server, job, "guest_console").await;
+    assert!(console.contains("threads=2") && console.contains("verify=1"), "{console}");
+    let after: u64 = done["cycles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"]["block_maps_after_cancel"].as_u64().unwrap())
+        .sum();
+    assert!(after > 0, "no block re-installed after any cancel: {done}");
+    let v = wait_for("the block plan's verdict", Duration::from_secs(60), || async {
+        let k = server.get_json(&format!("/api/v1/kernels/{BLOCK}")).await;
+        let v = k["kernels"][0]["verdicts"][0].clone();
+        v["basis"].is_string().then_some(v)
+    })
+    .await;
+    assert_eq!(v["basis"], "path", "{v}");
+    assert_ne!(v["verdict"], "not-exercised", "{v}");
+    assert!(v["explanation"].as_str().unwrap().contains("reached the stage-2 path"), "{v}");
+
+    // Pages only: KVM ran, nothing re-installed, so no verdict but
+    // `not-exercised`.
+    const PAGES: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+    let job = one_job(&server, PAGES, "pages").await;
+    let done = passed_under_kvm(&server, job).await;
+    for c in done["cycles"].as_array().unwrap() {
+        assert_eq!(c["path"]["block_maps_after_cancel"], 0, "{c}");
+    }
+    let v = wait_for("the pages plan's verdict", Duration::from_secs(60), || async {
+        let k = server.get_json(&format!("/api/v1/kernels/{PAGES}")).await;
+        let v = k["kernels"][0]["verdicts"][0].clone();
+        v["verdict"].is_string().then_some(v)
+    })
+    .await;
+    assert_eq!(v["verdict"], "not-exercised", "{v}");
+    assert!(v["explanation"].as_str().unwrap().contains("3 under KVM on arm64"), "{v}");
+
+    // A bit flipped in guest memory: the workload's check reports it and
+    // the job fails on it, in the cycle it happened.
+    let job = one_job(&server, "b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3", "corrupt").await;
+    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["failed_cycle"], 2, "{done}");
+    assert!(done["reason"].as_str().unwrap().contains("ARMFLEET-CORRUPTION"), "{done}");
+    let findings = wait_for("the corruption finding", Duration::from_secs(60), || async {
+        let f = server.get_json(&format!("/api/v1/jobs/{job}/findings")).await;
+        f.to_string().contains("memory-corruption").then_some(f)
+    })
+    .await;
+    assert!(findings.to_string().contains("guest memory corruption"), "{findings}");
+    server.stop().await;
 }

@@ -145,3 +145,53 @@ async fn a_rare_abort_is_called_a_regression_after_extra_cycles_and_a_clean_kern
     );
     server.stop().await;
 }
+
+/// An agent asked for `executor = "auto"` on a host without the arm64 QEMU
+/// or the guest image falls back to replaying logs. Its clean cycles are
+/// recorded and shown, but they are not evidence: the kernel is
+/// `not-exercised`, never `pass`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_fallback_never_makes_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "altra-01").await;
+    let plan = "[plan.params]\ncycles = 50\nreplay_cycle_ms = 1\n";
+    let server = TestServer::start(&fleet_toml(&[("altra-01", "ampere-altra", &key.public)], plan)).await;
+    let no_guest = dir.path().join("no-guest-here");
+    let _agent = server.agent_with_env(
+        "altra-01",
+        &key.path,
+        &dir.path().join("agent-state"),
+        &["--executor", "auto"],
+        &[
+            ("ARMFLEET_GUEST_DIR", no_guest.to_str().unwrap()),
+            ("ARMFLEET_QEMU_AARCH64", "/nonexistent/qemu-system-aarch64"),
+        ],
+    );
+    server.wait_board("altra-01", "idle", Duration::from_secs(20)).await;
+    let run = server.trigger(PARENT).await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let done = server.wait_job_end(job, Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "passed", "{done}");
+    assert_eq!(done["host_kind"], "simulated", "{done}");
+    assert!(
+        done["fallback"].as_str().unwrap_or("").contains("fell back to replay"),
+        "the job says it is a fallback: {}",
+        done["fallback"]
+    );
+    let v = settled(&server, PARENT).await;
+    assert_eq!(v["verdict"], "not-exercised", "{v}");
+    assert_eq!(v["basis"], "none", "{v}");
+    assert_eq!(v["cycles_run"], 0, "no cycle counted: {v}");
+    let why = v["explanation"].as_str().unwrap();
+    assert!(why.contains("50 cycle(s) ran") && why.contains("1 job(s) on a fallback"), "{why}");
+    // The kernel page says so too.
+    let id = server.get_json(&format!("/api/v1/kernels/{PARENT}")).await["kernels"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let page = server.get_text(&format!("/kernels/{id}")).await;
+    assert!(page.contains("not-exercised"), "{page}");
+    assert!(page.contains("1 job(s) on a fallback (not counted)"), "{page}");
+    server.stop().await;
+}

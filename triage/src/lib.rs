@@ -32,6 +32,7 @@
 //! | `oops` | BUG/paging request/NULL deref/Internal error/GPF/kernel BUG/Unhandled fault/double fault... | yes |
 //! | `serror` | arm64 SError interrupt, titled by where it hit (`SError Interrupt in FUNC`; plain `SError Interrupt` when taken from user space) | yes |
 //! | `kvm-error` | QEMU `kvm run failed`, `KVM internal error` (fatal); other host `kvm [PID]:` errors (not fatal: KVM reports them and the guest goes on) | see left |
+//! | `memory-corruption` | the guest workload read back other data than it wrote (`ARMFLEET-CORRUPTION`) | yes |
 //! | `hang` | an empty guest console | yes |
 //! | `warning` | WARNING, sleeping in atomic, bad page state... | no* |
 //! | `sanitizer` | KASAN, KMSAN, KCSAN, UBSAN, KFENCE | no* |
@@ -72,6 +73,8 @@ pub enum FindingClass {
     Serror,
     KvmError,
     MemoryLeak,
+    /// The guest workload read back something other than what it wrote.
+    MemoryCorruption,
     Hang,
     Reboot,
     Other,
@@ -88,6 +91,7 @@ impl FindingClass {
                 | FindingClass::Oops
                 | FindingClass::Serror
                 | FindingClass::Hang
+                | FindingClass::MemoryCorruption
         )
     }
 
@@ -104,6 +108,7 @@ impl FindingClass {
             FindingClass::Serror => "serror",
             FindingClass::KvmError => "kvm-error",
             FindingClass::MemoryLeak => "memory-leak",
+            FindingClass::MemoryCorruption => "memory-corruption",
             FindingClass::Hang => "hang",
             FindingClass::Reboot => "reboot",
             FindingClass::Other => "other",

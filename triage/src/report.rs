@@ -492,6 +492,9 @@ pub(crate) fn classify(title: &str, source: Source) -> FindingClass {
             FindingClass::GuestAbort
         };
     }
+    if starts(&["guest memory corruption"]) {
+        return FindingClass::MemoryCorruption;
+    }
     if starts(&["KVM: unsupported FSC"]) {
         return FindingClass::GuestAbort;
     }
@@ -596,6 +599,7 @@ const FATAL_STARTS: &[&str] = &[
     "Unsupported FSC",
     "kvm run failed",
     "KVM internal error",
+    "ARMFLEET-CORRUPTION",
 ];
 
 fn fatal_prefilter() -> &'static AhoCorasick {
@@ -650,5 +654,18 @@ mod tests {
         assert!(first_fatal_line(
             "kvm [77]: Unsupported FSC: EC=0x24 xFSC=0x30 ESR_EL2=0x92000030"
         ));
+        assert!(first_fatal_line(
+            "ARMFLEET-CORRUPTION thread=0 page=0 offset=0xed8 expected=0x2259676306a1df61 found=0x2259666306a1df61 pass=188"
+        ));
+    }
+
+    #[test]
+    fn the_workloads_corruption_report_is_a_fatal_finding_of_its_own() {
+        let log = b"ARMFLEET-HB 41 passes=900\nARMFLEET-CORRUPTION thread=1 page=77 offset=0x4d0a8 expected=0x1 found=0x3 pass=12\nARMFLEET-HB 42 passes=905\n";
+        let f = crate::triage(log, Source::Guest);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].title, "guest memory corruption");
+        assert_eq!(f[0].class, FindingClass::MemoryCorruption);
+        assert!(f[0].fatal);
     }
 }

@@ -660,6 +660,12 @@ fn build_families() -> Vec<Family> {
             ],
         ),
         // ---- KVM host / QEMU side: syzkaller does not know these. ----
+        // armfleet's guest workload: what it read back is not what it wrote.
+        fam(
+            "ARMFLEET-CORRUPTION",
+            &[],
+            vec![f("ARMFLEET-CORRUPTION", "guest memory corruption").no_stack()],
+        ),
         fam(
             "Unsupported FSC",
             &[],

@@ -114,7 +114,17 @@ fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
 
 async fn list_boards(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let rows = boards::list(&state.pool).await?;
-    Ok(Json(serde_json::json!({ "boards": rows })))
+    let fleet = state.fleet.current();
+    let boards: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            let warnings = boards::profile_warnings(&fleet, &r.name, r.facts.as_ref());
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["profile_warnings"] = serde_json::json!(warnings);
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "boards": boards })))
 }
 
 #[derive(Deserialize)]

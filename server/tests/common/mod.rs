@@ -308,6 +308,18 @@ impl TestServer {
 
     /// Starts an agent process for `board` keeping its state in `state_dir`.
     pub fn agent_in(&self, board: &str, key: &Path, state_dir: &Path, extra: &[&str]) -> TestAgent {
+        self.agent_with_env(board, key, state_dir, extra, &[])
+    }
+
+    /// Like [`TestServer::agent_in`], with extra environment variables.
+    pub fn agent_with_env(
+        &self,
+        board: &str,
+        key: &Path,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestAgent {
         let log = state_dir.with_extension("log");
         let child = Command::new(bin("armfleet-agent"))
             .arg("--server")
@@ -322,6 +334,7 @@ impl TestServer {
             .arg(state_dir)
             .args(extra)
             .env("ARMFLEET_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)

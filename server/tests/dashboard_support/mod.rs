@@ -121,6 +121,7 @@ pub fn facts(kernel: &str, implementer: &str) -> BoardFacts {
         host_kind: armfleet_protocol::HostKind::Simulated,
         ssh_board: None,
         kvm_mode: None,
+        memory: Default::default(),
         build_id: None,
     }
 }

@@ -66,6 +66,8 @@ struct BoardPage {
     host: String,
     labels: String,
     facts: Vec<(String, String)>,
+    /// Where the board contradicts its family's profile.
+    warnings: Vec<String>,
     qemu: Vec<(String, String, String)>,
     jobs: Vec<JobLine>,
     pager: Pager,
@@ -151,6 +153,38 @@ fn facts_list(f: &Value, executor: Option<&str>) -> Vec<(String, String)> {
             )
         }),
     );
+    let mem = f.get("memory");
+    let page = mem
+        .and_then(|m| m.get("page_size_kib"))
+        .and_then(Value::as_u64)
+        .filter(|p| *p > 0);
+    add(
+        "Stage-2 blocks",
+        page.map(|p| {
+            let thp = mem
+                .and_then(|m| m.get("thp"))
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .unwrap_or("not available");
+            let pools: Vec<String> = mem
+                .and_then(|m| m.get("hugetlb_pools"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    format!("{} {} of {} free", bytes(n("size_kib") as i64 * 1024), n("free"), n("total"))
+                })
+                .collect();
+            format!(
+                "{p}K pages ({} blocks); THP {thp}; hugetlb: {}",
+                armfleet_protocol::block_size_kib(p)
+                    .map(|k| bytes(k as i64 * 1024))
+                    .unwrap_or_else(|| "unknown".into()),
+                if pools.is_empty() { "none".into() } else { pools.join(", ") }
+            )
+        }),
+    );
     add("Executor", executor.map(str::to_owned));
     out
 }
@@ -197,7 +231,9 @@ pub async fn board_page(
         jobs::briefs_for_board(pool, &name, JOBS_PER_PAGE + 1, offset(page, JOBS_PER_PAGE)).await?;
     let pager = Pager::new(&mut rows, page, JOBS_PER_PAGE, "page", &[]);
     let failures = jobs::failures_for_board(pool, &name, 20).await?;
+    let warnings = boards::profile_warnings(&state.fleet.current(), &b.name, b.facts.as_ref());
     render(&BoardPage {
+        warnings,
         family: family_name(&b.family),
         state: b.state,
         simulated: b.simulated,

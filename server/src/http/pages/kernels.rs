@@ -523,6 +523,9 @@ pub struct ResultView {
     pub ci: String,
     pub board_time: String,
     pub simulated: bool,
+    /// What the record rests on: KVM cycles, traced cycles, block
+    /// re-installs after the cancels, and where the evidence came from.
+    pub path: String,
 }
 
 pub struct FindingView {
@@ -621,7 +624,17 @@ pub async fn kernel_page(
             family_key: v.family.clone(),
             plan: v.plan.clone(),
             badge: Badge::of(&v.verdict),
-            evidence: evidence_text(v.failed_cycles, v.cycles_run, (v.ci_low, v.ci_high)),
+            evidence: format!(
+                "{} · rests on {}",
+                evidence_text(v.failed_cycles, v.cycles_run, (v.ci_low, v.ci_high)),
+                match v.basis.as_deref() {
+                    Some("path") => "cycles that reached the stage-2 path",
+                    Some("untraced") => "untraced KVM cycles (allowed by the plan)",
+                    Some("simulated") => "simulated cycles",
+                    Some("none") => "nothing that could show the bug",
+                    _ => "cycles of an older record (not split by path evidence)",
+                }
+            ),
             baseline_id: v.baseline_kernel_id,
             baseline: match &v.baseline_commit {
                 Some(c) => format!(
@@ -643,6 +656,7 @@ pub async fn kernel_page(
         .into_iter()
         .map(|r| {
             let (lo, hi) = wilson95(r.failed_cycles, r.cycles_run);
+            let path = path_evidence(&r);
             ResultView {
                 family: family_name(&r.family),
                 family_key: r.family.clone(),
@@ -660,6 +674,7 @@ pub async fn kernel_page(
                 failed: r.failed_cycles,
                 infra_errors: r.infra_errors,
                 simulated: r.simulated,
+                path,
             }
         })
         .collect();
@@ -766,4 +781,41 @@ pub async fn kernel_page(
         builds: crate::builds::for_kernel(pool, id).await?,
         boots: crate::deploy::boots_for_kernel(pool, id).await?,
     })
+}
+
+/// What the record rests on, e.g. "12 of 12 KVM cycles (emulated) reached
+/// the stage-2 path: 40 block re-installs after the cancels, 210 permission
+/// faults" — or why there is no path evidence.
+fn path_evidence(r: &results::KernelResult) -> String {
+    let from = if r.host_kinds.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", r.host_kinds.join(", "))
+    };
+    let fallback = if r.fallback_jobs > 0 {
+        format!("; {} job(s) on a fallback (not counted)", r.fallback_jobs)
+    } else {
+        String::new()
+    };
+    if r.kvm_cycles == 0 && r.kvm_failed == 0 {
+        return format!("none: no cycle ran under KVM on arm64{from}{fallback}");
+    }
+    let untraced = if r.untraced_cycles > 0 {
+        format!("; {} untraced", r.untraced_cycles)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} of {} KVM cycles{from} reached the stage-2 path: {} block re-installs after the cancels, {} permission faults ({} traced{untraced}){}{fallback}",
+        r.path_cycles,
+        r.kvm_cycles,
+        r.block_maps_after_cancel,
+        r.perm_faults,
+        r.traced_cycles,
+        if r.kvm_failed > 0 {
+            format!("; {} failure(s) under KVM", r.kvm_failed)
+        } else {
+            String::new()
+        }
+    )
 }

@@ -349,10 +349,11 @@ pub fn is_alarm_line(line: &str) -> bool {
 }
 
 /// Verdicts from most to least alarming; a kernel's summary is its worst.
-pub const VERDICT_ORDER: [&str; 6] = [
+pub const VERDICT_ORDER: [&str; 7] = [
     "regression",
     "still-failing",
     "board-suspect",
+    "not-exercised",
     "inconclusive",
     "fixed",
     "pass",
