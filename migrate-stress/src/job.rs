@@ -370,11 +370,22 @@ async fn run_on_host(
     let timeout = env
         .job_timeout
         .unwrap_or(Duration::from_secs(365 * 24 * 3600));
-    let outcome = tokio::select! {
-        r = driver.run() => Outcome::Driver(r),
-        _ = cancel.cancelled() => Outcome::Cancelled,
-        Some(f) = fatal_rx.recv() => Outcome::Fatal(f),
-        _ = tokio::time::sleep(timeout) => Outcome::TimedOut,
+    let driver_run = driver.run();
+    tokio::pin!(driver_run);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let outcome = loop {
+        tokio::select! {
+            r = &mut driver_run => break Outcome::Driver(r),
+            _ = cancel.cancelled() => break Outcome::Cancelled,
+            Some(f) = fatal_rx.recv() => {
+                if !concerns_this_job(&shared, host, &f).await {
+                    continue;
+                }
+                break Outcome::Fatal(f);
+            }
+            _ = &mut deadline => break Outcome::TimedOut,
+        }
     };
     // The driver future is gone here; its QEMUs are still running (killing
     // is explicit, below) so a panic can finish printing.
@@ -384,7 +395,7 @@ async fn run_on_host(
     let outcome = match outcome {
         Outcome::Driver(Err(Stop::Infra(reason))) => {
             match tokio::time::timeout(Duration::from_millis(700), fatal_rx.recv()).await {
-                Ok(Some(f)) => {
+                Ok(Some(f)) if concerns_this_job(&shared, host, &f).await => {
                     logs.agent(format!(
                         "driver stopped ({reason}); a fatal finding explains it"
                     ));
@@ -501,6 +512,38 @@ async fn run_on_host(
                 reason,
                 evidence,
             }
+        }
+    }
+}
+
+/// Whether a fatal finding is this job's: a host kernel message that names
+/// a thread of no QEMU of this job (another job's, on a board running
+/// several) is recorded in the host log but fails someone else.
+async fn concerns_this_job(shared: &Shared, host: &Host, f: &Finding) -> bool {
+    use crate::attribution::{Implicates, implicates, named_thread, threads_of};
+    if f.stream != LogStream::HostDmesg {
+        return true;
+    }
+    let mut named = named_thread(std::slice::from_ref(&f.line));
+    if named.is_none() {
+        if let Some(idx) = f.idx {
+            // An oops names its thread on the header lines that follow.
+            tokio::time::sleep(Duration::from_millis(300) * host.slowdown()).await;
+            named = named_thread(&shared.logs.rings.range(LogStream::HostDmesg, idx, idx + 40));
+        }
+    }
+    if named.is_none() {
+        return true;
+    }
+    let ours = threads_of(host, &shared.registry.live()).await;
+    match implicates(named, ours.as_ref()) {
+        Implicates::ThisJob => true,
+        Implicates::Other(tid) => {
+            shared.logs.agent(format!(
+                "host kernel message names thread {tid}, which belongs to none of this job's QEMU processes: kept in the host log, not this job's failure — {}",
+                f.line.trim()
+            ));
+            false
         }
     }
 }

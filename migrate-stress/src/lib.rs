@@ -30,6 +30,7 @@ pub use armfleet_protocol::{
 mod logs;
 mod proc;
 
+pub mod attribution;
 pub mod host;
 pub mod ssh_board;
 pub mod stage2;

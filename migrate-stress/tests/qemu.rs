@@ -667,3 +667,59 @@ async fn job_timeout_is_timed_out() {
     assert!(t0.elapsed() < Duration::from_secs(20));
     assert_no_leftovers(&env);
 }
+
+/// Writes `line(source QEMU pid)` to the host kernel log once the job's
+/// first destination runs (mid-cycle); whether it could.
+fn inject_host_line(
+    needle: String,
+    line: impl Fn(u32) -> String + Send + 'static,
+) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        for _ in 0..1200 {
+            let procs = procs_mentioning(&needle);
+            let qemus: Vec<_> = procs.iter().filter(|(_, c)| c.contains("qemu-system")).collect();
+            let source = qemus.iter().find(|(_, c)| !c.contains("-incoming"));
+            if let (Some((pid, _)), true) = (source, qemus.iter().any(|(_, c)| c.contains("-incoming"))) {
+                return std::fs::write("/dev/kmsg", format!("<3>{}\n", line(*pid))).is_ok();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    })
+}
+
+/// A host kernel message that names another process's thread is kept in
+/// the job's host log but does not fail it (on a board running several
+/// jobs it is another job's); one that names this job's QEMU fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_message_is_the_failure_of_the_job_whose_qemu_it_names() {
+    let _s = serial();
+    if !is_root() {
+        skip_or_fail("writing /dev/kmsg needs root");
+        return;
+    }
+    let Some(env) = env_for("arm64", "attribution") else {
+        return;
+    };
+    let params = tcg_params("arm64", 4);
+    let writer = inject_host_line(env.work_dir.display().to_string(), |_| {
+        "kvm [1]: Unexpected abort injected by an armfleet test (thread 1 is init)".into()
+    });
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    assert!(writer.await.unwrap(), "could not write /dev/kmsg");
+    assert_eq!(r, JobResult::Passed { cycles_completed: 4 }, "{}", c.dump());
+    assert!(c.dmesg.contains("kvm [1]: Unexpected abort injected"), "{}", c.dmesg);
+    assert!(c.agent.contains("names thread 1, which belongs to none of this job's QEMU processes"), "{}", c.agent);
+
+    let env = env_for("arm64", "attribution-ours").unwrap();
+    let writer = inject_host_line(env.work_dir.display().to_string(), |pid| {
+        format!("kvm [{pid}]: Unexpected abort injected by an armfleet test (this job's QEMU)")
+    });
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    assert!(writer.await.unwrap());
+    match r {
+        JobResult::Failed { reason, .. } => assert!(reason.contains("kvm ["), "{reason}"),
+        other => panic!("a host abort naming the job's QEMU must fail it: {other:?}\n{}", c.dump()),
+    }
+    assert_no_leftovers(&env);
+}
