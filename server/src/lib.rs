@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod power;
 pub mod reload;
+pub mod repro;
 pub mod results;
 pub mod runs;
 pub mod ssh;

@@ -79,6 +79,16 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Write a standalone script that reproduces a recorded job on a board
+    /// (bash, QEMU and python3; nothing of armfleet).
+    Repro {
+        job: i64,
+        /// Write the script here (made executable) instead of to stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     /// Export results for other systems.
     Export {
         #[command(subcommand)]
@@ -174,6 +184,28 @@ async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
             "server answered {status}: {}",
             body["error"].as_str().unwrap_or("?")
         );
+    }
+    Ok(body)
+}
+
+/// A text answer (a script, a report), or the server's error.
+async fn get_text(url: &str) -> anyhow::Result<String> {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("contacting {url}"))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    if !status.is_success() {
+        let err = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        anyhow::bail!("server answered {status}: {err}");
     }
     Ok(body)
 }
@@ -424,6 +456,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
+            }
+            Ok(())
+        }
+        Command::Repro {
+            job,
+            output,
+            server,
+        } => {
+            let script = get_text(&format!(
+                "{}/api/v1/jobs/{job}/repro.sh",
+                server.trim_end_matches('/')
+            ))
+            .await?;
+            match output {
+                Some(path) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::write(&path, &script)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                        .with_context(|| format!("making {} executable", path.display()))?;
+                    eprintln!(
+                        "wrote {} (run it on a board like job {job}'s)",
+                        path.display()
+                    );
+                }
+                None => print!("{script}"),
             }
             Ok(())
         }

@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/log", get(get_job_log))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/findings", get(job_findings))
+        .route("/jobs/{id}/repro.sh", get(job_repro))
         .route("/signatures", get(list_signatures))
         .route("/kernels/{commit}", get(get_kernel))
         .route("/regressions", get(list_regressions))
@@ -313,6 +314,30 @@ async fn job_findings(
     let rows = findings::for_job(&state.pool, id).await?;
     Ok(Json(
         serde_json::json!({ "job": id, "state": job.state, "analysed": analysed, "findings": rows }),
+    ))
+}
+
+/// The job's standalone reproducer script (`crate::repro`).
+async fn job_repro(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job")?;
+    let rec = crate::repro::load(&state.pool, id, &base_url(&headers)).await?;
+    let script = crate::repro::render(&rec)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/x-shellscript; charset=utf-8".to_owned(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"armfleet-repro-job{id}.sh\""),
+            ),
+        ],
+        script,
     ))
 }
 
