@@ -166,6 +166,10 @@ enum ExportFormat {
     Kcidb {
         #[arg(long)]
         commit: Option<String>,
+        /// Keep only these host kinds (comma list of hardware, emulated,
+        /// simulated); by default all, each marked as what it is.
+        #[arg(long)]
+        hosts: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
@@ -486,11 +490,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export {
-            format: ExportFormat::Kcidb { commit, server },
+            format:
+                ExportFormat::Kcidb {
+                    commit,
+                    hosts,
+                    server,
+                },
         } => {
             let mut url = format!("{}/api/v1/export/kcidb", server.trim_end_matches('/'));
-            if let Some(c) = commit {
-                url.push_str(&format!("?commit={c}"));
+            let mut sep = '?';
+            for (k, v) in [("commit", commit), ("hosts", hosts)] {
+                if let Some(v) = v {
+                    url.push_str(&format!("{sep}{k}={v}"));
+                    sep = '&';
+                }
             }
             println!("{}", serde_json::to_string_pretty(&get_json(&url).await?)?);
             Ok(())

@@ -437,6 +437,9 @@ async fn list_regressions(
 struct KcidbQuery {
     commit: Option<String>,
     limit: Option<i64>,
+    /// Host kinds to keep: `hardware,emulated,simulated` (default: all, each
+    /// marked as what it is).
+    hosts: Option<String>,
 }
 
 /// The URL this server is reached at, for links in exports.
@@ -458,11 +461,18 @@ async fn export_kcidb(
             return Err(ApiError::BadRequest(format!("`{c}` is not a commit id")));
         }
     }
+    let hosts = match q.hosts.as_deref() {
+        Some(h) => export::HostFilter::parse(h).map_err(ApiError::BadRequest)?,
+        None => export::HostFilter::default(),
+    };
+    let store = crate::builds::ArtifactStore::for_fleet(&state.fleet.current(), &state.data_dir);
     let data = export::kcidb(
         &state.pool,
+        &store,
         &base_url(&headers),
         q.commit.as_deref(),
         q.limit.unwrap_or(5000).clamp(1, 100_000),
+        &hosts,
     )
     .await?;
     Ok(Json(data))
@@ -485,9 +495,11 @@ async fn export_junit(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     let jobs = jobs::for_run(&state.pool, id).await?;
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    let paths = jobs::path_totals(&state.pool, &ids).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-        export::junit(id, &jobs),
+        export::junit(id, &jobs, &paths),
     ))
 }
 
