@@ -16,6 +16,7 @@ pub mod findings;
 pub mod http;
 pub mod intake;
 pub mod jobs;
+pub mod lkml;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;

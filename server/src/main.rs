@@ -72,10 +72,15 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
-    /// Per-kernel results and verdicts as a table.
+    /// Per-kernel results and verdicts as a table (`--commit`), or a
+    /// regression as a plain-text kernel bug report (`--lkml REGRESSION`).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["commit", "lkml"])))]
     Report {
         #[arg(long)]
-        commit: String,
+        commit: Option<String>,
+        /// The regression's id (see `/api/v1/regressions`).
+        #[arg(long, value_name = "REGRESSION")]
+        lkml: Option<i64>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
@@ -403,7 +408,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Follow { run, server } => follow(&server, run).await,
-        Command::Report { commit, server } => {
+        Command::Report {
+            lkml: Some(id),
+            server,
+            ..
+        } => {
+            print!(
+                "{}",
+                get_text(&format!(
+                    "{}/api/v1/regressions/{id}/lkml",
+                    server.trim_end_matches('/')
+                ))
+                .await?
+            );
+            Ok(())
+        }
+        Command::Report { commit, server, .. } => {
+            let commit = commit.unwrap_or_default();
             let body = get_json(&format!(
                 "{}/api/v1/kernels/{commit}",
                 server.trim_end_matches('/')

@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/signatures", get(list_signatures))
         .route("/kernels/{commit}", get(get_kernel))
         .route("/regressions", get(list_regressions))
+        .route("/regressions/{id}/lkml", get(regression_lkml))
         .route("/export/kcidb", get(export_kcidb))
         .route("/export/junit", get(export_junit))
         .route("/admin/reload", post(reload_fleet))
@@ -420,6 +421,8 @@ async fn list_regressions(
         .into_iter()
         .map(|r| {
             let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["page"] = format!("/regressions/{}", r.id).into();
+            v["lkml"] = format!("/api/v1/regressions/{}/lkml", r.id).into();
             v["events"] = serde_json::to_value(
                 events
                     .iter()
@@ -433,6 +436,24 @@ async fn list_regressions(
     Ok(Json(serde_json::json!({ "regressions": out })))
 }
 
+/// The regression as a plain-text kernel bug report (`crate::lkml`).
+async fn regression_lkml(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "regression")?;
+    let text = lkml_text(&state, &base_url(&headers), id).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// The report of regression `id`, with fleet.toml's `[report]` trailers
+/// (also the regression page's copy block).
+pub async fn lkml_text(state: &AppState, base_url: &str, id: i64) -> Result<String, ApiError> {
+    let facts = crate::lkml::load(&state.pool, &state.data_dir, id, base_url).await?;
+    Ok(crate::lkml::render(&facts, &state.fleet.current().report))
+}
+
 #[derive(Deserialize)]
 struct KcidbQuery {
     commit: Option<String>,
@@ -443,7 +464,7 @@ struct KcidbQuery {
 }
 
 /// The URL this server is reached at, for links in exports.
-fn base_url(headers: &HeaderMap) -> String {
+pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -105,3 +105,12 @@ impl From<crate::repro::ReproError> for ApiError {
         }
     }
 }
+
+impl From<crate::lkml::LkmlError> for ApiError {
+    fn from(e: crate::lkml::LkmlError) -> Self {
+        match e {
+            crate::lkml::LkmlError::NotFound(id) => ApiError::NotFound(format!("regression {id}")),
+            crate::lkml::LkmlError::Db(db) => db.into(),
+        }
+    }
+}
