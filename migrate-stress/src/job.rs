@@ -347,7 +347,7 @@ async fn run_on_host(
         plan: &plan,
         shared: shared.clone(),
         progress: progress.clone(),
-        rng: SplitMix64(params.seed),
+        delays: params.delay_schedule(),
         vm_counter: 0,
         dest_failures_in_a_row: 0,
         prespawn: plan.prespawn,
@@ -1058,24 +1058,6 @@ impl Vm {
     }
 }
 
-struct SplitMix64(u64);
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn range_inclusive(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            lo
-        } else {
-            lo + self.next() % (hi - lo + 1)
-        }
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -1296,7 +1278,9 @@ struct Driver<'a> {
     plan: &'a Plan,
     shared: Arc<Shared>,
     progress: Arc<Progress>,
-    rng: SplitMix64,
+    /// The seeded hold of each cycle (`MigrateCancelParams::delay_schedule`,
+    /// which the job's reproducer replays too).
+    delays: Vec<u64>,
     vm_counter: u32,
     dest_failures_in_a_row: u32,
     /// Start the next cycle's destination during this cycle's hold.
@@ -1570,10 +1554,7 @@ impl Driver<'_> {
         let mut rec = CycleRecord {
             cycle: n,
             action: "cancel".into(),
-            delay_ms: self.rng.range_inclusive(
-                self.params.cancel_delay_ms_min,
-                self.params.cancel_delay_ms_max,
-            ),
+            delay_ms: self.delays.get(n as usize - 1).copied().unwrap_or_default(),
             ..Default::default()
         };
         self.snap(&rec);

@@ -525,6 +525,37 @@ impl MemoryBacking {
     }
 }
 
+impl MigrateCancelParams {
+    /// The hold before each cycle's `migrate_cancel`, cycle by cycle
+    /// (index 0 is cycle 1): a SplitMix64 stream seeded with `seed`, drawn
+    /// once per cancel cycle from `[cancel_delay_ms_min,
+    /// cancel_delay_ms_max]`; a ping-pong cycle (`complete_every`) draws
+    /// nothing and holds 0. The QEMU executor holds exactly these, and a
+    /// job's reproducer replays them, so both come from here.
+    pub fn delay_schedule(&self) -> Vec<u64> {
+        let mut state = self.seed;
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let (lo, hi) = (self.cancel_delay_ms_min, self.cancel_delay_ms_max);
+        (1..=self.cycles)
+            .map(|n| {
+                if self.complete_every > 0 && n % self.complete_every == 0 {
+                    0
+                } else if hi <= lo {
+                    lo
+                } else {
+                    lo + next() % (hi - lo + 1)
+                }
+            })
+            .collect()
+    }
+}
+
 /// What happened in one migrate→cancel cycle.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CycleRecord {
@@ -615,5 +646,40 @@ impl JobResult {
             }
             | JobResult::TimedOut { cycles_completed } => *cycles_completed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MigrateCancelParams;
+
+    #[test]
+    fn delay_schedule_is_splitmix64_of_the_seed_and_skips_ping_pong_cycles() {
+        let p = MigrateCancelParams {
+            cycles: 4,
+            cancel_delay_ms_min: 200,
+            cancel_delay_ms_max: 600,
+            seed: 0,
+            ..Default::default()
+        };
+        // SplitMix64(0) starts 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f.
+        let first = [
+            200 + 0xe220_a839_7b1d_cdaf_u64 % 401,
+            200 + 0x6e78_9e6a_a1b9_65f4_u64 % 401,
+            200 + 0x06c4_5d18_8009_454f_u64 % 401,
+        ];
+        assert_eq!(p.delay_schedule()[..3], first);
+        let pp = MigrateCancelParams {
+            complete_every: 2,
+            ..p.clone()
+        };
+        // Ping-pong cycles hold nothing and draw nothing.
+        assert_eq!(pp.delay_schedule(), vec![first[0], 0, first[1], 0]);
+        let fixed = MigrateCancelParams {
+            cancel_delay_ms_min: 300,
+            cancel_delay_ms_max: 300,
+            ..p
+        };
+        assert_eq!(fixed.delay_schedule(), vec![300; 4]);
     }
 }

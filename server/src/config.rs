@@ -92,6 +92,8 @@ pub struct Fleet {
     pub plans: Vec<Plan>,
     pub trees: Vec<Tree>,
     pub tokens: Vec<ApiToken>,
+    /// `[report]`: the trailers of maintainer reports (`armfleet report --lkml`).
+    pub report: ReportSettings,
     /// Raw agent key bytes → index into `boards`, for authentication.
     key_owner: HashMap<Vec<u8>, usize>,
     /// Board name → index into `boards`: the dispatcher looks a board up on
@@ -450,6 +452,9 @@ impl Fleet {
                 .map(|u| u.trim_end_matches('/').to_owned()),
             artifact_dir: server.artifact_dir.map(|d| base_dir.join(d)),
         };
+
+        let report = ReportSettings::from_raw(raw.report.unwrap_or_default(), &settings)
+            .map_err(|m| invalid(format!("[report] {m}")))?;
 
         let mut boards = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -885,6 +890,7 @@ impl Fleet {
             plans,
             trees,
             tokens,
+            report,
             key_owner,
             board_index,
         })
@@ -951,6 +957,64 @@ struct RawFleet {
     token: Vec<RawToken>,
     #[serde(default)]
     family: Vec<crate::families::RawFamily>,
+    report: Option<RawReport>,
+}
+
+/// `[report]`: who signs maintainer reports and where their links point.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportSettings {
+    /// `Reported-by:` trailer, `Name <address>`; none: the line is left out
+    /// (a report never invents an address).
+    pub reported_by: Option<String>,
+    /// Base URL of the `Link:` trailers (`<link>/regressions/<id>`):
+    /// `[report] link`, else `[server] public_url`; none: the URL the
+    /// request came in on.
+    pub link: Option<String>,
+}
+
+impl ReportSettings {
+    fn from_raw(raw: RawReport, server: &ServerSettings) -> Result<ReportSettings, String> {
+        if let Some(r) = &raw.reported_by {
+            let ok = r
+                .trim()
+                .strip_suffix('>')
+                .and_then(|r| r.rsplit_once(" <"))
+                .is_some_and(|(name, addr)| {
+                    !name.trim().is_empty()
+                        && addr.split_once('@').is_some_and(|(u, h)| {
+                            !u.is_empty() && !h.is_empty() && !addr.contains(char::is_whitespace)
+                        })
+                });
+            if !ok {
+                return Err(format!(
+                    "reported_by: expected `Name <user@host>` as in a Reported-by: trailer, got `{r}`"
+                ));
+            }
+        }
+        if let Some(l) = &raw.link {
+            if !(l.starts_with("https://") || l.starts_with("http://"))
+                || l.contains(char::is_whitespace)
+            {
+                return Err(format!(
+                    "link: expected the dashboard's http(s) URL (e.g. https://armfleet.example.org), got `{l}`"
+                ));
+            }
+        }
+        Ok(ReportSettings {
+            reported_by: raw.reported_by.map(|r| r.trim().to_owned()),
+            link: raw
+                .link
+                .or_else(|| server.public_url.clone())
+                .map(|l| l.trim_end_matches('/').to_owned()),
+        })
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    reported_by: Option<String>,
+    link: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -219,3 +219,14 @@ pub async fn signature_summaries(
     .fetch_all(pool)
     .await
 }
+
+/// The findings of several jobs, in job and report order (exports).
+pub async fn for_jobs(pool: &PgPool, jobs: &[i64]) -> Result<Vec<FindingRow>, sqlx::Error> {
+    sqlx::query_as::<_, FindingRow>(
+        "SELECT id, job_id, stream, title, class, source, corrupted, fatal, signature, start_line, end_line, esr, excerpt
+         FROM findings WHERE job_id = ANY($1) ORDER BY job_id, stream, ordinal",
+    )
+    .bind(jobs)
+    .fetch_all(pool)
+    .await
+}

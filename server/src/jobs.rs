@@ -1019,3 +1019,57 @@ pub async fn active_families(
     .fetch_all(pool)
     .await
 }
+
+/// A job's stage-2 path evidence summed over its cycles (the per-cycle
+/// `path` of `job_cycles.record`), for exports. A counter is `None`
+/// (unknown) unless every cycle that carries path evidence knows it: a sum
+/// over some cycles only would pass an undercount off as a measurement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PathTotals {
+    pub job_id: i64,
+    /// Cycles recorded.
+    pub cycles: i64,
+    /// Cycles with path evidence (KVM/arm64 hosts with the probes armed).
+    pub cycles_with_path: i64,
+    pub page_maps: Option<i64>,
+    pub block_maps: Option<i64>,
+    pub block_maps_after_cancel: Option<i64>,
+    pub perm_faults: Option<i64>,
+    pub memslot_changes: Option<i64>,
+}
+
+impl PathTotals {
+    /// (name, value) of the counters, in a fixed order.
+    pub fn counters(&self) -> [(&'static str, Option<i64>); 5] {
+        [
+            ("page_maps", self.page_maps),
+            ("block_maps", self.block_maps),
+            ("block_maps_after_cancel", self.block_maps_after_cancel),
+            ("perm_faults", self.perm_faults),
+            ("memslot_changes", self.memslot_changes),
+        ]
+    }
+}
+
+pub async fn path_totals(pool: &PgPool, jobs: &[i64]) -> Result<Vec<PathTotals>, sqlx::Error> {
+    let field = |f: &str| {
+        format!(
+            "CASE WHEN count(record->'path'->'{f}') FILTER (WHERE jsonb_typeof(record->'path'->'{f}') = 'number')
+                       = count(record->'path') AND count(record->'path') > 0
+                  THEN sum((record->'path'->>'{f}')::int8)::int8 END AS {f}"
+        )
+    };
+    let sql = format!(
+        "SELECT job_id, count(*) AS cycles, count(record->'path') AS cycles_with_path, {}, {}, {}, {}, {}
+         FROM job_cycles WHERE job_id = ANY($1) GROUP BY job_id ORDER BY job_id",
+        field("page_maps"),
+        field("block_maps"),
+        field("block_maps_after_cancel"),
+        field("perm_faults"),
+        field("memslot_changes")
+    );
+    sqlx::query_as::<_, PathTotals>(sqlx::AssertSqlSafe(sql))
+        .bind(jobs)
+        .fetch_all(pool)
+        .await
+}

@@ -72,10 +72,25 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
-    /// Per-kernel results and verdicts as a table.
+    /// Per-kernel results and verdicts as a table (`--commit`), or a
+    /// regression as a plain-text kernel bug report (`--lkml REGRESSION`).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["commit", "lkml"])))]
     Report {
         #[arg(long)]
-        commit: String,
+        commit: Option<String>,
+        /// The regression's id (see `/api/v1/regressions`).
+        #[arg(long, value_name = "REGRESSION")]
+        lkml: Option<i64>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+    /// Write a standalone script that reproduces a recorded job on a board
+    /// (bash, QEMU and python3; nothing of armfleet).
+    Repro {
+        job: i64,
+        /// Write the script here (made executable) instead of to stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
@@ -156,6 +171,10 @@ enum ExportFormat {
     Kcidb {
         #[arg(long)]
         commit: Option<String>,
+        /// Keep only these host kinds (comma list of hardware, emulated,
+        /// simulated); by default all, each marked as what it is.
+        #[arg(long)]
+        hosts: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
@@ -174,6 +193,28 @@ async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
             "server answered {status}: {}",
             body["error"].as_str().unwrap_or("?")
         );
+    }
+    Ok(body)
+}
+
+/// A text answer (a script, a report), or the server's error.
+async fn get_text(url: &str) -> anyhow::Result<String> {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("contacting {url}"))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    if !status.is_success() {
+        let err = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        anyhow::bail!("server answered {status}: {err}");
     }
     Ok(body)
 }
@@ -367,7 +408,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Follow { run, server } => follow(&server, run).await,
-        Command::Report { commit, server } => {
+        Command::Report {
+            lkml: Some(id),
+            server,
+            ..
+        } => {
+            print!(
+                "{}",
+                get_text(&format!(
+                    "{}/api/v1/regressions/{id}/lkml",
+                    server.trim_end_matches('/')
+                ))
+                .await?
+            );
+            Ok(())
+        }
+        Command::Report { commit, server, .. } => {
+            let commit = commit.unwrap_or_default();
             let body = get_json(&format!(
                 "{}/api/v1/kernels/{commit}",
                 server.trim_end_matches('/')
@@ -427,12 +484,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Repro {
+            job,
+            output,
+            server,
+        } => {
+            let script = get_text(&format!(
+                "{}/api/v1/jobs/{job}/repro.sh",
+                server.trim_end_matches('/')
+            ))
+            .await?;
+            match output {
+                Some(path) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::write(&path, &script)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                        .with_context(|| format!("making {} executable", path.display()))?;
+                    eprintln!(
+                        "wrote {} (run it on a board like job {job}'s)",
+                        path.display()
+                    );
+                }
+                None => print!("{script}"),
+            }
+            Ok(())
+        }
         Command::Export {
-            format: ExportFormat::Kcidb { commit, server },
+            format:
+                ExportFormat::Kcidb {
+                    commit,
+                    hosts,
+                    server,
+                },
         } => {
             let mut url = format!("{}/api/v1/export/kcidb", server.trim_end_matches('/'));
-            if let Some(c) = commit {
-                url.push_str(&format!("?commit={c}"));
+            let mut sep = '?';
+            for (k, v) in [("commit", commit), ("hosts", hosts)] {
+                if let Some(v) = v {
+                    url.push_str(&format!("{sep}{k}={v}"));
+                    sep = '&';
+                }
             }
             println!("{}", serde_json::to_string_pretty(&get_json(&url).await?)?);
             Ok(())

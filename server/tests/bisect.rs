@@ -316,6 +316,9 @@ async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
     fleet.push_str(&format!(
         "\n[[tree]]\nname = \"synthetic\"\nurl = \"{tree}\"\nbranches = [\"master\"]\n"
     ));
+    fleet.push_str(
+        "\n[report]\nreported_by = \"armfleet lab <lab@example.org>\"\nlink = \"https://armfleet.example.org\"\n",
+    );
     let server = TestServer::start(&fleet).await;
     let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
     let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
@@ -420,5 +423,92 @@ async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
         v["tested_steps"],
         t0.elapsed()
     );
+    lkml_report_is_pinned(&server, regression, &shas, &v).await;
     server.stop().await;
+}
+
+/// The bisected regression as a kernel bug report: its format, pinned.
+async fn lkml_report_is_pinned(
+    server: &TestServer,
+    regression: i64,
+    shas: &[String],
+    bisection: &serde_json::Value,
+) {
+    let (ok, report) = cli(server, &["report", "--lkml", &regression.to_string()]).await;
+    assert!(ok, "{report}");
+    eprintln!("{report}");
+    for line in report.lines() {
+        assert!(
+            line.chars().count() <= 72,
+            "72 columns: {line:?} ({} columns)",
+            line.chars().count()
+        );
+    }
+    let title: String = sqlx::query_scalar(
+        "SELECT s.title FROM signatures s JOIN regressions r ON r.signature = s.signature WHERE r.id = $1",
+    )
+    .bind(regression)
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    // The subject, unfolded: `[REGRESSION] <title> after <sha> ("<subject>")`.
+    let header: String = report
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\n ", " ");
+    assert_eq!(
+        header,
+        format!(
+            "Subject: [REGRESSION] {title} after {} (\"commit 63\")",
+            &shas[63][..12]
+        ),
+        "{report}"
+    );
+    let flat = report.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "NOTE: every result below comes from SIMULATED boards".to_owned(),
+        format!("first bad: {} (\"commit 63\")", shas[63]),
+        format!("last good: {} (\"commit 62\")", shas[62]),
+        "tree: ".to_owned() + &bisection["bisection"]["tree"].as_str().unwrap().to_owned(),
+        "family: Ampere Altra (ampere-altra)".to_owned(),
+        "board: altra-01, MIDR".to_owned(),
+        format!("Cost: {} tested steps,", bisection["tested_steps"]),
+        "Confidence: ".to_owned(),
+        format!("bad {}: ", &shas[99][..12]),
+        "(95% CI ".to_owned(),
+        "ESR decoded: EC=0x25 DABT (current EL), FSC=0x30 TLB conflict abort".to_owned(),
+        "Call trace:".to_owned(),
+        "How to reproduce:".to_owned(),
+        "Reported-by: armfleet lab <lab@example.org>".to_owned(),
+        format!("Link: https://armfleet.example.org/regressions/{regression}"),
+        format!("#regzbot introduced: {}", &shas[63][..12]),
+    ] {
+        assert!(flat.contains(&want), "missing {want:?} in:\n{report}");
+    }
+    // Trimmed as kernel developers trim: no timestamps, no register dump.
+    let crash: Vec<&str> = report
+        .lines()
+        .skip_while(|l| !l.starts_with("The crash"))
+        .take_while(|l| !l.starts_with("How to reproduce"))
+        .collect();
+    assert!(crash.len() > 5, "{report}");
+    assert!(
+        crash
+            .iter()
+            .all(|l| !l.trim_start().starts_with("[ ") && !l.contains(" x29:")),
+        "{report}"
+    );
+    // The regression's page carries the same text with a copy button.
+    let page = server.get_text(&format!("/regressions/{regression}")).await;
+    assert!(page.contains("id=\"copy-report\""), "{page}");
+    assert!(page.contains("#regzbot introduced:"), "{page}");
+    let r = server
+        .client
+        .get(server.url("/api/v1/regressions/424242/lkml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

@@ -137,3 +137,34 @@ fn the_server_binary_refuses_a_malformed_fleet_at_start_up() {
         "{err}"
     );
 }
+
+#[test]
+fn report_trailers_are_checked_and_default_to_the_public_url() {
+    let base = board("b1", "kunpeng920", KEY_A)
+        + "[[plan]]\nname = \"p\"\ntype = \"migrate-cancel\"\nlabels = [\"kvm\"]\n";
+    let e = refused(&format!(
+        "{base}[report]\nreported_by = \"lab@example.org\"\n"
+    ));
+    assert!(
+        e.contains("[report] reported_by") && e.contains("Name <user@host>"),
+        "{e}"
+    );
+    let e = refused(&format!(
+        "{base}[report]\nlink = \"armfleet.example.org\"\n"
+    ));
+    assert!(e.contains("[report] link"), "{e}");
+    let f = Fleet::parse(
+        Path::new("lab/fleet.toml"),
+        &format!(
+            "[server]\npublic_url = \"https://lab.example.org/\"\n{base}[report]\nreported_by = \"Lab Bot <bot@example.org>\"\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        f.report.reported_by.as_deref(),
+        Some("Lab Bot <bot@example.org>")
+    );
+    assert_eq!(f.report.link.as_deref(), Some("https://lab.example.org"));
+    let f = Fleet::parse(Path::new("lab/fleet.toml"), &base).unwrap();
+    assert_eq!(f.report, Default::default(), "no trailer is invented");
+}

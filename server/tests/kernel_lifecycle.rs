@@ -622,3 +622,212 @@ async fn a_regression_is_bisected_through_real_builds_and_boots_skipping_what_do
         v["board_minutes"].as_f64().unwrap_or(0.0)
     );
 }
+
+/// KCIDB from real build records: architecture, config name, compiler (the
+/// built .config's CONFIG_CC_VERSION_TEXT), log and config URLs and status
+/// come from the builds; a failing build is an issue with a build incident;
+/// a crash is an issue with a test incident; simulated tests are DONE;
+/// emulated ones keep their status, say so, and carry the path counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kcidb_export_is_built_from_real_build_records_with_issues_and_incidents() {
+    let repo = tempfile::tempdir().unwrap();
+    let shas = kernel_tree(
+        repo.path(),
+        &[
+            Behaviour::default(),
+            Behaviour {
+                abort: 1.0,
+                ..Default::default()
+            },
+            Behaviour {
+                broken: true,
+                ..Default::default()
+            },
+        ],
+    );
+    let lab = building_lab(&[("altra-01", "ampere-altra")], "CONFIG_KVM=y\n").await;
+    let server = &lab.server;
+    let good = run_job(server, repo.path(), &shas[0]).await;
+    assert_eq!(good["state"], "passed", "{good:#}");
+    let bad = run_job(server, repo.path(), &shas[1]).await;
+    assert_eq!(bad["state"], "failed", "{bad:#}");
+    let broken = run_job(server, repo.path(), &shas[2]).await;
+    assert_eq!(broken["state"], "cancelled", "{broken:#}");
+    wait_for("the jobs analysed", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE analyzed_at IS NULL AND state IN ('passed', 'failed')",
+        )
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    // Fixture: the good job as if it had run on the virtual arm64 board
+    // with the stage-2 probes (what vboard.rs measures for real, minutes
+    // away): emulated host, KVM, path counters on each cycle — one cycle
+    // without the perm-fault probe, so that counter is unknown, not summed.
+    let gid = good["id"].as_i64().unwrap();
+    sqlx::query(
+        "UPDATE jobs SET host_kind = 'emulated', simulated = false, accel = 'kvm' WHERE id = $1",
+    )
+    .bind(gid)
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE job_cycles SET record = record || jsonb_build_object('path', jsonb_build_object(
+             'page_maps', 100 + cycle, 'block_maps', 3, 'block_maps_after_cancel', 2,
+             'perm_faults', CASE WHEN cycle = 1 THEN NULL ELSE 7 END, 'memslot_changes', 2))
+         WHERE job_id = $1",
+    )
+    .bind(gid)
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    let cycles: i64 = sqlx::query_scalar("SELECT count(*) FROM job_cycles WHERE job_id = $1")
+        .bind(gid)
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert!(cycles > 1);
+
+    let k = server.get_json("/api/v1/export/kcidb").await;
+    let dir = tempfile::tempdir().unwrap();
+    kcidb_validate(dir.path(), &k);
+
+    let cc = std::process::Command::new("cc")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let cc = String::from_utf8_lossy(&cc.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let builds = k["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 3, "one per kernel, all real: {k:#}");
+    for b in builds {
+        assert!(
+            !b["id"].as_str().unwrap().contains("installed"),
+            "no stand-in build: {b:#}"
+        );
+        assert_eq!(b["architecture"], "arm64", "{b:#}");
+        assert_eq!(b["config_name"], "defconfig+kvm.config", "{b:#}");
+        let n = b["misc"]["armfleet_build"].as_i64().unwrap();
+        assert!(
+            b["log_url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/api/v1/builds/{n}/log")),
+            "{b:#}"
+        );
+        match b["misc"]["state"].as_str().unwrap() {
+            "built" => {
+                assert_eq!(b["status"], "PASS", "{b:#}");
+                assert_eq!(b["compiler"], cc.as_str(), "{b:#}");
+                assert!(
+                    b["config_url"]
+                        .as_str()
+                        .unwrap()
+                        .contains("/api/v1/artifacts/")
+                );
+                assert!(
+                    b["misc"]["kernel_release"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("6.13.0-sim-")
+                );
+            }
+            "failed" => {
+                assert_eq!(b["status"], "FAIL", "{b:#}");
+                assert!(
+                    b.get("compiler").is_none(),
+                    "nothing built, nothing claimed"
+                );
+            }
+            other => panic!("build state {other}: {b:#}"),
+        }
+    }
+    let tests = k["tests"].as_array().unwrap();
+    let test = |id: i64| {
+        tests
+            .iter()
+            .find(|t| t["id"] == format!("armfleet:j{id}"))
+            .unwrap()
+    };
+    // The emulated job: its real status, marked, with its path evidence.
+    let g = test(gid);
+    assert_eq!(g["status"], "PASS");
+    assert!(
+        g["environment"]["comment"]
+            .as_str()
+            .unwrap()
+            .starts_with("EMULATED"),
+        "{g:#}"
+    );
+    assert_eq!(g["environment"]["misc"]["accelerator"], "kvm");
+    let path = &g["misc"]["path"];
+    assert_eq!(path["cycles_with_path"], cycles, "{g:#}");
+    assert_eq!(
+        path["page_maps"].as_i64().unwrap(),
+        (1..=cycles).map(|c| 100 + c).sum::<i64>()
+    );
+    assert_eq!(path["block_maps_after_cancel"], 2 * cycles);
+    assert!(
+        path["perm_faults"].is_null(),
+        "unknown in one cycle: unknown, not a partial sum: {g:#}"
+    );
+    // The simulated failing job: DONE, with its crash as an incident.
+    let b = test(bad["id"].as_i64().unwrap());
+    assert_eq!(b["status"], "DONE", "{b:#}");
+    assert_eq!(b["misc"]["armfleet_state"], "failed");
+    let incidents = k["incidents"].as_array().unwrap();
+    let issues = k["issues"].as_array().unwrap();
+    let crash = incidents
+        .iter()
+        .find(|i| i["test_id"] == b["id"])
+        .unwrap_or_else(|| panic!("the crash is an incident: {k:#}"));
+    let issue = issues
+        .iter()
+        .find(|i| i["id"] == crash["issue_id"])
+        .unwrap();
+    assert!(issue["misc"]["signature"].as_str().is_some(), "{issue:#}");
+    // The broken build: an issue with an incident on the build.
+    let failed_build = builds.iter().find(|b| b["status"] == "FAIL").unwrap();
+    assert!(
+        incidents
+            .iter()
+            .any(|i| i["build_id"] == failed_build["id"] && i["present"] == true),
+        "{k:#}"
+    );
+    // Hardware and emulated only: just the emulated job.
+    let hw = server
+        .get_json("/api/v1/export/kcidb?hosts=hardware,emulated")
+        .await;
+    let ids: Vec<&str> = hw["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [format!("armfleet:j{gid}")], "{hw:#}");
+    kcidb_validate(dir.path(), &hw);
+
+    // JUnit of the emulated job's run: the path figures as properties.
+    let run = good["run_id"].as_i64().unwrap();
+    let xml = server
+        .get_text(&format!("/api/v1/export/junit?run={run}"))
+        .await;
+    for prop in [
+        "<property name=\"host_kind\" value=\"emulated\"/>".to_owned(),
+        format!("<property name=\"path.cycles_with_path\" value=\"{cycles}\"/>"),
+        "<property name=\"path.perm_faults\" value=\"unknown\"/>".to_owned(),
+        format!(
+            "<property name=\"path.block_maps\" value=\"{}\"/>",
+            3 * cycles
+        ),
+    ] {
+        assert!(xml.contains(&prop), "{prop} in {xml}");
+    }
+}

@@ -57,6 +57,11 @@ mod titles;
 pub use esr::{EsrDecoded, decode_esr, ec_name, fsc_name};
 pub use signature::signature_of;
 
+/// The literal starts of the lines that begin a fatal report (the
+/// prefilter of [`first_fatal_line`]); for tools outside Rust, e.g. a
+/// job's reproducer script that must stop where the job stopped.
+pub const FATAL_LINE_STARTS: &[&str] = report::FATAL_STARTS;
+
 use serde::Serialize;
 
 /// What kind of failure a finding is.  See the crate docs for the table.

@@ -577,7 +577,7 @@ pub(crate) fn classify(title: &str, source: Source) -> FindingClass {
 }
 
 /// Literals whose presence in a line means a fatal report starts there.
-const FATAL_STARTS: &[&str] = &[
+pub(crate) const FATAL_STARTS: &[&str] = &[
     "Kernel panic - not syncing",
     "Unable to handle kernel",
     "BUG: unable to handle",

@@ -26,9 +26,11 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/log", get(get_job_log))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/findings", get(job_findings))
+        .route("/jobs/{id}/repro.sh", get(job_repro))
         .route("/signatures", get(list_signatures))
         .route("/kernels/{commit}", get(get_kernel))
         .route("/regressions", get(list_regressions))
+        .route("/regressions/{id}/lkml", get(regression_lkml))
         .route("/export/kcidb", get(export_kcidb))
         .route("/export/junit", get(export_junit))
         .route("/admin/reload", post(reload_fleet))
@@ -326,6 +328,30 @@ async fn job_findings(
     ))
 }
 
+/// The job's standalone reproducer script (`crate::repro`).
+async fn job_repro(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job")?;
+    let rec = crate::repro::load(&state.pool, id, &base_url(&headers)).await?;
+    let script = crate::repro::render(&rec)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/x-shellscript; charset=utf-8".to_owned(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"armfleet-repro-job{id}.sh\""),
+            ),
+        ],
+        script,
+    ))
+}
+
 #[derive(Deserialize)]
 struct PageQuery {
     limit: Option<i64>,
@@ -405,6 +431,8 @@ async fn list_regressions(
         .into_iter()
         .map(|r| {
             let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["page"] = format!("/regressions/{}", r.id).into();
+            v["lkml"] = format!("/api/v1/regressions/{}/lkml", r.id).into();
             v["events"] = serde_json::to_value(
                 events
                     .iter()
@@ -418,14 +446,35 @@ async fn list_regressions(
     Ok(Json(serde_json::json!({ "regressions": out })))
 }
 
+/// The regression as a plain-text kernel bug report (`crate::lkml`).
+async fn regression_lkml(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "regression")?;
+    let text = lkml_text(&state, &base_url(&headers), id).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// The report of regression `id`, with fleet.toml's `[report]` trailers
+/// (also the regression page's copy block).
+pub async fn lkml_text(state: &AppState, base_url: &str, id: i64) -> Result<String, ApiError> {
+    let facts = crate::lkml::load(&state.pool, &state.data_dir, id, base_url).await?;
+    Ok(crate::lkml::render(&facts, &state.fleet.current().report))
+}
+
 #[derive(Deserialize)]
 struct KcidbQuery {
     commit: Option<String>,
     limit: Option<i64>,
+    /// Host kinds to keep: `hardware,emulated,simulated` (default: all, each
+    /// marked as what it is).
+    hosts: Option<String>,
 }
 
 /// The URL this server is reached at, for links in exports.
-fn base_url(headers: &HeaderMap) -> String {
+pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -443,11 +492,18 @@ async fn export_kcidb(
             return Err(ApiError::BadRequest(format!("`{c}` is not a commit id")));
         }
     }
+    let hosts = match q.hosts.as_deref() {
+        Some(h) => export::HostFilter::parse(h).map_err(ApiError::BadRequest)?,
+        None => export::HostFilter::default(),
+    };
+    let store = crate::builds::ArtifactStore::for_fleet(&state.fleet.current(), &state.data_dir);
     let data = export::kcidb(
         &state.pool,
+        &store,
         &base_url(&headers),
         q.commit.as_deref(),
         q.limit.unwrap_or(5000).clamp(1, 100_000),
+        &hosts,
     )
     .await?;
     Ok(Json(data))
@@ -470,9 +526,11 @@ async fn export_junit(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     let jobs = jobs::for_run(&state.pool, id).await?;
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    let paths = jobs::path_totals(&state.pool, &ids).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-        export::junit(id, &jobs),
+        export::junit(id, &jobs, &paths),
     ))
 }
 

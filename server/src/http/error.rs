@@ -91,3 +91,26 @@ impl From<JobError> for ApiError {
         }
     }
 }
+
+impl From<crate::repro::ReproError> for ApiError {
+    fn from(e: crate::repro::ReproError) -> Self {
+        use crate::repro::ReproError;
+        match e {
+            ReproError::NotFound(id) => ApiError::NotFound(format!("job {id}")),
+            // The job exists but cannot be replayed: its records say why.
+            ReproError::Simulated(_) | ReproError::NotRecorded { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            ReproError::Db(db) => db.into(),
+        }
+    }
+}
+
+impl From<crate::lkml::LkmlError> for ApiError {
+    fn from(e: crate::lkml::LkmlError) -> Self {
+        match e {
+            crate::lkml::LkmlError::NotFound(id) => ApiError::NotFound(format!("regression {id}")),
+            crate::lkml::LkmlError::Db(db) => db.into(),
+        }
+    }
+}

@@ -597,3 +597,31 @@ impl TestServer {
         self.agent_in(board, key, &state_dir, &["--config", &config])
     }
 }
+
+/// Validates KCIDB JSON with KernelCI's own `kcidb-io` schema package.
+/// Returns false (having said so loudly) when the package is missing and
+/// `ARMFLEET_REQUIRE_KCIDB` is unset; panics when the data does not validate.
+pub fn kcidb_validate(dir: &Path, data: &serde_json::Value) -> bool {
+    let path = dir.join(format!("kcidb-{}.json", rand::random::<u32>()));
+    std::fs::write(&path, data.to_string()).unwrap();
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import json,sys; from kcidb_io import schema; schema.LATEST.validate(json.load(open(sys.argv[1]))); print('valid', schema.LATEST.major, schema.LATEST.minor)"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    if out.contains("No module named 'kcidb_io'")
+        && std::env::var("ARMFLEET_REQUIRE_KCIDB").is_err()
+    {
+        eprintln!(
+            "\n*** SKIPPED (not passing): kcidb-io is not installed; run scripts/test, which pip-installs it ***\n"
+        );
+        return false;
+    }
+    assert!(
+        check.status.success() && out.contains("valid"),
+        "KCIDB output does not validate: {out}\n{data:#}"
+    );
+    true
+}

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod kernels;
 pub mod logview;
 pub mod plot;
+mod regressions;
 mod signatures;
 pub mod util;
 
@@ -31,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}", get(jobs::job_page))
         .route("/jobs/{id}/log/{stream}", get(jobs::log_page))
         .route("/signatures", get(signatures::signatures_page))
+        .route("/regressions/{id}", get(regressions::regression_page))
         .route("/static/style.css", get(stylesheet))
         .route("/static/live.js", get(script))
 }
