@@ -75,6 +75,17 @@ async fn main() {
             "--bandwidth" => params.bandwidth_mib_s = val().parse().unwrap(),
             "--dirty" => params.dirty_percent = val().parse().unwrap(),
             "--complete-every" => params.complete_every = val().parse().unwrap(),
+            "--vcpus" => params.vcpus = val().parse().unwrap(),
+            "--threads" => params.dirty_threads = val().parse().unwrap(),
+            "--dwell" => params.dwell_after_cancel_ms = val().parse().unwrap(),
+            "--backing" => {
+                params.memory_backing = Some(
+                    armfleet_protocol::MemoryBacking::parse(&val())
+                        .expect("--backing block|hugetlb|thp|pages"),
+                )
+            }
+            "--verify" => params.verify = val().parse().unwrap(),
+            "--dirty-ring" => params.dirty_ring_size = Some(val().parse().unwrap()),
             "--dump" => dump = Some(val().into()),
             "--ssh-board" => {
                 let text = std::fs::read_to_string(val()).expect("reading the board file");

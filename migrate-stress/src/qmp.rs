@@ -149,8 +149,12 @@ impl Qmp {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         tokio::spawn(reader(lines, inner.clone(), ev_tx));
         let qmp = Qmp { inner };
-        qmp.execute("qmp_capabilities", None, Duration::from_secs(5))
-            .await?;
+        // The caller's deadline: a QEMU starting on a loaded (or emulated)
+        // host may greet and then take seconds to answer.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(5));
+        qmp.execute("qmp_capabilities", None, left).await?;
         Ok((qmp, ev_rx))
     }
 

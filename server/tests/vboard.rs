@@ -34,6 +34,14 @@ fn params(cycles: u32) -> String {
     )
 }
 
+/// One virtual board at a time: each keeps ~1.8 cores busy, and on a
+/// two-core machine several at once starve each other past the timeouts a
+/// single emulated board is given.
+fn one_board_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A run of one plan; the id of its one job.
 async fn one_job(server: &TestServer, commit: &str, plan: &str) -> i64 {
     one_job_of_build(server, commit, plan, serde_json::Value::Null).await
@@ -93,6 +101,7 @@ async fn job_log(server: &TestServer, job: i64, stream: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans_up_after_a_lost_link()
  {
+    let _one_board = one_board_at_a_time();
     if !vboard_ready() {
         return;
     }
@@ -275,6 +284,7 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_virtual_board_boots_its_kvm_in_nvhe_mode_and_runs_a_job_there() {
+    let _one_board = one_board_at_a_time();
     if !vboard_ready() {
         return;
     }
@@ -314,6 +324,7 @@ async fn the_virtual_board_boots_its_kvm_in_nvhe_mode_and_runs_a_job_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_exactly_that_build()
 {
+    let _one_board = one_board_at_a_time();
     if !vboard_ready() {
         return;
     }
@@ -385,24 +396,35 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
 /// bit flipped in guest memory is a finding of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_not_exercised() {
+    let _one_board = one_board_at_a_time();
     if !vboard_ready() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let vboard = VirtualBoard::boot(dir.path(), "path", "vhe").await;
     let key = keygen(dir.path(), "vboard-01").await;
+    // The fleet's workload, smaller: 512 MiB, of which 80% dirtied, held
+    // 1.5-2.5 s under dirty logging (BENCHMARKS.md: ~87 re-installs a cycle).
+    // The controls (pages only, corruption) need no path: smaller and quicker.
     let stress = |cycles: u32, extra: &str| {
+        let (mib, dirty, hold) = if extra.contains("memory_backing = \"block\"") {
+            (512, 80, (1500, 2500))
+        } else {
+            (192, 50, (300, 600))
+        };
         format!(
-            "{}vcpus = 2\nverify = true\ndwell_after_cancel_ms = 1500\n{extra}[plan.verdict]\nmax_extensions = 0\nmax_infra_retries = 0\n",
-            params(cycles).replace("vcpus = 1\n", "")
+            "cycles = {cycles}\nmemory_mib = {mib}\ndirty_percent = {dirty}\nvcpus = 2\nguest_arch = \"arm64\"\naccel = \"kvm\"\n\
+             cancel_delay_ms_min = {}\ncancel_delay_ms_max = {}\nbandwidth_mib_s = 32\nverify = true\n\
+             dwell_after_cancel_ms = 1500\n{extra}[plan.verdict]\nmax_extensions = 0\nmax_infra_retries = 0\n",
+            hold.0, hold.1
         )
     };
     let mut toml = fleet_toml(
         &[("vboard-01", "virt-arm64", key.public.as_str())],
-        &format!("[plan.params]\n{}", stress(4, "memory_backing = \"block\"\n")),
+        &format!("[plan.params]\n{}", stress(3, "memory_backing = \"block\"\n")),
     );
     for (name, cycles, extra) in [
-        ("pages", 3, "memory_backing = \"pages\"\n"),
+        ("pages", 2, "memory_backing = \"pages\"\n"),
         ("corrupt", 3, "inject_guest_corruption_after = 1\n"),
     ] {
         toml.push_str(&format!(
@@ -458,7 +480,7 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
     })
     .await;
     assert_eq!(v["verdict"], "not-exercised", "{v}");
-    assert!(v["explanation"].as_str().unwrap().contains("3 under KVM on arm64"), "{v}");
+    assert!(v["explanation"].as_str().unwrap().contains("2 under KVM on arm64"), "{v}");
 
     // A bit flipped in guest memory: the workload's check reports it and
     // the job fails on it, in the cycle it happened.
