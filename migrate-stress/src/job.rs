@@ -731,12 +731,18 @@ async fn prepare(
         2,
     ) {
         Ok(b) => b,
-        // Under TCG no stage-2 table exists: the backing changes nothing
-        // this run can show, so it is not worth a lab failure.
-        Err(e) if accel == Accel::Tcg => (
-            Backing::Anonymous,
-            format!("{e}; this TCG run uses anonymous RAM instead"),
-        ),
+        // Under TCG no stage-2 table exists: "block" changes nothing this
+        // run can show, so it is not worth a lab failure (an explicit
+        // hugetlb or THP request still is).
+        Err(e)
+            if accel == Accel::Tcg
+                && params.memory_backing == Some(armfleet_protocol::MemoryBacking::Block) =>
+        {
+            (
+                Backing::Anonymous,
+                format!("{e}; this TCG run uses anonymous RAM instead"),
+            )
+        }
         Err(e) => return Err(format!("{e} (on {})", host.describe())),
     };
     logs.agent(format!("memory: {why}"));

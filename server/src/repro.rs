@@ -596,18 +596,21 @@ def log(vm, arrow, text):
             f.write("%.3f %s %s %s\n" % (time.time(), vm, arrow, text))
 
 def connect(path, timeout):
-    # Waits for the socket to appear (QEMU starting); a socket that exists
-    # but refuses is a QEMU that has gone: fail at once.
+    # Waits for the socket to appear and listen (a QEMU starting on a busy
+    # host binds it before it listens); after the deadline, gives up.
     deadline = time.time() + timeout
     while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(path)
+            # No read waits forever: a QEMU that stops answering is a set-up
+            # problem the script reports, not a hang.
+            s.settimeout(timeout)
             return s
-        except FileNotFoundError:
+        except (FileNotFoundError, ConnectionRefusedError) as e:
             s.close()
             if time.time() > deadline:
-                raise SystemExit("no socket %s after %d s" % (path, timeout))
+                raise SystemExit("cannot connect to %s after %d s: %s" % (path, timeout, e))
             time.sleep(0.02)
         except OSError as e:
             raise SystemExit("cannot connect to %s: %s" % (path, e))
@@ -620,7 +623,10 @@ class Qmp:
         self.read()
         self.call("qmp_capabilities")
     def read(self):
-        line = self.r.readline()
+        try:
+            line = self.r.readline()
+        except socket.timeout:
+            raise SystemExit("QMP %s: no answer within the timeout" % self.vm)
         if not line:
             raise SystemExit("QMP %s: connection closed" % self.vm)
         msg = json.loads(line)
