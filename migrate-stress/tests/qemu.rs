@@ -723,3 +723,30 @@ async fn a_host_message_is_the_failure_of_the_job_whose_qemu_it_names() {
     }
     assert_no_leftovers(&env);
 }
+
+/// A bit flipped in guest memory: the workload's verification reports it
+/// (`ARMFLEET-CORRUPTION`) and the job fails on it, in the cycle it happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flipped_in_guest_memory_is_a_finding_in_its_cycle() {
+    let _s = serial();
+    let Some(env) = env_for("arm64", "corruption") else {
+        return;
+    };
+    let mut params = tcg_params("arm64", 4);
+    params.verify = true;
+    params.inject_guest_corruption_after = Some(1);
+    let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
+    match r {
+        JobResult::Failed {
+            failed_cycle,
+            reason,
+            ..
+        } => {
+            assert_eq!(failed_cycle, Some(2), "{}", c.dump());
+            assert!(reason.contains("ARMFLEET-CORRUPTION"), "{reason}");
+        }
+        other => panic!("a flipped bit must fail the job: {other:?}\n{}", c.dump()),
+    }
+    assert!(c.console.contains("verify=1"), "{}", c.console);
+    assert_no_leftovers(&env);
+}

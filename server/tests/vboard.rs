@@ -392,8 +392,7 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
 /// with block-backed guest RAM, several dirtying threads and a dwell after
 /// each cancel, the board's kernel re-installs stage-2 blocks after the
 /// cancels and the kernel's verdict rests on those cycles; the same stress
-/// on memory that stage 2 can only map by pages is `not-exercised`; and a
-/// bit flipped in guest memory is a finding of its own.
+/// on memory that stage 2 can only map by pages is `not-exercised`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_not_exercised() {
     let _one_board = one_board_at_a_time();
@@ -405,7 +404,7 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
     let key = keygen(dir.path(), "vboard-01").await;
     // The fleet's workload, smaller: 512 MiB, of which 80% dirtied, held
     // 1.5-2.5 s under dirty logging (BENCHMARKS.md: ~87 re-installs a cycle).
-    // The controls (pages only, corruption) need no path: smaller and quicker.
+    // The control (pages only) needs no path: smaller and quicker.
     let stress = |cycles: u32, extra: &str| {
         let (mib, dirty, hold) = if extra.contains("memory_backing = \"block\"") {
             (512, 80, (1500, 2500))
@@ -423,10 +422,7 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
         &[("vboard-01", "virt-arm64", key.public.as_str())],
         &format!("[plan.params]\n{}", stress(3, "memory_backing = \"block\"\n")),
     );
-    for (name, cycles, extra) in [
-        ("pages", 2, "memory_backing = \"pages\"\n"),
-        ("corrupt", 3, "inject_guest_corruption_after = 1\n"),
-    ] {
+    for (name, cycles, extra) in [("pages", 2, "memory_backing = \"pages\"\n")] {
         toml.push_str(&format!(
             "\n[[plan]]\nname = \"{name}\"\ntype = \"migrate-cancel\"\nlabels = [\"kvm\"]\ntimeout_s = 1800\n[plan.params]\n{}",
             stress(cycles, extra)
@@ -482,18 +478,5 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
     assert_eq!(v["verdict"], "not-exercised", "{v}");
     assert!(v["explanation"].as_str().unwrap().contains("2 under KVM on arm64"), "{v}");
 
-    // A bit flipped in guest memory: the workload's check reports it and
-    // the job fails on it, in the cycle it happened.
-    let job = one_job(&server, "b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3", "corrupt").await;
-    let done = server.wait_job_end(job, Duration::from_secs(900)).await;
-    assert_eq!(done["state"], "failed", "{done}");
-    assert_eq!(done["failed_cycle"], 2, "{done}");
-    assert!(done["reason"].as_str().unwrap().contains("ARMFLEET-CORRUPTION"), "{done}");
-    let findings = wait_for("the corruption finding", Duration::from_secs(60), || async {
-        let f = server.get_json(&format!("/api/v1/jobs/{job}/findings")).await;
-        f.to_string().contains("memory-corruption").then_some(f)
-    })
-    .await;
-    assert!(findings.to_string().contains("guest memory corruption"), "{findings}");
     server.stop().await;
 }
