@@ -53,7 +53,8 @@ pub struct Facts {
     pub title: String,
     pub crash: Option<FindingRow>,
     pub crash_board: String,
-    pub repro_job: Option<i64>,
+    /// A failing job for "how to reproduce", and whether it was simulated.
+    pub repro_job: Option<(i64, bool)>,
     pub base_url: String,
 }
 
@@ -224,11 +225,13 @@ pub async fn load(
     .bind(&family)
     .fetch_all(pool)
     .await?;
-    // A job that can be replayed (not simulated) for "how to reproduce".
-    let repro_job: Option<i64> = sqlx::query_scalar(
-        "SELECT j.id FROM jobs j JOIN boards b ON b.name = j.board
-         WHERE j.kernel_id = $1 AND b.family = $2 AND j.state = 'failed' AND NOT j.simulated
-         ORDER BY j.id LIMIT 1",
+    // The failing job whose script "how to reproduce" names: a recorded
+    // one where there is one, else a simulated one (its script is
+    // generated from the job's parameters).
+    let repro_job: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT j.id, j.simulated FROM jobs j JOIN boards b ON b.name = j.board
+         WHERE j.kernel_id = $1 AND b.family = $2 AND j.state = 'failed'
+         ORDER BY j.simulated, j.id LIMIT 1",
     )
     .bind(bad_kernel)
     .bind(&family)
@@ -527,8 +530,12 @@ pub fn render(f: &Facts, settings: &ReportSettings) -> String {
     }
 
     s.push_str("How to reproduce:\n");
+    let stress = format!(
+        "The stress test (plan {}): repeated QEMU live migrations of a busy guest, each cancelled after a random hold while dirty logging splits stage-2 block mappings.",
+        f.plan
+    );
     match f.repro_job {
-        Some(j) => {
+        Some((j, false)) => {
             wrap(
                 &mut s,
                 "  ",
@@ -536,16 +543,21 @@ pub fn render(f: &Facts, settings: &ReportSettings) -> String {
                     "A standalone script (bash, QEMU, python3; nothing of armfleet) replays failing job {j}: its QEMU command lines, seed, holds and bandwidth, cycle by cycle, stopping at the first abort:"
                 ),
             );
-            s.push_str(&format!("    {}/api/v1/jobs/{j}/repro.sh\n", f.base_url));
+            s.push_str(&format!("    {}/api/v1/jobs/{j}/repro.sh
+", f.base_url));
         }
-        None => wrap(
-            &mut s,
-            "  ",
-            &format!(
-                "No job of this regression can be replayed by script (simulated boards run no QEMU). The stress test (plan {}): repeated QEMU live migrations of a busy guest, each cancelled after a random hold while dirty logging splits stage-2 block mappings.",
-                f.plan
-            ),
-        ),
+        Some((j, true)) => {
+            wrap(
+                &mut s,
+                "  ",
+                &format!(
+                    "{stress} Failing job {j} ran on a simulated board (no QEMU ran); a standalone script (bash, QEMU, python3; nothing of armfleet) runs its workload, with QEMU command lines generated from its parameters, its seed and holds, on an arm64 board with KVM, stopping at the first abort:"
+                ),
+            );
+            s.push_str(&format!("    {}/api/v1/jobs/{j}/repro.sh
+", f.base_url));
+        }
+        None => wrap(&mut s, "  ", &format!("No failing job to script. {stress}")),
     }
     s.push('\n');
     if let Some(r) = &settings.reported_by {

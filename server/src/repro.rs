@@ -16,7 +16,16 @@
 //! destination after the previous cycle instead of during its hold (the
 //! holds themselves are the recorded ones), and QMP events are logged, not
 //! acted on.
+//!
+//! A job on a simulated board ran no QEMU: its script is generated from the
+//! job's parameters with the executor's own command-line builder
+//! ([`armfleet_migrate_stress::profile::VmProfile`]), once for a KVM/arm64
+//! host and once for TCG, and says so in its first lines: it shows how to
+//! run the job's workload on a real board, not what a board recorded.
 
+use std::path::PathBuf;
+
+use armfleet_migrate_stress::profile::{Accel, Backing, GuestArch, Instance, VmProfile};
 use armfleet_protocol::{CycleRecord, JobSpec, LogStream, MigrateCancelParams, Task};
 use sqlx::PgPool;
 
@@ -26,10 +35,6 @@ use crate::jobs::{self, JobRow};
 pub enum ReproError {
     #[error("job {0} not found")]
     NotFound(i64),
-    #[error(
-        "job {0} ran on a simulated board (replayed logs): no QEMU ran, so there is nothing to reproduce"
-    )]
-    Simulated(i64),
     #[error("job {job}: {what}")]
     NotRecorded { job: i64, what: String },
     #[error(transparent)]
@@ -46,6 +51,9 @@ pub struct Recorded {
     pub params: MigrateCancelParams,
     pub cycles: Vec<CycleRecord>,
     pub agent_log: String,
+    /// A simulated job's command lines, generated from its parameters
+    /// (`None`: the job ran QEMU and `agent_log` has them).
+    pub from_plan: Option<PlanCommands>,
     /// Where the job's page is, for the header.
     pub job_url: String,
 }
@@ -55,9 +63,7 @@ pub async fn load(pool: &PgPool, job_id: i64, base_url: &str) -> Result<Recorded
     let job = jobs::get(pool, job_id)
         .await?
         .ok_or(ReproError::NotFound(job_id))?;
-    if job.simulated || job.host_kind.as_deref() == Some("simulated") {
-        return Err(ReproError::Simulated(job_id));
-    }
+    let simulated = job.simulated || job.host_kind.as_deref() == Some("simulated");
     let spec = jobs::spec(pool, job_id)
         .await?
         .ok_or(ReproError::NotFound(job_id))?;
@@ -66,6 +72,13 @@ pub async fn load(pool: &PgPool, job_id: i64, base_url: &str) -> Result<Recorded
         what: format!("its stored spec does not parse: {e}"),
     })?;
     let Task::MigrateCancel(params) = spec.task;
+    let from_plan = if simulated {
+        Some(PlanCommands::for_params(&params, job_id).map_err(|what| {
+            ReproError::NotRecorded { job: job_id, what }
+        })?)
+    } else {
+        None
+    };
     let cycles = jobs::cycles(pool, job_id)
         .await?
         .into_iter()
@@ -85,6 +98,7 @@ pub async fn load(pool: &PgPool, job_id: i64, base_url: &str) -> Result<Recorded
         params,
         cycles,
         agent_log: String::from_utf8_lossy(&agent_log).into_owned(),
+        from_plan,
         job_url: format!("{}/jobs/{job_id}", base_url.trim_end_matches('/')),
     })
 }
@@ -98,6 +112,83 @@ pub struct CommandLine {
     pub argv: Vec<String>,
     /// As logged (shell-quoted).
     pub text: String,
+}
+
+/// The command lines of a job that ran no QEMU: what the executor builds
+/// from the job's parameters, for a KVM/arm64 board and for TCG.
+#[derive(Debug, Clone)]
+pub struct PlanCommands {
+    pub kvm: [CommandLine; 2],
+    pub tcg: [CommandLine; 2],
+    /// The guest image directory the script defaults to (under `$HOME`).
+    pub guest_subdir: String,
+}
+
+/// Where generated command lines keep their sockets (the script's `$WORK`).
+const PLAN_DIR: &str = "/var/tmp/armfleet-job";
+
+impl PlanCommands {
+    pub fn for_params(p: &MigrateCancelParams, job_id: i64) -> Result<PlanCommands, String> {
+        let arch = GuestArch::parse(&p.guest_arch)
+            .ok_or_else(|| format!("guest_arch '{}' is not arm64 or x86_64", p.guest_arch))?;
+        let guest_subdir = format!(".cache/armfleet/guest/{}", arch.dir());
+        let dir = format!("{PLAN_DIR}-{job_id}");
+        let line = |profile: &VmProfile, index: u32, incoming: bool| {
+            let name = format!("vm{index}");
+            let qmp = PathBuf::from(format!("{dir}/q{index}.sock"));
+            let con = PathBuf::from(format!("{dir}/c{index}.sock"));
+            let argv: Vec<String> = std::iter::once(format!("qemu-system-{}", arch.qemu()))
+                .chain(
+                    profile
+                        .args(&Instance {
+                            name: &name,
+                            qmp_socket: &qmp,
+                            console_socket: &con,
+                            incoming,
+                        })
+                        .into_iter()
+                        .map(|a| a.to_string_lossy().into_owned()),
+                )
+                .collect();
+            let text = argv[1..]
+                .iter()
+                .map(|a| bash_word(&[Part::Lit(a.clone())]))
+                .collect::<Vec<_>>()
+                .join(" ");
+            CommandLine {
+                index,
+                incoming,
+                text: format!("{} {text}", argv[0]),
+                argv,
+            }
+        };
+        let profile = |accel: Accel| VmProfile {
+            arch,
+            accel,
+            memory_mib: p.memory_mib,
+            vcpus: p.vcpus.max(1),
+            // Anonymous memory: QEMU madvises guest RAM for THP, so a board
+            // with THP enabled backs it by blocks without any set-up.
+            backing: Backing::Anonymous,
+            eager_split_size: p.eager_split_size.clone().filter(|_| accel == Accel::Kvm),
+            dirty_ring_size: p.dirty_ring_size.filter(|_| accel == Accel::Kvm),
+            gic_version: p.gic_version,
+            kernel: PathBuf::from("vmlinuz"),
+            initrd: PathBuf::from("initrd.gz"),
+            dirty_percent: p.dirty_percent.min(95),
+            dirty_threads: p.dirty_threads,
+            seed: p.seed,
+            verify: p.verify,
+            heartbeat_ms: 100,
+            quiet: false,
+        };
+        let (kvm, tcg) = (profile(Accel::Kvm), profile(Accel::Tcg));
+        Ok(PlanCommands {
+            kvm: [line(&kvm, 1, false), line(&kvm, 2, true)],
+            tcg: [line(&tcg, 1, false), line(&tcg, 2, true)],
+            guest_subdir,
+        })
+    }
 }
 
 /// The `vmN: starting source|destination BINARY ARGS…` lines of an agent
@@ -293,7 +384,11 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
         job: job.id,
         what: what.to_owned(),
     };
-    let lines = command_lines(&rec.agent_log);
+    let lines = match &rec.from_plan {
+        Some(plan) => plan.kvm.to_vec(),
+        None => command_lines(&rec.agent_log),
+    };
+    let from_plan = rec.from_plan.as_ref();
     let source = lines.iter().find(|c| !c.incoming).ok_or_else(|| {
         not_recorded(
             "no QEMU command line in its agent log (the job ended before its source QEMU started, or an older agent ran it)",
@@ -317,6 +412,12 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
         }
     };
     let src_args = template(source, &dir);
+    // A generated script also carries the TCG command lines, for a host
+    // without KVM/arm64 (`ACCEL=tcg`).
+    let tcg_args = from_plan.map(|plan| {
+        let tcg_dir = job_dir(&plan.tcg[0]).unwrap_or_default();
+        (template(&plan.tcg[0], &tcg_dir), template(&plan.tcg[1], &tcg_dir))
+    });
     let schedule = p.delay_schedule();
     let kvm = source
         .argv
@@ -346,6 +447,16 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
         "# Run it on a board like the job's{} as a user that may use it.",
         if kvm { ", with /dev/kvm," } else { "" }
     ));
+    if from_plan.is_some() {
+        line("#");
+        line("# SIMULATED JOB: it ran on a simulated board (replayed logs), no QEMU ran and");
+        line("# nothing below was recorded by a board. The QEMU command lines are the ones");
+        line("# armfleet's executor builds from the job's parameters (anonymous memory,");
+        line("# THP-backed where the host enables it): on an arm64 host with /dev/kvm they");
+        line("# run the job's workload under KVM; elsewhere (ACCEL=tcg) under TCG, which");
+        line("# checks the mechanics but cannot show a stage-2 bug. The simulated result");
+        line("# below is the replay's, not a kernel's.");
+    }
     line("#");
     line("# What the job recorded:");
     line(&format!(
@@ -442,8 +553,13 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
         }
     }
     line("#");
-    line("# The QEMU command lines as the job ran them (the job's directory was");
-    line(&format!("# {dir}; here it is $WORK):"));
+    if from_plan.is_some() {
+        line("# The QEMU command lines for a KVM/arm64 board, from the job's parameters");
+        line(&format!("# (sockets under {dir}; here it is $WORK):"));
+    } else {
+        line("# The QEMU command lines as the job ran them (the job's directory was");
+        line(&format!("# {dir}; here it is $WORK):"));
+    }
     line(&format!("#   source:      {}", source.text));
     match dest {
         Some(d) => line(&format!("#   destination: {}", d.text)),
@@ -463,14 +579,26 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
     line("# GUEST: the armfleet stress guest (Debian's arm64 kernel, busybox, the dirtying");
     line("# workload). Build it from armfleet's sources with `agent/guest/build.sh arm64`");
     line("# (it lands in ~/.cache/armfleet/guest/arm64/), or copy the files from the board.");
+    let guest_default = |recorded: &str, name: &str| match from_plan {
+        // `~` as bash expands it without $HOME (a bare environment).
+        Some(plan) => format!("${{HOME:-$(echo ~)}}/{}/{name}", plan.guest_subdir),
+        None => dq(recorded),
+    };
     line(&format!(
         "GUEST_KERNEL=\"${{GUEST_KERNEL:-{}}}\"",
-        dq(kernel)
+        guest_default(kernel, "vmlinuz")
     ));
     line(&format!(
         "GUEST_INITRD=\"${{GUEST_INITRD:-{}}}\"",
-        dq(initrd)
+        guest_default(initrd, "initrd.gz")
     ));
+    if from_plan.is_some() {
+        line("# ACCEL: kvm on an arm64 host with a usable /dev/kvm, else tcg.");
+        line("ACCEL=\"${ACCEL:-auto}\"");
+        line("if [ \"$ACCEL\" = auto ]; then");
+        line("  if [ \"$(uname -m)\" = aarch64 ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=kvm; else ACCEL=tcg; fi");
+        line("fi");
+    }
     line(&format!("SEED={}", p.seed));
     line(&format!("BANDWIDTH_MIB_S={}", p.bandwidth_mib_s));
     line(&format!("DOWNTIME_LIMIT_MS={}", p.downtime_limit_ms));
@@ -478,16 +606,42 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
     line(&format!("DWELL_AFTER_CANCEL_MS={}", p.dwell_after_cancel_ms));
     line(&format!(
         "BOOT_TIMEOUT_S=\"${{BOOT_TIMEOUT_S:-{}}}\"",
-        if kvm { 60 } else { 90 }
+        if from_plan.is_some() {
+            120
+        } else if kvm {
+            60
+        } else {
+            90
+        }
     ));
     line("PROGRESS_TIMEOUT_S=\"${PROGRESS_TIMEOUT_S:-15}\"");
     line("");
-    line("source_args() { # the source QEMU's arguments for VM number $i");
-    line(&format!("  ARGS=( {} )", src_args.join(" ")));
-    line("}");
-    line("destination_args() { # a destination's, for VM number $i");
-    line(&format!("  ARGS=( {} )", dest_args.join(" ")));
-    line("}");
+    match &tcg_args {
+        None => {
+            line("source_args() { # the source QEMU's arguments for VM number $i");
+            line(&format!("  ARGS=( {} )", src_args.join(" ")));
+            line("}");
+            line("destination_args() { # a destination's, for VM number $i");
+            line(&format!("  ARGS=( {} )", dest_args.join(" ")));
+            line("}");
+        }
+        Some((tcg_src, tcg_dest)) => {
+            line("source_args() { # the source QEMU's arguments for VM number $i");
+            line("  if [ \"$ACCEL\" = kvm ]; then");
+            line(&format!("    ARGS=( {} )", src_args.join(" ")));
+            line("  else");
+            line(&format!("    ARGS=( {} )", tcg_src.join(" ")));
+            line("  fi");
+            line("}");
+            line("destination_args() { # a destination's, for VM number $i");
+            line("  if [ \"$ACCEL\" = kvm ]; then");
+            line(&format!("    ARGS=( {} )", dest_args.join(" ")));
+            line("  else");
+            line(&format!("    ARGS=( {} )", tcg_dest.join(" ")));
+            line("  fi");
+            line("}");
+        }
+    }
     line("");
     line("# The lines that make the executor stop (armfleet-triage's fatal starts).");
     line("FATAL_PATTERNS=(");
@@ -505,7 +659,12 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
     if let Some(mib) = hugepages_mib {
         line(&format!("need_hugepages {mib}"));
     }
-    if kvm {
+    if from_plan.is_some() {
+        line("if [ \"$ACCEL\" = kvm ]; then need_kvm; else");
+        line("  say \"WARNING: no KVM/arm64 here (ACCEL=$ACCEL): the guests run under TCG, which\"");
+        line("  say \"  checks the mechanics but cannot show a stage-2 bug\"");
+        line("fi");
+    } else if kvm {
         line("need_kvm");
     }
     line("boot_source");

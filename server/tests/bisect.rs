@@ -481,6 +481,9 @@ async fn lkml_report_is_pinned(
         "ESR decoded: EC=0x25 DABT (current EL), FSC=0x30 TLB conflict abort".to_owned(),
         "Call trace:".to_owned(),
         "How to reproduce:".to_owned(),
+        // Simulated boards only: the failing job's generated script, said so.
+        "ran on a simulated board (no QEMU ran)".to_owned(),
+        "/repro.sh".to_owned(),
         "Reported-by: armfleet lab <lab@example.org>".to_owned(),
         format!("Link: https://armfleet.example.org/regressions/{regression}"),
         format!("#regzbot introduced: {}", &shas[63][..12]),
@@ -504,6 +507,17 @@ async fn lkml_report_is_pinned(
     let page = server.get_text(&format!("/regressions/{regression}")).await;
     assert!(page.contains("id=\"copy-report\""), "{page}");
     assert!(page.contains("#regzbot introduced:"), "{page}");
+    // The culprit's kernel page leads to the regression and its report.
+    let culprit: i64 = sqlx::query_scalar("SELECT id FROM kernels WHERE commit_sha = $1")
+        .bind(&shas[63])
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    let kernel_page = server.get_text(&format!("/kernels/{culprit}")).await;
+    assert!(
+        kernel_page.contains(&format!("href=\"/regressions/{regression}\"")),
+        "the culprit's page links the regression"
+    );
     let r = server
         .client
         .get(server.url("/api/v1/regressions/424242/lkml"))

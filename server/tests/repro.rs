@@ -177,13 +177,16 @@ async fn a_recorded_job_replays_from_its_script_with_the_same_cancelled_cycles()
     server.stop().await;
 }
 
+/// A simulated job ran no QEMU: its script says so, carries the command
+/// lines the executor builds from the job's parameters (KVM for a board,
+/// TCG for elsewhere), and runs here under TCG with the job's cycles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_simulated_job_has_no_reproducer_and_says_why() {
+async fn a_simulated_jobs_script_is_generated_from_its_parameters_says_so_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "sim-01").await;
     let server = TestServer::start(&fleet_toml(
         &[("sim-01", "kunpeng920", &key.public)],
-        "[plan.params]\ncycles = 3\nreplay_cycle_ms = 5\n",
+        &format!("[plan.params]\n{PARAMS}replay_cycle_ms = 5\n"),
     ))
     .await;
     let _agent = server.agent("sim-01", &key.path, &["--executor", "replay"]);
@@ -193,23 +196,42 @@ async fn a_simulated_job_has_no_reproducer_and_says_why() {
     let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
         .as_i64()
         .unwrap();
-    server.wait_job_end(job, Duration::from_secs(60)).await;
-    let resp = server
-        .client
-        .get(server.url(&format!("/api/v1/jobs/{job}/repro.sh")))
-        .send()
+    let done = server.wait_job_end(job, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "passed", "{done}");
+    let script = dir.path().join("repro-sim.sh");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_armfleet"))
+        .args(["repro", &job.to_string(), "-o"])
+        .arg(&script)
+        .args(["--server", &server.http])
+        .output()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 409);
-    let body: serde_json::Value = resp.json().await.unwrap();
     assert!(
-        body["error"].as_str().unwrap().contains("simulated"),
-        "{body}"
+        out.status.success(),
+        "armfleet repro: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("# SIMULATED JOB"), "says what it is:\n{text}");
+    assert!(text.contains("SEED=42"), "the job's seed:\n{text}");
+    // The family's profile reached the KVM command line (Kunpeng: GICv3,
+    // 4 vCPUs from its built-in profile unless the plan says otherwise).
+    assert!(text.contains("virt,gic-version=3"), "{text}");
+    assert!(text.contains("-accel kvm"), "{text}");
+    assert!(text.contains("-accel tcg"), "{text}");
     let html = server.get_text(&format!("/jobs/{job}")).await;
     assert!(
-        !html.contains("repro.sh"),
-        "no reproducer offered for a simulated job"
+        html.contains(&format!("/api/v1/jobs/{job}/repro.sh")) && html.contains("simulated job"),
+        "the job page offers the generated script and says it is generated"
     );
     server.stop().await;
+
+    if !qemu_ready() {
+        return;
+    }
+    let (code, log) = run_script(&script).await;
+    eprintln!("simulated job {job}: script exit {code:?}; the script said:\n{log}");
+    assert!(log.contains("WARNING: no KVM/arm64 here"), "{log}");
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(summary_field(&log, "cancelled"), Some(5), "{log}");
 }

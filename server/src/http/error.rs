@@ -98,7 +98,7 @@ impl From<crate::repro::ReproError> for ApiError {
         match e {
             ReproError::NotFound(id) => ApiError::NotFound(format!("job {id}")),
             // The job exists but cannot be replayed: its records say why.
-            ReproError::Simulated(_) | ReproError::NotRecorded { .. } => {
+            ReproError::NotRecorded { .. } => {
                 ApiError::Conflict(e.to_string())
             }
             ReproError::Db(db) => db.into(),

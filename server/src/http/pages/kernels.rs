@@ -564,6 +564,8 @@ struct KernelPage {
 /// A bisection as the kernel page shows it.
 struct BisectView {
     id: i64,
+    /// The regression it bisected: its page has the LKML report.
+    regression: Option<i64>,
     state: String,
     good: String,
     bad: String,
@@ -748,6 +750,7 @@ pub async fn kernel_page(
                 let b = v.bisection;
                 BisectView {
                     id: b.id,
+                    regression: b.regression_id,
                     state: b.state.clone(),
                     good: short(&b.good_sha),
                     bad: short(&b.bad_sha),
