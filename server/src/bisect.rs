@@ -104,24 +104,10 @@ impl From<BisectError> for ApiError {
 }
 
 async fn git(dir: &Path, args: &[&str]) -> Result<(bool, String), BisectError> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| BisectError::Git(format!("{} timed out", args.join(" "))))?
-    .map_err(|e| BisectError::Git(format!("running git: {e}")))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
+    let out = crate::mirror::git_status(Some(dir), args, Duration::from_secs(120))
+        .await
+        .map_err(|e| BisectError::Git(e.to_string()))?;
+    Ok((out.ok, out.stdout))
 }
 
 async fn rev_parse(mirror: &Mirror, rev: &str) -> Result<String, BisectError> {
@@ -584,17 +570,12 @@ async fn finish(
             .fetch_one(pool)
             .await?,
     ) {
-        let r = sqlx::query("UPDATE regressions SET state = 'bisected', updated_at = now() WHERE id = $1 AND state IN ('open', 'confirmed')")
-            .bind(regression)
-            .execute(pool)
-            .await?;
-        if r.rows_affected() > 0 {
-            sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, 'bisected', $2)")
-                .bind(regression)
-                .bind(format!("bisection {id}: first bad commit {first_bad}"))
-                .execute(pool)
-                .await?;
-        }
+        crate::regressions::mark_bisected(
+            pool,
+            regression,
+            &format!("bisection {id}: first bad commit {first_bad}"),
+        )
+        .await?;
     }
     tracing::info!(
         bisection = id,

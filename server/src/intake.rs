@@ -168,8 +168,9 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
         .into()
 }
 
-/// Constant-time equality for equal-length inputs (length is not secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+/// Constant-time equality for equal-length inputs (length is not secret):
+/// how every secret (webhook signature, token) is compared.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -213,7 +214,7 @@ fn check_hmac(
     };
     let given = decode_sha256_hex(hex_part, header)?;
     let expected = hmac_sha256(secret, body);
-    if ct_eq(&given, &expected) {
+    if constant_time_eq(&given, &expected) {
         Ok(())
     } else {
         Err(IntakeError::BadSignature { header })
@@ -274,7 +275,7 @@ pub fn verify(
             };
             // Compare digests so neither the content nor the length of the
             // secret leaks through timing.
-            if ct_eq(&Sha256::digest(token.as_bytes()), &Sha256::digest(secret)) {
+            if constant_time_eq(&Sha256::digest(token.as_bytes()), &Sha256::digest(secret)) {
                 Ok(())
             } else {
                 Err(IntakeError::BadSignature { header: H })

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod metrics;
 pub mod mirror;
 pub mod power;
+pub mod regressions;
 pub mod reload;
 pub mod repro;
 pub mod results;

@@ -111,11 +111,23 @@ impl Mirror {
     }
 }
 
-pub(crate) async fn git(
+/// What a git command printed and whether it succeeded.
+pub(crate) struct GitOutput {
+    pub ok: bool,
+    pub stdout: String,
+    /// The last line of its stderr (git's own reason), or "failed".
+    pub reason: String,
+}
+
+/// Runs git non-interactively: no terminal prompt and no askpass helper
+/// (a private tree must fail, not wait for a password), stdin closed, killed
+/// after `timeout`. A nonzero exit is an answer here (`merge-base
+/// --is-ancestor`), not an error.
+pub(crate) async fn git_status(
     dir: Option<&Path>,
     args: &[&str],
     timeout: Duration,
-) -> Result<String, MirrorError> {
+) -> Result<GitOutput, MirrorError> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
@@ -125,23 +137,36 @@ pub(crate) async fn git(
         .env("GIT_ASKPASS", "/bin/true")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    let shown = args.first().copied().unwrap_or("").to_owned();
     let out = match tokio::time::timeout(timeout, cmd.output()).await {
         Ok(r) => r?,
-        Err(_) => return Err(MirrorError::Timeout(shown)),
+        Err(_) => return Err(MirrorError::Timeout(args.join(" "))),
     };
-    if !out.status.success() {
+    Ok(GitOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        reason: String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("failed")
+            .to_owned(),
+    })
+}
+
+/// [`git_status`], a nonzero exit being an error.
+pub(crate) async fn git(
+    dir: Option<&Path>,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, MirrorError> {
+    let out = git_status(dir, args, timeout).await?;
+    if !out.ok {
         return Err(MirrorError::Git {
-            args: shown,
-            message: String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("failed")
-                .to_owned(),
+            args: args.first().copied().unwrap_or("").to_owned(),
+            message: out.reason,
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 /// Asks the mirror worker to fetch a tree (deduplicated while pending).

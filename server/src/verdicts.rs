@@ -17,6 +17,7 @@ use sqlx::{PgPool, Row};
 
 use crate::config::{Fleet, Plan};
 use crate::mirror::Mirror;
+use crate::regressions;
 use crate::results::{self, Basis, KernelResult};
 use crate::runs::{self, Extension, KernelInput};
 use crate::state::AppState;
@@ -666,7 +667,6 @@ async fn regression_lifecycle(
     match verdict {
         Verdict::Regression => {
             let confirmed = failing_boards >= 2 || family_boards < 2;
-            let state = if confirmed { "confirmed" } else { "open" };
             let signature: Option<String> = sqlx::query_scalar(
                 "SELECT f.signature FROM findings f JOIN jobs j ON j.id = f.job_id
                  WHERE j.kernel_id = $1 AND j.plan = $2 AND f.fatal ORDER BY f.id LIMIT 1",
@@ -675,70 +675,29 @@ async fn regression_lifecycle(
             .bind(&plan.name)
             .fetch_optional(pool)
             .await?;
-            let mut tx = pool.begin().await?;
-            let row: (i64, bool) = sqlx::query_as(
-                "INSERT INTO regressions (tree, branch, family, plan, state, good_kernel_id, bad_kernel_id, signature)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (tree, branch, family, plan, bad_kernel_id) DO UPDATE SET
-                    state = CASE WHEN regressions.state = 'open' THEN EXCLUDED.state ELSE regressions.state END,
-                    updated_at = now()
-                 RETURNING id, (xmax = 0)",
-            )
-            .bind(&k.tree)
-            .bind(&k.branch)
-            .bind(&cand.family)
-            .bind(&plan.name)
-            .bind(state)
-            .bind(baseline)
-            .bind(k.id)
-            .bind(signature)
-            .fetch_one(&mut *tx)
-            .await?;
-            if row.1 {
-                if confirmed {
-                    sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, 'open', $2)")
-                        .bind(row.0)
-                        .bind(&evidence)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, $2, $3)")
-                    .bind(row.0)
-                    .bind(state)
-                    .bind(&evidence)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
+            let key = regressions::RegressionKey {
+                tree: &k.tree,
+                branch: &k.branch,
+                family: &cand.family,
+                plan: &plan.name,
+                bad_kernel_id: k.id,
+            };
+            regressions::record(pool, &key, baseline, signature.as_deref(), confirmed, &evidence)
+                .await?;
         }
         Verdict::Pass | Verdict::Fixed => {
             // A later kernel on the branch that passes with enough cycles
             // fixes the open regressions it descends from.
-            let open: Vec<i64> = sqlx::query_scalar(
-                "SELECT r.id FROM regressions r WHERE r.tree = $1 AND r.branch = $2 AND r.family = $3 AND r.plan = $4
-                   AND r.state IN ('open', 'confirmed', 'bisected') AND r.bad_kernel_id < $5",
+            regressions::fix_earlier(
+                pool,
+                &k.tree,
+                &k.branch,
+                &cand.family,
+                &plan.name,
+                k.id,
+                &format!("kernel {} passes: {evidence}", &k.commit[..12.min(k.commit.len())]),
             )
-            .bind(&k.tree)
-            .bind(&k.branch)
-            .bind(&cand.family)
-            .bind(&plan.name)
-            .bind(k.id)
-            .fetch_all(pool)
             .await?;
-            for id in open {
-                let mut tx = pool.begin().await?;
-                sqlx::query("UPDATE regressions SET state = 'fixed', fixed_kernel_id = $2, updated_at = now() WHERE id = $1")
-                    .bind(id)
-                    .bind(k.id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, 'fixed', $2)")
-                    .bind(id)
-                    .bind(format!("kernel {} passes: {evidence}", &k.commit[..12.min(k.commit.len())]))
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
         }
         _ => {}
     }

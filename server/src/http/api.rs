@@ -81,7 +81,7 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
         let hash = token_hash(given);
-        if constant_time_eq(&hash, &token_hash(&state.api_token)) {
+        if crate::intake::constant_time_eq(&hash, &token_hash(&state.api_token)) {
             return Ok(Caller {
                 name: "admin".into(),
                 scopes: vec![Scope::Admin],
@@ -91,7 +91,7 @@ impl FromRequestParts<AppState> for Caller {
         let mut found = None;
         for t in &fleet.tokens {
             // No early exit: every configured token is compared.
-            if constant_time_eq(&hash, &t.sha256) {
+            if crate::intake::constant_time_eq(&hash, &t.sha256) {
                 found = Some(Caller {
                     name: t.name.clone(),
                     scopes: t.scopes.clone(),
@@ -100,13 +100,6 @@ impl FromRequestParts<AppState> for Caller {
         }
         found.ok_or(ApiError::Unauthorized)
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
@@ -413,7 +406,7 @@ async fn list_regressions(
     Query(q): Query<RegressionQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(s) = &q.state {
-        if !["open", "confirmed", "bisected", "fixed"].contains(&s.as_str()) {
+        if crate::regressions::RegressionState::parse(s).is_none() {
             return Err(ApiError::BadRequest(format!(
                 "unknown regression state `{s}` (open, confirmed, bisected, fixed)"
             )));
