@@ -93,16 +93,6 @@ pub enum BisectError {
     Git(String),
 }
 
-impl From<BisectError> for ApiError {
-    fn from(e: BisectError) -> ApiError {
-        match e {
-            BisectError::Invalid(m) | BisectError::Git(m) => ApiError::BadRequest(m),
-            BisectError::NotFound(id) => ApiError::NotFound(format!("bisection {id}")),
-            BisectError::Db(e) => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
 async fn git(dir: &Path, args: &[&str]) -> Result<(bool, String), BisectError> {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
