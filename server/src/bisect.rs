@@ -1327,7 +1327,7 @@ async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value>
     if !status.is_success() {
         anyhow::bail!(
             "server answered {status}: {}",
-            body["error"].as_str().unwrap_or("?")
+            crate::http::error::describe(&body)
         );
     }
     Ok(body)

@@ -75,6 +75,16 @@ fn new_request_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// An error answer's body as the CLI shows it: the message, and for a
+/// server error the request id to look for in the server's log.
+pub fn describe(body: &serde_json::Value) -> String {
+    let message = body["error"].as_str().unwrap_or("?");
+    match body["request_id"].as_str() {
+        Some(id) => format!("{message} (request id {id})"),
+        None => message.to_owned(),
+    }
+}
+
 /// A client's view of an error: its status, the message it may read, and
 /// for server errors the request id under which the detail was logged.
 pub struct PublicError {
