@@ -93,16 +93,6 @@ pub enum BisectError {
     Git(String),
 }
 
-impl From<BisectError> for ApiError {
-    fn from(e: BisectError) -> ApiError {
-        match e {
-            BisectError::Invalid(m) | BisectError::Git(m) => ApiError::BadRequest(m),
-            BisectError::NotFound(id) => ApiError::NotFound(format!("bisection {id}")),
-            BisectError::Db(e) => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
 async fn git(dir: &Path, args: &[&str]) -> Result<(bool, String), BisectError> {
     let out = crate::mirror::git_status(Some(dir), args, Duration::from_secs(120))
         .await
@@ -1318,7 +1308,7 @@ async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value>
     if !status.is_success() {
         anyhow::bail!(
             "server answered {status}: {}",
-            body["error"].as_str().unwrap_or("?")
+            crate::http::error::describe(&body)
         );
     }
     Ok(body)

@@ -126,14 +126,17 @@ pub struct BuildRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const BUILD_COLUMNS: &str =
-    "id, tree, commit_sha, config_hash, source, state, failure, kernel_release, artifacts,
-     error, log_sha256, builder, created_at, started_at, finished_at";
+/// `SELECT` with the columns of [`BuildRow`] (a macro so that queries are
+/// string literals).
+macro_rules! build_select {
+    () => {
+        "SELECT id, tree, commit_sha, config_hash, source, state, failure, kernel_release, artifacts,
+     error, log_sha256, builder, created_at, started_at, finished_at"
+    };
+}
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<BuildRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"
-    )))
+    sqlx::query_as(concat!(build_select!(), " FROM builds WHERE id = $1"))
     .bind(id)
     .fetch_optional(pool)
     .await
@@ -141,11 +144,12 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<BuildRow>, sqlx::Error
 
 /// The builds of a kernel's jobs.
 pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<BuildRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {BUILD_COLUMNS} FROM builds WHERE id IN
+    sqlx::query_as(concat!(
+        build_select!(),
+        " FROM builds WHERE id IN
            (SELECT DISTINCT build_id FROM jobs WHERE kernel_id = $1 AND build_id IS NOT NULL)
          ORDER BY id"
-    )))
+    ))
     .bind(kernel)
     .fetch_all(pool)
     .await

@@ -57,25 +57,32 @@ pub struct BootRow {
     pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const BOOT_COLUMNS: &str =
-    "id, board, build_id, state, reason, method, console, console_source, power_cycled,
-     started_at, deadline, ended_at";
+/// `SELECT` with the columns of [`BootRow`] (a macro so that queries are
+/// string literals).
+macro_rules! boot_select {
+    () => {
+        "SELECT id, board, build_id, state, reason, method, console, console_source, power_cycled,
+     started_at, deadline, ended_at"
+    };
+}
 
 pub async fn boots_for_build(pool: &PgPool, build: i64) -> Result<Vec<BootRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {BOOT_COLUMNS} FROM boots WHERE build_id = $1 ORDER BY id"
-    )))
+    sqlx::query_as(concat!(
+        boot_select!(),
+        " FROM boots WHERE build_id = $1 ORDER BY id"
+    ))
     .bind(build)
     .fetch_all(pool)
     .await
 }
 
 pub async fn boots_for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<BootRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {BOOT_COLUMNS} FROM boots WHERE build_id IN
+    sqlx::query_as(concat!(
+        boot_select!(),
+        " FROM boots WHERE build_id IN
            (SELECT DISTINCT build_id FROM jobs WHERE kernel_id = $1 AND build_id IS NOT NULL)
          ORDER BY id"
-    )))
+    ))
     .bind(kernel)
     .fetch_all(pool)
     .await
@@ -86,9 +93,10 @@ pub async fn boots_for_board(
     board: &str,
     limit: i64,
 ) -> Result<Vec<BootRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {BOOT_COLUMNS} FROM boots WHERE board = $1 ORDER BY id DESC LIMIT $2"
-    )))
+    sqlx::query_as(concat!(
+        boot_select!(),
+        " FROM boots WHERE board = $1 ORDER BY id DESC LIMIT $2"
+    ))
     .bind(board)
     .bind(limit)
     .fetch_all(pool)

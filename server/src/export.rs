@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 
 use crate::builds::{ArtifactStore, BuildRow};
-use crate::jobs::{self, JobRow, PathTotals};
+use crate::jobs::{self, JobRow, JobState, PathTotals};
 
 const ORIGIN: &str = "armfleet";
 
@@ -663,7 +663,7 @@ pub fn junit(run_id: i64, jobs: &[JobRow], paths: &[PathTotals]) -> String {
     let failures = jobs.iter().filter(|j| j.state == "failed").count();
     let errors = jobs
         .iter()
-        .filter(|j| ["infra_error", "lost", "timed_out"].contains(&j.state.as_str()))
+        .filter(|j| JobState::is_lab_failure_str(&j.state))
         .count();
     let skipped = jobs
         .iter()
@@ -721,7 +721,7 @@ pub fn junit(run_id: i64, jobs: &[JobRow], paths: &[PathTotals]) -> String {
                     xml_escape(&evidence)
                 ));
             }
-            "infra_error" | "lost" | "timed_out" => {
+            s if JobState::is_lab_failure_str(s) => {
                 out.push_str(&format!(
                     "<error message=\"{reason}\" type=\"{}\"/>",
                     j.state

@@ -64,6 +64,22 @@ impl JobState {
         JobState::ALL.into_iter().find(|j| j.as_str() == s)
     }
 
+    /// A lab failure: the lab, not the kernel, kept the job from a verdict
+    /// (`infra_error`, `lost`, `timed_out`). Such a job says nothing about
+    /// the kernel and may be retried.
+    pub fn is_lab_failure(self) -> bool {
+        matches!(
+            self,
+            JobState::InfraError | JobState::Lost | JobState::TimedOut
+        )
+    }
+
+    /// Whether the stored state `s` is a lab failure (see
+    /// [`JobState::is_lab_failure`]); unknown states are not.
+    pub fn is_lab_failure_str(s: &str) -> bool {
+        JobState::parse(s).is_some_and(JobState::is_lab_failure)
+    }
+
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,
@@ -94,6 +110,15 @@ impl JobState {
         }
     }
 }
+
+/// The lab-failure states ([`JobState::is_lab_failure`]) as an SQL list for
+/// `state IN (...)`, to `concat!` into query literals.
+macro_rules! lab_failure_states_sql {
+    () => {
+        "'infra_error', 'lost', 'timed_out'"
+    };
+}
+pub(crate) use lab_failure_states_sql;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -689,23 +714,37 @@ pub struct JobRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const JOB_SELECT: &str =
-    "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
+// Query texts are string literals, composed with `concat!` from the
+// macros below: no query text is ever built at run time (values are bound).
+
+/// The columns of [`JobRow`].
+macro_rules! job_columns {
+    () => {
+        "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
         j.host_kind, j.accel, j.run_detail, j.fallback, j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
-        k.tree, k.branch, k.commit_sha, j.created_at, j.started_at, j.finished_at
-     FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
+        k.tree, k.branch, k.commit_sha, j.created_at, j.started_at, j.finished_at"
+    };
+}
+
+/// A [`JobRow`] query up to its `WHERE`.
+macro_rules! job_select {
+    () => {
+        concat!(job_columns!(), "\n     FROM jobs j JOIN kernels k ON k.id = j.kernel_id")
+    };
+}
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!("{JOB_SELECT} WHERE j.id = $1")))
+    sqlx::query_as::<_, JobRow>(concat!(job_select!(), " WHERE j.id = $1"))
         .bind(id)
         .fetch_optional(pool)
         .await
 }
 
 pub async fn for_run(pool: &PgPool, run: i64) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
-        "{JOB_SELECT} WHERE j.run_id = $1 ORDER BY j.id"
-    )))
+    sqlx::query_as::<_, JobRow>(concat!(
+        job_select!(),
+        " WHERE j.run_id = $1 ORDER BY j.id"
+    ))
     .bind(run)
     .fetch_all(pool)
     .await
@@ -713,9 +752,10 @@ pub async fn for_run(pool: &PgPool, run: i64) -> Result<Vec<JobRow>, sqlx::Error
 
 /// The job each board is busy with (newest active one).
 pub async fn active_by_board(pool: &PgPool) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
-        "{JOB_SELECT} WHERE j.state IN ('assigned', 'running') ORDER BY j.id"
-    )))
+    sqlx::query_as::<_, JobRow>(concat!(
+        job_select!(),
+        " WHERE j.state IN ('assigned', 'running') ORDER BY j.id"
+    ))
     .fetch_all(pool)
     .await
 }
@@ -755,6 +795,26 @@ mod tests {
                 assert!(!from.can_move_to(to), "{from:?} -> {to:?} must be illegal");
             }
         }
+    }
+
+    #[test]
+    fn the_sql_list_of_lab_failures_matches_is_lab_failure() {
+        let listed: Vec<&str> = lab_failure_states_sql!()
+            .split(", ")
+            .map(|s| s.trim_matches('\''))
+            .collect();
+        let lab: Vec<&str> = super::JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_lab_failure())
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(listed.len(), lab.len(), "{listed:?} vs {lab:?}");
+        for s in &lab {
+            assert!(listed.contains(s), "{s} missing from {listed:?}");
+        }
+        assert!(super::JobState::is_lab_failure_str("timed_out"));
+        assert!(!super::JobState::is_lab_failure_str("failed"));
+        assert!(!super::JobState::is_lab_failure_str("nonsense"));
     }
 
     #[test]
@@ -798,17 +858,30 @@ pub struct JobBrief {
     pub finding: Option<String>,
 }
 
-const JOB_BRIEF_SELECT: &str =
-    "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated, j.host_kind,
+/// A [`JobBrief`] query up to its `WHERE`, reading jobs from `$jobs`
+/// (the `jobs` table, or a fixed subquery that pages it first).
+macro_rules! job_brief_select {
+    () => {
+        job_brief_select!("jobs j")
+    };
+    ($jobs:literal) => {
+        concat!(
+            "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated, j.host_kind,
         j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
         j.created_at, j.finished_at, NULL::text AS finding
-     FROM jobs j JOIN kernels k ON k.id = j.kernel_id";
+     FROM ",
+            $jobs,
+            " JOIN kernels k ON k.id = j.kernel_id"
+        )
+    };
+}
 
 /// The jobs of several runs in one query (no query per run).
 pub async fn briefs_for_runs(pool: &PgPool, runs: &[i64]) -> Result<Vec<JobBrief>, sqlx::Error> {
-    sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
-        "{JOB_BRIEF_SELECT} WHERE j.run_id = ANY($1) ORDER BY j.run_id, j.id"
-    )))
+    sqlx::query_as::<_, JobBrief>(concat!(
+        job_brief_select!(),
+        " WHERE j.run_id = ANY($1) ORDER BY j.run_id, j.id"
+    ))
     .bind(runs)
     .fetch_all(pool)
     .await
@@ -821,13 +894,12 @@ pub async fn briefs_for_board(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<JobBrief>, sqlx::Error> {
-    sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
-        "{} ORDER BY j.id DESC",
-        JOB_BRIEF_SELECT.replace(
-            "FROM jobs j",
-            "FROM (SELECT * FROM jobs WHERE board = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
-        )
-    )))
+    sqlx::query_as::<_, JobBrief>(concat!(
+        job_brief_select!(
+            "(SELECT * FROM jobs WHERE board = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
+        ),
+        " ORDER BY j.id DESC"
+    ))
     .bind(board)
     .bind(limit)
     .bind(offset)
@@ -842,13 +914,12 @@ pub async fn briefs_for_kernel(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<JobBrief>, sqlx::Error> {
-    sqlx::query_as::<_, JobBrief>(sqlx::AssertSqlSafe(format!(
-        "{} ORDER BY j.id DESC",
-        JOB_BRIEF_SELECT.replace(
-            "FROM jobs j",
-            "FROM (SELECT * FROM jobs WHERE kernel_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
-        )
-    )))
+    sqlx::query_as::<_, JobBrief>(concat!(
+        job_brief_select!(
+            "(SELECT * FROM jobs WHERE kernel_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
+        ),
+        " ORDER BY j.id DESC"
+    ))
     .bind(kernel)
     .bind(limit)
     .bind(offset)
@@ -980,17 +1051,14 @@ pub async fn finished_for_export(
     limit: i64,
 ) -> Result<Vec<(JobRow, i64, String)>, sqlx::Error> {
     use sqlx::FromRow;
-    let select = JOB_SELECT.replacen(
-        "\n     FROM jobs j",
-        ", j.kernel_id AS x_kernel_id, b.family AS x_family\n     FROM jobs j",
-        1,
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{select} JOIN boards b ON b.name = j.board
+    let rows = sqlx::query(concat!(
+        job_columns!(),
+        ", j.kernel_id AS x_kernel_id, b.family AS x_family
+     FROM jobs j JOIN kernels k ON k.id = j.kernel_id JOIN boards b ON b.name = j.board
          WHERE j.state IN ('passed', 'failed', 'infra_error', 'timed_out', 'lost', 'cancelled')
            AND ($1::text IS NULL OR k.commit_sha LIKE $1 || '%')
          ORDER BY j.kernel_id DESC, j.id LIMIT $2"
-    )))
+    ))
     .bind(commit)
     .bind(limit)
     .fetch_all(pool)
@@ -1052,23 +1120,31 @@ impl PathTotals {
 }
 
 pub async fn path_totals(pool: &PgPool, jobs: &[i64]) -> Result<Vec<PathTotals>, sqlx::Error> {
-    let field = |f: &str| {
-        format!(
-            "CASE WHEN count(record->'path'->'{f}') FILTER (WHERE jsonb_typeof(record->'path'->'{f}') = 'number')
+    // The sum of counter `$f` when every cycle with path evidence has it.
+    macro_rules! total {
+        ($f:literal) => {
+            concat!(
+                "CASE WHEN count(record->'path'->'", $f, "') FILTER (WHERE jsonb_typeof(record->'path'->'", $f, "') = 'number')
                        = count(record->'path') AND count(record->'path') > 0
-                  THEN sum((record->'path'->>'{f}')::int8)::int8 END AS {f}"
-        )
-    };
-    let sql = format!(
-        "SELECT job_id, count(*) AS cycles, count(record->'path') AS cycles_with_path, {}, {}, {}, {}, {}
-         FROM job_cycles WHERE job_id = ANY($1) GROUP BY job_id ORDER BY job_id",
-        field("page_maps"),
-        field("block_maps"),
-        field("block_maps_after_cancel"),
-        field("perm_faults"),
-        field("memslot_changes")
+                  THEN sum((record->'path'->>'", $f, "')::int8)::int8 END AS ", $f
+            )
+        };
+    }
+    const SQL: &str = concat!(
+        "SELECT job_id, count(*) AS cycles, count(record->'path') AS cycles_with_path, ",
+        total!("page_maps"),
+        ", ",
+        total!("block_maps"),
+        ", ",
+        total!("block_maps_after_cancel"),
+        ", ",
+        total!("perm_faults"),
+        ", ",
+        total!("memslot_changes"),
+        "
+         FROM job_cycles WHERE job_id = ANY($1) GROUP BY job_id ORDER BY job_id"
     );
-    sqlx::query_as::<_, PathTotals>(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as::<_, PathTotals>(SQL)
         .bind(jobs)
         .fetch_all(pool)
         .await

@@ -191,7 +191,7 @@ async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
     if !status.is_success() {
         anyhow::bail!(
             "server answered {status}: {}",
-            body["error"].as_str().unwrap_or("?")
+            armfleet_server::http::error::describe(&body)
         );
     }
     Ok(body)
@@ -212,7 +212,8 @@ async fn get_text(url: &str) -> anyhow::Result<String> {
     if !status.is_success() {
         let err = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .filter(|v| v["error"].is_string())
+            .map(|v| armfleet_server::http::error::describe(&v))
             .unwrap_or(body);
         anyhow::bail!("server answered {status}: {err}");
     }
@@ -348,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !status.is_success() {
                 anyhow::bail!(
                     "server answered {status}: {}",
-                    body["error"].as_str().unwrap_or("?")
+                    armfleet_server::http::error::describe(&body)
                 );
             }
             println!("run {} planned with jobs {}", body["run_id"], body["jobs"]);
@@ -553,7 +554,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !status.is_success() {
                 anyhow::bail!(
                     "reload refused ({status}): {}",
-                    body["error"].as_str().unwrap_or("?")
+                    armfleet_server::http::error::describe(&body)
                 );
             }
             println!("{}", serde_json::to_string_pretty(&body)?);

@@ -14,7 +14,7 @@ pub async fn recompute(
     kernel: i64,
     plan: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH j AS (
             SELECT j.*, b.family,
                    -- Guests under KVM on a real arm64 host (a board or the
@@ -30,7 +30,9 @@ pub async fn recompute(
          SELECT j.kernel_id, j.family, j.plan, count(*)::int, count(DISTINCT j.board)::int,
                 COALESCE(sum(j.cycles_completed + CASE WHEN j.state = 'failed' THEN 1 ELSE 0 END), 0)::int8,
                 count(*) FILTER (WHERE j.state = 'failed')::int8,
-                count(*) FILTER (WHERE j.state IN ('infra_error', 'lost', 'timed_out'))::int,
+                count(*) FILTER (WHERE j.state IN (",
+        crate::jobs::lab_failure_states_sql!(),
+        "))::int,
                 bool_or(j.simulated),
                 COALESCE(sum(extract(epoch FROM j.finished_at - j.started_at)), 0)::float8,
                 COALESCE(sum(j.cycles_completed) FILTER (WHERE j.real_kvm), 0)::int8,
@@ -65,8 +67,8 @@ pub async fn recompute(
             perm_faults = EXCLUDED.perm_faults, host_kinds = EXCLUDED.host_kinds,
             path_cycles = EXCLUDED.path_cycles, untraced_cycles = EXCLUDED.untraced_cycles,
             kvm_failed = EXCLUDED.kvm_failed, fallback_jobs = EXCLUDED.fallback_jobs,
-            simulated_only = EXCLUDED.simulated_only, updated_at = now()",
-    )
+            simulated_only = EXCLUDED.simulated_only, updated_at = now()"
+    ))
     .bind(kernel)
     .bind(plan)
     .execute(&mut **tx)

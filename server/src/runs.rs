@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::config::{Fleet, Plan};
+use crate::jobs::JobState;
 
 /// A request to test a kernel.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -348,7 +349,7 @@ pub async fn retry_infra_failure(
             .await?;
     if already
         || attempt as u32 > max_retries
-        || !["infra_error", "lost", "timed_out"].contains(&state.as_str())
+        || !JobState::is_lab_failure_str(&state)
     {
         return Ok(None);
     }
@@ -375,19 +376,41 @@ pub async fn retry_infra_failure(
 /// A run with its job counts (see [`RunSummary`]).
 pub type RunRow = RunSummary;
 
-const RUN_SELECT: &str = RUN_SUMMARY_SELECT;
+// Query texts are string literals, composed with `concat!` from the
+// macros below: no query text is ever built at run time (values are bound).
+
+/// A [`RunSummary`] query up to its `WHERE`, reading runs from `$runs` (the
+/// `runs` table, or a fixed subquery that pages it first).
+macro_rules! run_select {
+    () => {
+        run_select!("runs r")
+    };
+    ($runs:literal) => {
+        concat!(
+            "SELECT r.id, r.kernel_id, k.tree, k.branch, k.commit_sha, r.plan_filter,
+        r.requested_by, r.created_at, a.jobs_total, a.jobs_done, a.jobs_failed, a.simulated
+     FROM ",
+            $runs,
+            " JOIN kernels k ON k.id = r.kernel_id
+     CROSS JOIN LATERAL (
+        SELECT count(*) AS jobs_total,
+               count(*) FILTER (WHERE j.state NOT IN ('queued', 'assigned', 'running')) AS jobs_done,
+               count(*) FILTER (WHERE j.state = 'failed') AS jobs_failed,
+               COALESCE(bool_or(j.simulated), false) AS simulated
+        FROM jobs j WHERE j.run_id = r.id) a"
+        )
+    };
+}
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<RunRow>, sqlx::Error> {
-    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE r.id = $1")))
+    sqlx::query_as::<_, RunRow>(concat!(run_select!(), " WHERE r.id = $1"))
         .bind(id)
         .fetch_optional(pool)
         .await
 }
 
 pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, sqlx::Error> {
-    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
-        "{RUN_SELECT} ORDER BY r.id DESC LIMIT $1"
-    )))
+    sqlx::query_as::<_, RunRow>(concat!(run_select!(), " ORDER BY r.id DESC LIMIT $1"))
     .bind(limit)
     .fetch_all(pool)
     .await
@@ -412,29 +435,16 @@ pub struct RunSummary {
     pub simulated: bool,
 }
 
-const RUN_SUMMARY_SELECT: &str = "SELECT r.id, r.kernel_id, k.tree, k.branch, k.commit_sha, r.plan_filter,
-        r.requested_by, r.created_at, a.jobs_total, a.jobs_done, a.jobs_failed, a.simulated
-     FROM runs r JOIN kernels k ON k.id = r.kernel_id
-     CROSS JOIN LATERAL (
-        SELECT count(*) AS jobs_total,
-               count(*) FILTER (WHERE j.state NOT IN ('queued', 'assigned', 'running')) AS jobs_done,
-               count(*) FILTER (WHERE j.state = 'failed') AS jobs_failed,
-               COALESCE(bool_or(j.simulated), false) AS simulated
-        FROM jobs j WHERE j.run_id = r.id) a";
-
 /// Runs, newest first, one page.
 pub async fn summaries(
     pool: &PgPool,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<RunSummary>, sqlx::Error> {
-    sqlx::query_as::<_, RunSummary>(sqlx::AssertSqlSafe(format!(
-        "{} ORDER BY r.id DESC",
-        RUN_SUMMARY_SELECT.replace(
-            "FROM runs r",
-            "FROM (SELECT * FROM runs ORDER BY id DESC LIMIT $1 OFFSET $2) r"
-        )
-    )))
+    sqlx::query_as::<_, RunSummary>(concat!(
+        run_select!("(SELECT * FROM runs ORDER BY id DESC LIMIT $1 OFFSET $2) r"),
+        " ORDER BY r.id DESC"
+    ))
     .bind(limit)
     .bind(offset)
     .fetch_all(pool)
@@ -447,9 +457,10 @@ pub async fn summaries_for_kernel(
     kernel: i64,
     limit: i64,
 ) -> Result<Vec<RunSummary>, sqlx::Error> {
-    sqlx::query_as::<_, RunSummary>(sqlx::AssertSqlSafe(format!(
-        "{RUN_SUMMARY_SELECT} WHERE r.kernel_id = $1 ORDER BY r.id DESC LIMIT $2"
-    )))
+    sqlx::query_as::<_, RunSummary>(concat!(
+        run_select!(),
+        " WHERE r.kernel_id = $1 ORDER BY r.id DESC LIMIT $2"
+    ))
     .bind(kernel)
     .bind(limit)
     .fetch_all(pool)
@@ -476,18 +487,32 @@ pub struct KernelSummary {
     pub jobs_active: i64,
 }
 
-const KERNEL_SUMMARY_SELECT: &str = "SELECT k.id, k.tree, k.branch, k.commit_sha, k.parent_sha, k.subject, k.author,
+/// A [`KernelSummary`] query up to its `WHERE`, reading kernels from
+/// `$kernels` (the `kernels` table, or a fixed subquery that pages it
+/// first); `$1` is the plan to sum results over (NULL: all plans).
+macro_rules! kernel_summary_select {
+    () => {
+        kernel_summary_select!("kernels k")
+    };
+    ($kernels:literal) => {
+        concat!(
+            "SELECT k.id, k.tree, k.branch, k.commit_sha, k.parent_sha, k.subject, k.author,
         k.created_at,
         COALESCE(r.cycles_run, 0)::int8 AS cycles_run, COALESCE(r.failed_cycles, 0)::int8 AS failed_cycles,
         COALESCE(r.infra_errors, 0)::int8 AS infra_errors,
         COALESCE(r.simulated, false) OR EXISTS (SELECT 1 FROM jobs js WHERE js.kernel_id = k.id AND js.simulated) AS simulated,
         (SELECT count(*) FROM jobs j WHERE j.kernel_id = k.id) AS jobs_total,
         (SELECT count(*) FROM jobs j WHERE j.kernel_id = k.id AND j.state IN ('queued', 'assigned', 'running')) AS jobs_active
-     FROM kernels k
+     FROM ",
+            $kernels,
+            "
      LEFT JOIN LATERAL (
         SELECT sum(kr.cycles_run) AS cycles_run, sum(kr.failed_cycles) AS failed_cycles,
                sum(kr.infra_errors) AS infra_errors, bool_or(kr.simulated) AS simulated
-        FROM kernel_results kr WHERE kr.kernel_id = k.id AND ($1::text IS NULL OR kr.plan = $1)) r ON true";
+        FROM kernel_results kr WHERE kr.kernel_id = k.id AND ($1::text IS NULL OR kr.plan = $1)) r ON true"
+        )
+    };
+}
 
 /// Tested kernels, newest first, optionally of one tree and/or branch.
 pub async fn kernel_summaries(
@@ -498,17 +523,16 @@ pub async fn kernel_summaries(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<KernelSummary>, sqlx::Error> {
-    sqlx::query_as::<_, KernelSummary>(sqlx::AssertSqlSafe(format!(
-        "{}
-         ORDER BY k.id DESC",
-        KERNEL_SUMMARY_SELECT.replace(
-            "FROM kernels k",
-            // Page first, then aggregate: OFFSET must not evaluate the
-            // per-kernel subqueries of the rows it skips.
-            "FROM (SELECT * FROM kernels WHERE ($2::text IS NULL OR tree = $2) AND ($3::text IS NULL OR branch = $3)
-                   ORDER BY id DESC LIMIT $4 OFFSET $5) k",
-        )
-    )))
+    sqlx::query_as::<_, KernelSummary>(concat!(
+        // Page first, then aggregate: OFFSET must not evaluate the
+        // per-kernel subqueries of the rows it skips.
+        kernel_summary_select!(
+            "(SELECT * FROM kernels WHERE ($2::text IS NULL OR tree = $2) AND ($3::text IS NULL OR branch = $3)
+                   ORDER BY id DESC LIMIT $4 OFFSET $5) k"
+        ),
+        "
+         ORDER BY k.id DESC"
+    ))
     .bind(plan)
     .bind(tree)
     .bind(branch)
@@ -519,9 +543,7 @@ pub async fn kernel_summaries(
 }
 
 pub async fn kernel_summary(pool: &PgPool, id: i64) -> Result<Option<KernelSummary>, sqlx::Error> {
-    sqlx::query_as::<_, KernelSummary>(sqlx::AssertSqlSafe(format!(
-        "{KERNEL_SUMMARY_SELECT} WHERE k.id = $2"
-    )))
+    sqlx::query_as::<_, KernelSummary>(concat!(kernel_summary_select!(), " WHERE k.id = $2"))
     .bind(None::<&str>)
     .bind(id)
     .fetch_optional(pool)
@@ -560,9 +582,10 @@ pub async fn kernels_by_commit(pool: &PgPool, prefix: &str) -> Result<Vec<Kernel
 }
 
 pub async fn for_kernel(pool: &PgPool, kernel: i64) -> Result<Vec<RunRow>, sqlx::Error> {
-    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
-        "{RUN_SELECT} WHERE r.kernel_id = $1 ORDER BY r.id"
-    )))
+    sqlx::query_as::<_, RunRow>(concat!(
+        run_select!(),
+        " WHERE r.kernel_id = $1 ORDER BY r.id"
+    ))
     .bind(kernel)
     .fetch_all(pool)
     .await

@@ -16,6 +16,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 
 use crate::config::{Fleet, Plan};
+use crate::jobs::JobState;
 use crate::mirror::Mirror;
 use crate::regressions;
 use crate::results::{self, Basis, KernelResult};
@@ -37,7 +38,7 @@ pub async fn after_job(state: &AppState, job: i64) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    if ["infra_error", "lost", "timed_out"].contains(&job_state.as_str()) {
+    if JobState::is_lab_failure_str(&job_state) {
         if let Some((retry, board)) =
             runs::retry_infra_failure(pool, job, plan.verdict.max_infra_retries).await?
         {

@@ -534,7 +534,11 @@ async fn reload_fleet(
     caller.require(Scope::Admin)?;
     let report = crate::reload::reload(&state, &format!("api:{}", caller.name))
         .await
-        .map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
+        .map_err(|e| match e.downcast::<sqlx::Error>() {
+            // The database failed, not the file: a server error.
+            Ok(db) => ApiError::from(db),
+            Err(e) => ApiError::BadRequest(format!("{e:#}")),
+        })?;
     Ok(Json(report))
 }
 

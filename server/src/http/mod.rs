@@ -38,7 +38,9 @@ pub fn app(state: AppState) -> Router {
                     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }))
-                .layer(PropagateRequestIdLayer::x_request_id()),
+                .layer(PropagateRequestIdLayer::x_request_id())
+                // Inside them: errors are logged and answered with the id.
+                .layer(axum::middleware::from_fn(error::with_request_id)),
         )
         .with_state(state)
 }

@@ -8,9 +8,11 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
 
 use crate::state::AppState;
 
@@ -61,17 +63,9 @@ pub async fn limit_writes(State(state): State<AppState>, req: Request, next: Nex
         .take(client, settings.rate_limit_per_s, settings.rate_limit_burst)
     {
         Ok(()) => next.run(req).await,
-        Err(wait) => {
-            let retry = wait.ceil().max(1.0) as u64;
-            let mut resp = (
-                StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(
-                    serde_json::json!({ "error": format!("rate limit: retry in {retry} s") }),
-                ),
-            )
-                .into_response();
-            resp.headers_mut().insert(header::RETRY_AFTER, retry.into());
-            resp
+        Err(wait) => ApiError::RateLimited {
+            retry_after_s: wait.ceil().max(1.0) as u64,
         }
+        .into_response(),
     }
 }

@@ -45,18 +45,26 @@ struct ErrorPage {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let message = self.0.to_string();
-        let api = self.0.into_response();
-        let status = api.status();
+        // A server error's detail goes to the log, not to the page.
+        let public = self.0.report();
+        let message = match &public.request_id {
+            Some(id) => format!("{} (request id {id})", public.message),
+            None => public.message,
+        };
+        let status = public.status;
         let page = ErrorPage {
             status: status.as_u16(),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            message,
+            message: message.clone(),
         };
-        match page.render() {
+        let mut resp = match page.render() {
             Ok(body) => (status, Html(body)).into_response(),
-            Err(_) => api,
+            Err(_) => (status, message).into_response(),
+        };
+        if let Some(id) = public.request_id.as_deref().and_then(|id| id.parse().ok()) {
+            resp.headers_mut().insert("x-request-id", id);
         }
+        resp
     }
 }
 
