@@ -114,11 +114,14 @@ struct JobExtra {
     board_host_kind: String,
     subject: Option<String>,
     facts: Value,
+    /// fleet.toml's `arch` of the board: a simulated board's facts are the
+    /// replaying host's, so its kernel's architecture is the declared one.
+    declared_arch: String,
 }
 
 async fn job_extras(pool: &PgPool, ids: &[i64]) -> Result<BTreeMap<i64, JobExtra>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT j.id, j.build_id, k.subject, b.facts, b.host_kind FROM jobs j
+        "SELECT j.id, j.build_id, k.subject, b.facts, b.host_kind, b.arch FROM jobs j
          JOIN kernels k ON k.id = j.kernel_id JOIN boards b ON b.name = j.board
          WHERE j.id = ANY($1)",
     )
@@ -133,6 +136,7 @@ async fn job_extras(pool: &PgPool, ids: &[i64]) -> Result<BTreeMap<i64, JobExtra
                 build_id: r.try_get("build_id")?,
                 board_host_kind: r.try_get("host_kind")?,
                 subject: r.try_get("subject")?,
+                declared_arch: r.try_get("arch")?,
                 facts: r
                     .try_get::<Option<Value>, _>("facts")?
                     .unwrap_or(Value::Null),
@@ -388,7 +392,11 @@ pub async fn kcidb(
             }
             checkouts.push(c);
         }
-        let board_arch = fact("arch").and_then(kernel_arch);
+        let board_arch = if job.simulated {
+            extra.and_then(|e| kernel_arch(&e.declared_arch))
+        } else {
+            fact("arch").and_then(kernel_arch)
+        };
         let build_id = match extra
             .and_then(|e| e.build_id)
             .and_then(|b| build_rows.get(&b))

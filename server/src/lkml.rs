@@ -420,8 +420,10 @@ pub fn render(f: &Facts, settings: &ReportSettings) -> String {
     if !trees.iter().any(|(t, b)| *t == f.tree && *b == f.branch) {
         trees.insert(0, (f.tree.clone(), f.branch.clone()));
     }
+    // A tree's URL stays on one line (it must stay clickable), its branch
+    // on the next.
     for (t, b) in &trees {
-        wrap(&mut s, "  tree:   ", &format!("{t} {b}"));
+        s.push_str(&format!("  tree:   {t}\n  branch: {b}\n"));
     }
     wrap(
         &mut s,

@@ -472,6 +472,7 @@ async fn lkml_report_is_pinned(
         format!("first bad: {} (\"commit 63\")", shas[63]),
         format!("last good: {} (\"commit 62\")", shas[62]),
         "tree: ".to_owned() + &bisection["bisection"]["tree"].as_str().unwrap().to_owned(),
+        "branch: ".to_owned() + bisection["bisection"]["branch"].as_str().unwrap(),
         "family: Ampere Altra (ampere-altra)".to_owned(),
         "board: altra-01, MIDR".to_owned(),
         format!("Cost: {} tested steps,", bisection["tested_steps"]),

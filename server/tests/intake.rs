@@ -406,9 +406,11 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
         incidents.iter().any(|i| i["test_id"] == failed_test["id"]),
         "the failed job's crash is an incident: {kcidb:#}"
     );
-    // No armfleet build here: the build says so, with the board's arch.
+    // No armfleet build here: the build says so, with the board's arch
+    // (a simulated Kunpeng's declared arm64, not the replaying host's).
     for b in kcidb["builds"].as_array().unwrap() {
         assert_eq!(b["misc"]["source"], "installed", "{b:#}");
+        assert_eq!(b["architecture"], "arm64", "{b:#}");
         assert!(b.get("compiler").is_none() && b.get("config_name").is_none());
     }
     kcidb_validate(dir.path(), &kcidb);
