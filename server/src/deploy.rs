@@ -176,8 +176,8 @@ pub async fn agent_report(
                 pool,
                 boot_id,
                 board,
-                &["deploying"],
-                "deploy_failed",
+                &[BootState::Deploying],
+                BootState::DeployFailed,
                 reason,
             )
             .await?;
@@ -203,8 +203,8 @@ pub async fn agent_report(
                 pool,
                 boot_id,
                 board,
-                &["deploying", "booting"],
-                "boot_failed",
+                &[BootState::Deploying, BootState::Booting],
+                BootState::BootFailed,
                 &why,
             )
             .await?;
@@ -241,8 +241,8 @@ pub async fn board_reported(
             pool,
             boot_id,
             board,
-            &["deploying", "booting"],
-            "booted",
+            &[BootState::Deploying, BootState::Booting],
+            BootState::Booted,
             &why,
         )
         .await?
@@ -262,31 +262,85 @@ pub async fn board_reported(
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "none".into())
         );
-        if end(pool, boot_id, board, &["booting"], "boot_failed", &why).await? {
+        if end(pool, boot_id, board, &[BootState::Booting], BootState::BootFailed, &why).await? {
             boot_failed(state, boot_id, &why).await?;
         }
     }
     Ok(())
 }
 
-/// Moves a boot from one of `from` to `to`; false when it was not in `from`
-/// (someone else ended it).
+/// The boot lifecycle: `deploying` (the agent installs the build) →
+/// `booting` (it rebooted into it) → `booted`, or `deploy_failed` /
+/// `boot_failed`. The ends are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootState {
+    Deploying,
+    Booting,
+    Booted,
+    BootFailed,
+    DeployFailed,
+}
+
+impl BootState {
+    pub const ALL: [BootState; 5] = [
+        BootState::Deploying,
+        BootState::Booting,
+        BootState::Booted,
+        BootState::BootFailed,
+        BootState::DeployFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootState::Deploying => "deploying",
+            BootState::Booting => "booting",
+            BootState::Booted => "booted",
+            BootState::BootFailed => "boot_failed",
+            BootState::DeployFailed => "deploy_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BootState> {
+        BootState::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+
+    /// The edges of the state machine. A board that went away while
+    /// deploying may come back booted (its "rebooting" report was lost).
+    pub fn can_move_to(self, to: BootState) -> bool {
+        use BootState::*;
+        matches!(
+            (self, to),
+            (Deploying, Booting | Booted | BootFailed | DeployFailed)
+                | (Booting, Booted | BootFailed)
+        )
+    }
+}
+
+/// Moves a boot from one of `from` to `to` (edges the state machine has);
+/// false when it was not in `from` (someone else ended it).
 async fn end(
     pool: &PgPool,
     boot_id: i64,
     board: &str,
-    from: &[&str],
-    to: &str,
+    from: &[BootState],
+    to: BootState,
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
-    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    let from: Vec<&str> = from
+        .iter()
+        .filter(|f| {
+            debug_assert!(f.can_move_to(to), "boot {f:?} -> {to:?} is no edge");
+            f.can_move_to(to)
+        })
+        .map(|f| f.as_str())
+        .collect();
     let n = sqlx::query(
         "UPDATE boots SET state = $3, reason = $4, ended_at = now()
          WHERE id = $1 AND board = $2 AND state = ANY($5)",
     )
     .bind(boot_id)
     .bind(board)
-    .bind(to)
+    .bind(to.as_str())
     .bind(reason)
     .bind(&from)
     .execute(pool)
@@ -393,8 +447,8 @@ async fn expire(state: &AppState) -> anyhow::Result<()> {
                 &state.pool,
                 boot_id,
                 &board,
-                &["deploying"],
-                "deploy_failed",
+                &[BootState::Deploying],
+                BootState::DeployFailed,
                 &why,
             )
             .await?
@@ -408,8 +462,8 @@ async fn expire(state: &AppState) -> anyhow::Result<()> {
             &state.pool,
             boot_id,
             &board,
-            &["booting", "deploying"],
-            "boot_failed",
+            &[BootState::Booting, BootState::Deploying],
+            BootState::BootFailed,
             &why,
         )
         .await?
@@ -443,4 +497,24 @@ async fn expire(state: &AppState) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod boot_state_tests {
+    use super::BootState::{self, *};
+
+    #[test]
+    fn a_boot_ends_once_and_its_ends_are_final() {
+        for s in BootState::ALL {
+            assert_eq!(BootState::parse(s.as_str()), Some(s));
+            assert!(!s.can_move_to(s));
+            for end in [Booted, BootFailed, DeployFailed] {
+                assert!(!end.can_move_to(s), "{end:?} is final");
+            }
+        }
+        assert!(Deploying.can_move_to(Booting));
+        assert!(Booting.can_move_to(BootFailed));
+        assert!(!Booting.can_move_to(DeployFailed), "a build that rebooted was installed");
+        assert!(!Booting.can_move_to(Deploying));
+    }
 }
