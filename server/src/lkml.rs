@@ -537,27 +537,18 @@ pub fn render(f: &Facts, settings: &ReportSettings) -> String {
         f.plan
     );
     match f.repro_job {
-        Some((j, false)) => {
-            wrap(
-                &mut s,
-                "  ",
-                &format!(
-                    "A standalone script (bash, QEMU, python3; nothing of armfleet) replays failing job {j}: its QEMU command lines, seed, holds and bandwidth, cycle by cycle, stopping at the first abort:"
-                ),
-            );
-            s.push_str(&format!("    {}/api/v1/jobs/{j}/repro.sh
-", f.base_url));
-        }
-        Some((j, true)) => {
-            wrap(
-                &mut s,
-                "  ",
-                &format!(
+        Some((j, simulated)) => {
+            let how = if simulated {
+                format!(
                     "{stress} Failing job {j} ran on a simulated board (no QEMU ran); a standalone script (bash, QEMU, python3; nothing of armfleet) runs its workload, with QEMU command lines generated from its parameters, its seed and holds, on an arm64 board with KVM, stopping at the first abort:"
-                ),
-            );
-            s.push_str(&format!("    {}/api/v1/jobs/{j}/repro.sh
-", f.base_url));
+                )
+            } else {
+                format!(
+                    "A standalone script (bash, QEMU, python3; nothing of armfleet) replays failing job {j}: its QEMU command lines, seed, holds and bandwidth, cycle by cycle, stopping at the first abort:"
+                )
+            };
+            wrap(&mut s, "  ", &how);
+            s.push_str(&format!("    {}/api/v1/jobs/{j}/repro.sh\n", f.base_url));
         }
         None => wrap(&mut s, "  ", &format!("No failing job to script. {stress}")),
     }

@@ -616,32 +616,22 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
     ));
     line("PROGRESS_TIMEOUT_S=\"${PROGRESS_TIMEOUT_S:-15}\"");
     line("");
-    match &tcg_args {
-        None => {
-            line("source_args() { # the source QEMU's arguments for VM number $i");
-            line(&format!("  ARGS=( {} )", src_args.join(" ")));
-            line("}");
-            line("destination_args() { # a destination's, for VM number $i");
-            line(&format!("  ARGS=( {} )", dest_args.join(" ")));
-            line("}");
-        }
-        Some((tcg_src, tcg_dest)) => {
-            line("source_args() { # the source QEMU's arguments for VM number $i");
-            line("  if [ \"$ACCEL\" = kvm ]; then");
-            line(&format!("    ARGS=( {} )", src_args.join(" ")));
-            line("  else");
-            line(&format!("    ARGS=( {} )", tcg_src.join(" ")));
-            line("  fi");
-            line("}");
-            line("destination_args() { # a destination's, for VM number $i");
-            line("  if [ \"$ACCEL\" = kvm ]; then");
-            line(&format!("    ARGS=( {} )", dest_args.join(" ")));
-            line("  else");
-            line(&format!("    ARGS=( {} )", tcg_dest.join(" ")));
-            line("  fi");
-            line("}");
-        }
-    }
+    let (tcg_src, tcg_dest) = match &tcg_args {
+        Some((s, d)) => (Some(s), Some(d)),
+        None => (None, None),
+    };
+    args_function(
+        &mut line,
+        "source_args() { # the source QEMU's arguments for VM number $i",
+        &src_args,
+        tcg_src,
+    );
+    args_function(
+        &mut line,
+        "destination_args() { # a destination's, for VM number $i",
+        &dest_args,
+        tcg_dest,
+    );
     line("");
     line("# The lines that make the executor stop (armfleet-triage's fatal starts).");
     line("FATAL_PATTERNS=(");
@@ -705,6 +695,23 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
     }
     line("finish");
     Ok(s)
+}
+
+/// A bash function setting `ARGS` to `args`; with `tcg`, to those when
+/// `$ACCEL` is not `kvm`.
+fn args_function(line: &mut impl FnMut(&str), header: &str, args: &[String], tcg: Option<&Vec<String>>) {
+    line(header);
+    match tcg {
+        None => line(&format!("  ARGS=( {} )", args.join(" "))),
+        Some(tcg) => {
+            line("  if [ \"$ACCEL\" = kvm ]; then");
+            line(&format!("    ARGS=( {} )", args.join(" ")));
+            line("  else");
+            line(&format!("    ARGS=( {} )", tcg.join(" ")));
+            line("  fi");
+        }
+    }
+    line("}");
 }
 
 /// `s` escaped for a double-quoted bash string.

@@ -49,7 +49,7 @@ impl IntoResponse for PageError {
         let public = self.0.report();
         let message = match &public.request_id {
             Some(id) => format!("{} (request id {id})", public.message),
-            None => public.message,
+            None => public.message.clone(),
         };
         let status = public.status;
         let page = ErrorPage {
@@ -61,9 +61,7 @@ impl IntoResponse for PageError {
             Ok(body) => (status, Html(body)).into_response(),
             Err(_) => (status, message).into_response(),
         };
-        if let Some(id) = public.request_id.as_deref().and_then(|id| id.parse().ok()) {
-            resp.headers_mut().insert("x-request-id", id);
-        }
+        public.add_headers(&mut resp);
         resp
     }
 }
