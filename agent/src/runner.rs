@@ -334,7 +334,8 @@ async fn run_job(ctx: JobContext, spec: JobSpec, cancel: CancellationToken) {
             accel: "none".into(),
             detail: format!("simulated board {board_name} (replayed logs)"),
             fallback: replay_fallback.then(|| {
-                "executor=auto fell back to replay: no arm64 QEMU or guest image on this host".into()
+                "executor=auto fell back to replay: no arm64 QEMU or guest image on this host"
+                    .into()
             }),
         })
     });

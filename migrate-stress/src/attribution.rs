@@ -94,7 +94,10 @@ mod tests {
             ])),
             Some(777)
         );
-        assert_eq!(named_thread(&lines(&["Kernel panic - not syncing: Fatal exception"])), None);
+        assert_eq!(
+            named_thread(&lines(&["Kernel panic - not syncing: Fatal exception"])),
+            None
+        );
     }
 
     #[test]

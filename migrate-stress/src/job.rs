@@ -753,7 +753,9 @@ async fn prepare(
             let free = facts.memory.pool(size_kib).map(|p| p.free).unwrap_or(0);
             let ok = free >= 3 * backing.pages_per_guest(params.memory_mib);
             if !ok {
-                logs.agent("not pre-starting destinations: fewer than 3 × guest RAM in free hugepages");
+                logs.agent(
+                    "not pre-starting destinations: fewer than 3 × guest RAM in free hugepages",
+                );
             }
             ok
         }

@@ -138,7 +138,9 @@ pub fn resolve_backing(
                 "memory_mib {memory_mib} is not a multiple of the {block} hugetlb page size"
             ));
         }
-        let b = Backing::Hugetlb { size_kib: block_kib };
+        let b = Backing::Hugetlb {
+            size_kib: block_kib,
+        };
         let need = b.pages_per_guest(memory_mib) * guests;
         let (total, free) = mem
             .pool(block_kib)
@@ -181,7 +183,10 @@ pub fn resolve_backing(
             )),
         },
         Want::Pages => {
-            if matches!(mem.shmem_thp.as_str(), "always" | "within_size" | "advise" | "force") {
+            if matches!(
+                mem.shmem_thp.as_str(),
+                "always" | "within_size" | "advise" | "force"
+            ) {
                 Err(format!(
                     "memory_backing=pages but shared-memory THP is '{}' on this host, which can still give blocks (echo never > /sys/kernel/mm/transparent_hugepage/shmem_enabled)",
                     mem.shmem_thp
@@ -189,7 +194,8 @@ pub fn resolve_backing(
             } else {
                 Ok((
                     Backing::SharedPages,
-                    "pages only (shared memory without hugepages): stage 2 cannot use blocks here".into(),
+                    "pages only (shared memory without hugepages): stage 2 cannot use blocks here"
+                        .into(),
                 ))
             }
         }
@@ -197,7 +203,11 @@ pub fn resolve_backing(
 }
 
 fn thp_name(mode: &str) -> &str {
-    if mode.is_empty() { "not available" } else { mode }
+    if mode.is_empty() {
+        "not available"
+    } else {
+        mode
+    }
 }
 
 /// Everything that shapes one QEMU command line.
@@ -481,7 +491,10 @@ mod tests {
         // Neither: a clear error naming both.
         let m = mem(4, "never", &[(2048, 0, 0)]);
         let e = resolve_backing(Some(Block), false, &m, 256, 2).unwrap_err();
-        assert!(e.contains("0 free 2M hugetlb pages, 256 needed") && e.contains("THP is never"), "{e}");
+        assert!(
+            e.contains("0 free 2M hugetlb pages, 256 needed") && e.contains("THP is never"),
+            "{e}"
+        );
         // 64K pages: blocks are 512M, and a 256 MiB guest cannot be hugetlb-backed.
         let m = mem(64, "never", &[(524288, 8, 8)]);
         let e = resolve_backing(Some(Hugetlb), false, &m, 256, 2).unwrap_err();
@@ -502,8 +515,15 @@ mod tests {
         assert!(resolve_backing(Some(Pages), false, &m, 256, 2).is_err());
         // The older spelling.
         let m = mem(4, "never", &[(2048, 0, 0)]);
-        assert!(resolve_backing(None, true, &m, 256, 2).unwrap_err().contains("memory_backing=hugetlb"));
-        assert_eq!(resolve_backing(None, false, &m, 256, 2).unwrap().0, Backing::Anonymous);
+        assert!(
+            resolve_backing(None, true, &m, 256, 2)
+                .unwrap_err()
+                .contains("memory_backing=hugetlb")
+        );
+        assert_eq!(
+            resolve_backing(None, false, &m, 256, 2).unwrap().0,
+            Backing::Anonymous
+        );
     }
 
     #[test]
@@ -514,10 +534,19 @@ mod tests {
         p.gic_version = Some(3);
         p.eager_split_size = None;
         let s = joined(&p, false);
-        assert!(s.contains("-machine virt,gic-version=3,memory-backend=mem0"), "{s}");
+        assert!(
+            s.contains("-machine virt,gic-version=3,memory-backend=mem0"),
+            "{s}"
+        );
         assert!(s.contains("-accel kvm,dirty-ring-size=4096"), "{s}");
-        assert!(s.contains("memory-backend-memfd,id=mem0,size=256M,share=on"), "{s}");
-        assert!(s.contains("armfleet.threads=0 armfleet.seed=7 armfleet.verify=1"), "{s}");
+        assert!(
+            s.contains("memory-backend-memfd,id=mem0,size=256M,share=on"),
+            "{s}"
+        );
+        assert!(
+            s.contains("armfleet.threads=0 armfleet.seed=7 armfleet.verify=1"),
+            "{s}"
+        );
     }
 
     fn joined(p: &VmProfile, incoming: bool) -> String {

@@ -677,9 +677,14 @@ fn inject_host_line(
     tokio::spawn(async move {
         for _ in 0..1200 {
             let procs = procs_mentioning(&needle);
-            let qemus: Vec<_> = procs.iter().filter(|(_, c)| c.contains("qemu-system")).collect();
+            let qemus: Vec<_> = procs
+                .iter()
+                .filter(|(_, c)| c.contains("qemu-system"))
+                .collect();
             let source = qemus.iter().find(|(_, c)| !c.contains("-incoming"));
-            if let (Some((pid, _)), true) = (source, qemus.iter().any(|(_, c)| c.contains("-incoming"))) {
+            if let (Some((pid, _)), true) =
+                (source, qemus.iter().any(|(_, c)| c.contains("-incoming")))
+            {
                 return std::fs::write("/dev/kmsg", format!("<3>{}\n", line(*pid))).is_ok();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -707,9 +712,25 @@ async fn a_host_message_is_the_failure_of_the_job_whose_qemu_it_names() {
     });
     let (r, c) = run_job(&env, &params, CancellationToken::new()).await;
     assert!(writer.await.unwrap(), "could not write /dev/kmsg");
-    assert_eq!(r, JobResult::Passed { cycles_completed: 4 }, "{}", c.dump());
-    assert!(c.dmesg.contains("kvm [1]: Unexpected abort injected"), "{}", c.dmesg);
-    assert!(c.agent.contains("names thread 1, which belongs to none of this job's QEMU processes"), "{}", c.agent);
+    assert_eq!(
+        r,
+        JobResult::Passed {
+            cycles_completed: 4
+        },
+        "{}",
+        c.dump()
+    );
+    assert!(
+        c.dmesg.contains("kvm [1]: Unexpected abort injected"),
+        "{}",
+        c.dmesg
+    );
+    assert!(
+        c.agent
+            .contains("names thread 1, which belongs to none of this job's QEMU processes"),
+        "{}",
+        c.agent
+    );
 
     let env = env_for("arm64", "attribution-ours").unwrap();
     let writer = inject_host_line(env.work_dir.display().to_string(), |pid| {
@@ -719,7 +740,10 @@ async fn a_host_message_is_the_failure_of_the_job_whose_qemu_it_names() {
     assert!(writer.await.unwrap());
     match r {
         JobResult::Failed { reason, .. } => assert!(reason.contains("kvm ["), "{reason}"),
-        other => panic!("a host abort naming the job's QEMU must fail it: {other:?}\n{}", c.dump()),
+        other => panic!(
+            "a host abort naming the job's QEMU must fail it: {other:?}\n{}",
+            c.dump()
+        ),
     }
     assert_no_leftovers(&env);
 }

@@ -137,9 +137,9 @@ macro_rules! build_select {
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<BuildRow>, sqlx::Error> {
     sqlx::query_as(concat!(build_select!(), " FROM builds WHERE id = $1"))
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The builds of a kernel's jobs.

@@ -605,13 +605,15 @@ impl Fleet {
                 .unwrap_or_default();
             let params: MigrateCancelParams = match raw_plan.params {
                 None => MigrateCancelParams::default(),
-                Some(t) => toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| {
-                    at(
-                        span.clone(),
-                        "plan.params",
-                        format!("plan `{name}`: {}", e.message().trim()),
-                    )
-                })?,
+                Some(t) => toml::Value::Table(t)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        at(
+                            span.clone(),
+                            "plan.params",
+                            format!("plan `{name}`: {}", e.message().trim()),
+                        )
+                    })?,
             };
             if params.cycles == 0 {
                 return Err(at(
@@ -765,7 +767,10 @@ impl Fleet {
                 .iter()
                 .filter_map(|b| {
                     let family = boards.iter().find(|x| &x.name == b)?.family;
-                    Some((b.clone(), profiles.get(&family).cloned().unwrap_or_default()))
+                    Some((
+                        b.clone(),
+                        profiles.get(&family).cloned().unwrap_or_default(),
+                    ))
                 })
                 .collect();
             plans.push(Plan {

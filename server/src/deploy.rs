@@ -262,7 +262,16 @@ pub async fn board_reported(
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "none".into())
         );
-        if end(pool, boot_id, board, &[BootState::Booting], BootState::BootFailed, &why).await? {
+        if end(
+            pool,
+            boot_id,
+            board,
+            &[BootState::Booting],
+            BootState::BootFailed,
+            &why,
+        )
+        .await?
+        {
             boot_failed(state, boot_id, &why).await?;
         }
     }
@@ -514,7 +523,10 @@ mod boot_state_tests {
         }
         assert!(Deploying.can_move_to(Booting));
         assert!(Booting.can_move_to(BootFailed));
-        assert!(!Booting.can_move_to(DeployFailed), "a build that rebooted was installed");
+        assert!(
+            !Booting.can_move_to(DeployFailed),
+            "a build that rebooted was installed"
+        );
         assert!(!Booting.can_move_to(Deploying));
     }
 }

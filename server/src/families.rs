@@ -148,7 +148,11 @@ fn block_name(page_kib: u64) -> String {
 
 /// `0x481fd010` → 0x481fd010.
 pub fn parse_midr(s: &str) -> Option<u32> {
-    u32::from_str_radix(s.trim().trim_start_matches("0x").trim_start_matches("0X"), 16).ok()
+    u32::from_str_radix(
+        s.trim().trim_start_matches("0x").trim_start_matches("0X"),
+        16,
+    )
+    .ok()
 }
 
 /// A `[[family]]` table of fleet.toml.
@@ -176,17 +180,23 @@ impl RawFamily {
             }
         }
         if let Some(g) = self.gic_version.filter(|g| ![2, 3, 4].contains(g)) {
-            return Err(format!("family `{name}`: gic_version must be 2, 3 or 4, not {g}"));
+            return Err(format!(
+                "family `{name}`: gic_version must be 2, 3 or 4, not {g}"
+            ));
         }
         if let Some(p) = self.page_size_kib.filter(|p| ![4, 16, 64].contains(p)) {
-            return Err(format!("family `{name}`: page_size_kib must be 4, 16 or 64, not {p}"));
+            return Err(format!(
+                "family `{name}`: page_size_kib must be 4, 16 or 64, not {p}"
+            ));
         }
         if let Some(t) = self
             .thp
             .as_deref()
             .filter(|t| !["always", "madvise", "never"].contains(t))
         {
-            return Err(format!("family `{name}`: thp must be always, madvise or never, not `{t}`"));
+            return Err(format!(
+                "family `{name}`: thp must be always, madvise or never, not `{t}`"
+            ));
         }
         if self.vcpus == Some(0) || self.vcpus.is_some_and(|v| v > 64) {
             return Err(format!("family `{name}`: vcpus must be within 1..=64"));
@@ -229,10 +239,16 @@ mod tests {
     #[test]
     fn a_board_that_is_not_what_its_family_says_is_warned_about() {
         let p = FamilyProfile::builtin(Family::Kunpeng920);
-        assert!(p.check(Family::Kunpeng920, &facts("0x48", "0xd01", 4, "madvise")).is_empty());
+        assert!(
+            p.check(Family::Kunpeng920, &facts("0x48", "0xd01", 4, "madvise"))
+                .is_empty()
+        );
         let w = p.check(Family::Kunpeng920, &facts("0x41", "0xd0c", 64, "madvise"));
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("MIDR mismatch") && w[0].contains("0x41") && w[0].contains("0xd0c"), "{w:?}");
+        assert!(
+            w[0].contains("MIDR mismatch") && w[0].contains("0x41") && w[0].contains("0xd0c"),
+            "{w:?}"
+        );
         assert!(w[1].contains("64K pages") && w[1].contains("512M"), "{w:?}");
     }
 
@@ -254,6 +270,10 @@ mod tests {
         assert_eq!(params.gic_version, Some(3));
         assert_eq!(params.memory_mib, MigrateCancelParams::default().memory_mib);
         let bad: RawFamily = toml::from_str("name = \"rpi5\"\npage_size_kib = 8\n").unwrap();
-        assert!(bad.profile().unwrap_err().contains("page_size_kib must be 4, 16 or 64"));
+        assert!(
+            bad.profile()
+                .unwrap_err()
+                .contains("page_size_kib must be 4, 16 or 64")
+        );
     }
 }

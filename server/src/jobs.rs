@@ -729,7 +729,10 @@ macro_rules! job_columns {
 /// A [`JobRow`] query up to its `WHERE`.
 macro_rules! job_select {
     () => {
-        concat!(job_columns!(), "\n     FROM jobs j JOIN kernels k ON k.id = j.kernel_id")
+        concat!(
+            job_columns!(),
+            "\n     FROM jobs j JOIN kernels k ON k.id = j.kernel_id"
+        )
     };
 }
 
@@ -741,13 +744,10 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> 
 }
 
 pub async fn for_run(pool: &PgPool, run: i64) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as::<_, JobRow>(concat!(
-        job_select!(),
-        " WHERE j.run_id = $1 ORDER BY j.id"
-    ))
-    .bind(run)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as::<_, JobRow>(concat!(job_select!(), " WHERE j.run_id = $1 ORDER BY j.id"))
+        .bind(run)
+        .fetch_all(pool)
+        .await
 }
 
 /// The job each board is busy with (newest active one).
@@ -1124,9 +1124,16 @@ pub async fn path_totals(pool: &PgPool, jobs: &[i64]) -> Result<Vec<PathTotals>,
     macro_rules! total {
         ($f:literal) => {
             concat!(
-                "CASE WHEN count(record->'path'->'", $f, "') FILTER (WHERE jsonb_typeof(record->'path'->'", $f, "') = 'number')
+                "CASE WHEN count(record->'path'->'",
+                $f,
+                "') FILTER (WHERE jsonb_typeof(record->'path'->'",
+                $f,
+                "') = 'number')
                        = count(record->'path') AND count(record->'path') > 0
-                  THEN sum((record->'path'->>'", $f, "')::int8)::int8 END AS ", $f
+                  THEN sum((record->'path'->>'",
+                $f,
+                "')::int8)::int8 END AS ",
+                $f
             )
         };
     }

@@ -50,7 +50,9 @@ impl RegressionState {
         use RegressionState::*;
         matches!(
             (self, to),
-            (Open, Confirmed | Bisected | Fixed) | (Confirmed, Bisected | Fixed) | (Bisected, Fixed)
+            (Open, Confirmed | Bisected | Fixed)
+                | (Confirmed, Bisected | Fixed)
+                | (Bisected, Fixed)
         )
     }
 
@@ -236,7 +238,10 @@ mod tests {
         assert!(Confirmed.can_move_to(Bisected));
         assert!(!Bisected.can_move_to(Confirmed));
         assert!(!Confirmed.can_move_to(Open));
-        assert_eq!(RegressionState::sources_of(Fixed), ["open", "confirmed", "bisected"]);
+        assert_eq!(
+            RegressionState::sources_of(Fixed),
+            ["open", "confirmed", "bisected"]
+        );
         assert_eq!(RegressionState::sources_of(Bisected), ["open", "confirmed"]);
         for s in RegressionState::ALL {
             assert_eq!(RegressionState::parse(s.as_str()), Some(s));

@@ -73,9 +73,10 @@ pub async fn load(pool: &PgPool, job_id: i64, base_url: &str) -> Result<Recorded
     })?;
     let Task::MigrateCancel(params) = spec.task;
     let from_plan = if simulated {
-        Some(PlanCommands::for_params(&params, job_id).map_err(|what| {
-            ReproError::NotRecorded { job: job_id, what }
-        })?)
+        Some(
+            PlanCommands::for_params(&params, job_id)
+                .map_err(|what| ReproError::NotRecorded { job: job_id, what })?,
+        )
     } else {
         None
     };
@@ -416,7 +417,10 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
     // without KVM/arm64 (`ACCEL=tcg`).
     let tcg_args = from_plan.map(|plan| {
         let tcg_dir = job_dir(&plan.tcg[0]).unwrap_or_default();
-        (template(&plan.tcg[0], &tcg_dir), template(&plan.tcg[1], &tcg_dir))
+        (
+            template(&plan.tcg[0], &tcg_dir),
+            template(&plan.tcg[1], &tcg_dir),
+        )
     });
     let schedule = p.delay_schedule();
     let kvm = source
@@ -596,14 +600,19 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
         line("# ACCEL: kvm on an arm64 host with a usable /dev/kvm, else tcg.");
         line("ACCEL=\"${ACCEL:-auto}\"");
         line("if [ \"$ACCEL\" = auto ]; then");
-        line("  if [ \"$(uname -m)\" = aarch64 ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=kvm; else ACCEL=tcg; fi");
+        line(
+            "  if [ \"$(uname -m)\" = aarch64 ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=kvm; else ACCEL=tcg; fi",
+        );
         line("fi");
     }
     line(&format!("SEED={}", p.seed));
     line(&format!("BANDWIDTH_MIB_S={}", p.bandwidth_mib_s));
     line(&format!("DOWNTIME_LIMIT_MS={}", p.downtime_limit_ms));
     line(&format!("DIRTY_PERCENT={}", p.dirty_percent));
-    line(&format!("DWELL_AFTER_CANCEL_MS={}", p.dwell_after_cancel_ms));
+    line(&format!(
+        "DWELL_AFTER_CANCEL_MS={}",
+        p.dwell_after_cancel_ms
+    ));
     line(&format!(
         "BOOT_TIMEOUT_S=\"${{BOOT_TIMEOUT_S:-{}}}\"",
         if from_plan.is_some() {
@@ -651,7 +660,9 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
     }
     if from_plan.is_some() {
         line("if [ \"$ACCEL\" = kvm ]; then need_kvm; else");
-        line("  say \"WARNING: no KVM/arm64 here (ACCEL=$ACCEL): the guests run under TCG, which\"");
+        line(
+            "  say \"WARNING: no KVM/arm64 here (ACCEL=$ACCEL): the guests run under TCG, which\"",
+        );
         line("  say \"  checks the mechanics but cannot show a stage-2 bug\"");
         line("fi");
     } else if kvm {
@@ -699,7 +710,12 @@ pub fn render(rec: &Recorded) -> Result<String, ReproError> {
 
 /// A bash function setting `ARGS` to `args`; with `tcg`, to those when
 /// `$ACCEL` is not `kvm`.
-fn args_function(line: &mut impl FnMut(&str), header: &str, args: &[String], tcg: Option<&Vec<String>>) {
+fn args_function(
+    line: &mut impl FnMut(&str),
+    header: &str,
+    args: &[String],
+    tcg: Option<&Vec<String>>,
+) {
     line(header);
     match tcg {
         None => line(&format!("  ARGS=( {} )", args.join(" "))),

@@ -140,7 +140,11 @@ impl KernelResult {
     /// trace shows no block re-install never reach a verdict; simulated
     /// cycles do only where every job of the record is simulated by design.
     pub fn countable(&self, count_untraced: bool) -> (i64, i64, Basis) {
-        let untraced = if count_untraced { self.untraced_cycles } else { 0 };
+        let untraced = if count_untraced {
+            self.untraced_cycles
+        } else {
+            0
+        };
         let real = self.path_cycles + untraced + self.kvm_failed;
         if real > 0 {
             let basis = if self.path_cycles > 0 || untraced == 0 {

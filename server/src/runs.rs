@@ -347,10 +347,7 @@ pub async fn retry_infra_failure(
             .bind(job)
             .fetch_one(&mut *tx)
             .await?;
-    if already
-        || attempt as u32 > max_retries
-        || !JobState::is_lab_failure_str(&state)
-    {
+    if already || attempt as u32 > max_retries || !JobState::is_lab_failure_str(&state) {
         return Ok(None);
     }
     let spec: JobSpec = match serde_json::from_value(row.get("spec")) {
@@ -411,9 +408,9 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<RunRow>, sqlx::Error> 
 
 pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<RunRow>, sqlx::Error> {
     sqlx::query_as::<_, RunRow>(concat!(run_select!(), " ORDER BY r.id DESC LIMIT $1"))
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 // ---- dashboard reads (appended for the web pages; read-only) ----
@@ -544,10 +541,10 @@ pub async fn kernel_summaries(
 
 pub async fn kernel_summary(pool: &PgPool, id: i64) -> Result<Option<KernelSummary>, sqlx::Error> {
     sqlx::query_as::<_, KernelSummary>(concat!(kernel_summary_select!(), " WHERE k.id = $2"))
-    .bind(None::<&str>)
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+        .bind(None::<&str>)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The (tree, branch) pairs kernels were tested on, with their kernel counts.

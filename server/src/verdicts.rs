@@ -227,15 +227,29 @@ pub async fn decide(
         if basis == Basis::None {
             let report = armfleet_stats::verdict(Evidence::default(), Evidence::default(), &cfg);
             let why = not_exercised(cand, count_untraced);
-            store(pool, kernel, cand, plan, baseline, &baseline_reason, "not-exercised", basis, &report, Evidence::default(), &why)
-                .await?;
+            store(
+                pool,
+                kernel,
+                cand,
+                plan,
+                baseline,
+                &baseline_reason,
+                "not-exercised",
+                basis,
+                &report,
+                Evidence::default(),
+                &why,
+            )
+            .await?;
             continue;
         }
         // The baseline counts only evidence of the same kind: real cycles
         // against real, simulated against simulated.
         let base_ev = base
             .map(|b| b.countable(count_untraced))
-            .filter(|(_, _, b)| (*b == Basis::Simulated) == (basis == Basis::Simulated) && *b != Basis::None)
+            .filter(|(_, _, b)| {
+                (*b == Basis::Simulated) == (basis == Basis::Simulated) && *b != Basis::None
+            })
             .map(|(f, n, _)| Evidence::new(f as u64, n as u64))
             .unwrap_or_default();
         let cand_ev = Evidence::new(cand_failed as u64, cand_cycles as u64);
@@ -247,7 +261,11 @@ pub async fn decide(
             .map(|b| b.name.clone())
             .collect();
         let mut verdict = report.verdict;
-        let mut explanation = format!("{} {}", report.explanation, rests_on(cand, basis, cand_cycles));
+        let mut explanation = format!(
+            "{} {}",
+            report.explanation,
+            rests_on(cand, basis, cand_cycles)
+        );
         let mut extend_on = family_boards.clone();
         let failing = failing_boards(pool, kernel, &plan.name, &cand.family).await?;
         if verdict == Verdict::Regression && family_boards.len() >= 2 && failing.len() < 2 {
@@ -373,7 +391,11 @@ fn not_exercised(r: &KernelResult, count_untraced: bool) -> String {
     format!(
         "Not exercised: {} cycle(s) ran, none could show the bug ({}). A verdict needs cycles under KVM on an arm64 host whose trace shows stage-2 blocks re-installed after the cancel.",
         r.cycles_run,
-        if parts.is_empty() { "nothing finished".into() } else { parts.join("; ") }
+        if parts.is_empty() {
+            "nothing finished".into()
+        } else {
+            parts.join("; ")
+        }
     )
 }
 
@@ -381,7 +403,9 @@ fn not_exercised(r: &KernelResult, count_untraced: bool) -> String {
 fn rests_on(r: &KernelResult, basis: Basis, counted: i64) -> String {
     let skipped = r.cycles_run - counted;
     let skipped = if skipped > 0 && basis != Basis::Simulated {
-        format!(" {skipped} other cycle(s) ran but do not count (TCG, fallback, or no block re-install seen).")
+        format!(
+            " {skipped} other cycle(s) ran but do not count (TCG, fallback, or no block re-install seen)."
+        )
     } else {
         String::new()
     };
@@ -393,7 +417,9 @@ fn rests_on(r: &KernelResult, basis: Basis, counted: i64) -> String {
         Basis::Untraced => format!(
             "Rests on {counted} KVM cycle(s) whose host could not be traced (counted because the plan allows it).{skipped}"
         ),
-        Basis::Simulated => format!("Rests on {counted} simulated cycle(s): replayed logs, not a kernel."),
+        Basis::Simulated => {
+            format!("Rests on {counted} simulated cycle(s): replayed logs, not a kernel.")
+        }
         Basis::None => String::new(),
     }
 }
@@ -683,8 +709,15 @@ async fn regression_lifecycle(
                 plan: &plan.name,
                 bad_kernel_id: k.id,
             };
-            regressions::record(pool, &key, baseline, signature.as_deref(), confirmed, &evidence)
-                .await?;
+            regressions::record(
+                pool,
+                &key,
+                baseline,
+                signature.as_deref(),
+                confirmed,
+                &evidence,
+            )
+            .await?;
         }
         Verdict::Pass | Verdict::Fixed => {
             // A later kernel on the branch that passes with enough cycles
@@ -696,7 +729,10 @@ async fn regression_lifecycle(
                 &cand.family,
                 &plan.name,
                 k.id,
-                &format!("kernel {} passes: {evidence}", &k.commit[..12.min(k.commit.len())]),
+                &format!(
+                    "kernel {} passes: {evidence}",
+                    &k.commit[..12.min(k.commit.len())]
+                ),
             )
             .await?;
         }

@@ -466,7 +466,10 @@ async fn a_board_that_is_not_what_its_family_says_is_flagged() {
     let board = ok(&app, "/boards/kunpeng-01").await;
     assert!(board.contains("MIDR mismatch"), "{board}");
     assert!(board.contains("implementer 0x41 part 0xd0c"), "{board}");
-    assert!(board.contains("64K pages (512.0 MiB blocks)") || board.contains("64K pages ("), "{board}");
+    assert!(
+        board.contains("64K pages (512.0 MiB blocks)") || board.contains("64K pages ("),
+        "{board}"
+    );
     assert!(board.contains("page size mismatch"), "{board}");
     let (status, _, api) = get(&app, "/api/v1/boards").await;
     assert_eq!(status, StatusCode::OK);

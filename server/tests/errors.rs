@@ -99,20 +99,27 @@ async fn an_internal_error_answers_a_request_id_and_logs_the_detail() {
     assert!(!text.contains("audit_log"), "SQL error text leaked: {text}");
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["error"], "internal error", "{body}");
-    let id = body["request_id"].as_str().expect("a request id").to_owned();
+    let id = body["request_id"]
+        .as_str()
+        .expect("a request id")
+        .to_owned();
     assert_eq!(id, header);
     assert!(id.len() >= 16, "{id}");
 
     // The log has the detail under that id.
-    let line = wait_for("the error in the log", std::time::Duration::from_secs(5), || {
-        let text = log.text();
-        let id = id.clone();
-        async move {
-            text.lines()
-                .find(|l| l.contains(&id) && l.contains(SQL_DETAIL))
-                .map(str::to_owned)
-        }
-    })
+    let line = wait_for(
+        "the error in the log",
+        std::time::Duration::from_secs(5),
+        || {
+            let text = log.text();
+            let id = id.clone();
+            async move {
+                text.lines()
+                    .find(|l| l.contains(&id) && l.contains(SQL_DETAIL))
+                    .map(str::to_owned)
+            }
+        },
+    )
     .await;
     assert!(line.contains("ERROR"), "{line}");
     assert!(line.contains("audit_log"), "{line}");
@@ -149,9 +156,15 @@ async fn an_internal_error_answers_a_request_id_and_logs_the_detail() {
     let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let html = r.text().await.unwrap();
     assert!(!html.contains(SQL_DETAIL), "SQL error text leaked: {html}");
-    assert!(!html.contains("signatures_gone") && !html.contains("relation"), "{html}");
+    assert!(
+        !html.contains("signatures_gone") && !html.contains("relation"),
+        "{html}"
+    );
     assert!(html.contains("internal error"), "{html}");
-    assert!(html.contains(&id), "the page shows the request id {id}: {html}");
+    assert!(
+        html.contains(&id),
+        "the page shows the request id {id}: {html}"
+    );
     assert!(
         log.text()
             .lines()

@@ -105,7 +105,10 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
         agent.contains("TCG"),
         "a TCG run says it does not exercise KVM: {agent}"
     );
-    assert!(agent.contains("stage-2 path counters: not applicable"), "{agent}");
+    assert!(
+        agent.contains("stage-2 path counters: not applicable"),
+        "{agent}"
+    );
     // The kernel's record: 20 cycles, none of them evidence of the path.
     let record = wait_for("the kernel's record", Duration::from_secs(60), || async {
         let k = server
@@ -120,7 +123,10 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
     assert_eq!(record["path_cycles"], 0, "{record}");
     // accel = "auto" fell back to TCG: recorded as such, and never a pass.
     assert!(
-        done["fallback"].as_str().unwrap_or("").contains("fell back to TCG"),
+        done["fallback"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fell back to TCG"),
         "{}",
         done["fallback"]
     );
@@ -136,7 +142,10 @@ async fn an_api_run_drives_real_migrate_cancel_cycles_through_a_real_agent() {
     assert_eq!(verdict["basis"], "none", "{verdict}");
     assert_eq!(verdict["cycles_run"], 0, "no cycle counted: {verdict}");
     let why = verdict["explanation"].as_str().unwrap();
-    assert!(why.contains("20 cycle(s) ran") && why.contains("under TCG"), "{why}");
+    assert!(
+        why.contains("20 cycle(s) ran") && why.contains("under TCG"),
+        "{why}"
+    );
     server.stop().await;
 }
 

@@ -188,7 +188,11 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
     })
     .await;
     assert_eq!(record["kvm_cycles"], 3, "{record}");
-    assert_eq!(record["host_kinds"], serde_json::json!(["emulated"]), "{record}");
+    assert_eq!(
+        record["host_kinds"],
+        serde_json::json!(["emulated"]),
+        "{record}"
+    );
     let after: u64 = cycles
         .iter()
         .map(|c| c["path"]["block_maps_after_cancel"].as_u64().unwrap())
@@ -420,7 +424,10 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
     };
     let mut toml = fleet_toml(
         &[("vboard-01", "virt-arm64", key.public.as_str())],
-        &format!("[plan.params]\n{}", stress(3, "memory_backing = \"block\"\n")),
+        &format!(
+            "[plan.params]\n{}",
+            stress(3, "memory_backing = \"block\"\n")
+        ),
     );
     for (name, cycles, extra) in [("pages", 2, "memory_backing = \"pages\"\n")] {
         toml.push_str(&format!(
@@ -429,8 +436,14 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
         ));
     }
     let server = TestServer::start(&toml).await;
-    let _agent = server.controller_agent("vboard-01", &key.path, &vboard.ssh_board_toml(&vboard.host_key()));
-    server.wait_board("vboard-01", "idle", Duration::from_secs(120)).await;
+    let _agent = server.controller_agent(
+        "vboard-01",
+        &key.path,
+        &vboard.ssh_board_toml(&vboard.host_key()),
+    );
+    server
+        .wait_board("vboard-01", "idle", Duration::from_secs(120))
+        .await;
     let facts = &server.get_json("/api/v1/boards").await["boards"][0]["facts"];
     assert_eq!(facts["memory"]["page_size_kib"], 4, "{facts}");
     assert!(facts["memory"]["thp"].is_string(), "{facts}");
@@ -443,7 +456,10 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
     let agent_log = job_log(&server, job, "agent").await;
     assert!(agent_log.contains("memory: block-backed"), "{agent_log}");
     let console = job_log(&server, job, "guest_console").await;
-    assert!(console.contains("threads=2") && console.contains("verify=1"), "{console}");
+    assert!(
+        console.contains("threads=2") && console.contains("verify=1"),
+        "{console}"
+    );
     let after: u64 = done["cycles"]
         .as_array()
         .unwrap()
@@ -451,15 +467,25 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
         .map(|c| c["path"]["block_maps_after_cancel"].as_u64().unwrap())
         .sum();
     assert!(after > 0, "no block re-installed after any cancel: {done}");
-    let v = wait_for("the block plan's verdict", Duration::from_secs(60), || async {
-        let k = server.get_json(&format!("/api/v1/kernels/{BLOCK}")).await;
-        let v = k["kernels"][0]["verdicts"][0].clone();
-        v["basis"].is_string().then_some(v)
-    })
+    let v = wait_for(
+        "the block plan's verdict",
+        Duration::from_secs(60),
+        || async {
+            let k = server.get_json(&format!("/api/v1/kernels/{BLOCK}")).await;
+            let v = k["kernels"][0]["verdicts"][0].clone();
+            v["basis"].is_string().then_some(v)
+        },
+    )
     .await;
     assert_eq!(v["basis"], "path", "{v}");
     assert_ne!(v["verdict"], "not-exercised", "{v}");
-    assert!(v["explanation"].as_str().unwrap().contains("reached the stage-2 path"), "{v}");
+    assert!(
+        v["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("reached the stage-2 path"),
+        "{v}"
+    );
 
     // Pages only: KVM ran, nothing re-installed, so no verdict but
     // `not-exercised`.
@@ -469,14 +495,24 @@ async fn block_backed_stress_reaches_the_stage2_path_and_a_pages_only_plan_is_no
     for c in done["cycles"].as_array().unwrap() {
         assert_eq!(c["path"]["block_maps_after_cancel"], 0, "{c}");
     }
-    let v = wait_for("the pages plan's verdict", Duration::from_secs(60), || async {
-        let k = server.get_json(&format!("/api/v1/kernels/{PAGES}")).await;
-        let v = k["kernels"][0]["verdicts"][0].clone();
-        v["verdict"].is_string().then_some(v)
-    })
+    let v = wait_for(
+        "the pages plan's verdict",
+        Duration::from_secs(60),
+        || async {
+            let k = server.get_json(&format!("/api/v1/kernels/{PAGES}")).await;
+            let v = k["kernels"][0]["verdicts"][0].clone();
+            v["verdict"].is_string().then_some(v)
+        },
+    )
     .await;
     assert_eq!(v["verdict"], "not-exercised", "{v}");
-    assert!(v["explanation"].as_str().unwrap().contains("2 under KVM on arm64"), "{v}");
+    assert!(
+        v["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("2 under KVM on arm64"),
+        "{v}"
+    );
 
     server.stop().await;
 }

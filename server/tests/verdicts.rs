@@ -155,7 +155,11 @@ async fn a_replay_fallback_never_makes_a_pass() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "altra-01").await;
     let plan = "[plan.params]\ncycles = 50\nreplay_cycle_ms = 1\n";
-    let server = TestServer::start(&fleet_toml(&[("altra-01", "ampere-altra", &key.public)], plan)).await;
+    let server = TestServer::start(&fleet_toml(
+        &[("altra-01", "ampere-altra", &key.public)],
+        plan,
+    ))
+    .await;
     let no_guest = dir.path().join("no-guest-here");
     let _agent = server.agent_with_env(
         "altra-01",
@@ -167,7 +171,9 @@ async fn a_replay_fallback_never_makes_a_pass() {
             ("ARMFLEET_QEMU_AARCH64", "/nonexistent/qemu-system-aarch64"),
         ],
     );
-    server.wait_board("altra-01", "idle", Duration::from_secs(20)).await;
+    server
+        .wait_board("altra-01", "idle", Duration::from_secs(20))
+        .await;
     let run = server.trigger(PARENT).await;
     let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
         .as_i64()
@@ -176,7 +182,10 @@ async fn a_replay_fallback_never_makes_a_pass() {
     assert_eq!(done["state"], "passed", "{done}");
     assert_eq!(done["host_kind"], "simulated", "{done}");
     assert!(
-        done["fallback"].as_str().unwrap_or("").contains("fell back to replay"),
+        done["fallback"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fell back to replay"),
         "the job says it is a fallback: {}",
         done["fallback"]
     );
@@ -185,13 +194,19 @@ async fn a_replay_fallback_never_makes_a_pass() {
     assert_eq!(v["basis"], "none", "{v}");
     assert_eq!(v["cycles_run"], 0, "no cycle counted: {v}");
     let why = v["explanation"].as_str().unwrap();
-    assert!(why.contains("50 cycle(s) ran") && why.contains("1 job(s) on a fallback"), "{why}");
+    assert!(
+        why.contains("50 cycle(s) ran") && why.contains("1 job(s) on a fallback"),
+        "{why}"
+    );
     // The kernel page says so too.
     let id = server.get_json(&format!("/api/v1/kernels/{PARENT}")).await["kernels"][0]["id"]
         .as_i64()
         .unwrap();
     let page = server.get_text(&format!("/kernels/{id}")).await;
     assert!(page.contains("not-exercised"), "{page}");
-    assert!(page.contains("1 job(s) on a fallback (not counted)"), "{page}");
+    assert!(
+        page.contains("1 job(s) on a fallback (not counted)"),
+        "{page}"
+    );
     server.stop().await;
 }

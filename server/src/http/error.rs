@@ -211,9 +211,7 @@ impl From<crate::repro::ReproError> for ApiError {
         match e {
             ReproError::NotFound(id) => ApiError::NotFound(format!("job {id}")),
             // The job exists but cannot be replayed: its records say why.
-            ReproError::NotRecorded { .. } => {
-                ApiError::Conflict(e.to_string())
-            }
+            ReproError::NotRecorded { .. } => ApiError::Conflict(e.to_string()),
             ReproError::Db(db) => db.into(),
         }
     }

@@ -173,7 +173,12 @@ fn facts_list(f: &Value, executor: Option<&str>) -> Vec<(String, String)> {
                 .flatten()
                 .map(|p| {
                     let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
-                    format!("{} {} of {} free", bytes(n("size_kib") as i64 * 1024), n("free"), n("total"))
+                    format!(
+                        "{} {} of {} free",
+                        bytes(n("size_kib") as i64 * 1024),
+                        n("free"),
+                        n("total")
+                    )
                 })
                 .collect();
             format!(
@@ -181,7 +186,11 @@ fn facts_list(f: &Value, executor: Option<&str>) -> Vec<(String, String)> {
                 armfleet_protocol::block_size_kib(p)
                     .map(|k| bytes(k as i64 * 1024))
                     .unwrap_or_else(|| "unknown".into()),
-                if pools.is_empty() { "none".into() } else { pools.join(", ") }
+                if pools.is_empty() {
+                    "none".into()
+                } else {
+                    pools.join(", ")
+                }
             )
         }),
     );
