@@ -31,6 +31,7 @@ pub struct Server {
     pub fingerprint: String,
     host_key: russh::keys::PrivateKey,
     analysis_rx: Option<tokio::sync::mpsc::UnboundedReceiver<i64>>,
+    scheduler_rx: Option<tokio::sync::mpsc::Receiver<crate::scheduler::Event>>,
     mirror_rx: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
     postgres: Option<EmbeddedPostgres>,
 }
@@ -71,12 +72,11 @@ impl Server {
         }
         let shared = SharedFleet::new(fleet);
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let dispatcher = Dispatcher::new(
+        let dispatcher = Dispatcher::new(pool.clone(), shared.clone(), metrics.clone());
+        let (work, scheduler_rx) = crate::scheduler::WorkNotifier::new(Some((
             pool.clone(),
-            shared.clone(),
-            metrics.clone(),
             Arc::from(server_id.as_str()),
-        );
+        )));
         let (analysis, analysis_rx) = crate::analysis::AnalysisQueue::new();
         let (mirrors, mirror_rx) = crate::mirror::MirrorQueue::new();
         let state = AppState {
@@ -89,6 +89,7 @@ impl Server {
             pool,
             fleet: shared,
             dispatcher,
+            work,
             metrics,
             api_token: Arc::from(api_token.as_str()),
             host_key_fingerprint: Arc::from(fingerprint.as_str()),
@@ -102,6 +103,7 @@ impl Server {
             fingerprint,
             host_key,
             analysis_rx: Some(analysis_rx),
+            scheduler_rx: Some(scheduler_rx),
             mirror_rx: Some(mirror_rx),
             postgres,
         })
@@ -133,14 +135,20 @@ impl Server {
             ssh_listener,
             shutdown.clone(),
         ));
-        let listener = state.dispatcher.clone();
-        tasks.spawn(listener.listen(shutdown.clone()).map(Ok));
-        let watcher = state.dispatcher.clone();
-        let watch_token = shutdown.clone();
-        tasks.spawn(async move {
-            watcher.watch(watch_token).await;
-            Ok(())
-        });
+        if let Some(rx) = self.scheduler_rx.take() {
+            tasks.spawn(
+                crate::scheduler::run(state.dispatcher.clone(), rx, shutdown.clone()).map(Ok),
+            );
+        }
+        tasks.spawn(
+            crate::scheduler::listen_to_other_servers(
+                state.pool.clone(),
+                state.server_id.clone(),
+                state.work.clone(),
+                shutdown.clone(),
+            )
+            .map(Ok),
+        );
         if let Some(rx) = self.analysis_rx.take() {
             tasks.spawn(crate::analysis::run(state.clone(), rx, shutdown.clone()).map(Ok));
         }

@@ -44,6 +44,8 @@ use crate::audit;
 use crate::config::Scope;
 use crate::http::api::Caller;
 use crate::http::error::ApiError;
+use crate::jobs::JobState;
+use crate::lifecycle::StateMachine;
 use crate::mirror::Mirror;
 use crate::runs::{self, KernelInput};
 use crate::state::AppState;
@@ -57,6 +59,45 @@ pub const BUILD_FAILS_FILE: &str = ".armfleet-replay/build-fails";
 pub const MIN_CALIBRATION_FAILURES: i64 = 3;
 const MAX_CALIBRATION_ROUNDS: usize = 10;
 const MAX_TOPUPS: usize = 3;
+
+/// A bisection runs until it ends one way; every end is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BisectionState {
+    Running,
+    /// One candidate is left: the first bad commit.
+    Found,
+    /// Only skipped commits are left; the candidates are listed.
+    Ambiguous,
+    /// The bad commit did not reproduce or could not be built, or the step
+    /// budget was spent.
+    Failed,
+    /// Somebody stopped it.
+    Stopped,
+}
+
+impl StateMachine for BisectionState {
+    const ALL: &'static [BisectionState] = &[
+        BisectionState::Running,
+        BisectionState::Found,
+        BisectionState::Ambiguous,
+        BisectionState::Failed,
+        BisectionState::Stopped,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            BisectionState::Running => "running",
+            BisectionState::Found => "found",
+            BisectionState::Ambiguous => "ambiguous",
+            BisectionState::Failed => "failed",
+            BisectionState::Stopped => "stopped",
+        }
+    }
+
+    fn can_move_to(self, to: BisectionState) -> bool {
+        self == BisectionState::Running && to != BisectionState::Running
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,9 +291,11 @@ async fn start_for(
 }
 
 pub async fn stop(state: &AppState, id: i64, actor: &str) -> Result<(), BisectError> {
-    let r = sqlx::query("UPDATE bisections SET state = 'stopped', reason = $2, finished_at = now() WHERE id = $1 AND state = 'running'")
+    let r = sqlx::query("UPDATE bisections SET state = $3, reason = $2, finished_at = now() WHERE id = $1 AND state = ANY($4)")
         .bind(id)
         .bind(format!("stopped by {actor}"))
+        .bind(BisectionState::Stopped.as_str())
+        .bind(BisectionState::sources_of(BisectionState::Stopped))
         .execute(&state.pool)
         .await?;
     if r.rows_affected() == 0 {
@@ -394,13 +437,26 @@ pub async fn show(pool: &PgPool, id: i64) -> Result<serde_json::Value, BisectErr
     }))
 }
 
-/// Advances every running bisection, until `shutdown`.
+/// Advances every running bisection, until `shutdown`. One server of a
+/// cluster at a time (the `bisect` lease): two would plan a step twice.
 pub async fn worker(state: AppState, shutdown: CancellationToken) {
     let mut asked_mirrors = std::collections::HashMap::new();
+    let mut lease = crate::leases::Lease::new(
+        state.pool.clone(),
+        "bisect",
+        &state.server_id,
+        Duration::from_secs(10),
+    );
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                lease.release().await;
+                return;
+            }
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        if !lease.renew().await {
+            continue;
         }
         if let Err(e) = adopt_regressions(&state, &mut asked_mirrors).await {
             tracing::warn!("starting bisections for confirmed regressions: {e}");
@@ -421,7 +477,15 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
             if let Err(e) = advance(&state, id).await {
                 tracing::error!(bisection = id, "advancing the bisection: {e}");
                 if matches!(e, BisectError::Git(_) | BisectError::Invalid(_)) {
-                    let _ = finish(&state.pool, id, "failed", None, &[], &format!("{e}")).await;
+                    let _ = finish(
+                        &state.pool,
+                        id,
+                        BisectionState::Failed,
+                        None,
+                        &[],
+                        &format!("{e}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -506,7 +570,7 @@ async fn adopt_regressions(
                 );
                 sqlx::query(
                     "INSERT INTO bisections (tree, branch, plan, family, good_sha, bad_sha, state, confidence, max_steps, requested_by, reason, regression_id, finished_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'failed', 0.99, 0, $7, $8, $9, now())",
+                     VALUES ($1, $2, $3, $4, $5, $6, $10, 0.99, 0, $7, $8, $9, now())",
                 )
                 .bind(&tree)
                 .bind(req.branch.as_deref().unwrap_or(""))
@@ -517,6 +581,7 @@ async fn adopt_regressions(
                 .bind(&actor)
                 .bind(e.to_string())
                 .bind(regression.id)
+                .bind(BisectionState::Failed.as_str())
                 .execute(&state.pool)
                 .await?;
             }
@@ -528,7 +593,7 @@ async fn adopt_regressions(
 async fn finish(
     pool: &PgPool,
     id: i64,
-    to: &str,
+    to: BisectionState,
     first_bad: Option<&str>,
     candidates: &[String],
     reason: &str,
@@ -540,19 +605,25 @@ async fn finish(
     .bind(id)
     .fetch_one(pool)
     .await?;
-    sqlx::query(
+    let ended = sqlx::query(
         "UPDATE bisections SET state = $2, first_bad_sha = $3, candidates = $4, reason = $5, result_confidence = $6,
                 finished_at = now()
-         WHERE id = $1 AND state = 'running'",
+         WHERE id = $1 AND state = ANY($7)",
     )
     .bind(id)
-    .bind(to)
+    .bind(to.as_str())
     .bind(first_bad)
     .bind(candidates)
     .bind(reason)
     .bind(conf.or(Some(1.0)))
+    .bind(BisectionState::sources_of(to))
     .execute(pool)
-    .await?;
+    .await?
+    .rows_affected();
+    if ended == 0 {
+        // Stopped (or ended by another server) meanwhile: its end stands.
+        return Ok(());
+    }
     if let (Some(first_bad), Some(regression)) = (
         first_bad,
         sqlx::query_scalar::<_, Option<i64>>("SELECT regression_id FROM bisections WHERE id = $1")
@@ -569,7 +640,7 @@ async fn finish(
     }
     tracing::info!(
         bisection = id,
-        state = to,
+        state = to.as_str(),
         first_bad,
         reason,
         "bisection ended"
@@ -579,7 +650,7 @@ async fn finish(
         "bisect-worker",
         "bisect-end",
         &format!("bisection {id}"),
-        &format!("{to}: {reason}"),
+        &format!("{}: {reason}", to.as_str()),
     )
     .await;
     Ok(())
@@ -612,7 +683,7 @@ async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
     let Some(b) = load(pool, id).await? else {
         return Ok(());
     };
-    if b.state != "running" {
+    if b.state != BisectionState::Running.as_str() {
         return Ok(());
     }
     let all = steps(pool, id).await?;
@@ -663,7 +734,7 @@ async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
             finish(
                 pool,
                 id,
-                "found",
+                BisectionState::Found,
                 Some(&bad),
                 &[],
                 &format!("{bad} is the first bad commit"),
@@ -675,7 +746,7 @@ async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
             finish(
                 pool,
                 id,
-                "ambiguous",
+                BisectionState::Ambiguous,
                 None,
                 &list,
                 "only skipped commits are left: the first bad commit is one of the candidates",
@@ -689,7 +760,7 @@ async fn advance(state: &AppState, id: i64) -> Result<(), BisectError> {
         finish(
             pool,
             id,
-            "failed",
+            BisectionState::Failed,
             None,
             &candidates,
             &format!("step budget of {} spent", b.max_steps),
@@ -865,7 +936,7 @@ async fn plan_cycles(
         .await?;
     }
     tx.commit().await?;
-    state.dispatcher.announce(&boards).await;
+    state.work.work_arrived(&boards).await;
     Ok(Some(run_id))
 }
 
@@ -910,7 +981,7 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
             finish(
                 pool,
                 b.id,
-                "failed",
+                BisectionState::Failed,
                 None,
                 &[],
                 "the bad commit itself cannot be built or booted",
@@ -923,7 +994,7 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
     }
     if rows.iter().any(|r| {
         let st: &str = r.get("state");
-        ["queued", "assigned", "running"].contains(&st)
+        JobState::parse(st).is_some_and(|j| !j.is_terminal())
             || (st != "cancelled" && !r.get::<bool, _>("analysed"))
     }) {
         return Ok(()); // still running, or not triaged yet
@@ -1011,7 +1082,7 @@ async fn judge(state: &AppState, b: &BisectionRow, s: &StepRow) -> Result<(), Bi
             finish(
                 pool,
                 b.id,
-                "failed",
+                BisectionState::Failed,
                 None,
                 &[],
                 &format!(
@@ -1370,4 +1441,22 @@ pub async fn run_cli(cmd: BisectCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod bisection_state_tests {
+    use super::BisectionState::{self, *};
+    use crate::lifecycle::{StateMachine, assert_well_formed};
+
+    #[test]
+    fn a_bisection_ends_once() {
+        assert_well_formed::<BisectionState>();
+        for &to in BisectionState::ALL {
+            for &end in &BisectionState::ALL[1..] {
+                assert!(!end.can_move_to(to), "{end:?} is final");
+            }
+        }
+        assert_eq!(BisectionState::sources_of(Stopped), ["running"]);
+        assert!(BisectionState::sources_of(Running).is_empty());
+    }
 }

@@ -20,6 +20,13 @@
 //! (`failure = 'kernel'`): its jobs are cancelled and the kernel's verdict
 //! is `build_failed`, never a test failure. A build the lab could not run
 //! (mirror without the commit, a bad checksum, a timeout) is `infra`.
+//!
+//! ```text
+//! queued ──► building ──► built | failed
+//!   ▲           │
+//!   └───────────┘  (its server restarted mid-build)
+//! ```
+//! Every state change is guarded by [`BuildState::can_move_to`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,8 +43,45 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BuildConfig, Fleet};
 use crate::http::error::ApiError;
+use crate::lifecycle::StateMachine;
 use crate::mirror::Mirror;
 use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildState {
+    Queued,
+    Building,
+    Built,
+    Failed,
+}
+
+impl StateMachine for BuildState {
+    const ALL: &'static [BuildState] = &[
+        BuildState::Queued,
+        BuildState::Building,
+        BuildState::Built,
+        BuildState::Failed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Building => "building",
+            BuildState::Built => "built",
+            BuildState::Failed => "failed",
+        }
+    }
+
+    /// A build that started goes back to the queue only when its server
+    /// restarted while building it; built and failed are final.
+    fn can_move_to(self, to: BuildState) -> bool {
+        use BuildState::*;
+        matches!(
+            (self, to),
+            (Queued, Building) | (Building, Built | Failed | Queued)
+        )
+    }
+}
 
 /// Build log kept per build (the tail beyond is dropped with a marker).
 const MAX_BUILD_LOG: u64 = 64 << 20;
@@ -297,9 +341,11 @@ struct Built {
 pub async fn worker(state: AppState, shutdown: CancellationToken) {
     // Builds this server was running when it stopped start over.
     if let Err(e) = sqlx::query(
-        "UPDATE builds SET state = 'queued', started_at = NULL WHERE state = 'building' AND builder = $1",
+        "UPDATE builds SET state = $2, started_at = NULL WHERE state = ANY($3) AND builder = $1",
     )
     .bind(state.server_id.as_ref())
+    .bind(BuildState::Queued.as_str())
+    .bind(BuildState::sources_of(BuildState::Queued))
     .execute(&state.pool)
     .await
     {
@@ -341,12 +387,17 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
 type Claimed = (i64, String, String, String, serde_json::Value);
 
 async fn claim(state: &AppState) -> Result<Option<Claimed>, sqlx::Error> {
+    // The inner `state = 'queued'` is spelled out so that the partial index
+    // `builds_queued` serves it; the outer guard is the machine's.
     let row = sqlx::query(
-        "UPDATE builds SET state = 'building', started_at = now(), builder = $1
+        "UPDATE builds SET state = $2, started_at = now(), builder = $1
          WHERE id = (SELECT id FROM builds WHERE state = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+           AND state = ANY($3)
          RETURNING id, source, tree, commit_sha, config",
     )
     .bind(state.server_id.as_ref())
+    .bind(BuildState::Building.as_str())
+    .bind(BuildState::sources_of(BuildState::Building))
     .fetch_optional(&state.pool)
     .await?;
     Ok(row.map(|r| {
@@ -408,13 +459,15 @@ async fn build_one(
         Ok(built) => {
             tracing::info!(build = id, release = %built.kernel_release, secs, "build done");
             sqlx::query(
-                "UPDATE builds SET state = 'built', kernel_release = $2, artifacts = $3, log_sha256 = $4,
-                        finished_at = now() WHERE id = $1",
+                "UPDATE builds SET state = $5, kernel_release = $2, artifacts = $3, log_sha256 = $4,
+                        finished_at = now() WHERE id = $1 AND state = ANY($6)",
             )
             .bind(id)
             .bind(&built.kernel_release)
             .bind(serde_json::to_value(&built.artifacts).unwrap_or_default())
             .bind(&log_sha)
+            .bind(BuildState::Built.as_str())
+            .bind(BuildState::sources_of(BuildState::Built))
             .execute(&state.pool)
             .await
         }
@@ -425,20 +478,32 @@ async fn build_one(
             };
             tracing::warn!(build = id, failure, secs, "build failed: {e}");
             sqlx::query(
-                "UPDATE builds SET state = 'failed', failure = $2, error = $3, log_sha256 = $4, finished_at = now()
-                 WHERE id = $1",
+                "UPDATE builds SET state = $5, failure = $2, error = $3, log_sha256 = $4, finished_at = now()
+                 WHERE id = $1 AND state = ANY($6)",
             )
             .bind(id)
             .bind(failure)
             .bind(e.to_string())
             .bind(&log_sha)
+            .bind(BuildState::Failed.as_str())
+            .bind(BuildState::sources_of(BuildState::Failed))
             .execute(&state.pool)
             .await
         }
     };
-    if let Err(e) = written {
-        tracing::error!(build = id, "recording the build's end: {e}");
-        return;
+    match written {
+        Err(e) => {
+            tracing::error!(build = id, "recording the build's end: {e}");
+            return;
+        }
+        Ok(r) if r.rows_affected() == 0 => {
+            tracing::warn!(
+                build = id,
+                "the build is no longer building here; its end is not recorded"
+            );
+            return;
+        }
+        Ok(_) => {}
     }
     if let Err(e) = after_build(state, id).await {
         tracing::error!(build = id, "acting on the build's end: {e}");
@@ -451,17 +516,17 @@ pub async fn after_build(state: &AppState, id: i64) -> anyhow::Result<()> {
     let Some(build) = get(&state.pool, id).await? else {
         return Ok(());
     };
-    if build.state == "built" {
+    if build.state == BuildState::Built.as_str() {
         let boards: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT board FROM jobs WHERE build_id = $1 AND state = 'queued'",
         )
         .bind(id)
         .fetch_all(&state.pool)
         .await?;
-        state.dispatcher.announce(&boards).await;
+        state.work.work_arrived(&boards).await;
         return Ok(());
     }
-    if build.state != "failed" {
+    if build.state != BuildState::Failed.as_str() {
         return Ok(());
     }
     let kernel_fault = build.failure.as_deref() == Some("kernel");
@@ -977,4 +1042,22 @@ pub async fn api_log(
         )],
         text,
     ))
+}
+
+#[cfg(test)]
+mod build_state_tests {
+    use super::BuildState::{self, *};
+    use crate::lifecycle::{StateMachine, assert_well_formed};
+
+    #[test]
+    fn a_build_ends_once_and_only_a_started_build_is_requeued() {
+        assert_well_formed::<BuildState>();
+        for &s in BuildState::ALL {
+            assert!(!Built.can_move_to(s), "built is final");
+            assert!(!Failed.can_move_to(s), "failed is final");
+        }
+        assert_eq!(BuildState::sources_of(Queued), ["building"]);
+        assert_eq!(BuildState::sources_of(Building), ["queued"]);
+        assert_eq!(BuildState::sources_of(Failed), ["building"]);
+    }
 }

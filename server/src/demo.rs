@@ -262,9 +262,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             planned.run_id,
             planned.jobs.len()
         );
-        for b in &planned.boards {
-            state.dispatcher.kick(b).await;
-        }
+        state.work.work_arrived(&planned.boards).await;
         run_ids.push(planned.run_id);
     }
 

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::builds;
 use crate::config::Fleet;
+use crate::lifecycle::StateMachine;
 use crate::state::AppState;
 
 /// What `jobs::claim_next` found at the head of a board's queue.
@@ -290,8 +291,8 @@ pub enum BootState {
     DeployFailed,
 }
 
-impl BootState {
-    pub const ALL: [BootState; 5] = [
+impl StateMachine for BootState {
+    const ALL: &'static [BootState] = &[
         BootState::Deploying,
         BootState::Booting,
         BootState::Booted,
@@ -299,7 +300,7 @@ impl BootState {
         BootState::DeployFailed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             BootState::Deploying => "deploying",
             BootState::Booting => "booting",
@@ -309,13 +310,9 @@ impl BootState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<BootState> {
-        BootState::ALL.into_iter().find(|b| b.as_str() == s)
-    }
-
-    /// The edges of the state machine. A board that went away while
-    /// deploying may come back booted (its "rebooting" report was lost).
-    pub fn can_move_to(self, to: BootState) -> bool {
+    /// A board that went away while deploying may come back booted (its
+    /// "rebooting" report was lost).
+    fn can_move_to(self, to: BootState) -> bool {
         use BootState::*;
         matches!(
             (self, to),
@@ -335,14 +332,7 @@ async fn end(
     to: BootState,
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
-    let from: Vec<&str> = from
-        .iter()
-        .filter(|f| {
-            debug_assert!(f.can_move_to(to), "boot {f:?} -> {to:?} is no edge");
-            f.can_move_to(to)
-        })
-        .map(|f| f.as_str())
-        .collect();
+    let from = BootState::sources_among(from, to);
     let n = sqlx::query(
         "UPDATE boots SET state = $3, reason = $4, ended_at = now()
          WHERE id = $1 AND board = $2 AND state = ANY($5)",
@@ -427,12 +417,25 @@ async fn end_waiting_jobs(
 
 /// Ends boots past their deadline: the build did not come up (or the
 /// board never got to reboot). Boards that did not come back are
-/// power-cycled back to their known-good kernel. Runs until `shutdown`.
+/// power-cycled back to their known-good kernel. Runs until `shutdown`,
+/// on one server of a cluster at a time (the `boot-deadlines` lease).
 pub async fn watchdog(state: AppState, shutdown: CancellationToken) {
+    let mut lease = crate::leases::Lease::new(
+        state.pool.clone(),
+        "boot-deadlines",
+        &state.server_id,
+        std::time::Duration::from_secs(10),
+    );
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                lease.release().await;
+                return;
+            }
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if !lease.renew().await {
+            continue;
         }
         if let Err(e) = expire(&state).await {
             tracing::warn!("checking boot deadlines: {e}");
@@ -511,12 +514,12 @@ async fn expire(state: &AppState) -> anyhow::Result<()> {
 #[cfg(test)]
 mod boot_state_tests {
     use super::BootState::{self, *};
+    use crate::lifecycle::{StateMachine, assert_well_formed};
 
     #[test]
     fn a_boot_ends_once_and_its_ends_are_final() {
-        for s in BootState::ALL {
-            assert_eq!(BootState::parse(s.as_str()), Some(s));
-            assert!(!s.can_move_to(s));
+        assert_well_formed::<BootState>();
+        for &s in BootState::ALL {
             for end in [Booted, BootFailed, DeployFailed] {
                 assert!(!end.can_move_to(s), "{end:?} is final");
             }

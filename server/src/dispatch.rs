@@ -1,5 +1,6 @@
-//! The dispatcher: the one owner of live agent sessions and of handing
-//! queued jobs to them.
+//! The dispatcher: the one owner of live agent sessions and of how queued
+//! jobs are handed to them. *When* it claims for a board is the
+//! [`crate::scheduler`]'s decision: the dispatcher is its [`Claims`].
 //!
 //! Architecture invariant: a board has at most one live session; when a
 //! session ends (closed, broken, or heartbeat deadline missed) the board goes
@@ -20,6 +21,7 @@ use crate::boards;
 use crate::config::Fleet;
 use crate::jobs;
 use crate::metrics::Metrics;
+use crate::scheduler::Claims;
 use crate::state::SharedFleet;
 
 /// How the dispatcher reaches one connected agent.
@@ -39,16 +41,12 @@ struct Session {
 
 pub struct Dispatcher {
     pool: PgPool,
-    /// This server's id: it signs its work announcements, so that it does
-    /// not claim a second time for boards it has just kicked itself.
-    server_id: Arc<str>,
     fleet: SharedFleet,
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Session>>,
     next_id: AtomicU64,
-    /// Boards being kicked right now, and whether another kick arrived
-    /// meanwhile (then the running one looks again before it stops).
-    kicking: Mutex<HashMap<String, bool>>,
+    /// When the sweep last wrote `boards.last_heartbeat`.
+    last_heartbeat_write: Mutex<Instant>,
 }
 
 /// Returned to a session task on registration.
@@ -58,20 +56,14 @@ pub struct SessionTicket {
 }
 
 impl Dispatcher {
-    pub fn new(
-        pool: PgPool,
-        fleet: SharedFleet,
-        metrics: Arc<Metrics>,
-        server_id: Arc<str>,
-    ) -> Arc<Dispatcher> {
+    pub fn new(pool: PgPool, fleet: SharedFleet, metrics: Arc<Metrics>) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             pool,
-            server_id,
             fleet,
             metrics,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            kicking: Mutex::new(Default::default()),
+            last_heartbeat_write: Mutex::new(Instant::now() - Duration::from_secs(60)),
         })
     }
 
@@ -202,33 +194,9 @@ impl Dispatcher {
         }
     }
 
-    /// Hands queued jobs to `board` while it has room. Safe to call any time.
-    pub async fn kick(&self, board: &str) {
-        // Claims for different boards run in parallel; for one board the
-        // database serialises them (the board row is locked while claiming).
-        {
-            let mut kicking = self.kicking.lock().unwrap();
-            if let Some(again) = kicking.get_mut(board) {
-                *again = true;
-                return;
-            }
-            kicking.insert(board.to_owned(), false);
-        }
-        loop {
-            self.kick_locked(board).await;
-            let mut kicking = self.kicking.lock().unwrap();
-            if kicking.get(board) == Some(&true) {
-                kicking.insert(board.to_owned(), false);
-                continue;
-            }
-            kicking.remove(board);
-            return;
-        }
-    }
-
     /// One claim for the board: a batch of jobs up to its room, a boot, or
-    /// nothing. A job ending or new work kicks it again.
-    async fn kick_locked(&self, board: &str) {
+    /// nothing. The scheduler never runs two for one board at once.
+    async fn claim_once(&self, board: &str) {
         let Some(max_jobs) = self.fleet().board(board).map(|b| b.max_jobs) else {
             return;
         };
@@ -275,83 +243,6 @@ impl Dispatcher {
         }
     }
 
-    /// New work for `boards`: wakes the servers holding their sessions,
-    /// this one included (several servers may share the database).
-    pub async fn announce(&self, boards: &[String]) {
-        // Payload: "<server id>/<board>".
-        if let Err(e) = sqlx::query(
-            "SELECT pg_notify('armfleet_work', $2 || '/' || b) FROM unnest($1::text[]) AS b",
-        )
-        .bind(boards)
-        .bind(self.server_id.as_ref())
-        .execute(&self.pool)
-        .await
-        {
-            tracing::warn!("notifying other servers: {e}");
-        }
-        // A few at a time: a 10,000-board run must not open 10,000
-        // transactions at once (the pool would time most of them out).
-        self.kick_many(boards).await;
-    }
-
-    /// Listens for work announced by other servers. Runs until `shutdown`.
-    pub async fn listen(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!("LISTEN connection failed, retrying: {e}");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                    }
-                }
-            };
-            if let Err(e) = listener.listen("armfleet_work").await {
-                tracing::warn!("LISTEN failed, retrying: {e}");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            // Work announced while we were not listening.
-            self.kick_all().await;
-            loop {
-                let n = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    n = listener.recv() => n,
-                };
-                match n {
-                    Ok(n) => {
-                        let (from, board) = match n.payload().split_once('/') {
-                            Some((from, board)) => (Some(from), board),
-                            None => (None, n.payload()),
-                        };
-                        // Our own announcement: `announce` kicked already.
-                        if from != Some(self.server_id.as_ref()) && self.is_connected(board) {
-                            self.kick(board).await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("LISTEN connection lost, reconnecting: {e}");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Kicks boards eight at a time.
-    async fn kick_many(&self, boards: &[String]) {
-        for chunk in boards.chunks(8) {
-            futures::future::join_all(chunk.iter().map(|b| self.kick(b))).await;
-        }
-    }
-
-    pub async fn kick_all(&self) {
-        for board in self.connected_boards() {
-            self.kick(&board).await;
-        }
-    }
-
     /// Tells a board to stop a job (best effort: the board may be gone).
     pub async fn send(&self, board: &str, msg: ServerMessage) {
         let tx = self
@@ -365,60 +256,59 @@ impl Dispatcher {
         }
     }
 
-    /// The watchdog: closes sessions whose heartbeats stopped and ends jobs
-    /// past their deadlines. Runs until `shutdown`.
-    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut last_heartbeat_write = Instant::now() - Duration::from_secs(60);
-        loop {
-            let interval =
-                Duration::from_millis(self.fleet().server.heartbeat_interval_ms.max(100) / 2);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            let deadline = Duration::from_millis(self.fleet().server.heartbeat_deadline_ms);
-            let silent: Vec<(String, CancellationToken)> = self
-                .sessions
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, s)| s.last_seen.elapsed() > deadline && !s.close.is_cancelled())
-                .map(|(b, s)| (b.clone(), s.close.clone()))
-                .collect();
-            for (board, close) in silent {
-                tracing::warn!(
-                    board,
-                    ?deadline,
-                    "heartbeat deadline missed; closing the session"
-                );
-                close.cancel();
-            }
-            let heard = if last_heartbeat_write.elapsed() >= Duration::from_secs(5) {
-                last_heartbeat_write = Instant::now();
-                self.heard_from()
+    /// The sweep: closes sessions whose heartbeats stopped, records
+    /// heartbeats, ends jobs past their deadlines, and returns the boards
+    /// to claim for: those whose jobs ended that way, and connected boards
+    /// with queued work and room for it (a claim that failed, the database
+    /// busy or away, is retried so; a busy board is woken when its job
+    /// ends, and claiming for thousands of full boards every tick would be
+    /// wasted work).
+    async fn sweep_once(&self) -> Vec<String> {
+        let deadline = Duration::from_millis(self.fleet().server.heartbeat_deadline_ms);
+        let silent: Vec<(String, CancellationToken)> = self
+            .sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| s.last_seen.elapsed() > deadline && !s.close.is_cancelled())
+            .map(|(b, s)| (b.clone(), s.close.clone()))
+            .collect();
+        for (board, close) in silent {
+            tracing::warn!(
+                board,
+                ?deadline,
+                "heartbeat deadline missed; closing the session"
+            );
+            close.cancel();
+        }
+        let heard = {
+            let mut last = self.last_heartbeat_write.lock().unwrap();
+            if last.elapsed() >= Duration::from_secs(5) {
+                *last = Instant::now();
+                true
             } else {
-                Vec::new()
-            };
-            if !heard.is_empty() {
-                if let Err(e) = boards::heartbeats(&self.pool, &heard).await {
-                    tracing::debug!("recording heartbeats: {e}");
-                }
+                false
             }
-            // Safety net: a kick that failed (database busy or away) is
-            // retried here, for connected boards with queued work and room
-            // for it (a busy board is kicked when its job ends; claiming
-            // for thousands of full boards every tick would be wasted work).
-            match sqlx::query_as::<_, (String, i64)>(
-                "SELECT board, count(*) FILTER (WHERE state IN ('assigned', 'running'))
-                 FROM jobs WHERE state IN ('queued', 'assigned', 'running')
-                 GROUP BY board HAVING bool_or(state = 'queued')",
-            )
-            .fetch_all(&self.pool)
-            .await
-            {
-                Ok(waiting) => {
-                    let fleet = self.fleet();
-                    let waiting: Vec<String> = waiting
+        };
+        let heard = if heard { self.heard_from() } else { Vec::new() };
+        if !heard.is_empty() {
+            if let Err(e) = boards::heartbeats(&self.pool, &heard).await {
+                tracing::debug!("recording heartbeats: {e}");
+            }
+        }
+        let mut due = Vec::new();
+        match sqlx::query_as::<_, (String, i64)>(
+            "SELECT board, count(*) FILTER (WHERE state IN ('assigned', 'running'))
+             FROM jobs WHERE state IN ('queued', 'assigned', 'running')
+             GROUP BY board HAVING bool_or(state = 'queued')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(waiting) => {
+                let fleet = self.fleet();
+                due.extend(
+                    waiting
                         .into_iter()
                         .filter(|(b, active)| {
                             fleet
@@ -426,30 +316,51 @@ impl Dispatcher {
                                 .is_some_and(|cfg| *active < cfg.max_jobs as i64)
                                 && self.is_connected(b)
                         })
-                        .map(|(b, _)| b)
-                        .collect();
-                    self.kick_many(&waiting).await;
-                }
-                Err(e) => tracing::warn!("listing boards with queued jobs: {e}"),
+                        .map(|(b, _)| b),
+                );
             }
-            let queue_deadline = self.fleet().server.queue_deadline_s;
-            match jobs::expire_deadlines(&self.pool, queue_deadline).await {
-                Ok(expired) => {
-                    for (job, board, state) in expired {
-                        tracing::warn!(job, board, state = state.as_str(), "job deadline passed");
-                        self.send(
-                            &board,
-                            ServerMessage::CancelJob {
-                                job_id: job,
-                                reason: format!("the server ended the job as {}", state.as_str()),
-                            },
-                        )
-                        .await;
-                        self.kick(&board).await;
-                    }
-                }
-                Err(e) => tracing::error!("expiring job deadlines: {e}"),
-            }
+            Err(e) => tracing::warn!("listing boards with queued jobs: {e}"),
         }
+        let queue_deadline = self.fleet().server.queue_deadline_s;
+        match jobs::expire_deadlines(&self.pool, queue_deadline).await {
+            Ok(expired) => {
+                for (job, board, state) in expired {
+                    tracing::warn!(job, board, state = state.as_str(), "job deadline passed");
+                    self.send(
+                        &board,
+                        ServerMessage::CancelJob {
+                            job_id: job,
+                            reason: format!("the server ended the job as {}", state.as_str()),
+                        },
+                    )
+                    .await;
+                    due.push(board);
+                }
+            }
+            Err(e) => tracing::error!("expiring job deadlines: {e}"),
+        }
+        due
+    }
+}
+
+impl Claims for Dispatcher {
+    async fn claim(self: Arc<Self>, board: String) {
+        self.claim_once(&board).await
+    }
+
+    async fn sweep(self: Arc<Self>) -> Vec<String> {
+        self.sweep_once().await
+    }
+
+    fn is_connected(&self, board: &str) -> bool {
+        Dispatcher::is_connected(self, board)
+    }
+
+    fn connected_boards(&self) -> Vec<String> {
+        Dispatcher::connected_boards(self)
+    }
+
+    fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.fleet().server.heartbeat_interval_ms.max(100) / 2)
     }
 }

@@ -226,6 +226,13 @@ async fn last_cycle_age_s(pool: &sqlx::PgPool, board: &str) -> Result<Option<f64
 pub async fn worker(state: AppState, shutdown: CancellationToken) {
     let mut offline_since: HashMap<String, Instant> = HashMap::new();
     let mut running = tokio::task::JoinSet::new();
+    // One server of a cluster power-cycles: two would cycle a board twice.
+    let mut lease = crate::leases::Lease::new(
+        state.pool.clone(),
+        "power",
+        &state.server_id,
+        Duration::from_secs(15),
+    );
     loop {
         let fleet = state.fleet.current();
         let tick =
@@ -233,10 +240,16 @@ pub async fn worker(state: AppState, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 running.abort_all();
+                lease.release().await;
                 return;
             }
             _ = tokio::time::sleep(tick) => {}
             Some(_) = running.join_next(), if !running.is_empty() => continue,
+        }
+        if !lease.renew().await {
+            // Whoever holds it keeps its own clocks; ours start afresh.
+            offline_since.clear();
+            continue;
         }
         let rows: Vec<(String, String)> = match sqlx::query_as("SELECT name, state FROM boards")
             .fetch_all(&state.pool)

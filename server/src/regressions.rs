@@ -13,6 +13,8 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::lifecycle::StateMachine;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegressionState {
     /// One board failed; a sibling of the same family has yet to confirm.
@@ -24,15 +26,15 @@ pub enum RegressionState {
     Fixed,
 }
 
-impl RegressionState {
-    pub const ALL: [RegressionState; 4] = [
+impl StateMachine for RegressionState {
+    const ALL: &'static [RegressionState] = &[
         RegressionState::Open,
         RegressionState::Confirmed,
         RegressionState::Bisected,
         RegressionState::Fixed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             RegressionState::Open => "open",
             RegressionState::Confirmed => "confirmed",
@@ -41,12 +43,7 @@ impl RegressionState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<RegressionState> {
-        RegressionState::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// The edges of the state machine.
-    pub fn can_move_to(self, to: RegressionState) -> bool {
+    fn can_move_to(self, to: RegressionState) -> bool {
         use RegressionState::*;
         matches!(
             (self, to),
@@ -54,15 +51,6 @@ impl RegressionState {
                 | (Confirmed, Bisected | Fixed)
                 | (Bisected, Fixed)
         )
-    }
-
-    /// The states `to` can be reached from, for `state = ANY(...)` guards.
-    fn sources_of(to: RegressionState) -> Vec<&'static str> {
-        RegressionState::ALL
-            .into_iter()
-            .filter(|from| from.can_move_to(to))
-            .map(RegressionState::as_str)
-            .collect()
     }
 }
 
@@ -227,11 +215,12 @@ pub async fn mark_bisected(pool: &PgPool, id: i64, evidence: &str) -> Result<boo
 #[cfg(test)]
 mod tests {
     use super::RegressionState::{self, *};
+    use crate::lifecycle::{StateMachine, assert_well_formed};
 
     #[test]
     fn a_regression_only_moves_forward_and_fixed_is_final() {
-        for from in RegressionState::ALL {
-            assert!(!from.can_move_to(from), "{from:?} to itself");
+        assert_well_formed::<RegressionState>();
+        for &from in RegressionState::ALL {
             assert!(!Fixed.can_move_to(from), "fixed is final");
         }
         assert!(Open.can_move_to(Confirmed));
@@ -243,8 +232,5 @@ mod tests {
             ["open", "confirmed", "bisected"]
         );
         assert_eq!(RegressionState::sources_of(Bisected), ["open", "confirmed"]);
-        for s in RegressionState::ALL {
-            assert_eq!(RegressionState::parse(s.as_str()), Some(s));
-        }
     }
 }

@@ -88,6 +88,6 @@ pub async fn reload(state: &AppState, actor: &str) -> anyhow::Result<ReloadRepor
     )
     .await;
     tracing::info!(?report, "fleet reloaded");
-    state.dispatcher.kick_all().await;
+    state.work.send(crate::scheduler::Event::Everything).await;
     Ok(report)
 }

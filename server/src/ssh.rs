@@ -348,7 +348,10 @@ async fn agent_session(
 
     // Only now that frames are read (and liveness noted) may claiming work
     // take its time.
-    state.dispatcher.kick(&board).await;
+    state
+        .work
+        .send(crate::scheduler::Event::BoardConnected(board.clone()))
+        .await;
 
     let reason = loop {
         tokio::select! {
@@ -388,6 +391,10 @@ async fn agent_session(
     state
         .dispatcher
         .session_ended(&board, ticket.id, &reason)
+        .await;
+    state
+        .work
+        .send(crate::scheduler::Event::BoardLeft(board))
         .await;
 }
 
@@ -543,11 +550,18 @@ async fn handle_frame(
             tracing::info!(board, job = job_id, state = to.as_str(), "job finished");
             state.analysis.push(*job_id);
             state.log_budget.forget(*job_id);
-            state.dispatcher.kick(board).await;
+            state
+                .work
+                .send(crate::scheduler::Event::JobEnded(board.to_owned()))
+                .await;
             return Ok(Some(ServerMessage::JobAck { job_id: *job_id }));
         }
         AgentMessage::BootReport { boot_id, outcome } => {
             crate::deploy::agent_report(state, board, *boot_id, outcome, &frame.payload).await?;
+            state
+                .work
+                .send(crate::scheduler::Event::BootEnded(board.to_owned()))
+                .await;
         }
     }
     Ok(None)

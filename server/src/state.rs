@@ -31,6 +31,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub fleet: SharedFleet,
     pub dispatcher: Arc<Dispatcher>,
+    /// Tells the scheduler that work may move (see `scheduler`).
+    pub work: crate::scheduler::WorkNotifier,
     pub metrics: Arc<Metrics>,
     pub analysis: crate::analysis::AnalysisQueue,
     pub data_dir: Arc<std::path::PathBuf>,

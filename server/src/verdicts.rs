@@ -43,7 +43,7 @@ pub async fn after_job(state: &AppState, job: i64) -> anyhow::Result<()> {
             runs::retry_infra_failure(pool, job, plan.verdict.max_infra_retries).await?
         {
             tracing::warn!(job, retry, board, "lab failure: job queued again");
-            state.dispatcher.announce(&[board]).await;
+            state.work.work_arrived(&[board]).await;
             return Ok(());
         }
     }
@@ -475,7 +475,7 @@ async fn extend(
         ?boards,
         "inconclusive: more cycles scheduled"
     );
-    state.dispatcher.announce(&planned.boards).await;
+    state.work.work_arrived(&planned.boards).await;
     Ok(())
 }
 

@@ -1,11 +1,18 @@
-//! The chaos suite: 200+ jobs on 6 simulated boards under a seeded random
-//! schedule of real faults — network partitions and packet loss/delay
-//! (each board in its own network namespace, behind a veth pair), `kill -9`
-//! of agents, `kill -9` and restart of the server, a PostgreSQL restart —
+//! The chaos suite: 200+ jobs on 6 simulated boards, served by two servers
+//! on one database, under a seeded random schedule of real faults — network
+//! partitions and packet loss/delay (each board in its own network
+//! namespace, behind a veth pair), `kill -9` of agents, `kill -9` and
+//! restart of a server while the other keeps serving, PostgreSQL restarts —
 //! then checks that every job ended, none ran twice, and every result and
 //! log byte the agents produced (their ledgers) is stored exactly once.
 //! Without root (no namespaces) it says so and runs the same schedule on
 //! loopback, without the network faults.
+//!
+//! Its size is a knob. CI runs the default (34 runs × 6 boards, a 35 s
+//! schedule). A soak sets `ARMFLEET_CHAOS_RUNS` (runs of 6 jobs) and
+//! `ARMFLEET_CHAOS_FAULTS` (faults of every kind): the schedule then goes on
+//! until every kind has been injected that often, and the runs are
+//! submitted in step with it so that the jobs meet the faults throughout.
 
 mod common;
 
@@ -20,8 +27,54 @@ use common::*;
 use sqlx::PgPool;
 
 const BOARDS: usize = 6;
-const RUNS: usize = 34; // × 6 boards = 204 jobs
+const SERVERS: usize = 2;
+const DEFAULT_RUNS: usize = 34; // × 6 boards = 204 jobs
 const SEED: u64 = 0x5eed_c4a0;
+
+/// How big a run of the suite is (see the module comment).
+struct Size {
+    runs: usize,
+    /// `None`: the CI schedule (35 s, at most two server kills and one
+    /// PostgreSQL restart). `Some(n)`: a soak, n faults of every kind.
+    faults_per_kind: Option<usize>,
+}
+
+impl Size {
+    fn from_env() -> Size {
+        let var = |name: &str| {
+            std::env::var(name).ok().map(|v| {
+                v.parse::<usize>()
+                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a count"))
+            })
+        };
+        Size {
+            runs: var("ARMFLEET_CHAOS_RUNS").unwrap_or(DEFAULT_RUNS),
+            faults_per_kind: var("ARMFLEET_CHAOS_FAULTS"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    Partition,
+    PacketLoss,
+    AgentKill,
+    ServerKill,
+    PostgresRestart,
+}
+
+impl Fault {
+    const ALL: [Fault; 5] = [
+        Fault::Partition,
+        Fault::PacketLoss,
+        Fault::AgentKill,
+        Fault::ServerKill,
+        Fault::PostgresRestart,
+    ];
+    fn needs_netns(self) -> bool {
+        matches!(self, Fault::Partition | Fault::PacketLoss)
+    }
+}
 
 struct Rng(u64);
 impl Rng {
@@ -250,45 +303,58 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     );
     let fleet_path = work.path().join("fleet.toml");
     std::fs::write(&fleet_path, &fleet).unwrap();
-    let (http_port, ssh_port) = (free_port(), free_port());
-    let ssh_bind = if netns.is_some() {
-        format!("0.0.0.0:{ssh_port}")
-    } else {
-        format!("127.0.0.1:{ssh_port}")
-    };
-    let data = work.path().join("data");
-    let mut server = Proc {
-        child: None,
-        cmd: vec![
-            env!("CARGO_BIN_EXE_armfleet").into(),
-            "serve".into(),
-            "--config".into(),
-            fleet_path.display().to_string(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--http".into(),
-            format!("127.0.0.1:{http_port}"),
-            "--ssh".into(),
-            ssh_bind,
-        ],
-        env: vec![("DATABASE_URL".into(), db.clone())],
-        log: work.path().join("server.log"),
-    };
-    server.start();
-    let base = format!("http://127.0.0.1:{http_port}");
-    wait_for("the server", Duration::from_secs(30), || async {
-        http_ok(&format!("{base}/healthz")).await.then_some(())
-    })
-    .await;
-    let fp = Command::new(env!("CARGO_BIN_EXE_armfleet"))
-        .args(["fingerprint", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let fingerprint = String::from_utf8(fp.stdout).unwrap().trim().to_owned();
+    // Two servers on one database; boards 0, 2, 4 dial the first, the
+    // others the second, so one keeps serving while the other is killed.
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    let mut ssh_ports = Vec::new();
+    let mut fingerprints = Vec::new();
+    for n in 0..SERVERS {
+        let (http_port, ssh_port) = (free_port(), free_port());
+        let ssh_bind = if netns.is_some() {
+            format!("0.0.0.0:{ssh_port}")
+        } else {
+            format!("127.0.0.1:{ssh_port}")
+        };
+        let data = work.path().join(format!("data-{n}"));
+        let mut server = Proc {
+            child: None,
+            cmd: vec![
+                env!("CARGO_BIN_EXE_armfleet").into(),
+                "serve".into(),
+                "--config".into(),
+                fleet_path.display().to_string(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--http".into(),
+                format!("127.0.0.1:{http_port}"),
+                "--ssh".into(),
+                ssh_bind,
+            ],
+            env: vec![("DATABASE_URL".into(), db.clone())],
+            log: work.path().join(format!("server-{n}.log")),
+        };
+        server.start();
+        let base = format!("http://127.0.0.1:{http_port}");
+        wait_for("the server", Duration::from_secs(30), || async {
+            http_ok(&format!("{base}/healthz")).await.then_some(())
+        })
+        .await;
+        let fp = Command::new(env!("CARGO_BIN_EXE_armfleet"))
+            .args(["fingerprint", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        fingerprints.push(String::from_utf8(fp.stdout).unwrap().trim().to_owned());
+        servers.push(server);
+        bases.push(base);
+        ssh_ports.push(ssh_port);
+    }
 
     let mut agents: Vec<Proc> = (0..BOARDS)
         .map(|i| {
+            let home = i % SERVERS;
+            let ssh_port = ssh_ports[home];
             let server_addr = if netns.is_some() {
                 format!("10.213.{i}.1:{ssh_port}")
             } else {
@@ -312,7 +378,7 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
                 "--key".into(),
                 keys[i].path.display().to_string(),
                 "--server-key".into(),
-                fingerprint.clone(),
+                fingerprints[home].clone(),
                 "--state-dir".into(),
                 work.path().join(format!("agent-{i}")).display().to_string(),
                 "--executor".into(),
@@ -343,36 +409,97 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         (n == BOARDS as i64).then_some(())
     })
     .await;
+    let size = Size::from_env();
     let client = reqwest::Client::new();
-    for r in 0..RUNS {
-        let resp = client
-            .post(format!("{base}/api/v1/runs"))
-            .bearer_auth("test-token")
-            .json(&serde_json::json!({"tree": "chaos", "branch": "master", "commit": format!("{:040x}", 0xc4a05000 + r)}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
+    let mut submitted = 0;
+    // Submits the next run through whichever server answers.
+    let submit = |r: usize| {
+        let client = client.clone();
+        let bases = bases.clone();
+        async move {
+            let body = serde_json::json!({"tree": "chaos", "branch": "master", "commit": format!("{:040x}", 0xc4a05000u64 + r as u64)});
+            for attempt in 0.. {
+                let base = &bases[attempt % bases.len()];
+                if let Ok(resp) = client
+                    .post(format!("{base}/api/v1/runs"))
+                    .bearer_auth("test-token")
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    assert_eq!(resp.status(), 201, "run {r} through {base}");
+                    return;
+                }
+                assert!(attempt < 200, "no server took run {r}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    if size.faults_per_kind.is_none() {
+        while submitted < size.runs {
+            submit(submitted).await;
+            submitted += 1;
+        }
     }
 
     // The fault schedule.
+    let kinds: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|k| netns.is_some() || !k.needs_netns())
+        .collect();
     let mut rng = Rng(SEED);
-    let mut faults = 0;
-    let mut server_kills = 0;
-    let mut pg_restarted = false;
+    let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(35) {
+    loop {
+        let kind = match size.faults_per_kind {
+            None => {
+                if started.elapsed() >= Duration::from_secs(35) {
+                    break;
+                }
+                // The CI mix: partitions 3, loss 2, agent kills 3, a server
+                // kill 1 in 10 (at most two), one PostgreSQL restart.
+                match rng.below(10) {
+                    0..=2 => Fault::Partition,
+                    3..=4 => Fault::PacketLoss,
+                    5..=7 => Fault::AgentKill,
+                    8 => Fault::ServerKill,
+                    _ => Fault::PostgresRestart,
+                }
+            }
+            Some(quota) => {
+                let done: usize = injected.values().sum();
+                let total = quota * kinds.len();
+                // Runs go in with the schedule's progress, two runs ahead
+                // so that the boards never wait for work.
+                while submitted < size.runs && submitted < (done + 1) * size.runs / total + 2 {
+                    submit(submitted).await;
+                    submitted += 1;
+                }
+                let short: Vec<Fault> = kinds
+                    .iter()
+                    .copied()
+                    .filter(|k| injected.get(k).copied().unwrap_or(0) < quota)
+                    .collect();
+                if short.is_empty() {
+                    break;
+                }
+                short[rng.below(short.len() as u64) as usize]
+            }
+        };
         tokio::time::sleep(rng.millis(400, 1200)).await;
         let board = rng.below(BOARDS as u64) as usize;
-        let kind = rng.below(10);
+        let count = injected.get(&kind).copied().unwrap_or(0);
+        if kind.needs_netns() && netns.is_none() {
+            continue;
+        }
         match kind {
-            0..=2 if netns.is_some() => {
+            Fault::Partition => {
                 let host = &netns.as_ref().unwrap().host_ifs[board];
                 sh(&["ip", "link", "set", host, "down"]);
                 tokio::time::sleep(rng.millis(500, 2500)).await;
                 sh(&["ip", "link", "set", host, "up"]);
             }
-            3..=4 if netns.is_some() => {
+            Fault::PacketLoss => {
                 let host = &netns.as_ref().unwrap().host_ifs[board];
                 let loss = format!("{}%", 5 + rng.below(25));
                 let delay = format!("{}ms", 20 + rng.below(120));
@@ -383,19 +510,24 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
                 tokio::time::sleep(rng.millis(1000, 3000)).await;
                 sh(&["tc", "qdisc", "del", "dev", host, "root"]);
             }
-            5..=7 => {
+            Fault::AgentKill => {
                 agents[board].kill9();
                 tokio::time::sleep(rng.millis(200, 1500)).await;
                 agents[board].start();
             }
-            8 if server_kills < 2 => {
-                server_kills += 1;
-                server.kill9();
+            Fault::ServerKill => {
+                if size.faults_per_kind.is_none() && count >= 2 {
+                    continue;
+                }
+                let victim = board % SERVERS;
+                servers[victim].kill9();
                 tokio::time::sleep(rng.millis(300, 1500)).await;
-                server.start();
+                servers[victim].start();
             }
-            9 if !pg_restarted => {
-                pg_restarted = true;
+            Fault::PostgresRestart => {
+                if size.faults_per_kind.is_none() && count >= 1 {
+                    continue;
+                }
                 let mut p = pg.take().unwrap();
                 tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
                 tokio::time::sleep(rng.millis(500, 2000)).await;
@@ -406,16 +538,30 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
                         .unwrap(),
                 );
             }
-            _ => continue,
         }
-        faults += 1;
+        *injected.entry(kind).or_default() += 1;
+        if size.faults_per_kind.is_some() {
+            let done: usize = injected.values().sum();
+            if done % 25 == 0 {
+                eprintln!(
+                    "chaos soak: {done} faults {injected:?}, {submitted}/{} runs submitted, {:?}",
+                    size.runs,
+                    started.elapsed()
+                );
+            }
+        }
     }
+    while submitted < size.runs {
+        submit(submitted).await;
+        submitted += 1;
+    }
+    let faults: usize = injected.values().sum();
 
     // Quiet: everything must settle.
-    let jobs_total = (RUNS * BOARDS) as i64;
+    let jobs_total = (size.runs * BOARDS) as i64;
     wait_for(
         "every job to reach a terminal state",
-        Duration::from_secs(240),
+        Duration::from_secs(240 + jobs_total as u64 / 2),
         || async {
             let open: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM jobs WHERE state IN ('queued', 'assigned', 'running')",
@@ -490,9 +636,10 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     println!(
         "chaos: jobs={jobs_total} terminal={terminal} lost_results={lost_results} duplicate_results={duplicate_results} \
          assigned_twice={assigned_twice} log_bytes_missing={log_bytes_missing} log_bytes={log_bytes_produced} faults={faults} \
-         results_produced={} jobs_lost_with_killed_agents={lost_jobs} netns={}",
+         results_produced={} jobs_lost_with_killed_agents={lost_jobs} netns={} servers={SERVERS} faults_by_kind={injected:?} schedule={:?}",
         ledger.results.len(),
-        netns.is_some()
+        netns.is_some(),
+        started.elapsed()
     );
     assert_eq!(by_id.len() as i64, jobs_total);
     assert_eq!(terminal as i64, jobs_total, "every job ended");
@@ -501,7 +648,7 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     assert_eq!(
         lost_results,
         0,
-        "every result an agent produced is stored (see server.log in {})",
+        "every result an agent produced is stored (see server-*.log in {})",
         work.path().display()
     );
     assert_eq!(
@@ -513,11 +660,21 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         "most jobs ran to the end despite the faults"
     );
     assert!(faults >= 15, "the schedule injected faults: {faults}");
+    if let Some(quota) = size.faults_per_kind {
+        for kind in &kinds {
+            assert!(
+                injected.get(kind).copied().unwrap_or(0) >= quota,
+                "{kind:?}: {injected:?}"
+            );
+        }
+    }
 
     for a in &mut agents {
         a.kill9();
     }
-    server.kill9();
+    for s in &mut servers {
+        s.kill9();
+    }
     drop(pool);
     drop(pg);
     drop(netns);

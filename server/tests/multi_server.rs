@@ -171,3 +171,84 @@ async fn racing_batch_claims_respect_max_jobs_and_never_hand_a_job_out_twice() {
     assert_ne!(board, "idle", "a board with assigned jobs is not idle");
     server.stop().await;
 }
+
+/// A lease is one holder's until it stops renewing; then another takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_has_one_holder_and_passes_on_when_it_lapses() {
+    use armfleet_server::leases::{hold, release};
+    let server = TestServer::start(&one_board_fleet().await).await;
+    let pool = &server.pool;
+    let ttl = Duration::from_millis(400);
+    assert!(hold(pool, "test", "x", ttl).await.unwrap());
+    assert!(!hold(pool, "test", "y", ttl).await.unwrap(), "x holds it");
+    assert!(hold(pool, "test", "x", ttl).await.unwrap(), "x renews");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        hold(pool, "test", "y", ttl).await.unwrap(),
+        "x lapsed: y takes over"
+    );
+    assert!(!hold(pool, "test", "x", ttl).await.unwrap());
+    release(pool, "test", "y").await.unwrap();
+    assert!(
+        hold(pool, "test", "x", ttl).await.unwrap(),
+        "released: free at once"
+    );
+    server.stop().await;
+}
+
+/// The workers that must run once per cluster (bisections, boot deadlines,
+/// power cycling) run on one server; when it stops, the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_per_cluster_workers_run_on_one_server_and_move_when_it_stops() {
+    let a = TestServer::start(&one_board_fleet().await).await;
+    let b = a.start_sharing().await;
+    let id_of = |s: &TestServer| {
+        std::fs::read_to_string(s.dir.path().join("data/server-id"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (id_a, id_b) = (id_of(&a), id_of(&b));
+    let holders = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, String)>("SELECT name, holder FROM leases ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let first = wait_for("all three leases held", Duration::from_secs(20), || async {
+        let h = holders(a.pool.clone()).await;
+        (h.len() == 3).then_some(h)
+    })
+    .await;
+    let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["bisect", "boot-deadlines", "power"]);
+    // Held, not flapping: the same holders a few renewals later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(holders(a.pool.clone()).await, first);
+    // Stop whichever server holds the bisect lease: the other has it soon.
+    let (stopping, staying, staying_id) = if first[0].1 == id_a {
+        (a, b, id_b)
+    } else {
+        assert_eq!(first[0].1, id_b);
+        (b, a, id_a)
+    };
+    stopping.stop().await;
+    wait_for(
+        "the other server to take the bisect lease",
+        Duration::from_secs(15),
+        || async {
+            let h = holders(staying.pool.clone()).await;
+            h.iter()
+                .any(|(n, holder)| n == "bisect" && *holder == staying_id)
+                .then_some(())
+        },
+    )
+    .await;
+    staying.stop().await;
+}
+
+async fn one_board_fleet() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "b1").await;
+    fleet_toml(&[("b1", "generic-arm64", &key.public)], "")
+}

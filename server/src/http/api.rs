@@ -163,7 +163,7 @@ async fn create_run(
     )
     .await;
     tracing::info!(run = planned.run_id, jobs = planned.jobs.len(), commit = %req.commit, "run planned");
-    state.dispatcher.announce(&planned.boards).await;
+    state.work.work_arrived(&planned.boards).await;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({
@@ -295,7 +295,10 @@ async fn cancel_job(
                 },
             )
             .await;
-        state.dispatcher.kick(&board).await;
+        state
+            .work
+            .send(crate::scheduler::Event::JobEnded(board))
+            .await;
     }
     Ok(Json(
         serde_json::json!({ "job": id, "state": "cancelled", "was": from.as_str() }),
@@ -406,7 +409,9 @@ async fn list_regressions(
     Query(q): Query<RegressionQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(s) = &q.state {
-        if crate::regressions::RegressionState::parse(s).is_none() {
+        if <crate::regressions::RegressionState as crate::lifecycle::StateMachine>::parse(s)
+            .is_none()
+        {
             return Err(ApiError::BadRequest(format!(
                 "unknown regression state `{s}` (open, confirmed, bisected, fixed)"
             )));

@@ -254,7 +254,7 @@ async fn handle(
     tx.commit().await?;
     tracing::info!(forge = forge.as_str(), tree = %tree.name, branch = %push.branch, commit = %kernel.commit, run = planned.run_id, "push accepted");
     state.mirrors.request(&tree.url);
-    state.dispatcher.announce(&planned.boards).await;
+    state.work.work_arrived(&planned.boards).await;
     Ok((
         StatusCode::CREATED,
         serde_json::json!({
