@@ -48,7 +48,9 @@ fn which(program: &str) -> bool {
 const SPOOL_LOG_CAP: u64 = 512 << 20;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Below the shortest lease grace a server gives a board's jobs (the
+/// heartbeat deadline or the boot deadline, whichever is longer).
+const BACKOFF_CAP: Duration = Duration::from_secs(20);
 
 /// Why a session ended, which decides whether and how soon to retry.
 enum SessionEnd {
@@ -212,6 +214,11 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
                 return Ok(());
             }
         };
+        // A session that got through its handshake resets the backoff: the
+        // server is there. Only failures to get in make the wait grow, so a
+        // board that loses its link often still comes back within its jobs'
+        // lease grace.
+        let established = outcome.is_ok();
         match outcome {
             Ok(SessionEnd::Dropped(why)) => {
                 tracing::warn!("connection to {} ended: {why}", config.server)
@@ -229,11 +236,11 @@ pub async fn run_forever(config: Config) -> anyhow::Result<()> {
             }
             Err(e) => tracing::warn!("cannot connect to {}: {e}", config.server),
         }
-        if started.elapsed() > Duration::from_secs(30) {
+        if established || started.elapsed() > Duration::from_secs(30) {
             backoff = BACKOFF_START;
         }
         let jitter = rand::random_range(0.5..1.5);
-        let wait = backoff.mul_f64(jitter);
+        let wait = backoff.mul_f64(jitter).min(BACKOFF_CAP);
         tracing::info!("reconnecting in {:.1} s", wait.as_secs_f64());
         let sleep = tokio::time::sleep(wait);
         tokio::pin!(sleep);

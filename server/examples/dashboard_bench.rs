@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use armfleet_protocol::LogStream;
-use armfleet_server::app::{Server, Settings};
+use armfleet_server::wiring::app::{Server, Settings};
 use axum::body::Body;
 use axum::http::Request;
 use sqlx::PgPool;
@@ -178,7 +178,7 @@ async fn seed(pool: &PgPool, log_mb: usize) -> (i64, i64, i64) {
             }
         }
         written += chunk.len();
-        armfleet_server::logs::store_chunk(
+        armfleet_server::domain::logs::store_chunk(
             pool,
             log_job,
             LogStream::GuestConsole,
@@ -234,7 +234,8 @@ async fn main() -> anyhow::Result<()> {
     let admin = match std::env::var("DATABASE_URL") {
         Ok(u) if !u.is_empty() => u,
         _ => {
-            let pg = armfleet_server::db::embedded::EmbeddedPostgres::start(&dir.join("pg"))?;
+            let pg =
+                armfleet_server::wiring::db::embedded::EmbeddedPostgres::start(&dir.join("pg"))?;
             let url = format!(
                 "postgres://postgres@localhost/postgres?host={}&port=5432",
                 pg.socket_dir().display()
@@ -269,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one(&state.pool)
         .await?;
     let mid_kernel = KERNELS / 2;
-    let app = armfleet_server::http::app(state.clone());
+    let app = armfleet_server::transport::http::app(state.clone());
 
     // The first view of the last page of the big log builds its line index.
     let last_log = format!("/jobs/{log_job}/log/guest_console?page={log_pages}");

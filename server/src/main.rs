@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use armfleet_server::app::{Server, Settings};
-use armfleet_server::{demo, runs::TriggerRequest, shutdown_signal};
+use armfleet_server::cli::client::{Api, read_token};
+use armfleet_server::domain::runs::TriggerRequest;
+use armfleet_server::shutdown_signal;
+use armfleet_server::wiring::app::{Server, Settings};
+use armfleet_server::wiring::demo;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -102,7 +105,7 @@ enum Command {
     /// Bisect a regression to the commit that introduced it.
     Bisect {
         #[command(subcommand)]
-        action: armfleet_server::bisect::BisectCommand,
+        action: armfleet_server::cli::bisect::BisectCommand,
     },
     /// Reload fleet.toml on a running server (same as SIGHUP).
     Reload {
@@ -155,16 +158,6 @@ enum TokenAction {
     Hash,
 }
 
-fn read_token(token: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {
-    match token {
-        Some(t) => Ok(t),
-        None => std::fs::read_to_string(data_dir.join("api-token")).map(|t| t.trim().to_owned()).with_context(|| {
-            format!("no API token: pass --token, set ARMFLEET_TOKEN, or run from the server's data dir ({})",
-                data_dir.join("api-token").display())
-        }),
-    }
-}
-
 #[derive(Subcommand)]
 enum ExportFormat {
     /// KernelCI KCIDB JSON (schema v5) on stdout.
@@ -178,46 +171,6 @@ enum ExportFormat {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
-}
-
-async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
-    let resp = reqwest::Client::new()
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("contacting {url}"))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
-        anyhow::bail!(
-            "server answered {status}: {}",
-            armfleet_server::http::error::describe(&body)
-        );
-    }
-    Ok(body)
-}
-
-/// A text answer (a script, a report), or the server's error.
-async fn get_text(url: &str) -> anyhow::Result<String> {
-    let resp = reqwest::Client::new()
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("contacting {url}"))?;
-    let status = resp.status();
-    let body = resp
-        .text()
-        .await
-        .with_context(|| format!("reading {url}"))?;
-    if !status.is_success() {
-        let err = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .filter(|v| v["error"].is_string())
-            .map(|v| armfleet_server::http::error::describe(&v))
-            .unwrap_or(body);
-        anyhow::bail!("server answered {status}: {err}");
-    }
-    Ok(body)
 }
 
 fn init_tracing() {
@@ -295,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tokio::select! {
                         _ = hup_token.cancelled() => return,
                         _ = hup.recv() => {
-                            let _ = armfleet_server::reload::reload(&state, "SIGHUP").await;
+                            let _ = armfleet_server::wiring::reload::reload(&state, "SIGHUP").await;
                         }
                     }
                 }
@@ -337,26 +290,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 baseline,
                 build,
             };
-            let resp = reqwest::Client::new()
-                .post(format!("{}/api/v1/runs", server.trim_end_matches('/')))
-                .bearer_auth(token)
-                .json(&req)
-                .send()
-                .await
-                .with_context(|| format!("contacting {server}"))?;
-            let status = resp.status();
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            if !status.is_success() {
-                anyhow::bail!(
-                    "server answered {status}: {}",
-                    armfleet_server::http::error::describe(&body)
-                );
-            }
+            let body = Api::new(&server)
+                .with_token(token)
+                .post_json("/api/v1/runs", Some(&req))
+                .await?;
             println!("run {} planned with jobs {}", body["run_id"], body["jobs"]);
             Ok(())
         }
         Command::Boards { server } => {
-            let body = get_json(&format!("{}/api/v1/boards", server.trim_end_matches('/'))).await?;
+            let body = Api::new(&server).get_json("/api/v1/boards").await?;
             println!(
                 "{:<16} {:<14} {:<8} {:<9} {:<28} {}",
                 "board", "family", "state", "executor", "kernel", "last heartbeat"
@@ -376,11 +318,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Runs { server, limit } => {
-            let body = get_json(&format!(
-                "{}/api/v1/runs?limit={limit}",
-                server.trim_end_matches('/')
-            ))
-            .await?;
+            let body = Api::new(&server)
+                .get_json(&format!("/api/v1/runs?limit={limit}"))
+                .await?;
             println!(
                 "{:>6} {:<13} {:<12} {:>10} {:>7}  {}",
                 "run", "commit", "branch", "jobs done", "failed", "requested by"
@@ -416,21 +356,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             print!(
                 "{}",
-                get_text(&format!(
-                    "{}/api/v1/regressions/{id}/lkml",
-                    server.trim_end_matches('/')
-                ))
-                .await?
+                Api::new(&server)
+                    .get_text(&format!("/api/v1/regressions/{id}/lkml"))
+                    .await?
             );
             Ok(())
         }
         Command::Report { commit, server, .. } => {
             let commit = commit.unwrap_or_default();
-            let body = get_json(&format!(
-                "{}/api/v1/kernels/{commit}",
-                server.trim_end_matches('/')
-            ))
-            .await?;
+            let body = Api::new(&server)
+                .get_json(&format!("/api/v1/kernels/{commit}"))
+                .await?;
             for k in body["kernels"].as_array().into_iter().flatten() {
                 println!(
                     "{} {} {}",
@@ -490,11 +426,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             server,
         } => {
-            let script = get_text(&format!(
-                "{}/api/v1/jobs/{job}/repro.sh",
-                server.trim_end_matches('/')
-            ))
-            .await?;
+            let script = Api::new(&server)
+                .get_text(&format!("/api/v1/jobs/{job}/repro.sh"))
+                .await?;
             match output {
                 Some(path) => {
                     use std::os::unix::fs::PermissionsExt;
@@ -519,7 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     server,
                 },
         } => {
-            let mut url = format!("{}/api/v1/export/kcidb", server.trim_end_matches('/'));
+            let mut url = "/api/v1/export/kcidb".to_owned();
             let mut sep = '?';
             for (k, v) in [("commit", commit), ("hosts", hosts)] {
                 if let Some(v) = v {
@@ -527,10 +461,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     sep = '&';
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&get_json(&url).await?)?);
+            let body = Api::new(&server).get_json(&url).await?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
             Ok(())
         }
-        Command::Bisect { action } => armfleet_server::bisect::run_cli(action).await,
+        Command::Bisect { action } => armfleet_server::cli::bisect::run_cli(action).await,
         Command::Reload {
             access:
                 ServerAccess {
@@ -540,23 +475,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let token = read_token(token, &data_dir)?;
-            let resp = reqwest::Client::new()
-                .post(format!(
-                    "{}/api/v1/admin/reload",
-                    server.trim_end_matches('/')
-                ))
-                .bearer_auth(token)
-                .send()
+            let body = Api::new(&server)
+                .with_token(token)
+                .post_json("/api/v1/admin/reload", None::<&()>)
                 .await
-                .with_context(|| format!("contacting {server}"))?;
-            let status = resp.status();
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            if !status.is_success() {
-                anyhow::bail!(
-                    "reload refused ({status}): {}",
-                    armfleet_server::http::error::describe(&body)
-                );
-            }
+                .context("reload refused")?;
             println!("{}", serde_json::to_string_pretty(&body)?);
             Ok(())
         }
@@ -564,7 +487,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: TokenAction::New { name, scopes },
         } => {
             let token = hex::encode(rand::random::<[u8; 24]>());
-            let hash = hex::encode(armfleet_server::config::token_hash(&token));
+            let hash = hex::encode(armfleet_server::domain::config::token_hash(&token));
             let scopes = scopes
                 .iter()
                 .map(|s| format!("\"{s}\""))
@@ -581,13 +504,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::io::stdin().read_line(&mut line)?;
             println!(
                 "{}",
-                hex::encode(armfleet_server::config::token_hash(&line))
+                hex::encode(armfleet_server::domain::config::token_hash(&line))
             );
             Ok(())
         }
         Command::Fingerprint { data_dir } => {
-            let key = armfleet_server::ssh::load_or_create_host_key(&data_dir)?;
-            println!("{}", armfleet_server::ssh::fingerprint(&key));
+            let key = armfleet_server::transport::ssh::load_or_create_host_key(&data_dir)?;
+            println!("{}", armfleet_server::transport::ssh::fingerprint(&key));
             Ok(())
         }
         Command::Triage { .. } => unreachable!("handled before the runtime starts"),
@@ -597,14 +520,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Progress bars for a run's jobs, until every job has ended.
 async fn follow(server: &str, run: i64) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-    let url = format!("{}/api/v1/runs/{run}", server.trim_end_matches('/'));
+    let api = Api::new(server);
+    let url = format!("/api/v1/runs/{run}");
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:<24} [{bar:30}] {pos:>5}/{len:<5} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     let mut bars: std::collections::BTreeMap<i64, ProgressBar> = Default::default();
     loop {
-        let body = get_json(&url).await?;
+        let body = api.get_json(&url).await?;
         let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
         let mut open = 0;
         for j in &jobs {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use armfleet_server::db::embedded::EmbeddedPostgres;
+use armfleet_server::wiring::db::embedded::EmbeddedPostgres;
 use common::*;
 use sqlx::PgPool;
 
@@ -281,7 +281,9 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
             "\n*** chaos: cannot make network namespaces (needs root and iproute2): running the schedule on loopback, WITHOUT network faults ***\n"
         );
     }
-    let work = tempfile::tempdir().unwrap();
+    // Kept when the test fails: the servers' and agents' logs are the
+    // evidence.
+    let work = KeptDir(tempfile::tempdir().unwrap().keep());
     let mut keys = Vec::new();
     for i in 0..BOARDS {
         keys.push(keygen(work.path(), &format!("c{i}")).await);
@@ -679,4 +681,13 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     drop(pg);
     drop(netns);
     let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(work.path());
+}
+
+struct KeptDir(PathBuf);
+
+impl KeptDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
 }

@@ -85,7 +85,7 @@ async fn pages_show_what_real_agents_produced() {
     .fetch_one(&server.pool)
     .await
     .unwrap();
-    armfleet_server::logs::store_chunk(
+    armfleet_server::domain::logs::store_chunk(
         &server.pool,
         failed,
         LogStream::GuestConsole,

@@ -472,7 +472,7 @@ async fn an_advancing_job_updates_the_open_job_and_fleet_pages_without_a_reload(
         .fetch_one(&pool)
         .await
         .unwrap();
-    armfleet_server::jobs::finish(
+    armfleet_server::domain::jobs::finish(
         &pool,
         job,
         "altra-01",
@@ -484,7 +484,7 @@ async fn an_advancing_job_updates_the_open_job_and_fleet_pages_without_a_reload(
     )
     .await
     .unwrap();
-    armfleet_server::boards::refresh_busy(&pool, "altra-01")
+    armfleet_server::domain::boards::refresh_busy(&pool, "altra-01")
         .await
         .unwrap();
     b.wait_js("altra-01 idle on the fleet page",

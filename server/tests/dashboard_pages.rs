@@ -1,5 +1,5 @@
 //! HTTP-level tests of every dashboard route, through
-//! `tower::ServiceExt::oneshot` on `armfleet_server::http::app(state)` with
+//! `tower::ServiceExt::oneshot` on `armfleet_server::transport::http::app(state)` with
 //! a real PostgreSQL seeded through the server's own functions.
 
 mod common;
@@ -362,7 +362,7 @@ async fn live_streams_push_board_state_progress_cycles_and_log_lines() {
             .fetch_one(&pool)
             .await
             .unwrap();
-        armfleet_server::jobs::finish(
+        armfleet_server::domain::jobs::finish(
             &pool,
             job,
             "altra-01",

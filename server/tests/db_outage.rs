@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use armfleet_server::db::embedded::EmbeddedPostgres;
+use armfleet_server::wiring::db::embedded::EmbeddedPostgres;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use armfleet_server::config::Fleet;
+use armfleet_server::domain::config::Fleet;
 
 const KEY_A: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINshuiiHSBrO3Cv3at18VJGCWY8v2Y4DCSjDp7PxSnhU a";

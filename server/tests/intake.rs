@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use armfleet_server::intake::hmac_sha256;
+use armfleet_server::domain::intake::hmac_sha256;
 use common::*;
 
 const SECRET: &str = "s3cret-for-tests";

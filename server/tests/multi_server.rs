@@ -83,7 +83,7 @@ async fn two_servers_share_the_queue_without_running_a_job_twice() {
 /// taking several jobs at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_batch_claims_respect_max_jobs_and_never_hand_a_job_out_twice() {
-    use armfleet_server::jobs::{Claim, claim_next};
+    use armfleet_server::domain::jobs::{Claim, claim_next};
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "b1").await;
     let fleet = fleet_toml(&[("b1", "generic-arm64", &key.public)], "")
@@ -175,7 +175,7 @@ async fn racing_batch_claims_respect_max_jobs_and_never_hand_a_job_out_twice() {
 /// A lease is one holder's until it stops renewing; then another takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_has_one_holder_and_passes_on_when_it_lapses() {
-    use armfleet_server::leases::{hold, release};
+    use armfleet_server::domain::leases::{hold, release};
     let server = TestServer::start(&one_board_fleet().await).await;
     let pool = &server.pool;
     let ttl = Duration::from_millis(400);

@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use armfleet_server::scheduler::{self, Claims, Event, MAX_PARALLEL_CLAIMS, WorkNotifier};
+use armfleet_server::domain::work::{Event, WorkNotifier};
+use armfleet_server::workers::scheduler::{self, Claims, MAX_PARALLEL_CLAIMS};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 
 fn token_entry(name: &str, token: &str, scopes: &str) -> String {
-    let hash = hex::encode(armfleet_server::config::token_hash(token));
+    let hash = hex::encode(armfleet_server::domain::config::token_hash(token));
     format!("\n[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]\n")
 }
 

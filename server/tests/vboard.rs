@@ -338,7 +338,7 @@ async fn a_kernel_is_deployed_to_the_virtual_board_booted_there_and_stressed_on_
     assert!(!booted_from.ends_with("boot-once-Image"), "{booted_from}");
     // The build: a real arm64 kernel Image (the Debian kernel the board
     // image carries), as a lab that builds elsewhere would hand it over.
-    let image = armfleet_server::demo::vboard_image()
+    let image = armfleet_server::wiring::demo::vboard_image()
         .unwrap()
         .join("vmlinuz");
     use sha2::Digest;

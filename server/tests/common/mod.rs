@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use armfleet_server::app::{Server, Settings};
+use armfleet_server::wiring::app::{Server, Settings};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ fn admin_url() -> &'static str {
         }
         let dir = PathBuf::from(format!("/tmp/armfleet-testpg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let pg = armfleet_server::db::embedded::EmbeddedPostgres::start(&dir)
+        let pg = armfleet_server::wiring::db::embedded::EmbeddedPostgres::start(&dir)
             .expect("starting a private PostgreSQL for the tests (set DATABASE_URL to use another)");
         let socket = pg.socket_dir().display().to_string();
         let stop = pg.detach();
@@ -469,7 +469,7 @@ pub struct VirtualBoard {
 /// The image `agent/vboard/build.sh` makes, and QEMU: skips loudly, or
 /// fails under `ARMFLEET_REQUIRE_QEMU=1`, when either is missing.
 pub fn vboard_ready() -> bool {
-    match armfleet_server::demo::vboard_image() {
+    match armfleet_server::wiring::demo::vboard_image() {
         Ok(_) => true,
         Err(why) => skip_loudly(why),
     }

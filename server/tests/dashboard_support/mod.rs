@@ -9,10 +9,11 @@ use armfleet_protocol::{
     BoardFacts, CycleRecord, ExecutorKind, HugepageInfo, JobResult, KvmStatus, LogStream,
     QemuBinary,
 };
-use armfleet_server::app::{Server, Settings};
-use armfleet_server::jobs::{self, JobState, TransitionEffects};
-use armfleet_server::state::AppState;
-use armfleet_server::{analysis, boards, logs};
+use armfleet_server::domain::jobs::{self, JobState, TransitionEffects};
+use armfleet_server::domain::{boards, logs};
+use armfleet_server::wiring::app::{Server, Settings};
+use armfleet_server::wiring::state::AppState;
+use armfleet_server::workers::analysis;
 use sqlx::PgPool;
 
 use crate::common;
@@ -47,7 +48,7 @@ impl Prepared {
         &self.state.pool
     }
     pub fn app(&self) -> axum::Router {
-        armfleet_server::http::app(self.state.clone())
+        armfleet_server::transport::http::app(self.state.clone())
     }
     /// Serves the dashboard on a loopback port until the state's shutdown
     /// token is cancelled; returns the base URL.

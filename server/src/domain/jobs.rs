@@ -1,0 +1,1221 @@
+//! The job state machine and the job queue.
+//!
+//! Architecture invariant: every change of `jobs.state` goes through
+//! [`transition`] (one job: locks it, enforces the epoch fence) or
+//! [`transition_locked`] (jobs the caller locked, e.g. a claim's batch) in
+//! this module. Both check the move against [`JobState::can_move_to`] and
+//! record it in `job_events`, in one statement. Nothing else writes
+//! `jobs.state`.
+//!
+//! ```text
+//! queued ──► assigned ──► running ──► passed | failed | infra_error | timed_out
+//!   │           │            │
+//!   └───────────┴────────────┴──────► lost | cancelled
+//! ```
+
+use armfleet_protocol::{CycleRecord, HostKind, JobResult, JobSpec, RunEnvironment, Task};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+pub use crate::domain::deploy::Claim;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Assigned,
+    Running,
+    Passed,
+    Failed,
+    InfraError,
+    TimedOut,
+    Lost,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 9] = [
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Passed,
+        JobState::Failed,
+        JobState::InfraError,
+        JobState::TimedOut,
+        JobState::Lost,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Passed => "passed",
+            JobState::Failed => "failed",
+            JobState::InfraError => "infra_error",
+            JobState::TimedOut => "timed_out",
+            JobState::Lost => "lost",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+
+    /// A lab failure: the lab, not the kernel, kept the job from a verdict
+    /// (`infra_error`, `lost`, `timed_out`). Such a job says nothing about
+    /// the kernel and may be retried.
+    pub fn is_lab_failure(self) -> bool {
+        matches!(
+            self,
+            JobState::InfraError | JobState::Lost | JobState::TimedOut
+        )
+    }
+
+    /// Whether the stored state `s` is a lab failure (see
+    /// [`JobState::is_lab_failure`]); unknown states are not.
+    pub fn is_lab_failure_str(s: &str) -> bool {
+        JobState::parse(s).is_some_and(JobState::is_lab_failure)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            JobState::Queued | JobState::Assigned | JobState::Running
+        )
+    }
+
+    /// The edges of the state machine.
+    pub fn can_move_to(self, to: JobState) -> bool {
+        use JobState::*;
+        match (self, to) {
+            (Queued, Assigned | Cancelled | Lost) => true,
+            (Assigned, Running | Lost | Cancelled | TimedOut | InfraError) => true,
+            // An agent may finish a job whose start message raced its end.
+            (Assigned, Passed | Failed) => true,
+            (Running, Passed | Failed | InfraError | TimedOut | Lost | Cancelled) => true,
+            _ => false,
+        }
+    }
+
+    pub fn from_result(result: &JobResult) -> JobState {
+        match result {
+            JobResult::Passed { .. } => JobState::Passed,
+            JobResult::Failed { .. } => JobState::Failed,
+            JobResult::InfraError { .. } => JobState::InfraError,
+            JobResult::Cancelled { .. } => JobState::Cancelled,
+            JobResult::TimedOut { .. } => JobState::TimedOut,
+        }
+    }
+}
+
+/// The lab-failure states ([`JobState::is_lab_failure`]) as an SQL list for
+/// `state IN (...)`, to `concat!` into query literals.
+macro_rules! lab_failure_states_sql {
+    () => {
+        "'infra_error', 'lost', 'timed_out'"
+    };
+}
+pub(crate) use lab_failure_states_sql;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job {0} does not exist")]
+    NotFound(i64),
+    #[error("job {job} cannot move from {from} to {to}")]
+    IllegalTransition {
+        job: i64,
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("job {job}: stale epoch {got} (current {current}); message refused")]
+    StaleEpoch { job: i64, got: i64, current: i64 },
+    #[error("job {job} does not belong to board {board}")]
+    WrongBoard { job: i64, board: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Extra columns a transition sets along with the state.
+#[derive(Default)]
+pub struct TransitionEffects<'a> {
+    pub reason: Option<&'a str>,
+    pub result: Option<&'a JobResult>,
+    /// For `assigned`: seconds until the assignment expires.
+    pub assign_deadline_s: Option<u64>,
+    /// For `assigned`: the executor the board runs jobs with, and the kind
+    /// of host it is (shown with every result).
+    pub executor: Option<(&'a str, HostKind)>,
+    /// At the end: where the guests really ran, as the agent reported it
+    /// (it overrides the board's kind taken at the claim).
+    pub environment: Option<&'a RunEnvironment>,
+}
+
+/// Moves `job` to `to`, if the state machine allows it and, for a move an
+/// agent asked for, `fence` (its board and the epoch its message carries)
+/// names the job's board and current epoch. Returns the previous state.
+pub async fn transition(
+    tx: &mut Transaction<'_, Postgres>,
+    job: i64,
+    to: JobState,
+    fence: Option<(&str, i64)>,
+    effects: TransitionEffects<'_>,
+) -> Result<JobState, JobError> {
+    let row = sqlx::query("SELECT state, epoch, board FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(job)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(JobError::NotFound(job))?;
+    let from = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Lost);
+    if let Some((board, epoch)) = fence {
+        check_fence(job, (row.get("board"), row.get("epoch")), board, epoch)?;
+    }
+    transition_locked(tx, &[job], from, to, effects).await?;
+    Ok(from)
+}
+
+/// Moves `jobs`, which the caller has locked (`FOR UPDATE`, in `tx`) and
+/// seen in state `from`, to `to`: the one statement that writes
+/// `jobs.state`, with the job's other columns and its `job_events` row.
+/// Returns `(job, epoch)` after the move.
+pub async fn transition_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs: &[i64],
+    from: JobState,
+    to: JobState,
+    effects: TransitionEffects<'_>,
+) -> Result<Vec<(i64, i64)>, JobError> {
+    if !from.can_move_to(to) {
+        return Err(JobError::IllegalTransition {
+            job: jobs.first().copied().unwrap_or_default(),
+            from: from.as_str(),
+            to: to.as_str(),
+        });
+    }
+    let (cycles_completed, failed_cycle, evidence, result_reason) = match effects.result {
+        Some(JobResult::Failed {
+            cycles_completed,
+            failed_cycle,
+            reason,
+            evidence,
+        }) => (
+            Some(*cycles_completed as i32),
+            failed_cycle.map(|c| c as i32),
+            Some(serde_json::json!(evidence)),
+            Some(reason.clone()),
+        ),
+        Some(JobResult::InfraError {
+            cycles_completed,
+            reason,
+        })
+        | Some(JobResult::Cancelled {
+            cycles_completed,
+            reason,
+        }) => (
+            Some(*cycles_completed as i32),
+            None,
+            None,
+            Some(reason.clone()),
+        ),
+        Some(r) => (Some(r.cycles_completed() as i32), None, None, None),
+        None => (None, None, None, None),
+    };
+    let reason = effects.reason.map(str::to_owned).or(result_reason);
+    // One round trip: the move and its event rows together.
+    let moved: Vec<(i64, i64)> = sqlx::query_as(
+        "WITH moved AS (
+            UPDATE jobs SET
+                state = $2,
+                epoch = CASE WHEN $2 = 'assigned' THEN epoch + 1 ELSE epoch END,
+                deadline = CASE WHEN $2 = 'assigned' THEN now() + make_interval(secs => $3)
+                                WHEN $2 = 'running' THEN now() + make_interval(secs => (spec->>'timeout_s')::float8)
+                                ELSE NULL END,
+                started_at = CASE WHEN $2 = 'running' THEN now() ELSE started_at END,
+                finished_at = CASE WHEN $4 THEN now() ELSE finished_at END,
+                cycles_completed = GREATEST(cycles_completed, COALESCE($5, 0)),
+                failed_cycle = COALESCE($6, failed_cycle),
+                evidence = COALESCE($7, evidence),
+                reason = COALESCE($8, reason),
+                lease_expires_at = CASE WHEN $4 THEN NULL ELSE lease_expires_at END,
+                executor = COALESCE($10, executor),
+                simulated = COALESCE($11, simulated),
+                host_kind = COALESCE($12, host_kind),
+                accel = COALESCE($13, accel),
+                run_detail = COALESCE($14, run_detail),
+                fallback = COALESCE($15, fallback),
+                updated_at = now()
+             WHERE id = ANY($1)
+             RETURNING id, epoch),
+          logged AS (
+            INSERT INTO job_events (job_id, from_state, to_state, reason)
+            SELECT id, $9, $2, $8 FROM moved)
+         SELECT id, epoch FROM moved",
+    )
+    .bind(jobs)
+    .bind(to.as_str())
+    .bind(effects.assign_deadline_s.unwrap_or(60) as f64)
+    .bind(to.is_terminal())
+    .bind(cycles_completed)
+    .bind(failed_cycle)
+    .bind(evidence)
+    .bind(reason.as_deref())
+    .bind(from.as_str())
+    .bind(effects.executor.map(|(e, _)| e))
+    .bind(
+        effects
+            .environment
+            .map(|e| e.host)
+            .or(effects.executor.map(|(_, h)| h))
+            .map(|h| h == HostKind::Simulated),
+    )
+    .bind(
+        effects
+            .environment
+            .map(|e| e.host)
+            .or(effects.executor.map(|(_, h)| h))
+            .map(HostKind::as_str),
+    )
+    .bind(effects.environment.map(|e| e.accel.as_str()))
+    .bind(effects.environment.map(|e| e.detail.as_str()))
+    .bind(effects.environment.and_then(|e| e.fallback.as_deref()))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(moved)
+}
+
+/// A job handed to a board.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub job_id: i64,
+    pub epoch: i64,
+    pub spec: JobSpec,
+    pub queued_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Claims the oldest queued jobs of `board`, as many as it has room for.
+/// `SKIP LOCKED` lets several dispatchers (or servers) claim concurrently
+/// without ever handing one job out twice; the board row, locked first,
+/// keeps `max_active` true across servers.
+///
+/// A job that names a build waits until the build is built, and runs only
+/// when the board runs that build: when it does not (and the board is idle,
+/// with no boot in progress) the answer is [`Claim::NeedsBoot`] and nothing
+/// is claimed (see `deploy`). Either way the board's idle/busy state is
+/// brought up to date in the same transaction.
+///
+/// Five round trips and one commit for a whole batch: at thousands of jobs
+/// a second this path is what PostgreSQL spends its time on.
+pub async fn claim_next(
+    pool: &PgPool,
+    board: &str,
+    max_active: u32,
+    executor: &str,
+    host: HostKind,
+    assign_deadline_s: u64,
+) -> Result<Claim<Vec<Assignment>>, JobError> {
+    let mut tx = pool.begin().await?;
+    let running_build: Option<i64> =
+        sqlx::query_scalar("SELECT build_id FROM boards WHERE name = $1 FOR UPDATE")
+            .bind(board)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+    // A separate statement after the lock, so its snapshot sees every claim
+    // committed by whoever held the lock before.
+    let rows = sqlx::query(
+        "WITH active AS (
+            SELECT count(*) AS n FROM jobs WHERE board = $1 AND state IN ('assigned', 'running'))
+         SELECT j.id, j.spec, j.created_at, j.build_id, (SELECT n FROM active) AS active
+         FROM jobs j
+         WHERE j.board = $1 AND j.state = 'queued'
+           AND (j.build_id IS NULL OR EXISTS (SELECT 1 FROM builds b WHERE b.id = j.build_id AND b.state = 'built'))
+           AND NOT EXISTS (SELECT 1 FROM boots WHERE board = $1 AND state IN ('deploying', 'booting'))
+         ORDER BY j.id
+         LIMIT GREATEST($2 - (SELECT n FROM active), 0)
+         FOR UPDATE OF j SKIP LOCKED",
+    )
+    .bind(board)
+    .bind(max_active as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    // The head of the queue, up to the first job that needs another build.
+    let mut batch = Vec::new();
+    for row in &rows {
+        let wanted: Option<i64> = row.get("build_id");
+        if let Some(build_id) = wanted.filter(|w| running_build != Some(*w)) {
+            if batch.is_empty() {
+                let active: i64 = row.get("active");
+                // Never reboot a board under a running job.
+                if active == 0 {
+                    return Ok(Claim::NeedsBoot { build_id });
+                }
+            }
+            break;
+        }
+        let job_id: i64 = row.get("id");
+        let spec: serde_json::Value = row.get("spec");
+        let spec: JobSpec = serde_json::from_value(spec).map_err(|e| {
+            sqlx::Error::Decode(format!("job {job_id} has an unreadable spec: {e}").into())
+        })?;
+        batch.push(Assignment {
+            job_id,
+            epoch: 0,
+            spec,
+            queued_at: row.get("created_at"),
+        });
+    }
+    if batch.is_empty() {
+        crate::domain::boards::refresh_busy(&mut *tx, board).await?;
+        tx.commit().await?;
+        return Ok(Claim::Nothing);
+    }
+    let ids: Vec<i64> = batch.iter().map(|a| a.job_id).collect();
+    let moved = transition_locked(
+        &mut tx,
+        &ids,
+        JobState::Queued,
+        JobState::Assigned,
+        TransitionEffects {
+            assign_deadline_s: Some(assign_deadline_s),
+            executor: Some((executor, host)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    for (id, epoch) in moved {
+        if let Some(a) = batch.iter_mut().find(|a| a.job_id == id) {
+            a.epoch = epoch;
+        }
+    }
+    crate::domain::boards::refresh_busy(&mut *tx, board).await?;
+    tx.commit().await?;
+    Ok(Claim::Assigned(batch))
+}
+
+/// Checks that a message about `job` comes from its board with its epoch.
+pub async fn check_owner(pool: &PgPool, job: i64, board: &str, epoch: i64) -> Result<(), JobError> {
+    let row = sqlx::query("SELECT board, epoch FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(JobError::NotFound(job))?;
+    check_fence(job, (row.get("board"), row.get("epoch")), board, epoch)
+}
+
+/// The fence every agent message about a job passes: it must come from the
+/// job's board (`owner`) and carry its `current` epoch.
+fn check_fence(
+    job: i64,
+    (owner, current): (&str, i64),
+    board: &str,
+    epoch: i64,
+) -> Result<(), JobError> {
+    if owner != board {
+        return Err(JobError::WrongBoard {
+            job,
+            board: board.to_owned(),
+        });
+    }
+    if current != epoch {
+        return Err(JobError::StaleEpoch {
+            job,
+            got: epoch,
+            current,
+        });
+    }
+    Ok(())
+}
+
+pub async fn mark_running(
+    pool: &PgPool,
+    job: i64,
+    board: &str,
+    epoch: i64,
+) -> Result<(), JobError> {
+    let mut tx = pool.begin().await?;
+    transition(
+        &mut tx,
+        job,
+        JobState::Running,
+        Some((board, epoch)),
+        TransitionEffects::default(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn finish(
+    pool: &PgPool,
+    job: i64,
+    board: &str,
+    epoch: i64,
+    result: &JobResult,
+    environment: Option<&RunEnvironment>,
+) -> Result<JobState, JobError> {
+    let to = JobState::from_result(result);
+    let mut tx = pool.begin().await?;
+    transition(
+        &mut tx,
+        job,
+        to,
+        Some((board, epoch)),
+        TransitionEffects {
+            result: Some(result),
+            environment,
+            ..Default::default()
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(to)
+}
+
+/// Stores one cycle record (idempotent: a resent record is ignored). One
+/// statement: the ownership check, the record and the job's count.
+pub async fn record_cycle(
+    pool: &PgPool,
+    job: i64,
+    board: &str,
+    epoch: i64,
+    record: &CycleRecord,
+) -> Result<(), JobError> {
+    let completed = if record.guest_alive {
+        record.cycle
+    } else {
+        record.cycle.saturating_sub(1)
+    };
+    let updated = sqlx::query(
+        "WITH owned AS (
+            SELECT id FROM jobs WHERE id = $1 AND board = $4 AND epoch = $5),
+          stored AS (
+            INSERT INTO job_cycles (job_id, cycle, record)
+            SELECT id, $2, $3 FROM owned
+            ON CONFLICT (job_id, cycle) DO NOTHING)
+         UPDATE jobs SET cycles_completed = GREATEST(cycles_completed, $6), updated_at = now()
+         WHERE id IN (SELECT id FROM owned)",
+    )
+    .bind(job)
+    .bind(record.cycle as i32)
+    .bind(serde_json::to_value(record).unwrap_or_default())
+    .bind(board)
+    .bind(epoch)
+    .bind(completed as i32)
+    .execute(pool)
+    .await?;
+    if updated.rows_affected() == 0 {
+        // Not the board's job, or a stale epoch: say which.
+        check_owner(pool, job, board, epoch).await?;
+    }
+    Ok(())
+}
+
+/// The board's connection ended: its in-flight jobs keep their state for
+/// `grace_s`, in case the agent comes back with them (a network blip, a
+/// server restart); after that the watchdog declares them lost.
+pub async fn lease_board_jobs(
+    pool: &PgPool,
+    board: &str,
+    grace_s: f64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2)
+         WHERE board = $1 AND state IN ('assigned', 'running') AND lease_expires_at IS NULL",
+    )
+    .bind(board)
+    .bind(grace_s)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// The agent came back: the jobs it still has keep running (their leases
+/// are renewed); the board's other in-flight jobs died with the old agent.
+/// Returns the jobs the agent listed that are no longer its to run.
+pub async fn reconcile_leases(
+    pool: &PgPool,
+    board: &str,
+    held: &[(i64, i64)],
+) -> Result<Vec<i64>, JobError> {
+    let in_flight: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT id, epoch FROM jobs WHERE board = $1 AND state IN ('assigned', 'running')",
+    )
+    .bind(board)
+    .fetch_all(pool)
+    .await?;
+    for (id, epoch) in &in_flight {
+        if held.contains(&(*id, *epoch)) {
+            sqlx::query("UPDATE jobs SET lease_expires_at = NULL WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?;
+        } else {
+            let mut tx = pool.begin().await?;
+            match transition(
+                &mut tx,
+                *id,
+                JobState::Lost,
+                None,
+                TransitionEffects {
+                    reason: Some("the board's agent came back without the job (it restarted)"),
+                    ..Default::default()
+                },
+            )
+            .await
+            {
+                Ok(_) => tx.commit().await?,
+                Err(JobError::IllegalTransition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(held
+        .iter()
+        .filter(|h| !in_flight.contains(h))
+        .map(|(id, _)| *id)
+        .collect())
+}
+
+/// At start-up: what a previous server process left in flight gets a
+/// grace period for its agent to reconnect with it; the watchdog ends the
+/// rest as lost.
+pub async fn resolve_after_restart(
+    pool: &PgPool,
+    server_id: &str,
+    grace_s: f64,
+) -> Result<Vec<i64>, JobError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $1)
+         WHERE state IN ('assigned', 'running') AND lease_expires_at IS NULL
+           AND board IN (SELECT name FROM boards WHERE server_id IS NULL OR server_id = $2)
+         RETURNING id",
+    )
+    .bind(grace_s)
+    .bind(server_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Jobs whose deadline passed: assigned but never started, or running past
+/// their timeout. Returns (job, board, new state).
+pub async fn expire_deadlines(
+    pool: &PgPool,
+    queue_deadline_s: u64,
+) -> Result<Vec<(i64, String, JobState)>, JobError> {
+    let rows = sqlx::query(
+        "SELECT id, board, state, (lease_expires_at IS NOT NULL AND lease_expires_at < now()) AS lease_gone
+         FROM jobs
+         WHERE (state IN ('assigned', 'running')
+                AND ((deadline IS NOT NULL AND deadline < now())
+                     OR (lease_expires_at IS NOT NULL AND lease_expires_at < now())))
+            OR (state = 'queued' AND created_at < now() - make_interval(secs => $1))",
+    )
+    .bind(queue_deadline_s as f64)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let id: i64 = row.get("id");
+        let board: String = row.get("board");
+        let state = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Running);
+        let lease_gone: bool = row.get("lease_gone");
+        let (to, reason) = match state {
+            _ if lease_gone => (
+                JobState::Lost,
+                "board went offline and did not come back with the job in time",
+            ),
+            JobState::Queued => (
+                JobState::Lost,
+                "no board took the job before the queue deadline",
+            ),
+            JobState::Assigned => (JobState::Lost, "the board never started the job"),
+            _ => (JobState::TimedOut, "the job ran past its timeout"),
+        };
+        let mut tx = pool.begin().await?;
+        match transition(
+            &mut tx,
+            id,
+            to,
+            None,
+            TransitionEffects {
+                reason: Some(reason),
+                ..Default::default()
+            },
+        )
+        .await
+        {
+            Ok(_) => {
+                tx.commit().await?;
+                out.push((id, board, to));
+            }
+            Err(JobError::IllegalTransition { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Cancels a job at the user's request. Returns the state it was in, so
+/// the caller knows whether an agent must be told.
+pub async fn cancel(pool: &PgPool, job: i64, reason: &str) -> Result<(JobState, String), JobError> {
+    let mut tx = pool.begin().await?;
+    let from = transition(
+        &mut tx,
+        job,
+        JobState::Cancelled,
+        None,
+        TransitionEffects {
+            reason: Some(reason),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let board: String = sqlx::query_scalar("SELECT board FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((from, board))
+}
+
+// ---- reading ----
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub board: String,
+    pub plan: String,
+    pub state: String,
+    pub epoch: i64,
+    pub executor: Option<String>,
+    pub simulated: bool,
+    /// `hardware`, `emulated` or `simulated`: where the guests ran.
+    pub host_kind: Option<String>,
+    /// `kvm`, `tcg` or `none`: the accelerator the guests really used.
+    pub accel: Option<String>,
+    /// Where the job ran, in words (host, kernel, KVM mode).
+    pub run_detail: Option<String>,
+    /// Why the agent fell back from what it was asked for (TCG or replay
+    /// instead of `auto`'s first choice): such a job never counts.
+    pub fallback: Option<String>,
+    pub cycles_total: i32,
+    pub cycles_completed: i32,
+    pub failed_cycle: Option<i32>,
+    pub reason: Option<String>,
+    pub evidence: serde_json::Value,
+    pub tree: String,
+    pub branch: String,
+    pub commit_sha: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+// Query texts are string literals, composed with `concat!` from the
+// macros below: no query text is ever built at run time (values are bound).
+
+/// The columns of [`JobRow`].
+macro_rules! job_columns {
+    () => {
+        "SELECT j.id, j.run_id, j.board, j.plan, j.state, j.epoch, j.executor, j.simulated,
+        j.host_kind, j.accel, j.run_detail, j.fallback, j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, j.evidence,
+        k.tree, k.branch, k.commit_sha, j.created_at, j.started_at, j.finished_at"
+    };
+}
+
+/// A [`JobRow`] query up to its `WHERE`.
+macro_rules! job_select {
+    () => {
+        concat!(
+            job_columns!(),
+            "\n     FROM jobs j JOIN kernels k ON k.id = j.kernel_id"
+        )
+    };
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as::<_, JobRow>(concat!(job_select!(), " WHERE j.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn for_run(pool: &PgPool, run: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as::<_, JobRow>(concat!(job_select!(), " WHERE j.run_id = $1 ORDER BY j.id"))
+        .bind(run)
+        .fetch_all(pool)
+        .await
+}
+
+/// The job each board is busy with (newest active one).
+pub async fn active_by_board(pool: &PgPool) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as::<_, JobRow>(concat!(
+        job_select!(),
+        " WHERE j.state IN ('assigned', 'running') ORDER BY j.id"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobEvent {
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub reason: Option<String>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn events(pool: &PgPool, job: i64) -> Result<Vec<JobEvent>, sqlx::Error> {
+    sqlx::query_as::<_, JobEvent>(
+        "SELECT from_state, to_state, reason, at FROM job_events WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn cycles(pool: &PgPool, job: i64) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT record FROM job_cycles WHERE job_id = $1 ORDER BY cycle")
+        .bind(job)
+        .fetch_all(pool)
+        .await
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_queued(
+    tx: &mut Transaction<'_, Postgres>,
+    run_id: i64,
+    kernel_id: i64,
+    board: &str,
+    plan: &str,
+    spec: &JobSpec,
+    retry_of: Option<i64>,
+    attempt: i32,
+) -> Result<i64, sqlx::Error> {
+    let Task::MigrateCancel(params) = &spec.task;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (run_id, kernel_id, board, plan, spec, cycles_total, retry_of, attempt, build_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(run_id)
+    .bind(kernel_id)
+    .bind(board)
+    .bind(plan)
+    .bind(serde_json::to_value(spec).unwrap_or_default())
+    .bind(params.cycles as i32)
+    .bind(retry_of)
+    .bind(attempt)
+    .bind(spec.build_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let why = match retry_of {
+        Some(j) => format!("retry {attempt} of job {j}, which ended with a lab failure"),
+        None => format!("planned by run {run_id}"),
+    };
+    sqlx::query("INSERT INTO job_events (job_id, to_state, reason) VALUES ($1, 'queued', $2)")
+        .bind(id)
+        .bind(why)
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// The job's logs went over the per-job limit; the rest is dropped.
+pub async fn mark_log_truncated(pool: &PgPool, job: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET log_truncated = TRUE WHERE id = $1")
+        .bind(job)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records that the analysis of these jobs is done (`Some`) or must run
+/// again (`None`: a recovered kernel log arrived after it).
+pub async fn set_analyzed(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs: &[i64],
+    done: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET analyzed_at = CASE WHEN $2 THEN now() END WHERE id = ANY($1)")
+        .bind(jobs)
+        .bind(done)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobState::*;
+
+    #[test]
+    fn terminal_states_have_no_way_out() {
+        for from in super::JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in super::JobState::ALL {
+                assert!(!from.can_move_to(to), "{from:?} -> {to:?} must be illegal");
+            }
+        }
+    }
+
+    #[test]
+    fn the_sql_list_of_lab_failures_matches_is_lab_failure() {
+        let listed: Vec<&str> = lab_failure_states_sql!()
+            .split(", ")
+            .map(|s| s.trim_matches('\''))
+            .collect();
+        let lab: Vec<&str> = super::JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_lab_failure())
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(listed.len(), lab.len(), "{listed:?} vs {lab:?}");
+        for s in &lab {
+            assert!(listed.contains(s), "{s} missing from {listed:?}");
+        }
+        assert!(super::JobState::is_lab_failure_str("timed_out"));
+        assert!(!super::JobState::is_lab_failure_str("failed"));
+        assert!(!super::JobState::is_lab_failure_str("nonsense"));
+    }
+
+    #[test]
+    fn every_live_state_can_be_lost_or_cancelled() {
+        for from in [Queued, Assigned, Running] {
+            assert!(
+                from.can_move_to(Lost) && from.can_move_to(Cancelled),
+                "{from:?}"
+            );
+        }
+        assert!(
+            !Queued.can_move_to(Running),
+            "a job must be assigned before it runs"
+        );
+        assert!(!Queued.can_move_to(Passed));
+    }
+}
+
+// ---- dashboard reads (appended for the web pages; read-only) ----
+
+/// A job as list pages show it: no spec, no evidence.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobBrief {
+    pub id: i64,
+    pub run_id: i64,
+    pub kernel_id: i64,
+    pub board: String,
+    pub plan: String,
+    pub state: String,
+    pub simulated: bool,
+    pub host_kind: Option<String>,
+    pub cycles_total: i32,
+    pub cycles_completed: i32,
+    pub failed_cycle: Option<i32>,
+    pub reason: Option<String>,
+    pub commit_sha: String,
+    pub branch: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The first finding's title, for failure lists (NULL elsewhere).
+    pub finding: Option<String>,
+}
+
+/// A [`JobBrief`] query up to its `WHERE`, reading jobs from `$jobs`
+/// (the `jobs` table, or a fixed subquery that pages it first).
+macro_rules! job_brief_select {
+    () => {
+        job_brief_select!("jobs j")
+    };
+    ($jobs:literal) => {
+        concat!(
+            "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated, j.host_kind,
+        j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
+        j.created_at, j.finished_at, NULL::text AS finding
+     FROM ",
+            $jobs,
+            " JOIN kernels k ON k.id = j.kernel_id"
+        )
+    };
+}
+
+/// The jobs of several runs in one query (no query per run).
+pub async fn briefs_for_runs(pool: &PgPool, runs: &[i64]) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(concat!(
+        job_brief_select!(),
+        " WHERE j.run_id = ANY($1) ORDER BY j.run_id, j.id"
+    ))
+    .bind(runs)
+    .fetch_all(pool)
+    .await
+}
+
+/// A board's jobs, newest first.
+pub async fn briefs_for_board(
+    pool: &PgPool,
+    board: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(concat!(
+        job_brief_select!(
+            "(SELECT * FROM jobs WHERE board = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
+        ),
+        " ORDER BY j.id DESC"
+    ))
+    .bind(board)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+/// A kernel's jobs, newest first.
+pub async fn briefs_for_kernel(
+    pool: &PgPool,
+    kernel: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(concat!(
+        job_brief_select!(
+            "(SELECT * FROM jobs WHERE kernel_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3) j"
+        ),
+        " ORDER BY j.id DESC"
+    ))
+    .bind(kernel)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+/// A board's failures (kernel failures and lab failures), newest first,
+/// each with its first finding's title.
+pub async fn failures_for_board(
+    pool: &PgPool,
+    board: &str,
+    limit: i64,
+) -> Result<Vec<JobBrief>, sqlx::Error> {
+    sqlx::query_as::<_, JobBrief>(
+        "SELECT j.id, j.run_id, j.kernel_id, j.board, j.plan, j.state, j.simulated, j.host_kind,
+                j.cycles_total, j.cycles_completed, j.failed_cycle, j.reason, k.commit_sha, k.branch,
+                j.created_at, j.finished_at,
+                (SELECT f.title FROM findings f WHERE f.job_id = j.id ORDER BY f.stream = 'guest_console' DESC, f.ordinal LIMIT 1) AS finding
+         FROM jobs j JOIN kernels k ON k.id = j.kernel_id
+         WHERE j.board = $1 AND j.state IN ('failed', 'infra_error', 'timed_out', 'lost')
+         ORDER BY j.id DESC LIMIT $2",
+    )
+    .bind(board)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The job's spec as stored (the parameters it ran with).
+pub async fn spec(pool: &PgPool, job: i64) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT spec FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Cycle records with `cycle > after`, in order, at most `limit`.
+pub async fn cycles_after(
+    pool: &PgPool,
+    job: i64,
+    after: i32,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT record FROM job_cycles WHERE job_id = $1 AND cycle > $2 ORDER BY cycle LIMIT $3",
+    )
+    .bind(job)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Number of stored cycle records and the highest cycle number.
+pub async fn cycle_extent(pool: &PgPool, job: i64) -> Result<(i64, i32), sqlx::Error> {
+    sqlx::query_as("SELECT count(*), COALESCE(max(cycle), 0) FROM job_cycles WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(pool)
+        .await
+}
+
+/// One point of the per-cycle timing plot; with `step > 1` a bucket of
+/// `step` cycles, keeping each bucket's worst (largest) timings.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct CyclePoint {
+    pub cycle: i32,
+    pub delay_ms: Option<f64>,
+    pub cancel_ms: Option<f64>,
+    pub progress_ms: Option<f64>,
+    pub wall_ms: Option<f64>,
+    pub all_alive: bool,
+}
+
+pub async fn cycle_series(
+    pool: &PgPool,
+    job: i64,
+    step: i32,
+) -> Result<Vec<CyclePoint>, sqlx::Error> {
+    sqlx::query_as::<_, CyclePoint>(
+        "SELECT min(cycle) AS cycle,
+                max((record->>'delay_ms')::float8) AS delay_ms,
+                max((record->>'cancel_to_cancelled_ms')::float8) AS cancel_ms,
+                max((record->>'guest_progress_ms')::float8) AS progress_ms,
+                max((record->>'wall_ms')::float8) AS wall_ms,
+                COALESCE(bool_and((record->>'guest_alive')::bool), true) AS all_alive
+         FROM job_cycles WHERE job_id = $1
+         GROUP BY (cycle - 1) / $2 ORDER BY 1",
+    )
+    .bind(job)
+    .bind(step.max(1))
+    .fetch_all(pool)
+    .await
+}
+
+/// What the live job page needs to notice a change.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct JobPulse {
+    pub state: String,
+    pub cycles_completed: i32,
+    pub cycles_total: i32,
+    pub failed_cycle: Option<i32>,
+    pub reason: Option<String>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn pulse(pool: &PgPool, job: i64) -> Result<Option<JobPulse>, sqlx::Error> {
+    sqlx::query_as::<_, JobPulse>(
+        "SELECT state, cycles_completed, cycles_total, failed_cycle, reason, updated_at FROM jobs WHERE id = $1",
+    )
+    .bind(job)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The kernel a job tests.
+pub async fn kernel_of(pool: &PgPool, job: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT kernel_id FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Finished jobs with their kernel id and board family, newest kernels
+/// first, for exports.
+pub async fn finished_for_export(
+    pool: &PgPool,
+    commit: Option<&str>,
+    limit: i64,
+) -> Result<Vec<(JobRow, i64, String)>, sqlx::Error> {
+    use sqlx::FromRow;
+    let rows = sqlx::query(concat!(
+        job_columns!(),
+        ", j.kernel_id AS x_kernel_id, b.family AS x_family
+     FROM jobs j JOIN kernels k ON k.id = j.kernel_id JOIN boards b ON b.name = j.board
+         WHERE j.state IN ('passed', 'failed', 'infra_error', 'timed_out', 'lost', 'cancelled')
+           AND ($1::text IS NULL OR k.commit_sha LIKE $1 || '%')
+         ORDER BY j.kernel_id DESC, j.id LIMIT $2"
+    ))
+    .bind(commit)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                JobRow::from_row(row)?,
+                row.try_get("x_kernel_id")?,
+                row.try_get("x_family")?,
+            ))
+        })
+        .collect()
+}
+
+/// (kernel, board family) pairs with queued or running jobs, for kernels.
+pub async fn active_families(
+    pool: &PgPool,
+    kernels: &[i64],
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT j.kernel_id, b.family FROM jobs j JOIN boards b ON b.name = j.board
+         WHERE j.kernel_id = ANY($1) AND j.state IN ('queued', 'assigned', 'running')",
+    )
+    .bind(kernels)
+    .fetch_all(pool)
+    .await
+}
+
+/// A job's stage-2 path evidence summed over its cycles (the per-cycle
+/// `path` of `job_cycles.record`), for exports. A counter is `None`
+/// (unknown) unless every cycle that carries path evidence knows it: a sum
+/// over some cycles only would pass an undercount off as a measurement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PathTotals {
+    pub job_id: i64,
+    /// Cycles recorded.
+    pub cycles: i64,
+    /// Cycles with path evidence (KVM/arm64 hosts with the probes armed).
+    pub cycles_with_path: i64,
+    pub page_maps: Option<i64>,
+    pub block_maps: Option<i64>,
+    pub block_maps_after_cancel: Option<i64>,
+    pub perm_faults: Option<i64>,
+    pub memslot_changes: Option<i64>,
+}
+
+impl PathTotals {
+    /// (name, value) of the counters, in a fixed order.
+    pub fn counters(&self) -> [(&'static str, Option<i64>); 5] {
+        [
+            ("page_maps", self.page_maps),
+            ("block_maps", self.block_maps),
+            ("block_maps_after_cancel", self.block_maps_after_cancel),
+            ("perm_faults", self.perm_faults),
+            ("memslot_changes", self.memslot_changes),
+        ]
+    }
+}
+
+pub async fn path_totals(pool: &PgPool, jobs: &[i64]) -> Result<Vec<PathTotals>, sqlx::Error> {
+    // The sum of counter `$f` when every cycle with path evidence has it.
+    macro_rules! total {
+        ($f:literal) => {
+            concat!(
+                "CASE WHEN count(record->'path'->'",
+                $f,
+                "') FILTER (WHERE jsonb_typeof(record->'path'->'",
+                $f,
+                "') = 'number')
+                       = count(record->'path') AND count(record->'path') > 0
+                  THEN sum((record->'path'->>'",
+                $f,
+                "')::int8)::int8 END AS ",
+                $f
+            )
+        };
+    }
+    const SQL: &str = concat!(
+        "SELECT job_id, count(*) AS cycles, count(record->'path') AS cycles_with_path, ",
+        total!("page_maps"),
+        ", ",
+        total!("block_maps"),
+        ", ",
+        total!("block_maps_after_cancel"),
+        ", ",
+        total!("perm_faults"),
+        ", ",
+        total!("memslot_changes"),
+        "
+         FROM job_cycles WHERE job_id = ANY($1) GROUP BY job_id ORDER BY job_id"
+    );
+    sqlx::query_as::<_, PathTotals>(SQL)
+        .bind(jobs)
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,236 @@
+//! Regressions: the owner of the `regressions` and `regression_events`
+//! tables. Every state change goes through [`RegressionState::can_move_to`]
+//! and leaves an event with its evidence; verdicts open and fix
+//! regressions, bisections mark them bisected.
+//!
+//! ```text
+//! open ──► confirmed ──► bisected
+//!   │          │            │
+//!   └──────────┴────────────┴──► fixed
+//! ```
+//! (`open → bisected` too: a bisection may end before a sibling board
+//! confirmed the failure.)
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::domain::lifecycle::StateMachine;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegressionState {
+    /// One board failed; a sibling of the same family has yet to confirm.
+    Open,
+    Confirmed,
+    /// A bisection named the first bad commit.
+    Bisected,
+    /// A later kernel on the branch passes.
+    Fixed,
+}
+
+impl StateMachine for RegressionState {
+    const ALL: &'static [RegressionState] = &[
+        RegressionState::Open,
+        RegressionState::Confirmed,
+        RegressionState::Bisected,
+        RegressionState::Fixed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RegressionState::Open => "open",
+            RegressionState::Confirmed => "confirmed",
+            RegressionState::Bisected => "bisected",
+            RegressionState::Fixed => "fixed",
+        }
+    }
+
+    fn can_move_to(self, to: RegressionState) -> bool {
+        use RegressionState::*;
+        matches!(
+            (self, to),
+            (Open, Confirmed | Bisected | Fixed)
+                | (Confirmed, Bisected | Fixed)
+                | (Bisected, Fixed)
+        )
+    }
+}
+
+/// What identifies a regression: a kernel that fails where its baseline
+/// passed, per branch, family and plan.
+pub struct RegressionKey<'a> {
+    pub tree: &'a str,
+    pub branch: &'a str,
+    pub family: &'a str,
+    pub plan: &'a str,
+    pub bad_kernel_id: i64,
+}
+
+async fn event(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    to: RegressionState,
+    evidence: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, $2, $3)",
+    )
+    .bind(id)
+    .bind(to.as_str())
+    .bind(evidence)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves regression `id` to `to` when its state allows it; false when it
+/// did not (already there, or past it).
+async fn move_to(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    to: RegressionState,
+    fixed_kernel_id: Option<i64>,
+    evidence: &str,
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE regressions SET state = $2, fixed_kernel_id = COALESCE($3, fixed_kernel_id), updated_at = now()
+         WHERE id = $1 AND state = ANY($4)",
+    )
+    .bind(id)
+    .bind(to.as_str())
+    .bind(fixed_kernel_id)
+    .bind(RegressionState::sources_of(to))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if moved {
+        event(tx, id, to, evidence).await?;
+    }
+    Ok(moved)
+}
+
+/// A regression verdict: records the regression (`open`, or `confirmed`
+/// when enough boards of the family failed), or confirms an open one.
+/// Returns its id.
+pub async fn record(
+    pool: &PgPool,
+    key: &RegressionKey<'_>,
+    good_kernel_id: Option<i64>,
+    signature: Option<&str>,
+    confirmed: bool,
+    evidence: &str,
+) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO regressions (tree, branch, family, plan, state, good_kernel_id, bad_kernel_id, signature)
+         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)
+         ON CONFLICT (tree, branch, family, plan, bad_kernel_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(key.tree)
+    .bind(key.branch)
+    .bind(key.family)
+    .bind(key.plan)
+    .bind(good_kernel_id)
+    .bind(key.bad_kernel_id)
+    .bind(signature)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let id = match inserted {
+        Some(id) => {
+            event(&mut tx, id, RegressionState::Open, evidence).await?;
+            id
+        }
+        None => {
+            sqlx::query_scalar(
+                "SELECT id FROM regressions
+                 WHERE tree = $1 AND branch = $2 AND family = $3 AND plan = $4 AND bad_kernel_id = $5
+                 FOR UPDATE",
+            )
+            .bind(key.tree)
+            .bind(key.branch)
+            .bind(key.family)
+            .bind(key.plan)
+            .bind(key.bad_kernel_id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    if confirmed {
+        move_to(&mut tx, id, RegressionState::Confirmed, None, evidence).await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// A passing kernel fixes the unfixed regressions of its branch, family and
+/// plan that an earlier kernel opened. Returns their ids.
+pub async fn fix_earlier(
+    pool: &PgPool,
+    tree: &str,
+    branch: &str,
+    family: &str,
+    plan: &str,
+    fixed_kernel_id: i64,
+    evidence: &str,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let candidates: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM regressions WHERE tree = $1 AND branch = $2 AND family = $3 AND plan = $4
+           AND state = ANY($5) AND bad_kernel_id < $6",
+    )
+    .bind(tree)
+    .bind(branch)
+    .bind(family)
+    .bind(plan)
+    .bind(RegressionState::sources_of(RegressionState::Fixed))
+    .bind(fixed_kernel_id)
+    .fetch_all(pool)
+    .await?;
+    let mut fixed = vec![];
+    for id in candidates {
+        let mut tx = pool.begin().await?;
+        if move_to(
+            &mut tx,
+            id,
+            RegressionState::Fixed,
+            Some(fixed_kernel_id),
+            evidence,
+        )
+        .await?
+        {
+            fixed.push(id);
+        }
+        tx.commit().await?;
+    }
+    Ok(fixed)
+}
+
+/// A bisection named the first bad commit of regression `id`.
+pub async fn mark_bisected(pool: &PgPool, id: i64, evidence: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let moved = move_to(&mut tx, id, RegressionState::Bisected, None, evidence).await?;
+    tx.commit().await?;
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RegressionState::{self, *};
+    use crate::domain::lifecycle::{StateMachine, assert_well_formed};
+
+    #[test]
+    fn a_regression_only_moves_forward_and_fixed_is_final() {
+        assert_well_formed::<RegressionState>();
+        for &from in RegressionState::ALL {
+            assert!(!Fixed.can_move_to(from), "fixed is final");
+        }
+        assert!(Open.can_move_to(Confirmed));
+        assert!(Confirmed.can_move_to(Bisected));
+        assert!(!Bisected.can_move_to(Confirmed));
+        assert!(!Confirmed.can_move_to(Open));
+        assert_eq!(
+            RegressionState::sources_of(Fixed),
+            ["open", "confirmed", "bisected"]
+        );
+        assert_eq!(RegressionState::sources_of(Bisected), ["open", "confirmed"]);
+    }
+}

@@ -1,0 +1,78 @@
+//! How the domain says that work may move: an [`Event`] for the
+//! scheduler (`workers::scheduler`), through a [`WorkNotifier`]. The
+//! channel is bounded: when the scheduler is behind, producers wait.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+/// Events waiting for the loop before producers have to wait.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// Why the scheduler should look at a board again. Closed on purpose: this
+/// is every reason work can move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// New jobs for these boards: a run was planned, a build became ready,
+    /// a bisection or a verdict queued work.
+    WorkArrived(Vec<String>),
+    /// Another server sharing the database announced work for this board.
+    Announced(String),
+    BoardConnected(String),
+    /// The board's session ended; a pending claim for it is dropped.
+    BoardLeft(String),
+    /// A job on this board ended: it has room again.
+    JobEnded(String),
+    /// A boot on this board ended (booted: its jobs can go; failed: the
+    /// next build may).
+    BootEnded(String),
+    /// The fleet was reloaded, or the server missed announcements while
+    /// its LISTEN connection was down: every connected board is looked at.
+    Everything,
+}
+
+/// How producers reach the scheduler. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkNotifier {
+    tx: mpsc::Sender<Event>,
+    /// Announcements to the other servers go through the database.
+    announce: Option<(PgPool, Arc<str>)>,
+}
+
+impl WorkNotifier {
+    /// A notifier and the receiver for [`run`]. With `announce`, new work
+    /// is also announced to the other servers on the database
+    /// (`NOTIFY armfleet_work`, payload `<server id>/<board>`).
+    pub fn new(announce: Option<(PgPool, Arc<str>)>) -> (WorkNotifier, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
+        (WorkNotifier { tx, announce }, rx)
+    }
+
+    /// New work for `boards`, wherever their sessions are.
+    pub async fn work_arrived(&self, boards: &[String]) {
+        if boards.is_empty() {
+            return;
+        }
+        if let Some((pool, server_id)) = &self.announce {
+            if let Err(e) = sqlx::query(
+                "SELECT pg_notify('armfleet_work', $2 || '/' || b) FROM unnest($1::text[]) AS b",
+            )
+            .bind(boards)
+            .bind(server_id.as_ref())
+            .execute(pool)
+            .await
+            {
+                // The other servers' sweeps find the work later.
+                tracing::warn!("announcing work to the other servers: {e}");
+            }
+        }
+        self.send(Event::WorkArrived(boards.to_vec())).await;
+    }
+
+    /// Tells the loop; waits while its queue is full. After shutdown the
+    /// event is dropped (nothing would act on it).
+    pub async fn send(&self, event: Event) {
+        let _ = self.tx.send(event).await;
+    }
+}

@@ -1,0 +1,7 @@
+pub mod analysis;
+pub mod bisect;
+pub mod boots;
+pub mod builds;
+pub mod dispatch;
+pub mod power;
+pub mod scheduler;
