@@ -413,29 +413,84 @@ impl Fleet {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Fleet, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
+        let parser = FleetParser {
+            path,
+            text,
+            base_dir: path.parent().unwrap_or(Path::new(".")),
         };
         let raw: RawFleet =
-            toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
-        let base_dir = path.parent().unwrap_or(Path::new("."));
-        let at = |span: std::ops::Range<usize>, field: &str, msg: String| {
-            invalid(format!(
-                "line {}, field `{field}`: {msg}",
-                line_of(text, span.start)
-            ))
-        };
+            toml::from_str(text).map_err(|e| parser.invalid(describe_toml_error(text, &e)))?;
+        let settings = parser.server(raw.server)?;
+        let report = ReportSettings::from_raw(raw.report.unwrap_or_default(), &settings)
+            .map_err(|m| parser.invalid(format!("[report] {m}")))?;
+        let boards = parser.boards(raw.board)?;
+        let profiles = parser.families(&boards, &raw.family)?;
+        let plans = parser.plans(raw.plan, &boards, &profiles)?;
+        if boards.is_empty() {
+            return Err(parser.invalid("no [[board]] defined".into()));
+        }
+        let trees = parser.trees(raw.tree, &plans)?;
+        let tokens = parser.tokens(raw.token)?;
+        let key_owner = boards
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.keys.iter().map(move |k| (key_bytes(k), i)))
+            .collect();
+        let board_index = boards
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.clone(), i))
+            .collect();
+        Ok(Fleet {
+            path: path.to_owned(),
+            server: settings,
+            boards,
+            families: profiles,
+            plans,
+            trees,
+            tokens,
+            report,
+            key_owner,
+            board_index,
+        })
+    }
+}
 
-        let server = raw.server.unwrap_or_default();
+/// Turns the raw file into a checked [`Fleet`], section by section; every
+/// error names the file, and where it can the line and the field.
+struct FleetParser<'a> {
+    path: &'a Path,
+    text: &'a str,
+    /// Relative paths in the file (keys, secrets, fragments) are relative
+    /// to it.
+    base_dir: &'a Path,
+}
+
+impl FleetParser<'_> {
+    fn invalid(&self, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            message,
+        }
+    }
+
+    fn at(&self, span: std::ops::Range<usize>, field: &str, msg: String) -> ConfigError {
+        self.invalid(format!(
+            "line {}, field `{field}`: {msg}",
+            line_of(self.text, span.start)
+        ))
+    }
+
+    fn server(&self, raw: Option<RawServer>) -> Result<ServerSettings, ConfigError> {
+        let server = raw.unwrap_or_default();
         if server.heartbeat_deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)
             <= server.heartbeat_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS)
         {
-            return Err(invalid(
+            return Err(self.invalid(
                 "[server] heartbeat_deadline_ms must be larger than heartbeat_interval_ms".into(),
             ));
         }
-        let settings = ServerSettings {
+        Ok(ServerSettings {
             api_token: server.api_token,
             heartbeat_interval_ms: server.heartbeat_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS),
             heartbeat_deadline_ms: server.heartbeat_deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
@@ -451,20 +506,19 @@ impl Fleet {
             public_url: server
                 .public_url
                 .map(|u| u.trim_end_matches('/').to_owned()),
-            artifact_dir: server.artifact_dir.map(|d| base_dir.join(d)),
-        };
+            artifact_dir: server.artifact_dir.map(|d| self.base_dir.join(d)),
+        })
+    }
 
-        let report = ReportSettings::from_raw(raw.report.unwrap_or_default(), &settings)
-            .map_err(|m| invalid(format!("[report] {m}")))?;
-
+    fn boards(&self, raw: Vec<RawBoard>) -> Result<Vec<Board>, ConfigError> {
         let mut boards = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut key_owner: HashMap<Vec<u8>, String> = HashMap::new();
-        for raw_board in raw.board {
+        for raw_board in raw {
             let name = raw_board.name.get_ref().clone();
             let name_span = raw_board.name.span();
             if !valid_name(&name) {
-                return Err(at(
+                return Err(self.at(
                     name_span,
                     "board.name",
                     format!(
@@ -475,12 +529,12 @@ impl Fleet {
             // Offsets, not lines: counting lines per board would make a
             // 10,000-board file quadratic to load.
             if let Some(first) = names.insert(name.clone(), name_span.start) {
-                return Err(at(
+                return Err(self.at(
                     name_span,
                     "board.name",
                     format!(
                         "duplicate board `{name}` (first defined on line {})",
-                        line_of(text, first)
+                        line_of(self.text, first)
                     ),
                 ));
             }
@@ -493,9 +547,9 @@ impl Fleet {
                 key_sources.push((k.get_ref().clone(), k.span(), "board.key"));
             }
             if let Some(f) = &raw_board.key_file {
-                let file = base_dir.join(f.get_ref());
+                let file = self.base_dir.join(f.get_ref());
                 let line = std::fs::read_to_string(&file).map_err(|e| {
-                    at(
+                    self.at(
                         f.span(),
                         "board.key_file",
                         format!("cannot read {}: {e}", file.display()),
@@ -504,7 +558,7 @@ impl Fleet {
                 key_sources.push((line.trim().to_owned(), f.span(), "board.key_file"));
             }
             if key_sources.is_empty() {
-                return Err(at(
+                return Err(self.at(
                     name_span,
                     "board.key",
                     format!(
@@ -514,14 +568,14 @@ impl Fleet {
             }
             for (line, span, field) in key_sources {
                 let key = russh::keys::PublicKey::from_openssh(line.trim()).map_err(|e| {
-                    at(
+                    self.at(
                         span.clone(),
                         field,
                         format!("not an OpenSSH public key: {e}"),
                     )
                 })?;
                 if key.algorithm() != russh::keys::Algorithm::Ed25519 {
-                    return Err(at(
+                    return Err(self.at(
                         span,
                         field,
                         format!(
@@ -532,7 +586,7 @@ impl Fleet {
                 }
                 let bytes = key_bytes(&key);
                 if let Some(owner) = key_owner.insert(bytes, name.clone()) {
-                    return Err(at(
+                    return Err(self.at(
                         span,
                         field,
                         format!("duplicate key: board `{name}` uses the key of board `{owner}`"),
@@ -543,7 +597,7 @@ impl Fleet {
             let power_cycle = match raw_board.power_cycle {
                 None => None,
                 Some(cmd) if cmd.get_ref().is_empty() => {
-                    return Err(at(cmd.span(), "board.power_cycle", "empty command".into()));
+                    return Err(self.at(cmd.span(), "board.power_cycle", "empty command".into()));
                 }
                 Some(cmd) => Some(cmd.into_inner()),
             };
@@ -557,40 +611,61 @@ impl Fleet {
                 max_jobs: raw_board.max_jobs.unwrap_or(1).max(1),
             });
         }
+        Ok(boards)
+    }
 
+    /// The built-in profile of every family a board has, overridden by the
+    /// file's `[[family]]` sections.
+    fn families(
+        &self,
+        boards: &[Board],
+        raw: &[crate::domain::families::RawFamily],
+    ) -> Result<BTreeMap<Family, FamilyProfile>, ConfigError> {
         let mut profiles: BTreeMap<Family, FamilyProfile> = BTreeMap::new();
-        for b in &boards {
+        for b in boards {
             profiles
                 .entry(b.family)
                 .or_insert_with(|| FamilyProfile::builtin(b.family));
         }
         let mut seen_families = Vec::new();
-        for raw_family in &raw.family {
+        for raw_family in raw {
             if seen_families.contains(&raw_family.name) {
-                return Err(invalid(format!(
+                return Err(self.invalid(format!(
                     "duplicate [[family]] `{}`",
                     raw_family.name.as_str()
                 )));
             }
             seen_families.push(raw_family.name);
-            profiles.insert(raw_family.name, raw_family.profile().map_err(invalid)?);
+            profiles.insert(
+                raw_family.name,
+                raw_family.profile().map_err(|m| self.invalid(m))?,
+            );
         }
+        Ok(profiles)
+    }
+
+    fn plans(
+        &self,
+        raw: Vec<RawPlan>,
+        boards: &[Board],
+        profiles: &BTreeMap<Family, FamilyProfile>,
+    ) -> Result<Vec<Plan>, ConfigError> {
         let mut plans: Vec<Plan> = Vec::new();
-        for raw_plan in raw.plan {
+        for raw_plan in raw {
             let name = raw_plan.name.get_ref().clone();
             let span = raw_plan.name.span();
             if !valid_name(&name) {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.name",
                     format!("`{name}` is not a valid plan name"),
                 ));
             }
             if plans.iter().any(|p| p.name == name) {
-                return Err(at(span, "plan.name", format!("duplicate plan `{name}`")));
+                return Err(self.at(span, "plan.name", format!("duplicate plan `{name}`")));
             }
             if raw_plan.r#type != "migrate-cancel" {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.type",
                     format!(
@@ -609,7 +684,7 @@ impl Fleet {
                 Some(t) => toml::Value::Table(t)
                     .try_into()
                     .map_err(|e: toml::de::Error| {
-                        at(
+                        self.at(
                             span.clone(),
                             "plan.params",
                             format!("plan `{name}`: {}", e.message().trim()),
@@ -617,14 +692,14 @@ impl Fleet {
                     })?,
             };
             if params.cycles == 0 {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.params.cycles",
                     format!("plan `{name}`: cycles must be at least 1"),
                 ));
             }
             if params.cancel_delay_ms_min > params.cancel_delay_ms_max {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.params.cancel_delay_ms_min",
                     format!(
@@ -633,7 +708,7 @@ impl Fleet {
                 ));
             }
             if !["kvm", "tcg", "auto"].contains(&params.accel.as_str()) {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.params.accel",
                     format!(
@@ -643,14 +718,14 @@ impl Fleet {
                 ));
             }
             if params.dirty_threads > 64 {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.params.dirty_threads",
                     format!("plan `{name}`: dirty_threads must be at most 64 (0: one per vCPU)"),
                 ));
             }
             if let Some(g) = params.gic_version.filter(|g| ![2, 3, 4].contains(g)) {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.params.gic_version",
                     format!("plan `{name}`: gic_version must be 2, 3 or 4, not {g}"),
@@ -660,7 +735,7 @@ impl Fleet {
                 .dirty_ring_size
                 .filter(|n| !n.is_power_of_two() || !(1024..=65536).contains(n))
             {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.params.dirty_ring_size",
                     format!(
@@ -670,7 +745,7 @@ impl Fleet {
             }
             let replay = raw_plan.replay.unwrap_or_default();
             if !(0.0..=1.0).contains(&replay.abort_probability) {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.replay.abort_probability",
                     format!("plan `{name}`: abort_probability must be within 0..1"),
@@ -689,7 +764,7 @@ impl Fleet {
                 .map(|b| b.name.clone())
                 .collect();
             if selected.is_empty() {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.boards",
                     format!(
@@ -703,7 +778,7 @@ impl Fleet {
                 || !(0.0 < verdict.min_detectable_rate && verdict.min_detectable_rate < 1.0)
                 || !(0.0 < verdict.power && verdict.power < 1.0)
             {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "plan.verdict",
                     format!(
@@ -716,9 +791,9 @@ impl Fleet {
                 Some(b) => {
                     let mut fragments = Vec::new();
                     for f in &b.fragments {
-                        let file = base_dir.join(f);
+                        let file = self.base_dir.join(f);
                         let text = std::fs::read_to_string(&file).map_err(|e| {
-                            at(
+                            self.at(
                                 span.clone(),
                                 "plan.build.fragments",
                                 format!(
@@ -733,7 +808,7 @@ impl Fleet {
                         || !valid_make_word(&b.defconfig)
                         || b.targets.iter().any(|t| !valid_make_word(t))
                     {
-                        return Err(at(
+                        return Err(self.at(
                             span,
                             "plan.build",
                             format!(
@@ -787,25 +862,22 @@ impl Fleet {
                 replay_abort_probability: replay.abort_probability,
             });
         }
-        if boards.is_empty() {
-            return Err(invalid("no [[board]] defined".into()));
-        }
+        Ok(plans)
+    }
+
+    fn trees(&self, raw: Vec<RawTree>, plans: &[Plan]) -> Result<Vec<Tree>, ConfigError> {
         let mut trees: Vec<Tree> = Vec::new();
-        for raw_tree in raw.tree {
+        for raw_tree in raw {
             let name = raw_tree.name.get_ref().clone();
             let span = raw_tree.name.span();
             if trees.iter().any(|t| t.name == name) {
-                return Err(at(span, "tree.name", format!("duplicate tree `{name}`")));
+                return Err(self.at(span, "tree.name", format!("duplicate tree `{name}`")));
             }
             if raw_tree.url.trim().is_empty() {
-                return Err(at(
-                    span,
-                    "tree.url",
-                    format!("tree `{name}` has an empty url"),
-                ));
+                return Err(self.at(span, "tree.url", format!("tree `{name}` has an empty url")));
             }
             if raw_tree.branches.is_empty() {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "tree.branches",
                     format!("tree `{name}` watches no branch"),
@@ -813,7 +885,7 @@ impl Fleet {
             }
             for p in &raw_tree.plans {
                 if !plans.iter().any(|x| &x.name == p) {
-                    return Err(at(
+                    return Err(self.at(
                         span.clone(),
                         "tree.plans",
                         format!("tree `{name}` names unknown plan `{p}`"),
@@ -823,9 +895,9 @@ impl Fleet {
             let secret = match (raw_tree.secret, raw_tree.secret_file) {
                 (Some(s), None) => Some(s),
                 (None, Some(f)) => {
-                    let file = base_dir.join(&f);
+                    let file = self.base_dir.join(&f);
                     let s = std::fs::read_to_string(&file).map_err(|e| {
-                        at(
+                        self.at(
                             span.clone(),
                             "tree.secret_file",
                             format!("cannot read {}: {e}", file.display()),
@@ -835,7 +907,7 @@ impl Fleet {
                 }
                 (None, None) => None,
                 (Some(_), Some(_)) => {
-                    return Err(at(
+                    return Err(self.at(
                         span,
                         "tree.secret",
                         "set `secret` or `secret_file`, not both".into(),
@@ -852,25 +924,29 @@ impl Fleet {
                 test_tags: raw_tree.test_tags,
             });
         }
+        Ok(trees)
+    }
+
+    fn tokens(&self, raw: Vec<RawToken>) -> Result<Vec<ApiToken>, ConfigError> {
         let mut tokens = Vec::new();
-        for raw_token in raw.token {
+        for raw_token in raw {
             let span = raw_token.name.span();
             let name = raw_token.name.into_inner();
             let bytes = hex::decode(raw_token.sha256.trim())
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| at(span.clone(), "token.sha256", format!(
+                .ok_or_else(|| self.at(span.clone(), "token.sha256", format!(
                     "token `{name}`: sha256 must be 64 hex digits (print it with `armfleet token hash`)"
                 )))?;
             if raw_token.scopes.is_empty() {
-                return Err(at(
+                return Err(self.at(
                     span,
                     "token.scopes",
                     format!("token `{name}` has no scopes (read, trigger, admin)"),
                 ));
             }
             if tokens.iter().any(|t: &ApiToken| t.name == name) {
-                return Err(at(span, "token.name", format!("duplicate token `{name}`")));
+                return Err(self.at(span, "token.name", format!("duplicate token `{name}`")));
             }
             tokens.push(ApiToken {
                 name,
@@ -878,28 +954,7 @@ impl Fleet {
                 scopes: raw_token.scopes,
             });
         }
-        let key_owner = boards
-            .iter()
-            .enumerate()
-            .flat_map(|(i, b)| b.keys.iter().map(move |k| (key_bytes(k), i)))
-            .collect();
-        let board_index = boards
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.name.clone(), i))
-            .collect();
-        Ok(Fleet {
-            path: path.to_owned(),
-            server: settings,
-            boards,
-            families: profiles,
-            plans,
-            trees,
-            tokens,
-            report,
-            key_owner,
-            board_index,
-        })
+        Ok(tokens)
     }
 }
 
