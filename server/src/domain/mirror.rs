@@ -170,72 +170,66 @@ pub(crate) async fn git(
     Ok(out.stdout)
 }
 
-/// Asks the mirror worker to fetch a tree (deduplicated while pending).
-#[derive(Clone)]
+/// Asks the mirror worker to fetch a tree. A set, not a queue: a tree
+/// asked for again while it waits is one fetch, so the backlog is bounded
+/// by the number of trees, however many pushes arrive.
+#[derive(Clone, Default)]
 pub struct MirrorQueue {
-    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    pending: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl MirrorQueue {
-    pub fn new() -> (MirrorQueue, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (MirrorQueue { tx }, rx)
+    pub fn new() -> MirrorQueue {
+        MirrorQueue::default()
     }
 
     pub fn request(&self, url: &str) {
-        let _ = self.tx.send(url.to_owned());
-    }
-}
-
-/// Fetches requested trees one at a time (a kernel clone is big) and fills
-/// in what git knows of the kernels recorded for them. Runs until `shutdown`.
-pub async fn worker(
-    pool: sqlx::PgPool,
-    data_dir: PathBuf,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let url = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            u = rx.recv() => match u { Some(u) => u, None => return },
-        };
-        // Coalesce a burst of pushes to the same tree into one fetch.
-        let mut pending = vec![url];
-        while let Ok(u) = rx.try_recv() {
-            if !pending.contains(&u) {
-                pending.push(u);
-            }
+        if self.pending.lock().unwrap().insert(url.to_owned()) {
+            self.wake.notify_one();
         }
-        for url in pending {
-            let mirror = Mirror::for_url(&data_dir, &url);
-            let fetched = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = mirror.fetch() => r,
-            };
-            if let Err(e) = fetched {
-                tracing::warn!(tree = %url, "mirror fetch failed: {e}");
-                continue;
+    }
+
+    /// Every tree asked for, once there is one.
+    pub async fn next_batch(&self) -> Vec<String> {
+        loop {
+            let batch: Vec<String> = std::mem::take(&mut *self.pending.lock().unwrap())
+                .into_iter()
+                .collect();
+            if !batch.is_empty() {
+                return batch;
             }
-            if let Err(e) = fill_kernel_details(&pool, &mirror).await {
-                tracing::warn!(tree = %url, "reading commits from the mirror: {e}");
-            }
+            self.wake.notified().await;
         }
     }
 }
 
-async fn fill_kernel_details(pool: &sqlx::PgPool, mirror: &Mirror) -> anyhow::Result<()> {
-    let kernels: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, commit_sha FROM kernels WHERE tree = $1 AND (parent_sha IS NULL OR subject IS NULL OR committed_at IS NULL)",
-    )
-    .bind(&mirror.url)
-    .fetch_all(pool)
-    .await?;
-    for (id, commit) in kernels {
-        let Ok(info) = mirror.commit_info(&commit).await else {
-            continue;
-        };
-        crate::domain::runs::fill_kernel_from_mirror(pool, id, &info).await?;
+#[cfg(test)]
+mod queue_tests {
+    use super::MirrorQueue;
+
+    #[tokio::test]
+    async fn a_tree_asked_for_many_times_while_it_waits_is_fetched_once() {
+        let q = MirrorQueue::new();
+        for _ in 0..1000 {
+            q.request("https://git.example/linux.git");
+        }
+        q.request("https://git.example/kvmarm.git");
+        let batch = q.next_batch().await;
+        assert_eq!(
+            batch,
+            [
+                "https://git.example/kvmarm.git",
+                "https://git.example/linux.git"
+            ]
+        );
+        // Nothing pending: the next batch waits for a request.
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), q.next_batch());
+        assert!(waiting.await.is_err());
+        let q2 = q.clone();
+        let next = tokio::spawn(async move { q2.next_batch().await });
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        q.request("https://git.example/linux.git");
+        assert_eq!(next.await.unwrap(), ["https://git.example/linux.git"]);
     }
-    Ok(())
 }

@@ -31,9 +31,8 @@ pub struct Server {
     pub api_token: String,
     pub fingerprint: String,
     host_key: russh::keys::PrivateKey,
-    analysis_rx: Option<tokio::sync::mpsc::UnboundedReceiver<i64>>,
+    analysis_rx: Option<tokio::sync::mpsc::Receiver<i64>>,
     scheduler_rx: Option<tokio::sync::mpsc::Receiver<crate::domain::work::Event>>,
-    mirror_rx: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
     postgres: Option<EmbeddedPostgres>,
 }
 
@@ -79,7 +78,7 @@ impl Server {
             Arc::from(server_id.as_str()),
         )));
         let (analysis, analysis_rx) = crate::workers::analysis::AnalysisQueue::new();
-        let (mirrors, mirror_rx) = crate::domain::mirror::MirrorQueue::new();
+        let mirrors = crate::domain::mirror::MirrorQueue::new();
         let state = AppState {
             data_dir: Arc::new(settings.data_dir.clone()),
             mirrors,
@@ -105,7 +104,6 @@ impl Server {
             host_key,
             analysis_rx: Some(analysis_rx),
             scheduler_rx: Some(scheduler_rx),
-            mirror_rx: Some(mirror_rx),
             postgres,
         })
     }
@@ -154,13 +152,15 @@ impl Server {
         if let Some(rx) = self.analysis_rx.take() {
             tasks.spawn(crate::workers::analysis::run(state.clone(), rx, shutdown.clone()).map(Ok));
         }
-        if let Some(rx) = self.mirror_rx.take() {
-            let data_dir = state.data_dir.as_ref().clone();
-            tasks.spawn(
-                crate::domain::mirror::worker(state.pool.clone(), data_dir, rx, shutdown.clone())
-                    .map(Ok),
-            );
-        }
+        tasks.spawn(
+            crate::workers::mirror::worker(
+                state.pool.clone(),
+                state.data_dir.as_ref().clone(),
+                state.mirrors.clone(),
+                shutdown.clone(),
+            )
+            .map(Ok),
+        );
         tasks.spawn(crate::workers::power::worker(state.clone(), shutdown.clone()).map(Ok));
         tasks.spawn(crate::workers::bisect::worker(state.deps(), shutdown.clone()).map(Ok));
         tasks.spawn(crate::workers::builds::worker(state.deps(), shutdown.clone()).map(Ok));

@@ -12,19 +12,26 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::findings::{self, TRIAGED};
 use crate::domain::{jobs, logs, results};
 
+/// Jobs waiting for the worker. Bounded: when it is full a job is not
+/// queued, and the worker's sweep (every 5 s, every ended job without
+/// `analyzed_at`) takes it instead.
+const QUEUE_CAPACITY: usize = 4096;
+
 #[derive(Clone)]
 pub struct AnalysisQueue {
-    tx: mpsc::UnboundedSender<i64>,
+    tx: mpsc::Sender<i64>,
 }
 
 impl AnalysisQueue {
-    pub fn new() -> (AnalysisQueue, mpsc::UnboundedReceiver<i64>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn new() -> (AnalysisQueue, mpsc::Receiver<i64>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         (AnalysisQueue { tx }, rx)
     }
 
     pub fn push(&self, job: i64) {
-        let _ = self.tx.send(job);
+        if let Err(mpsc::error::TrySendError::Full(job)) = self.tx.try_send(job) {
+            tracing::debug!(job, "analysis queue full: the next sweep takes the job");
+        }
     }
 }
 
@@ -33,7 +40,7 @@ impl AnalysisQueue {
 /// a crash). A failure is logged and retried at the next sweep.
 pub async fn run(
     state: crate::wiring::state::AppState,
-    mut rx: mpsc::UnboundedReceiver<i64>,
+    mut rx: mpsc::Receiver<i64>,
     shutdown: CancellationToken,
 ) {
     let pool = state.pool.clone();

@@ -3,5 +3,6 @@ pub mod bisect;
 pub mod boots;
 pub mod builds;
 pub mod dispatch;
+pub mod mirror;
 pub mod power;
 pub mod scheduler;
