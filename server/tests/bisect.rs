@@ -88,13 +88,8 @@ async fn start(
         body[k] = v.clone();
     }
     let r = server
-        .client
-        .post(server.url("/api/v1/bisections"))
-        .bearer_auth(&server.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .post_as_admin("/api/v1/bisections", Some(&body))
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     r.json::<serde_json::Value>().await.unwrap()["id"]
         .as_i64()
@@ -210,14 +205,7 @@ async fn a_reproducible_bug_is_bisected_to_its_commit_within_log2_steps() {
     let v = server.get_json(&format!("/api/v1/bisections/{id}")).await;
     assert_eq!(v["bisection"]["state"], "stopped");
     // Bad input is refused with the reason.
-    let r = server
-        .client
-        .post(server.url("/api/v1/bisections"))
-        .bearer_auth(&server.token)
-        .json(&serde_json::json!({"tree": tree, "good": shas[99], "bad": shas[0], "plan": "smoke"}))
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_as_admin("/api/v1/bisections", Some(&serde_json::json!({"tree": tree, "good": shas[99], "bad": shas[0], "plan": "smoke"}))).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("not an ancestor"));
     server.stop().await;

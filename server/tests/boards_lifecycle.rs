@@ -316,13 +316,7 @@ async fn an_offline_board_is_power_cycled_once_and_its_restarted_agent_brings_it
         ],
     );
     std::fs::write(server.dir.path().join("fleet.toml"), &powered).unwrap();
-    let reload = server
-        .client
-        .post(server.url("/api/v1/admin/reload"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
+    let reload = server.post_as_admin("/api/v1/admin/reload", None).await;
     assert_eq!(
         reload.status(),
         200,
@@ -422,12 +416,8 @@ async fn an_offline_board_is_power_cycled_once_and_its_restarted_agent_brings_it
     assert_eq!(manual.len(), 2);
     assert_eq!(manual[1].0, "api:admin");
     let unknown = server
-        .client
-        .post(server.url("/api/v1/boards/nope/power-cycle"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
+        .post_as_admin("/api/v1/boards/nope/power-cycle", None)
+        .await;
     assert_eq!(unknown.status(), 404);
     kill_scripted_agent(dir.path());
     server.stop().await;
@@ -460,13 +450,7 @@ async fn a_board_that_crashes_mid_job_is_power_cycled_and_its_pstore_oops_become
         &[("kunpeng-01", format!("[\"{}\"]", script.display()))],
     );
     std::fs::write(server.dir.path().join("fleet.toml"), &powered).unwrap();
-    let reload = server
-        .client
-        .post(server.url("/api/v1/admin/reload"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
+    let reload = server.post_as_admin("/api/v1/admin/reload", None).await;
     assert_eq!(reload.status(), 200);
 
     let mut agent = agent_at(&server, "kunpeng-01", &key.path, &state, &pstore);

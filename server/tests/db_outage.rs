@@ -54,13 +54,11 @@ async fn a_database_restart_mid_job_loses_nothing() {
     .unwrap();
     // While the database is gone, writes are refused with 503 (retry later).
     let r = server
-        .client
-        .post(server.url("/api/v1/runs"))
-        .bearer_auth(&server.token)
-        .json(&serde_json::json!({"tree": "t", "branch": "master", "commit": "abcdef0"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as_admin(
+            "/api/v1/runs",
+            Some(&serde_json::json!({"tree": "t", "branch": "master", "commit": "abcdef0"})),
+        )
+        .await;
     assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let root2 = root.clone();

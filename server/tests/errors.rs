@@ -79,13 +79,7 @@ async fn an_internal_error_answers_a_request_id_and_logs_the_detail() {
         .unwrap();
 
     // The JSON API.
-    let r = server
-        .client
-        .get(server.url("/api/v1/audit"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
+    let r = server.get_as_admin("/api/v1/audit").await;
     assert_eq!(r.status(), 500);
     let header = r
         .headers()

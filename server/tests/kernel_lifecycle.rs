@@ -183,14 +183,7 @@ async fn trigger(
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
-    server
-        .client
-        .post(server.url("/api/v1/runs"))
-        .bearer_auth(&server.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    server.post_as_admin("/api/v1/runs", Some(&body)).await
 }
 
 async fn run_job(server: &TestServer, tree: &Path, commit: &str) -> serde_json::Value {
@@ -430,12 +423,8 @@ async fn a_kernel_that_does_not_boot_is_boot_failed_and_the_board_is_power_cycle
         "{k:#}"
     );
     let audit = server
-        .client
-        .get(server.url("/api/v1/audit"))
-        .bearer_auth(&server.token)
-        .send()
+        .get_as_admin("/api/v1/audit")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -47,13 +47,7 @@ async fn a_read_scoped_token_cannot_trigger_and_every_write_is_audited() {
         .await
         .unwrap();
     assert_eq!(reload.status(), 403);
-    let audit = server
-        .client
-        .get(server.url("/api/v1/audit"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
+    let audit = server.get_as_admin("/api/v1/audit").await;
     let audit: serde_json::Value = audit.json().await.unwrap();
     let first = &audit["audit"][0];
     assert_eq!(
@@ -83,13 +77,7 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
     // An invalid file is refused and changes nothing.
     let fleet_path = server.dir.path().join("fleet.toml");
     std::fs::write(&fleet_path, "[[board]]\nname = 1\n").unwrap();
-    let r = server
-        .client
-        .post(server.url("/api/v1/admin/reload"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_as_admin("/api/v1/admin/reload", None).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("fleet.toml"));
     assert_eq!(
@@ -105,13 +93,7 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
         fleet_toml(&[("board-1", "rpi5", &new.public)], ""),
     )
     .unwrap();
-    let r = server
-        .client
-        .post(server.url("/api/v1/admin/reload"))
-        .bearer_auth(&server.token)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_as_admin("/api/v1/admin/reload", None).await;
     assert_eq!(r.status(), 200);
     let report: serde_json::Value = r.json().await.unwrap();
     assert_eq!(report["keys_changed"], serde_json::json!(["board-1"]));
@@ -134,12 +116,8 @@ async fn rotation_keeps_both_keys_valid_and_a_reload_revokes_a_key_at_once() {
         .wait_board("board-1", "idle", Duration::from_secs(20))
         .await;
     let audit: serde_json::Value = server
-        .client
-        .get(server.url("/api/v1/audit"))
-        .bearer_auth(&server.token)
-        .send()
+        .get_as_admin("/api/v1/audit")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -169,14 +147,7 @@ async fn writes_are_rate_limited_per_client_and_reads_are_not() {
     let server = TestServer::start(&fleet).await;
     let mut statuses = Vec::new();
     for i in 0..8 {
-        let r = server
-            .client
-            .post(server.url("/api/v1/runs"))
-            .bearer_auth(&server.token)
-            .json(&serde_json::json!({"tree": "t", "branch": "master", "commit": format!("abcdef{i:02}")}))
-            .send()
-            .await
-            .unwrap();
+        let r = server.post_as_admin("/api/v1/runs", Some(&serde_json::json!({"tree": "t", "branch": "master", "commit": format!("abcdef{i:02}")}))).await;
         if r.status() == 429 {
             assert!(r.headers().contains_key("retry-after"));
         }

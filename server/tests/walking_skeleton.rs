@@ -276,23 +276,21 @@ async fn api_writes_need_the_token_and_bad_requests_are_explained() {
         .unwrap();
     assert_eq!(runs, 0, "nothing created without the token");
     let bad = server
-        .client
-        .post(server.url("/api/v1/runs"))
-        .bearer_auth(&server.token)
-        .json(&serde_json::json!({"tree": "t", "branch": "master", "commit": "not-hex"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as_admin(
+            "/api/v1/runs",
+            Some(&serde_json::json!({"tree": "t", "branch": "master", "commit": "not-hex"})),
+        )
+        .await;
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("commit"));
     let unknown_field = server
-        .client
-        .post(server.url("/api/v1/runs"))
-        .bearer_auth(&server.token)
-        .json(&serde_json::json!({"tree": "t", "branch": "master", "commit": CLEAN, "bogus": 1}))
-        .send()
-        .await
-        .unwrap();
+        .post_as_admin(
+            "/api/v1/runs",
+            Some(
+                &serde_json::json!({"tree": "t", "branch": "master", "commit": CLEAN, "bogus": 1}),
+            ),
+        )
+        .await;
     assert_eq!(unknown_field.status(), 400);
     assert_eq!(
         server

@@ -249,6 +249,30 @@ impl TestServer {
         resp.text().await.unwrap()
     }
 
+    /// `POST path` with the API token (and a JSON body if given); the
+    /// answer, whatever its status.
+    pub async fn post_as_admin(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut req = self.client.post(self.url(path)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// `GET path` with the API token; the answer, whatever its status.
+    pub async fn get_as_admin(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `POST /api/v1/runs` with the token; returns the run id.
     pub async fn trigger(&self, commit: &str) -> i64 {
         let resp = self
