@@ -29,17 +29,6 @@ use crate::domain::builds;
 use crate::domain::config::Fleet;
 use crate::domain::lifecycle::StateMachine;
 
-/// What `jobs::claim_next` found at the head of a board's queue.
-#[derive(Debug)]
-pub enum Claim<A> {
-    Assigned(A),
-    /// The next job needs `build_id` running first and the board is idle.
-    NeedsBoot {
-        build_id: i64,
-    },
-    Nothing,
-}
-
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct BootRow {
     pub id: i64,

@@ -17,8 +17,6 @@ use armfleet_protocol::{CycleRecord, HostKind, JobResult, JobSpec, RunEnvironmen
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-pub use crate::domain::deploy::Claim;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -292,6 +290,17 @@ pub struct Assignment {
     pub epoch: i64,
     pub spec: JobSpec,
     pub queued_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What `jobs::claim_next` found at the head of a board's queue.
+#[derive(Debug)]
+pub enum Claim<A> {
+    Assigned(A),
+    /// The next job needs `build_id` running first and the board is idle.
+    NeedsBoot {
+        build_id: i64,
+    },
+    Nothing,
 }
 
 /// Claims the oldest queued jobs of `board`, as many as it has room for.

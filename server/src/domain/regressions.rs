@@ -11,6 +11,7 @@
 //! (`open → bisected` too: a bisection may end before a sibling board
 //! confirmed the failure.)
 
+use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::domain::lifecycle::StateMachine;
@@ -210,6 +211,59 @@ pub async fn mark_bisected(pool: &PgPool, id: i64, evidence: &str) -> Result<boo
     let moved = move_to(&mut tx, id, RegressionState::Bisected, None, evidence).await?;
     tx.commit().await?;
     Ok(moved)
+}
+
+// ---- reading ----
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RegressionRow {
+    pub id: i64,
+    pub tree: String,
+    pub branch: String,
+    pub family: String,
+    pub plan: String,
+    pub state: String,
+    pub good_commit: Option<String>,
+    pub bad_commit: String,
+    pub fixed_commit: Option<String>,
+    pub signature: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RegressionRow>, sqlx::Error> {
+    sqlx::query_as::<_, RegressionRow>(
+        "SELECT r.id, r.tree, r.branch, r.family, r.plan, r.state, g.commit_sha AS good_commit,
+                b.commit_sha AS bad_commit, f.commit_sha AS fixed_commit, r.signature, r.created_at, r.updated_at
+         FROM regressions r JOIN kernels b ON b.id = r.bad_kernel_id
+         LEFT JOIN kernels g ON g.id = r.good_kernel_id LEFT JOIN kernels f ON f.id = r.fixed_kernel_id
+         WHERE ($1::text IS NULL OR r.state = $1) ORDER BY r.id DESC LIMIT $2",
+    )
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RegressionEvent {
+    pub regression_id: i64,
+    pub to_state: String,
+    pub evidence: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn events(pool: &PgPool, ids: &[i64]) -> Result<Vec<RegressionEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RegressionEvent>(
+        "SELECT regression_id, to_state, evidence, at FROM regression_events WHERE regression_id = ANY($1) ORDER BY id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
 }
 
 #[cfg(test)]

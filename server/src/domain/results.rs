@@ -195,7 +195,6 @@ pub async fn for_kernels(
 }
 
 /// The verdicts of several kernels (one query for a whole page).
-pub use crate::domain::verdicts::{VerdictRow, for_kernels as verdicts_for_kernels};
 
 /// Plans that have results, for validating filters.
 pub async fn plans(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {

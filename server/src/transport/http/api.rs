@@ -418,14 +418,14 @@ async fn list_regressions(
             )));
         }
     }
-    let rows = verdicts::regressions(
+    let rows = crate::domain::regressions::list(
         &state.pool,
         q.state.as_deref(),
         q.limit.unwrap_or(100).clamp(1, 1000),
     )
     .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let events = verdicts::regression_events(&state.pool, &ids).await?;
+    let events = crate::domain::regressions::events(&state.pool, &ids).await?;
     let out: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|r| {

@@ -14,8 +14,9 @@ use super::util::{
     render, short, verdict_rank, wilson95,
 };
 use super::{fleet, logview};
-use crate::domain::results::{KernelResult, VerdictRow};
+use crate::domain::results::KernelResult;
 use crate::domain::runs::KernelSummary;
+use crate::domain::verdicts::{self, VerdictRow};
 use crate::domain::{findings, jobs, results, runs};
 use crate::wiring::state::AppState;
 
@@ -277,7 +278,7 @@ pub async fn kernels_page(
         &[("tree", tree), ("branch", branch), ("plan", plan)],
     );
     let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
-    let verdicts = results::verdicts_for_kernels(pool, &ids, plan).await?;
+    let verdicts = verdicts::for_kernels(pool, &ids, plan).await?;
     let kernels: Vec<KernelLine> = rows
         .into_iter()
         .map(|k| {
@@ -448,7 +449,7 @@ pub async fn matrix_page(
     );
     let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
     let res = results::for_kernels(pool, &ids, plan).await?;
-    let verdicts = results::verdicts_for_kernels(pool, &ids, plan).await?;
+    let verdicts = verdicts::for_kernels(pool, &ids, plan).await?;
     let active = jobs::active_families(pool, &ids).await?;
     let mut fams: BTreeSet<String> = fleet::board_views(pool)
         .await?
@@ -616,7 +617,7 @@ pub async fn kernel_page(
     let commit_sha = k.commit_sha.clone();
     let parent = k.parent_sha.clone().unwrap_or_else(|| "–".into());
     let author = k.author.clone().unwrap_or_else(|| "–".into());
-    let verdict_rows = results::verdicts_for_kernels(pool, &[id], None).await?;
+    let verdict_rows = verdicts::for_kernels(pool, &[id], None).await?;
     let refs: Vec<&VerdictRow> = verdict_rows.iter().collect();
     let line = kernel_line(k, &refs);
     let verdicts = verdict_rows
