@@ -47,8 +47,7 @@ impl Api {
         let text = self
             .send(self.request(reqwest::Method::GET, path), path)
             .await?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} did not answer JSON", self.url(path)))
+        self.json(&text, path)
     }
 
     /// `GET path` answered with text (a script, a report).
@@ -71,7 +70,11 @@ impl Api {
         if text.trim().is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_str(&text)
+        self.json(&text, path)
+    }
+
+    fn json(&self, text: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(text)
             .with_context(|| format!("{} did not answer JSON", self.url(path)))
     }
 

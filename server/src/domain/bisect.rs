@@ -431,6 +431,14 @@ pub async fn show(pool: &PgPool, id: i64) -> Result<serde_json::Value, BisectErr
     }))
 }
 
+/// The bisections still running, oldest first.
+pub async fn running(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM bisections WHERE state = $1 ORDER BY id")
+        .bind(BisectionState::Running.as_str())
+        .fetch_all(pool)
+        .await
+}
+
 /// Confirmed regressions on watched trees (whose mirror the server keeps)
 /// get a bisection from their good to their bad kernel, on their family.
 pub async fn adopt_regressions(

@@ -3,8 +3,8 @@
 //! Architecture invariant: a job that names a build runs only on a board
 //! whose agent reported running exactly that build (`boards.build_id`,
 //! from the agent's facts after it reconnected). `jobs::claim_next` holds
-//! such a job back and answers [`Claim::NeedsBoot`]; the dispatcher then
-//! calls [`start`], which records a boot and sends `ServerMessage::Boot`.
+//! such a job back and answers `Claim::NeedsBoot`; the dispatcher then
+//! calls [`record_start`], which records a boot and sends `ServerMessage::Boot`.
 //!
 //! ```text
 //! deploying ──(agent: Rebooting)──► booting ──(agent back on the build)──► booted
@@ -93,7 +93,7 @@ pub async fn boots_for_board(
 
 /// Records a boot of `build_id` on `board`; returns the message that tells
 /// the agent, or None when the board already has a boot in progress
-/// (another kick, or another server, started it).
+/// (another claim, or another server, started it).
 pub async fn record_start(
     pool: &PgPool,
     fleet: &Fleet,
@@ -144,14 +144,16 @@ pub async fn agent_report(
         BootOutcome::Rebooting { method } => {
             let wait = fleet.server.boot_wait_s() as f64;
             sqlx::query(
-                "UPDATE boots SET state = 'booting', method = $3,
+                "UPDATE boots SET state = $5, method = $3,
                         deadline = now() + make_interval(secs => $4)
-                 WHERE id = $1 AND board = $2 AND state = 'deploying'",
+                 WHERE id = $1 AND board = $2 AND state = ANY($6)",
             )
             .bind(boot_id)
             .bind(board)
             .bind(method)
             .bind(wait)
+            .bind(BootState::Booting.as_str())
+            .bind(BootState::sources_of(BootState::Booting))
             .execute(pool)
             .await?;
             tracing::info!(

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 /// Takes or renews the lease `name` for `holder` for `ttl`. True when
 /// `holder` has it now; false while another server's lease runs.
@@ -45,6 +46,14 @@ pub async fn release(pool: &PgPool, name: &str, holder: &str) -> Result<(), sqlx
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// What a worker does this round.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Round {
+    Work,
+    Skip,
+    Stop,
 }
 
 /// A worker's lease, renewed round by round.
@@ -89,9 +98,27 @@ impl Lease {
         now
     }
 
+    /// Waits `every`, then renews: [`Round::Work`] when this server holds
+    /// the lease, [`Round::Skip`] while another does, [`Round::Stop`] (the
+    /// lease given up) once `shutdown` fires.
+    pub async fn next_round(&mut self, every: Duration, shutdown: &CancellationToken) -> Round {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                self.release().await;
+                return Round::Stop;
+            }
+            _ = tokio::time::sleep(every) => {}
+        }
+        if self.renew().await {
+            Round::Work
+        } else {
+            Round::Skip
+        }
+    }
+
     /// Gives the lease up if held.
-    pub async fn release(self) {
-        if self.held {
+    pub async fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
             if let Err(e) = release(&self.pool, self.name, &self.holder).await {
                 tracing::debug!(lease = self.name, "releasing the lease: {e}");
             }

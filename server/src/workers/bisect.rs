@@ -6,7 +6,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Deps;
-use crate::domain::bisect::{BisectError, BisectionState, adopt_regressions, advance, finish};
+use crate::domain::bisect::{
+    BisectError, BisectionState, adopt_regressions, advance, finish, running,
+};
+use crate::domain::leases::Round;
 
 /// Advances every running bisection, until `shutdown`. One server of a
 /// cluster at a time (the `bisect` lease): two would plan a step twice.
@@ -19,25 +22,18 @@ pub async fn worker(deps: Deps, shutdown: CancellationToken) {
         Duration::from_secs(10),
     );
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                lease.release().await;
-                return;
-            }
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-        }
-        if !lease.renew().await {
-            continue;
+        match lease
+            .next_round(Duration::from_millis(300), &shutdown)
+            .await
+        {
+            Round::Stop => return,
+            Round::Skip => continue,
+            Round::Work => {}
         }
         if let Err(e) = adopt_regressions(&deps, &mut asked_mirrors).await {
             tracing::warn!("starting bisections for confirmed regressions: {e}");
         }
-        let running: Vec<i64> = match sqlx::query_scalar(
-            "SELECT id FROM bisections WHERE state = 'running' ORDER BY id",
-        )
-        .fetch_all(&deps.pool)
-        .await
-        {
+        let running = match running(&deps.pool).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("bisect worker: {e}");

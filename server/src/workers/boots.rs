@@ -4,6 +4,7 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::deploy::{BootState, boot_failed, end, end_waiting_jobs, record_power_cycle};
+use crate::domain::leases::Round;
 use crate::wiring::state::AppState;
 
 /// Ends boots past their deadline: the build did not come up (or the
@@ -18,15 +19,13 @@ pub async fn watchdog(state: AppState, shutdown: CancellationToken) {
         std::time::Duration::from_secs(10),
     );
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                lease.release().await;
-                return;
-            }
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        }
-        if !lease.renew().await {
-            continue;
+        match lease
+            .next_round(std::time::Duration::from_secs(1), &shutdown)
+            .await
+        {
+            Round::Stop => return,
+            Round::Skip => continue,
+            Round::Work => {}
         }
         if let Err(e) = expire(&state).await {
             tracing::warn!("checking boot deadlines: {e}");

@@ -117,11 +117,19 @@ impl Dispatcher {
         }
     }
 
-    /// Boards heard from since their heartbeat was last written. Liveness
-    /// itself is tracked in memory; `boards.last_heartbeat` is for people,
-    /// so it is written for all boards in one statement per watchdog tick
-    /// (10,000 boards must not cost 5,000 commits a second).
+    /// Boards heard from since their heartbeat was last written, at most
+    /// every 5 s (else none). Liveness itself is tracked in memory;
+    /// `boards.last_heartbeat` is for people, so it is written for all
+    /// boards in one statement now and then (10,000 boards must not cost
+    /// 5,000 commits a second).
     fn heard_from(&self) -> Vec<String> {
+        {
+            let mut last = self.last_heartbeat_write.lock().unwrap();
+            if last.elapsed() < Duration::from_secs(5) {
+                return Vec::new();
+            }
+            *last = Instant::now();
+        }
         let mut sessions = self.sessions.lock().unwrap();
         let mut out = Vec::new();
         for (name, s) in sessions.iter_mut() {
@@ -289,16 +297,7 @@ impl Dispatcher {
             );
             close.cancel();
         }
-        let heard = {
-            let mut last = self.last_heartbeat_write.lock().unwrap();
-            if last.elapsed() >= Duration::from_secs(5) {
-                *last = Instant::now();
-                true
-            } else {
-                false
-            }
-        };
-        let heard = if heard { self.heard_from() } else { Vec::new() };
+        let heard = self.heard_from();
         if !heard.is_empty() {
             if let Err(e) = boards::heartbeats(&self.pool, &heard).await {
                 tracing::debug!("recording heartbeats: {e}");
