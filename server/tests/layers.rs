@@ -133,7 +133,12 @@ fn writers() -> std::collections::BTreeMap<String, std::collections::BTreeSet<St
         Default::default();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let name = file.strip_prefix(&root).unwrap().display().to_string();
+        // A module split into a folder (`domain/verdicts/*.rs`) is one module.
+        let rel = file.strip_prefix(&root).unwrap();
+        let name = match rel.components().count() {
+            3.. => rel.parent().unwrap().display().to_string(),
+            _ => rel.with_extension("").display().to_string(),
+        };
         for verb in ["INSERT INTO ", "UPDATE ", "DELETE FROM "] {
             for (i, _) in text.match_indices(verb) {
                 let table: String = text[i + verb.len()..]

@@ -5,13 +5,13 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 pub async fn record(pool: &PgPool, actor: &str, action: &str, target: &str, detail: &str) {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
+        actor,
+        action,
+        target,
+        detail,
     )
-    .bind(actor)
-    .bind(action)
-    .bind(target)
-    .bind(detail)
     .execute(pool)
     .await;
     if let Err(e) = r {

@@ -31,40 +31,42 @@ pub async fn accept_push(
 ) -> Result<PushOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     if let Some(id) = delivery {
-        let inserted: Option<i64> = sqlx::query_scalar(
+        let inserted: Option<i64> = sqlx::query_scalar!(
             "INSERT INTO webhook_deliveries (forge, delivery_id, event, result) VALUES ($1, $2, 'push', 'accepted')
              ON CONFLICT (forge, delivery_id) DO NOTHING RETURNING id",
+            forge,
+            id,
         )
-        .bind(forge)
-        .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
-            let run_id: Option<i64> = sqlx::query_scalar(
+            let run_id: Option<i64> = sqlx::query_scalar!(
                 "SELECT run_id FROM webhook_deliveries WHERE forge = $1 AND delivery_id = $2",
+                forge,
+                id,
             )
-            .bind(forge)
-            .bind(id)
             .fetch_one(&mut *tx)
             .await?;
             return Ok(PushOutcome::SameDelivery { run_id });
         }
     }
     let kernel_id = runs::record_kernel(&mut tx, kernel).await?;
-    let existing: Option<i64> = sqlx::query_scalar(
+    let existing: Option<i64> = sqlx::query_scalar!(
         "SELECT id FROM runs WHERE kernel_id = $1 AND origin LIKE 'webhook:%'
            AND plan_filter IS NOT DISTINCT FROM $2 ORDER BY id LIMIT 1",
+        kernel_id,
+        plan_filter,
     )
-    .bind(kernel_id)
-    .bind(plan_filter)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(run_id) = existing {
         if let Some(id) = delivery {
-            sqlx::query("UPDATE webhook_deliveries SET run_id = $3, result = 'duplicate' WHERE forge = $1 AND delivery_id = $2")
-                .bind(forge)
-                .bind(id)
-                .bind(run_id)
+            sqlx::query!(
+                "UPDATE webhook_deliveries SET run_id = $3, result = 'duplicate' WHERE forge = $1 AND delivery_id = $2",
+                forge,
+                id,
+                run_id,
+            )
                 .execute(&mut *tx)
                 .await?;
         }
@@ -85,12 +87,12 @@ pub async fn accept_push(
     )
     .await?;
     if let Some(id) = delivery {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE webhook_deliveries SET run_id = $3 WHERE forge = $1 AND delivery_id = $2",
+            forge,
+            id,
+            planned.run_id,
         )
-        .bind(forge)
-        .bind(id)
-        .bind(planned.run_id)
         .execute(&mut *tx)
         .await?;
     }
@@ -106,14 +108,14 @@ pub async fn record(
     event: &str,
     result: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO webhook_deliveries (forge, delivery_id, event, result) VALUES ($1, $2, $3, $4)
          ON CONFLICT (forge, delivery_id) DO NOTHING",
+        forge,
+        delivery,
+        event,
+        result,
     )
-    .bind(forge)
-    .bind(delivery)
-    .bind(event)
-    .bind(result)
     .execute(pool)
     .await?;
     Ok(())

@@ -161,14 +161,16 @@ pub async fn transition(
     fence: Option<(&str, i64)>,
     effects: TransitionEffects<'_>,
 ) -> Result<JobState, JobError> {
-    let row = sqlx::query("SELECT state, epoch, board FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(job)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or(JobError::NotFound(job))?;
-    let from = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Lost);
+    let row = sqlx::query!(
+        "SELECT state, epoch, board FROM jobs WHERE id = $1 FOR UPDATE",
+        job,
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(JobError::NotFound(job))?;
+    let from = JobState::parse(&row.state).unwrap_or(JobState::Lost);
     if let Some((board, epoch)) = fence {
-        check_fence(job, (row.get("board"), row.get("epoch")), board, epoch)?;
+        check_fence(job, (&row.board, row.epoch), board, epoch)?;
     }
     transition_locked(tx, &[job], from, to, effects).await?;
     Ok(from)
@@ -325,54 +327,52 @@ pub async fn claim_next(
     assign_deadline_s: u64,
 ) -> Result<Claim<Vec<Assignment>>, JobError> {
     let mut tx = pool.begin().await?;
-    let running_build: Option<i64> =
-        sqlx::query_scalar("SELECT build_id FROM boards WHERE name = $1 FOR UPDATE")
-            .bind(board)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
+    let running_build: Option<i64> = sqlx::query_scalar!(
+        "SELECT build_id FROM boards WHERE name = $1 FOR UPDATE",
+        board,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
     // A separate statement after the lock, so its snapshot sees every claim
     // committed by whoever held the lock before.
-    let rows = sqlx::query(
-        "WITH active AS (
+    let rows = sqlx::query!(
+        r#"WITH active AS (
             SELECT count(*) AS n FROM jobs WHERE board = $1 AND state IN ('assigned', 'running'))
-         SELECT j.id, j.spec, j.created_at, j.build_id, (SELECT n FROM active) AS active
+         SELECT j.id, j.spec, j.created_at, j.build_id, (SELECT n FROM active) AS "active!"
          FROM jobs j
          WHERE j.board = $1 AND j.state = 'queued'
            AND (j.build_id IS NULL OR EXISTS (SELECT 1 FROM builds b WHERE b.id = j.build_id AND b.state = 'built'))
            AND NOT EXISTS (SELECT 1 FROM boots WHERE board = $1 AND state IN ('deploying', 'booting'))
          ORDER BY j.id
          LIMIT GREATEST($2 - (SELECT n FROM active), 0)
-         FOR UPDATE OF j SKIP LOCKED",
+         FOR UPDATE OF j SKIP LOCKED"#,
+        board,
+        max_active as i64,
     )
-    .bind(board)
-    .bind(max_active as i64)
     .fetch_all(&mut *tx)
     .await?;
     // The head of the queue, up to the first job that needs another build.
     let mut batch = Vec::new();
     for row in &rows {
-        let wanted: Option<i64> = row.get("build_id");
-        if let Some(build_id) = wanted.filter(|w| running_build != Some(*w)) {
+        if let Some(build_id) = row.build_id.filter(|w| running_build != Some(*w)) {
             if batch.is_empty() {
-                let active: i64 = row.get("active");
                 // Never reboot a board under a running job.
-                if active == 0 {
+                if row.active == 0 {
                     return Ok(Claim::NeedsBoot { build_id });
                 }
             }
             break;
         }
-        let job_id: i64 = row.get("id");
-        let spec: serde_json::Value = row.get("spec");
-        let spec: JobSpec = serde_json::from_value(spec).map_err(|e| {
+        let job_id = row.id;
+        let spec: JobSpec = serde_json::from_value(row.spec.clone()).map_err(|e| {
             sqlx::Error::Decode(format!("job {job_id} has an unreadable spec: {e}").into())
         })?;
         batch.push(Assignment {
             job_id,
             epoch: 0,
             spec,
-            queued_at: row.get("created_at"),
+            queued_at: row.created_at,
         });
     }
     if batch.is_empty() {
@@ -405,12 +405,11 @@ pub async fn claim_next(
 
 /// Checks that a message about `job` comes from its board with its epoch.
 pub async fn check_owner(pool: &PgPool, job: i64, board: &str, epoch: i64) -> Result<(), JobError> {
-    let row = sqlx::query("SELECT board, epoch FROM jobs WHERE id = $1")
-        .bind(job)
+    let row = sqlx::query!("SELECT board, epoch FROM jobs WHERE id = $1", job,)
         .fetch_optional(pool)
         .await?
         .ok_or(JobError::NotFound(job))?;
-    check_fence(job, (row.get("board"), row.get("epoch")), board, epoch)
+    check_fence(job, (&row.board, row.epoch), board, epoch)
 }
 
 /// The fence every agent message about a job passes: it must come from the
@@ -496,7 +495,7 @@ pub async fn record_cycle(
     } else {
         record.cycle.saturating_sub(1)
     };
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "WITH owned AS (
             SELECT id FROM jobs WHERE id = $1 AND board = $4 AND epoch = $5),
           stored AS (
@@ -505,13 +504,13 @@ pub async fn record_cycle(
             ON CONFLICT (job_id, cycle) DO NOTHING)
          UPDATE jobs SET cycles_completed = GREATEST(cycles_completed, $6), updated_at = now()
          WHERE id IN (SELECT id FROM owned)",
+        job,
+        record.cycle as i32,
+        serde_json::to_value(record).unwrap_or_default(),
+        board,
+        epoch,
+        completed as i32,
     )
-    .bind(job)
-    .bind(record.cycle as i32)
-    .bind(serde_json::to_value(record).unwrap_or_default())
-    .bind(board)
-    .bind(epoch)
-    .bind(completed as i32)
     .execute(pool)
     .await?;
     if updated.rows_affected() == 0 {
@@ -529,12 +528,12 @@ pub async fn lease_board_jobs(
     board: &str,
     grace_s: f64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2)
          WHERE board = $1 AND state IN ('assigned', 'running') AND lease_expires_at IS NULL",
+        board,
+        grace_s,
     )
-    .bind(board)
-    .bind(grace_s)
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
@@ -556,8 +555,7 @@ pub async fn reconcile_leases(
     .await?;
     for (id, epoch) in &in_flight {
         if held.contains(&(*id, *epoch)) {
-            sqlx::query("UPDATE jobs SET lease_expires_at = NULL WHERE id = $1")
-                .bind(id)
+            sqlx::query!("UPDATE jobs SET lease_expires_at = NULL WHERE id = $1", *id,)
                 .execute(pool)
                 .await?;
         } else {
@@ -595,14 +593,14 @@ pub async fn resolve_after_restart(
     server_id: &str,
     grace_s: f64,
 ) -> Result<Vec<i64>, JobError> {
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar!(
         "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $1)
          WHERE state IN ('assigned', 'running') AND lease_expires_at IS NULL
            AND board IN (SELECT name FROM boards WHERE server_id IS NULL OR server_id = $2)
          RETURNING id",
+        grace_s,
+        server_id,
     )
-    .bind(grace_s)
-    .bind(server_id)
     .fetch_all(pool)
     .await?)
 }
@@ -613,25 +611,23 @@ pub async fn expire_deadlines(
     pool: &PgPool,
     queue_deadline_s: u64,
 ) -> Result<Vec<(i64, String, JobState)>, JobError> {
-    let rows = sqlx::query(
-        "SELECT id, board, state, (lease_expires_at IS NOT NULL AND lease_expires_at < now()) AS lease_gone
+    let rows = sqlx::query!(
+        r#"SELECT id, board, state, (lease_expires_at IS NOT NULL AND lease_expires_at < now()) AS "lease_gone!"
          FROM jobs
          WHERE (state IN ('assigned', 'running')
                 AND ((deadline IS NOT NULL AND deadline < now())
                      OR (lease_expires_at IS NOT NULL AND lease_expires_at < now())))
-            OR (state = 'queued' AND created_at < now() - make_interval(secs => $1))",
+            OR (state = 'queued' AND created_at < now() - make_interval(secs => $1))"#,
+        queue_deadline_s as f64,
     )
-    .bind(queue_deadline_s as f64)
     .fetch_all(pool)
     .await?;
     let mut out = Vec::new();
     for row in rows {
-        let id: i64 = row.get("id");
-        let board: String = row.get("board");
-        let state = JobState::parse(row.get::<&str, _>("state")).unwrap_or(JobState::Running);
-        let lease_gone: bool = row.get("lease_gone");
+        let (id, board) = (row.id, row.board);
+        let state = JobState::parse(&row.state).unwrap_or(JobState::Running);
         let (to, reason) = match state {
-            _ if lease_gone => (
+            _ if row.lease_gone => (
                 JobState::Lost,
                 "board went offline and did not come back with the job in time",
             ),
@@ -681,8 +677,7 @@ pub async fn cancel(pool: &PgPool, job: i64, reason: &str) -> Result<(JobState, 
         },
     )
     .await?;
-    let board: String = sqlx::query_scalar("SELECT board FROM jobs WHERE id = $1")
-        .bind(job)
+    let board: String = sqlx::query_scalar!("SELECT board FROM jobs WHERE id = $1", job,)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -805,37 +800,38 @@ pub async fn insert_queued(
     attempt: i32,
 ) -> Result<i64, sqlx::Error> {
     let Task::MigrateCancel(params) = &spec.task;
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = sqlx::query_scalar!(
         "INSERT INTO jobs (run_id, kernel_id, board, plan, spec, cycles_total, retry_of, attempt, build_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        run_id,
+        kernel_id,
+        board,
+        plan,
+        serde_json::to_value(spec).unwrap_or_default(),
+        params.cycles as i32,
+        retry_of,
+        attempt,
+        spec.build_id,
     )
-    .bind(run_id)
-    .bind(kernel_id)
-    .bind(board)
-    .bind(plan)
-    .bind(serde_json::to_value(spec).unwrap_or_default())
-    .bind(params.cycles as i32)
-    .bind(retry_of)
-    .bind(attempt)
-    .bind(spec.build_id)
     .fetch_one(&mut **tx)
     .await?;
     let why = match retry_of {
         Some(j) => format!("retry {attempt} of job {j}, which ended with a lab failure"),
         None => format!("planned by run {run_id}"),
     };
-    sqlx::query("INSERT INTO job_events (job_id, to_state, reason) VALUES ($1, 'queued', $2)")
-        .bind(id)
-        .bind(why)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO job_events (job_id, to_state, reason) VALUES ($1, 'queued', $2)",
+        id,
+        why,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(id)
 }
 
 /// The job's logs went over the per-job limit; the rest is dropped.
 pub async fn mark_log_truncated(pool: &PgPool, job: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET log_truncated = TRUE WHERE id = $1")
-        .bind(job)
+    sqlx::query!("UPDATE jobs SET log_truncated = TRUE WHERE id = $1", job,)
         .execute(pool)
         .await?;
     Ok(())
@@ -848,11 +844,13 @@ pub async fn set_analyzed(
     jobs: &[i64],
     done: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET analyzed_at = CASE WHEN $2 THEN now() END WHERE id = ANY($1)")
-        .bind(jobs)
-        .bind(done)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE jobs SET analyzed_at = CASE WHEN $2 THEN now() END WHERE id = ANY($1)",
+        jobs,
+        done,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

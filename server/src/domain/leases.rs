@@ -22,16 +22,16 @@ pub async fn hold(
     holder: &str,
     ttl: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let got: Option<String> = sqlx::query_scalar(
+    let got = sqlx::query_scalar!(
         "INSERT INTO leases (name, holder, expires_at)
          VALUES ($1, $2, now() + make_interval(secs => $3))
          ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
          WHERE leases.holder = EXCLUDED.holder OR leases.expires_at < now()
          RETURNING holder",
+        name,
+        holder,
+        ttl.as_secs_f64(),
     )
-    .bind(name)
-    .bind(holder)
-    .bind(ttl.as_secs_f64())
     .fetch_optional(pool)
     .await?;
     Ok(got.is_some())
@@ -40,11 +40,13 @@ pub async fn hold(
 /// Gives the lease up (on shutdown), so that another server need not wait
 /// for it to expire.
 pub async fn release(pool: &PgPool, name: &str, holder: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
-        .bind(name)
-        .bind(holder)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM leases WHERE name = $1 AND holder = $2",
+        name,
+        holder
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -22,12 +22,13 @@ pub trait StateMachine: Copy + Eq + std::fmt::Debug + 'static {
     }
 
     /// Every state `to` can be reached from, for `state = ANY(...)` guards.
-    fn sources_of(to: Self) -> Vec<&'static str> {
+    /// (Owned strings: what a checked query's `text[]` parameter takes.)
+    fn sources_of(to: Self) -> Vec<String> {
         Self::ALL
             .iter()
             .copied()
             .filter(|from| from.can_move_to(to))
-            .map(Self::as_str)
+            .map(|s| s.as_str().to_owned())
             .collect()
     }
 

@@ -58,11 +58,16 @@ impl StateMachine for RegressionState {
 /// What identifies a regression: a kernel that fails where its baseline
 /// passed, per branch, family and plan.
 pub struct RegressionKey<'a> {
+    pub on: BranchPlan<'a>,
+    pub bad_kernel_id: i64,
+}
+
+/// Where regressions live: a tree's branch, tested by a plan on a board family.
+pub struct BranchPlan<'a> {
     pub tree: &'a str,
     pub branch: &'a str,
     pub family: &'a str,
     pub plan: &'a str,
-    pub bad_kernel_id: i64,
 }
 
 async fn event(
@@ -71,12 +76,12 @@ async fn event(
     to: RegressionState,
     evidence: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO regression_events (regression_id, to_state, evidence) VALUES ($1, $2, $3)",
+        id,
+        to.as_str(),
+        evidence,
     )
-    .bind(id)
-    .bind(to.as_str())
-    .bind(evidence)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -91,14 +96,14 @@ async fn move_to(
     fixed_kernel_id: Option<i64>,
     evidence: &str,
 ) -> Result<bool, sqlx::Error> {
-    let moved = sqlx::query(
+    let moved = sqlx::query!(
         "UPDATE regressions SET state = $2, fixed_kernel_id = COALESCE($3, fixed_kernel_id), updated_at = now()
          WHERE id = $1 AND state = ANY($4)",
+        id,
+        to.as_str(),
+        fixed_kernel_id,
+        &RegressionState::sources_of(to),
     )
-    .bind(id)
-    .bind(to.as_str())
-    .bind(fixed_kernel_id)
-    .bind(RegressionState::sources_of(to))
     .execute(&mut **tx)
     .await?
     .rows_affected()
@@ -111,86 +116,82 @@ async fn move_to(
 
 /// A regression verdict: records the regression (`open`, or `confirmed`
 /// when enough boards of the family failed), or confirms an open one.
-/// Returns its id.
+/// Returns its id. Runs in the caller's transaction, so the verdict that
+/// opens a regression and the regression are seen together or not at all.
 pub async fn record(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     key: &RegressionKey<'_>,
     good_kernel_id: Option<i64>,
     signature: Option<&str>,
     confirmed: bool,
     evidence: &str,
 ) -> Result<i64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let inserted: Option<i64> = sqlx::query_scalar(
+    let inserted: Option<i64> = sqlx::query_scalar!(
         "INSERT INTO regressions (tree, branch, family, plan, state, good_kernel_id, bad_kernel_id, signature)
          VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)
          ON CONFLICT (tree, branch, family, plan, bad_kernel_id) DO NOTHING
          RETURNING id",
+        key.on.tree,
+        key.on.branch,
+        key.on.family,
+        key.on.plan,
+        good_kernel_id,
+        key.bad_kernel_id,
+        signature,
     )
-    .bind(key.tree)
-    .bind(key.branch)
-    .bind(key.family)
-    .bind(key.plan)
-    .bind(good_kernel_id)
-    .bind(key.bad_kernel_id)
-    .bind(signature)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
     let id = match inserted {
         Some(id) => {
-            event(&mut tx, id, RegressionState::Open, evidence).await?;
+            event(tx, id, RegressionState::Open, evidence).await?;
             id
         }
         None => {
-            sqlx::query_scalar(
+            sqlx::query_scalar!(
                 "SELECT id FROM regressions
                  WHERE tree = $1 AND branch = $2 AND family = $3 AND plan = $4 AND bad_kernel_id = $5
                  FOR UPDATE",
+                key.on.tree,
+                key.on.branch,
+                key.on.family,
+                key.on.plan,
+                key.bad_kernel_id,
             )
-            .bind(key.tree)
-            .bind(key.branch)
-            .bind(key.family)
-            .bind(key.plan)
-            .bind(key.bad_kernel_id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?
         }
     };
     if confirmed {
-        move_to(&mut tx, id, RegressionState::Confirmed, None, evidence).await?;
+        move_to(tx, id, RegressionState::Confirmed, None, evidence).await?;
     }
-    tx.commit().await?;
     Ok(id)
 }
 
 /// A passing kernel fixes the unfixed regressions of its branch, family and
-/// plan that an earlier kernel opened. Returns their ids.
+/// plan that an earlier kernel opened, in the caller's transaction (with
+/// the verdict that says so). Returns their ids.
 pub async fn fix_earlier(
-    pool: &PgPool,
-    tree: &str,
-    branch: &str,
-    family: &str,
-    plan: &str,
+    tx: &mut Transaction<'_, Postgres>,
+    branch: &BranchPlan<'_>,
     fixed_kernel_id: i64,
     evidence: &str,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let candidates: Vec<i64> = sqlx::query_scalar(
+    let candidates: Vec<i64> = sqlx::query_scalar!(
         "SELECT id FROM regressions WHERE tree = $1 AND branch = $2 AND family = $3 AND plan = $4
-           AND state = ANY($5) AND bad_kernel_id < $6",
+           AND state = ANY($5) AND bad_kernel_id < $6 ORDER BY id FOR UPDATE",
+        branch.tree,
+        branch.branch,
+        branch.family,
+        branch.plan,
+        &RegressionState::sources_of(RegressionState::Fixed),
+        fixed_kernel_id,
     )
-    .bind(tree)
-    .bind(branch)
-    .bind(family)
-    .bind(plan)
-    .bind(RegressionState::sources_of(RegressionState::Fixed))
-    .bind(fixed_kernel_id)
-    .fetch_all(pool)
+    .fetch_all(&mut **tx)
     .await?;
     let mut fixed = vec![];
     for id in candidates {
-        let mut tx = pool.begin().await?;
         if move_to(
-            &mut tx,
+            tx,
             id,
             RegressionState::Fixed,
             Some(fixed_kernel_id),
@@ -200,7 +201,6 @@ pub async fn fix_earlier(
         {
             fixed.push(id);
         }
-        tx.commit().await?;
     }
     Ok(fixed)
 }
