@@ -184,3 +184,65 @@ fn every_table_has_one_writer_in_the_domain() {
         bad.join("\n")
     );
 }
+
+/// The tables with a state machine (and their event logs) are written only
+/// by checked queries (`sqlx::query!` and friends), whose SQL and types
+/// the build checks against `.sqlx/` (see ARCHITECTURE.md).
+#[test]
+fn state_machine_tables_are_written_by_checked_queries() {
+    const CHECKED: [&str; 10] = [
+        "jobs",
+        "job_events",
+        "boots",
+        "builds",
+        "regressions",
+        "regression_events",
+        "verdicts",
+        "verdict_history",
+        "webhook_deliveries",
+        "leases",
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut unchecked = Vec::new();
+    let mut seen = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for verb in ["INSERT INTO ", "UPDATE ", "DELETE FROM "] {
+            for (i, _) in text.match_indices(verb) {
+                let table: String = text[i + verb.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !CHECKED.contains(&table.as_str()) {
+                    continue;
+                }
+                seen += 1;
+                // The statement's own call: the last `sqlx::query…` before it.
+                let before = &text[..i];
+                let Some(call) = before.rfind("sqlx::query") else {
+                    unchecked.push(format!(
+                        "{}: {verb}{table} outside any query",
+                        file.display()
+                    ));
+                    continue;
+                };
+                let name_end = before[call..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .map(|n| call + n)
+                    .unwrap_or(before.len());
+                if !before[name_end..].starts_with('!') {
+                    let line = before.matches('\n').count() + 1;
+                    unchecked.push(format!("{}:{line}: {verb}{table}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(seen >= 20, "only {seen} writes found: the scan is broken");
+    assert!(
+        unchecked.is_empty(),
+        "writes of state-machine tables that are not checked queries:\n{}",
+        unchecked.join("\n")
+    );
+}

@@ -34,7 +34,7 @@ use std::time::Duration;
 use armfleet_protocol::{Artifact, BuildSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::io::AsyncWriteExt;
 
 use crate::domain::Deps;
@@ -295,21 +295,20 @@ async fn upsert(
     source: &str,
 ) -> Result<i64, sqlx::Error> {
     // The no-op update makes RETURNING yield the existing row's id.
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = sqlx::query_scalar!(
         "INSERT INTO builds (tree, commit_sha, config_hash, config, source)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (commit_sha, config_hash) DO UPDATE SET commit_sha = builds.commit_sha
          RETURNING id",
+        tree,
+        commit,
+        hash,
+        config,
+        source,
     )
-    .bind(tree)
-    .bind(commit)
-    .bind(hash)
-    .bind(config)
-    .bind(source)
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query("SELECT pg_notify('armfleet_builds', $1)")
-        .bind(id.to_string())
+    sqlx::query!("SELECT pg_notify('armfleet_builds', $1)", id.to_string(),)
         .execute(&mut **tx)
         .await?;
     Ok(id)
@@ -333,12 +332,12 @@ struct Built {
 
 /// Builds `builder` was running when it stopped start over.
 pub async fn requeue_interrupted(pool: &PgPool, builder: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE builds SET state = $2, started_at = NULL WHERE state = ANY($3) AND builder = $1",
+        builder,
+        BuildState::Queued.as_str(),
+        &BuildState::sources_of(BuildState::Queued),
     )
-    .bind(builder)
-    .bind(BuildState::Queued.as_str())
-    .bind(BuildState::sources_of(BuildState::Queued))
     .execute(pool)
     .await?;
     Ok(())
@@ -349,26 +348,18 @@ pub type Claimed = (i64, String, String, String, serde_json::Value);
 pub async fn claim(deps: &Deps) -> Result<Option<Claimed>, sqlx::Error> {
     // The inner `state = 'queued'` is spelled out so that the partial index
     // `builds_queued` serves it; the outer guard is the machine's.
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "UPDATE builds SET state = $2, started_at = now(), builder = $1
          WHERE id = (SELECT id FROM builds WHERE state = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
            AND state = ANY($3)
          RETURNING id, source, tree, commit_sha, config",
+        deps.server_id.as_ref(),
+        BuildState::Building.as_str(),
+        &BuildState::sources_of(BuildState::Building),
     )
-    .bind(deps.server_id.as_ref())
-    .bind(BuildState::Building.as_str())
-    .bind(BuildState::sources_of(BuildState::Building))
     .fetch_optional(&deps.pool)
     .await?;
-    Ok(row.map(|r| {
-        (
-            r.get("id"),
-            r.get("source"),
-            r.get("tree"),
-            r.get("commit_sha"),
-            r.get("config"),
-        )
-    }))
+    Ok(row.map(|r| (r.id, r.source, r.tree, r.commit_sha, r.config)))
 }
 
 pub async fn build_one(
@@ -418,16 +409,16 @@ pub async fn build_one(
     let written = match &result {
         Ok(built) => {
             tracing::info!(build = id, release = %built.kernel_release, secs, "build done");
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE builds SET state = $5, kernel_release = $2, artifacts = $3, log_sha256 = $4,
                         finished_at = now() WHERE id = $1 AND state = ANY($6)",
+                id,
+                &built.kernel_release,
+                serde_json::to_value(&built.artifacts).unwrap_or_default(),
+                log_sha.as_deref(),
+                BuildState::Built.as_str(),
+                &BuildState::sources_of(BuildState::Built),
             )
-            .bind(id)
-            .bind(&built.kernel_release)
-            .bind(serde_json::to_value(&built.artifacts).unwrap_or_default())
-            .bind(&log_sha)
-            .bind(BuildState::Built.as_str())
-            .bind(BuildState::sources_of(BuildState::Built))
             .execute(&deps.pool)
             .await
         }
@@ -437,16 +428,16 @@ pub async fn build_one(
                 BuildFailure::Infra(_) => "infra",
             };
             tracing::warn!(build = id, failure, secs, "build failed: {e}");
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE builds SET state = $5, failure = $2, error = $3, log_sha256 = $4, finished_at = now()
                  WHERE id = $1 AND state = ANY($6)",
+                id,
+                failure,
+                e.to_string(),
+                log_sha.as_deref(),
+                BuildState::Failed.as_str(),
+                &BuildState::sources_of(BuildState::Failed),
             )
-            .bind(id)
-            .bind(failure)
-            .bind(e.to_string())
-            .bind(&log_sha)
-            .bind(BuildState::Failed.as_str())
-            .bind(BuildState::sources_of(BuildState::Failed))
             .execute(&deps.pool)
             .await
         }
@@ -477,10 +468,10 @@ pub async fn after_build(deps: &Deps, id: i64) -> anyhow::Result<()> {
         return Ok(());
     };
     if build.state == BuildState::Built.as_str() {
-        let boards: Vec<String> = sqlx::query_scalar(
+        let boards: Vec<String> = sqlx::query_scalar!(
             "SELECT DISTINCT board FROM jobs WHERE build_id = $1 AND state = 'queued'",
+            id,
         )
-        .bind(id)
         .fetch_all(&deps.pool)
         .await?;
         deps.work.work_arrived(&boards).await;

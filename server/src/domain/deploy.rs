@@ -107,15 +107,15 @@ pub async fn record_start(
         anyhow::bail!("build {build_id} has no artifacts to boot");
     };
     let wait = fleet.server.boot_wait_s() as f64;
-    let boot_id: Option<i64> = sqlx::query_scalar(
+    let boot_id: Option<i64> = sqlx::query_scalar!(
         "INSERT INTO boots (board, build_id, state, deadline)
          VALUES ($1, $2, 'deploying', now() + make_interval(secs => $3))
          ON CONFLICT (board) WHERE state IN ('deploying', 'booting') DO NOTHING
          RETURNING id",
+        board,
+        build_id,
+        wait,
     )
-    .bind(board)
-    .bind(build_id)
-    .bind(wait)
     .fetch_optional(pool)
     .await?;
     let Some(boot_id) = boot_id else {
@@ -143,17 +143,17 @@ pub async fn agent_report(
     match outcome {
         BootOutcome::Rebooting { method } => {
             let wait = fleet.server.boot_wait_s() as f64;
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE boots SET state = $5, method = $3,
                         deadline = now() + make_interval(secs => $4)
                  WHERE id = $1 AND board = $2 AND state = ANY($6)",
+                boot_id,
+                board,
+                method,
+                wait,
+                BootState::Booting.as_str(),
+                &BootState::sources_of(BootState::Booting),
             )
-            .bind(boot_id)
-            .bind(board)
-            .bind(method)
-            .bind(wait)
-            .bind(BootState::Booting.as_str())
-            .bind(BootState::sources_of(BootState::Booting))
             .execute(pool)
             .await?;
             tracing::info!(
@@ -328,15 +328,15 @@ pub async fn end(
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
     let from = BootState::sources_among(from, to);
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "UPDATE boots SET state = $3, reason = $4, ended_at = now()
          WHERE id = $1 AND board = $2 AND state = ANY($5)",
+        boot_id,
+        board,
+        to.as_str(),
+        reason,
+        &from,
     )
-    .bind(boot_id)
-    .bind(board)
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(&from)
     .execute(pool)
     .await?
     .rows_affected();
@@ -354,13 +354,13 @@ pub async fn attach_console(
     if console.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE boots SET console = $3, console_source = $4 WHERE id = $1 AND board = $2 AND console IS NULL",
+        boot_id,
+        board,
+        String::from_utf8_lossy(console).into_owned(),
+        source,
     )
-    .bind(boot_id)
-    .bind(board)
-    .bind(String::from_utf8_lossy(console).into_owned())
-    .bind(source)
     .execute(pool)
     .await?;
     Ok(())
@@ -411,11 +411,13 @@ pub async fn end_waiting_jobs(
 
 /// Whether the power cycle after a failed boot worked.
 pub async fn record_power_cycle(pool: &PgPool, boot_id: i64, ok: bool) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE boots SET power_cycled = $2 WHERE id = $1")
-        .bind(boot_id)
-        .bind(ok)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "UPDATE boots SET power_cycled = $2 WHERE id = $1",
+        boot_id,
+        ok,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -224,7 +224,11 @@ pub async fn transition_locked(
     };
     let reason = effects.reason.map(str::to_owned).or(result_reason);
     // One round trip: the move and its event rows together.
-    let moved: Vec<(i64, i64)> = sqlx::query_as(
+    let host = effects
+        .environment
+        .map(|e| e.host)
+        .or(effects.executor.map(|(_, h)| h));
+    let moved = sqlx::query!(
         "WITH moved AS (
             UPDATE jobs SET
                 state = $2,
@@ -252,36 +256,27 @@ pub async fn transition_locked(
             INSERT INTO job_events (job_id, from_state, to_state, reason)
             SELECT id, $9, $2, $8 FROM moved)
          SELECT id, epoch FROM moved",
+        jobs,
+        to.as_str(),
+        effects.assign_deadline_s.unwrap_or(60) as f64,
+        to.is_terminal(),
+        cycles_completed,
+        failed_cycle,
+        evidence,
+        reason.as_deref(),
+        from.as_str(),
+        effects.executor.map(|(e, _)| e),
+        host.map(|h| h == HostKind::Simulated),
+        host.map(HostKind::as_str),
+        effects.environment.map(|e| e.accel.as_str()),
+        effects.environment.map(|e| e.detail.as_str()),
+        effects.environment.and_then(|e| e.fallback.as_deref()),
     )
-    .bind(jobs)
-    .bind(to.as_str())
-    .bind(effects.assign_deadline_s.unwrap_or(60) as f64)
-    .bind(to.is_terminal())
-    .bind(cycles_completed)
-    .bind(failed_cycle)
-    .bind(evidence)
-    .bind(reason.as_deref())
-    .bind(from.as_str())
-    .bind(effects.executor.map(|(e, _)| e))
-    .bind(
-        effects
-            .environment
-            .map(|e| e.host)
-            .or(effects.executor.map(|(_, h)| h))
-            .map(|h| h == HostKind::Simulated),
-    )
-    .bind(
-        effects
-            .environment
-            .map(|e| e.host)
-            .or(effects.executor.map(|(_, h)| h))
-            .map(HostKind::as_str),
-    )
-    .bind(effects.environment.map(|e| e.accel.as_str()))
-    .bind(effects.environment.map(|e| e.detail.as_str()))
-    .bind(effects.environment.and_then(|e| e.fallback.as_deref()))
     .fetch_all(&mut **tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.epoch))
+    .collect();
     Ok(moved)
 }
 

@@ -34,14 +34,14 @@ pub trait StateMachine: Copy + Eq + std::fmt::Debug + 'static {
 
     /// Those of `from` that have an edge to `to`. An edge the machine lacks
     /// is a bug in the caller: loud in debug builds, never written.
-    fn sources_among(from: &[Self], to: Self) -> Vec<&'static str> {
+    fn sources_among(from: &[Self], to: Self) -> Vec<String> {
         from.iter()
             .copied()
             .filter(|f| {
                 debug_assert!(f.can_move_to(to), "{f:?} -> {to:?} is no edge");
                 f.can_move_to(to)
             })
-            .map(Self::as_str)
+            .map(|s| s.as_str().to_owned())
             .collect()
     }
 }
