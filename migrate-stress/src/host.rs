@@ -32,6 +32,10 @@ pub enum Host {
     Ssh(Arc<SshBoard>),
 }
 
+/// What the controller tells a board's dead-man switch when it lets go of
+/// it on purpose (anything else is the link's end).
+const RELEASED: &str = "released";
+
 /// The job's scratch directory on its host.
 pub struct JobDir {
     pub path: String,
@@ -124,9 +128,15 @@ impl Host {
                 let q = shell_quote(&dir);
                 // Blocks on stdin; when the channel ends, for whatever
                 // reason, kills the job's QEMUs and removes its directory.
+                // SIGPIPE is ignored so that a switch whose sshd died while
+                // it was arming still cleans up. Unless the controller
+                // released it (its QEMUs already reaped), it kills twice, a
+                // second apart: a QEMU whose start raced the link's end
+                // writes its pid file after the first pass.
                 let cmd = format!(
-                    "mkdir -p {q} && echo armed && read _ignored; \
-                     for f in {q}/*.pid; do [ -f \"$f\" ] && kill -9 $(cat \"$f\") 2>/dev/null; done; \
+                    "trap '' PIPE; mkdir -p {q} && echo armed && read how; \
+                     kill_all() {{ for f in {q}/*.pid; do [ -f \"$f\" ] && kill -9 $(cat \"$f\") 2>/dev/null; done; }}; \
+                     kill_all; [ \"$how\" = {RELEASED} ] || {{ sleep 1; kill_all; }}; \
                      [ -f {q}/disarm.sh ] && sh {q}/disarm.sh; \
                      rm -rf {q}"
                 );
@@ -176,6 +186,7 @@ impl Host {
             Host::Ssh(_) => {
                 // Releasing the switch runs its clean-up; wait for it.
                 if let Some(mut ch) = dir.dead_man.take() {
+                    let _ = ch.data(format!("{RELEASED}\n").as_bytes()).await;
                     let _ = ch.eof().await;
                     let _ = tokio::time::timeout(Duration::from_secs(10), async {
                         while ch.wait().await.is_some() {}

@@ -2,6 +2,7 @@
 //! console and QMP connected and migration configured.
 
 use super::*;
+use crate::ssh_board::shell_quote;
 
 /// Starts QEMUs; cheap to clone into a task (destinations are pre-started
 /// in the background while the previous cycle holds its migration).

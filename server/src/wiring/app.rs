@@ -80,16 +80,18 @@ impl Server {
         let (analysis, analysis_rx) = crate::workers::analysis::AnalysisQueue::new();
         let mirrors = crate::domain::mirror::MirrorQueue::new();
         let state = AppState {
-            data_dir: Arc::new(settings.data_dir.clone()),
-            mirrors,
+            deps: crate::domain::Deps {
+                pool,
+                fleet: shared,
+                data_dir: Arc::new(settings.data_dir.clone()),
+                mirrors,
+                work,
+                server_id: Arc::from(server_id.as_str()),
+            },
             log_budget: Arc::new(crate::domain::logs::LogBudget::default()),
-            server_id: Arc::from(server_id.as_str()),
             rate_limiter: Arc::default(),
             analysis,
-            pool,
-            fleet: shared,
             dispatcher,
-            work,
             metrics,
             api_token: Arc::from(api_token.as_str()),
             host_key_fingerprint: Arc::from(fingerprint.as_str()),

@@ -6,25 +6,19 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Deps;
-use crate::domain::config::SharedFleet;
 use crate::wiring::metrics::Metrics;
 use crate::workers::dispatch::Dispatcher;
 
+/// Everything a request handler, an SSH session or a worker may reach:
+/// the domain's [`Deps`] (held once, handed to domain operations as they
+/// are) and what only the transports and wiring use.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
-    pub fleet: SharedFleet,
+    pub deps: Deps,
     pub dispatcher: Arc<Dispatcher>,
-    /// Tells the scheduler that work may move (see `scheduler`).
-    pub work: crate::domain::work::WorkNotifier,
     pub metrics: Arc<Metrics>,
     pub analysis: crate::workers::analysis::AnalysisQueue,
-    pub data_dir: Arc<std::path::PathBuf>,
-    pub mirrors: crate::domain::mirror::MirrorQueue,
     pub log_budget: Arc<crate::domain::logs::LogBudget>,
-    /// Stable identity of this server process's data dir (several servers
-    /// may share one database).
-    pub server_id: Arc<str>,
     pub rate_limiter: Arc<crate::transport::http::ratelimit::RateLimiter>,
     pub api_token: Arc<str>,
     pub host_key_fingerprint: Arc<str>,
@@ -39,13 +33,15 @@ pub struct AppState {
 impl AppState {
     /// What domain operations get: the parts of the server they may use.
     pub fn deps(&self) -> Deps {
-        Deps {
-            pool: self.pool.clone(),
-            fleet: self.fleet.clone(),
-            data_dir: self.data_dir.clone(),
-            mirrors: self.mirrors.clone(),
-            work: self.work.clone(),
-            server_id: self.server_id.clone(),
-        }
+        self.deps.clone()
+    }
+}
+
+/// `state.pool`, `state.fleet`, … read the one copy in [`Deps`]; the
+/// transports use them as often as the domain does.
+impl std::ops::Deref for AppState {
+    type Target = Deps;
+    fn deref(&self) -> &Deps {
+        &self.deps
     }
 }
