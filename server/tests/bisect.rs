@@ -35,27 +35,12 @@ fn synthetic_tree(dir: &Path, bug_probability: &str) -> Vec<String> {
     shas
 }
 
-async fn two_board_lab(cycles: u32) -> (TestServer, Vec<TestAgent>) {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let k1 = keygen(&dir, "altra-01").await;
-    let k2 = keygen(&dir, "altra-02").await;
-    let plan = format!("[plan.params]\ncycles = {cycles}\nreplay_cycle_ms = 1\n");
-    let server = TestServer::start(&fleet_toml(
-        &[
-            ("altra-01", "ampere-altra", &k1.public),
-            ("altra-02", "ampere-altra", &k2.public),
-        ],
-        &plan,
-    ))
-    .await;
-    let agents = vec![
-        server.agent("altra-01", &k1.path, &["--executor", "replay"]),
-        server.agent("altra-02", &k2.path, &["--executor", "replay"]),
-    ];
-    for b in ["altra-01", "altra-02"] {
-        server.wait_board(b, "idle", Duration::from_secs(20)).await;
-    }
-    (server, agents)
+async fn two_board_lab(cycles: u32) -> Lab {
+    Lab::replay(
+        &[("altra-01", "ampere-altra"), ("altra-02", "ampere-altra")],
+        &format!("[plan.params]\ncycles = {cycles}\nreplay_cycle_ms = 1\n"),
+    )
+    .await
 }
 
 async fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
@@ -108,7 +93,8 @@ async fn settled(server: &TestServer, id: i64, timeout: Duration) -> serde_json:
 async fn a_reproducible_bug_is_bisected_to_its_commit_within_log2_steps() {
     let repo = tempfile::tempdir().unwrap();
     let shas = synthetic_tree(repo.path(), "1.0");
-    let (server, _agents) = two_board_lab(4).await;
+    let lab = two_board_lab(4).await;
+    let server = &lab.server;
     let t0 = Instant::now();
     let tree = repo.path().display().to_string();
     let (ok, out) = cli(
@@ -208,14 +194,15 @@ async fn a_reproducible_bug_is_bisected_to_its_commit_within_log2_steps() {
     let r = server.post_as_admin("/api/v1/bisections", Some(&serde_json::json!({"tree": tree, "good": shas[99], "bad": shas[0], "plan": "smoke"}))).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("not an ancestor"));
-    server.stop().await;
+    lab.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_percent_bug_is_bisected_across_seeds_skipping_the_commit_that_does_not_build() {
     let repo = tempfile::tempdir().unwrap();
     let shas = synthetic_tree(repo.path(), "0.01");
-    let (server, _agents) = two_board_lab(300).await;
+    let lab = two_board_lab(300).await;
+    let server = &lab.server;
     let t0 = Instant::now();
     // Good 0, bad 80: the first split is commit 40, which does not build.
     let mut ids = Vec::new();
@@ -277,7 +264,7 @@ async fn a_one_percent_bug_is_bisected_across_seeds_skipping_the_commit_that_doe
             );
         }
     }
-    server.stop().await;
+    lab.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

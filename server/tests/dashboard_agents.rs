@@ -29,30 +29,8 @@ async fn page(server: &TestServer, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_show_what_real_agents_produced() {
-    let keys_dir = tempfile::tempdir().unwrap();
-    let boards = [
-        ("kunpeng-01", "kunpeng920"),
-        ("altra-01", "ampere-altra"),
-        ("rpi4-01", "rpi4"),
-    ];
-    let mut keys = Vec::new();
-    for (b, _) in boards {
-        keys.push(keygen(keys_dir.path(), b).await);
-    }
-    let fleet: Vec<(&str, &str, &str)> = boards
-        .iter()
-        .zip(&keys)
-        .map(|((b, f), k)| (*b, *f, k.public.as_str()))
-        .collect();
-    let server = TestServer::start(&fleet_toml(&fleet, PLAN)).await;
-    let _agents: Vec<_> = boards
-        .iter()
-        .zip(&keys)
-        .map(|((b, _), k)| server.agent(b, &k.path, &["--executor", "replay"]))
-        .collect();
-    for (b, _) in boards {
-        server.wait_board(b, "idle", Duration::from_secs(30)).await;
-    }
+    let lab = Lab::replay(&THREE_FAMILIES, PLAN).await;
+    let server = &lab.server;
     let clean = server.trigger(CLEAN).await;
     let buggy = server.trigger(BUGGY).await;
     let mut jobs = Vec::new();
@@ -170,7 +148,7 @@ async fn pages_show_what_real_agents_produced() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let stop = tokio::time::timeout(Duration::from_secs(20), server.stop()).await;
+    let stop = tokio::time::timeout(Duration::from_secs(20), lab.server.stop()).await;
     assert!(
         stop.is_ok(),
         "an open event stream must not hold up the shutdown"

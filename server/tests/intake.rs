@@ -331,14 +331,12 @@ async fn a_real_git_push_through_the_post_receive_hook_starts_a_run_and_the_mirr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "b").await;
-    let server = TestServer::start(&fleet_toml(
-        &[("board-1", "kunpeng920", &key.public)],
+    let lab = Lab::replay(
+        &[("board-1", "kunpeng920")],
         "[plan.params]\ncycles = 5\nreplay_cycle_ms = 5\n[plan.replay]\nbuggy_commits = [\"dead\"]\nabort_probability = 1.0\n",
-    ))
+    )
     .await;
-    let _agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
+    let server = &lab.server;
     let good = server
         .trigger("beef000000000000000000000000000000000001")
         .await;
@@ -413,11 +411,11 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
         assert_eq!(b["architecture"], "arm64", "{b:#}");
         assert!(b.get("compiler").is_none() && b.get("config_name").is_none());
     }
-    kcidb_validate(dir.path(), &kcidb);
+    kcidb_validate(server.dir.path(), &kcidb);
     // Left out by a flag: a hardware-only export of a simulated lab is empty.
     let hw = server.get_json("/api/v1/export/kcidb?hosts=hardware").await;
     assert_eq!(hw["tests"].as_array().unwrap().len(), 0, "{hw:#}");
-    kcidb_validate(dir.path(), &hw);
+    kcidb_validate(server.dir.path(), &hw);
     assert_eq!(
         server
             .client
@@ -433,7 +431,7 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
         let xml = server
             .get_text(&format!("/api/v1/export/junit?run={run}"))
             .await;
-        let path = dir.path().join(format!("junit-{run}.xml"));
+        let path = server.dir.path().join(format!("junit-{run}.xml"));
         std::fs::write(&path, &xml).unwrap();
         let parsed = Command::new("python3")
             .args(["-c", "import sys, xml.etree.ElementTree as ET; s = ET.parse(sys.argv[1]).getroot().find('testsuite'); print(s.get('tests'), s.get('failures'))"])
@@ -466,5 +464,5 @@ async fn kcidb_export_validates_against_kcidb_io_and_junit_parses() {
             .status(),
         400
     );
-    server.stop().await;
+    lab.server.stop().await;
 }

@@ -454,16 +454,12 @@ async fn artifacts_built_elsewhere_are_checked_before_any_board_boots_them() {
     .unwrap();
     use sha2::Digest;
     let sum = hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()));
-    let key = keygen(&dir, "rpi5-01").await;
-    let server = TestServer::start(&fleet_toml(
-        &[("rpi5-01", "rpi5", &key.public)],
+    let lab = Lab::replay(
+        &[("rpi5-01", "rpi5")],
         "[plan.params]\ncycles = 3\nreplay_cycle_ms = 5\n",
-    ))
+    )
     .await;
-    let _agent = server.agent("rpi5-01", &key.path, &["--executor", "replay"]);
-    server
-        .wait_board("rpi5-01", "idle", Duration::from_secs(20))
-        .await;
+    let server = &lab.server;
     let tree = Path::new("/srv/lab/linux");
 
     // A bad checksum: nothing is booted, and it is the lab's fault.

@@ -182,14 +182,12 @@ async fn a_recorded_job_replays_from_its_script_with_the_same_cancelled_cycles()
 /// TCG for elsewhere), and runs here under TCG with the job's cycles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_jobs_script_is_generated_from_its_parameters_says_so_and_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "sim-01").await;
-    let server = TestServer::start(&fleet_toml(
-        &[("sim-01", "kunpeng920", &key.public)],
+    let lab = Lab::replay(
+        &[("sim-01", "kunpeng920")],
         &format!("[plan.params]\n{PARAMS}replay_cycle_ms = 5\n"),
-    ))
+    )
     .await;
-    let _agent = server.agent("sim-01", &key.path, &["--executor", "replay"]);
+    let server = &lab.server;
     let run = server
         .trigger("beef000000000000000000000000000000000016")
         .await;
@@ -198,6 +196,8 @@ async fn a_simulated_jobs_script_is_generated_from_its_parameters_says_so_and_ru
         .unwrap();
     let done = server.wait_job_end(job, Duration::from_secs(60)).await;
     assert_eq!(done["state"], "passed", "{done}");
+    // Outside the server's directory: the script runs after the server stops.
+    let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("repro-sim.sh");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_armfleet"))
         .args(["repro", &job.to_string(), "-o"])
@@ -224,7 +224,7 @@ async fn a_simulated_jobs_script_is_generated_from_its_parameters_says_so_and_ru
         html.contains(&format!("/api/v1/jobs/{job}/repro.sh")) && html.contains("simulated job"),
         "the job page offers the generated script and says it is generated"
     );
-    server.stop().await;
+    lab.server.stop().await;
 
     if !qemu_ready() {
         return;

@@ -72,21 +72,18 @@ async fn a_server_restart_mid_job_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_flood_is_capped_with_a_marker_and_the_job_still_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "b").await;
-    let fleet = fleet_toml(
-        &[("board-1", "rpi4", &key.public)],
+    let lab = Lab::replay_edited(
+        &[("board-1", "rpi4")],
         "[plan.params]\ncycles = 40\nreplay_cycle_ms = 5\n",
+        |fleet| {
+            fleet.replace(
+                "api_token = \"test-token\"",
+                "api_token = \"test-token\"\nmax_log_bytes_per_job = 4000",
+            )
+        },
     )
-    .replace(
-        "api_token = \"test-token\"",
-        "api_token = \"test-token\"\nmax_log_bytes_per_job = 4000",
-    );
-    let server = TestServer::start(&fleet).await;
-    let _agent = server.agent("board-1", &key.path, &["--executor", "replay"]);
-    server
-        .wait_board("board-1", "idle", Duration::from_secs(20))
-        .await;
+    .await;
+    let server = &lab.server;
     let run = server
         .trigger("f100d00000000000000000000000000000000001")
         .await;
@@ -120,5 +117,5 @@ async fn a_log_flood_is_capped_with_a_marker_and_the_job_still_ends() {
         40,
         "results are never dropped"
     );
-    server.stop().await;
+    lab.server.stop().await;
 }

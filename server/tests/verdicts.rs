@@ -56,22 +56,12 @@ async fn settled(server: &TestServer, commit: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rare_abort_is_called_a_regression_after_extra_cycles_and_a_clean_kernel_is_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let k1 = keygen(dir.path(), "altra-01").await;
-    let k2 = keygen(dir.path(), "altra-02").await;
-    let server = TestServer::start(&fleet_toml(
-        &[
-            ("altra-01", "ampere-altra", &k1.public),
-            ("altra-02", "ampere-altra", &k2.public),
-        ],
+    let lab = Lab::replay(
+        &[("altra-01", "ampere-altra"), ("altra-02", "ampere-altra")],
         PLAN,
-    ))
+    )
     .await;
-    let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
-    let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
-    for b in ["altra-01", "altra-02"] {
-        server.wait_board(b, "idle", Duration::from_secs(20)).await;
-    }
+    let server = &lab.server;
 
     // The clean parent, judged on its own: it must run enough clean cycles
     // that a 0.5% bug would have shown up with 95% probability (598).
@@ -145,7 +135,7 @@ async fn a_rare_abort_is_called_a_regression_after_extra_cycles_and_a_clean_kern
         "board-minutes spent on the three kernels: {:.2}",
         spent / 60.0
     );
-    server.stop().await;
+    lab.server.stop().await;
 }
 
 /// An agent asked for `executor = "auto"` on a host without the arm64 QEMU

@@ -33,16 +33,9 @@ async fn three_board_lab() -> (TestServer, Vec<AgentKey>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdicts() {
-    let (server, keys) = three_board_lab().await;
-    let boards = ["kunpeng-01", "altra-01", "rpi4-01"];
-    let _agents: Vec<_> = boards
-        .iter()
-        .zip(&keys)
-        .map(|(b, k)| server.agent(b, &k.path, &["--executor", "replay"]))
-        .collect();
-    for b in boards {
-        server.wait_board(b, "idle", Duration::from_secs(20)).await;
-    }
+    let lab = Lab::replay(&THREE_FAMILIES, PLAN).await;
+    let server = &lab.server;
+    let boards = THREE_FAMILIES.map(|(board, _)| board);
     let listed = server.get_json("/api/v1/boards").await;
     let listed = listed["boards"].as_array().unwrap();
     assert_eq!(listed.len(), 3);
@@ -168,7 +161,7 @@ async fn three_boards_come_online_with_their_facts_and_a_run_reaches_its_verdict
         assert!(page.contains(b), "fleet page lists {b}");
     }
     assert!(page.contains("simulated") && page.contains("failed") && page.contains("passed"));
-    server.stop().await;
+    lab.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,65 @@ pub fn fleet_toml(boards: &[(&str, &str, &str)], plan_extra: &str) -> String {
     s
 }
 
+/// One board of each of three families, as (name, family): the usual lab.
+pub const THREE_FAMILIES: [(&str, &str); 3] = [
+    ("kunpeng-01", "kunpeng920"),
+    ("altra-01", "ampere-altra"),
+    ("rpi4-01", "rpi4"),
+];
+
+/// A real server on its own database with one replaying agent per board,
+/// every board connected and idle: how most end-to-end tests begin.
+pub struct Lab {
+    pub server: TestServer,
+    pub keys: Vec<AgentKey>,
+    pub agents: Vec<TestAgent>,
+    _keys_dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// `boards` are (name, family); `plan_extra` as for [`fleet_toml`].
+    pub async fn replay(boards: &[(&str, &str)], plan_extra: &str) -> Lab {
+        Lab::replay_edited(boards, plan_extra, |fleet| fleet).await
+    }
+
+    /// [`Lab::replay`] with the fleet.toml passed through `edit` first (a
+    /// server setting the test is about).
+    pub async fn replay_edited(
+        boards: &[(&str, &str)],
+        plan_extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Lab {
+        let keys_dir = tempfile::tempdir().unwrap();
+        let mut keys = Vec::new();
+        for (name, _) in boards {
+            keys.push(keygen(keys_dir.path(), name).await);
+        }
+        let listed: Vec<(&str, &str, &str)> = boards
+            .iter()
+            .zip(&keys)
+            .map(|((name, family), key)| (*name, *family, key.public.as_str()))
+            .collect();
+        let server = TestServer::start(&edit(fleet_toml(&listed, plan_extra))).await;
+        let agents = boards
+            .iter()
+            .zip(&keys)
+            .map(|((name, _), key)| server.agent(name, &key.path, &["--executor", "replay"]))
+            .collect();
+        for (name, _) in boards {
+            server
+                .wait_board(name, "idle", Duration::from_secs(20))
+                .await;
+        }
+        Lab {
+            server,
+            keys,
+            agents,
+            _keys_dir: keys_dir,
+        }
+    }
+}
+
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub db: String,
