@@ -104,12 +104,25 @@ impl Lease {
     /// the lease, [`Round::Skip`] while another does, [`Round::Stop`] (the
     /// lease given up) once `shutdown` fires.
     pub async fn next_round(&mut self, every: Duration, shutdown: &CancellationToken) -> Round {
+        self.next_round_or(every, std::future::pending(), shutdown)
+            .await
+    }
+
+    /// [`Lease::next_round`], the wait cut short when `wake` completes
+    /// (something this worker acts on happened on this server).
+    pub async fn next_round_or(
+        &mut self,
+        every: Duration,
+        wake: impl std::future::Future<Output = ()>,
+        shutdown: &CancellationToken,
+    ) -> Round {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 self.release().await;
                 return Round::Stop;
             }
             _ = tokio::time::sleep(every) => {}
+            _ = wake => {}
         }
         if self.renew().await {
             Round::Work

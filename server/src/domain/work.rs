@@ -38,6 +38,10 @@ pub struct WorkNotifier {
     tx: mpsc::Sender<Event>,
     /// Announcements to the other servers go through the database.
     announce: Option<(PgPool, Arc<str>)>,
+    /// Jobs' results were recorded (analysed, verdicts decided) or a
+    /// bisection was started: the bisection worker looks again. A stored
+    /// permit, so a signal sent while the worker is busy is not lost.
+    bisections: Arc<tokio::sync::Notify>,
 }
 
 impl WorkNotifier {
@@ -46,7 +50,14 @@ impl WorkNotifier {
     /// (`NOTIFY armfleet_work`, payload `<server id>/<board>`).
     pub fn new(announce: Option<(PgPool, Arc<str>)>) -> (WorkNotifier, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
-        (WorkNotifier { tx, announce }, rx)
+        (
+            WorkNotifier {
+                tx,
+                announce,
+                bisections: Arc::default(),
+            },
+            rx,
+        )
     }
 
     /// New work for `boards`, wherever their sessions are.
@@ -70,9 +81,45 @@ impl WorkNotifier {
         self.send(Event::WorkArrived(boards.to_vec())).await;
     }
 
+    /// Results a bisection may be waiting for were recorded on this server,
+    /// or a bisection was started.
+    pub fn bisections_may_move(&self) {
+        self.bisections.notify_one();
+    }
+
+    /// Until [`WorkNotifier::bisections_may_move`] is next called (or has been
+    /// since the last wait). For the one bisection worker of this server.
+    pub async fn until_bisections_may_move(&self) {
+        self.bisections.notified().await
+    }
+
     /// Tells the loop; waits while its queue is full. After shutdown the
     /// event is dropped (nothing would act on it).
     pub async fn send(&self, event: Event) {
         let _ = self.tx.send(event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The bisection worker may be busy when results arrive: the signal
+    /// waits for it, and many signals make one round, not a backlog.
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_sent_while_the_bisection_worker_is_busy_wakes_its_next_wait_once() {
+        let (work, _rx) = WorkNotifier::new(None);
+        let wait = |work: WorkNotifier| async move {
+            tokio::time::timeout(Duration::from_secs(60), work.until_bisections_may_move())
+                .await
+                .is_ok()
+        };
+        assert!(!wait(work.clone()).await, "no signal, no wake-up");
+        work.bisections_may_move();
+        work.bisections_may_move();
+        work.bisections_may_move();
+        assert!(wait(work.clone()).await, "the stored signal wakes the wait");
+        assert!(!wait(work.clone()).await, "three signals were one round");
     }
 }

@@ -66,11 +66,15 @@ pub async fn run(
         for chunk in jobs.chunks(MAX_BATCH) {
             match analyse_batch(&pool, chunk).await {
                 Ok(done) => {
+                    let any = !done.is_empty();
                     for job in done {
                         if let Err(e) = crate::domain::verdicts::after_job(&state.deps(), job).await
                         {
                             tracing::error!(job, "deciding verdicts: {e:#}");
                         }
+                    }
+                    if any {
+                        state.work.bisections_may_move();
                     }
                 }
                 Err(e) => tracing::error!(jobs = ?chunk, "analysing jobs: {e:#}"),

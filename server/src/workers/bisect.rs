@@ -1,5 +1,8 @@
 //! The bisection worker: starts bisections for confirmed regressions and
-//! advances every running one, round by round.
+//! advances every running one, round by round. A round starts when this
+//! server recorded jobs' results or started a bisection, and at least every
+//! `FALLBACK_ROUND` (results recorded by another server, mirrors fetched,
+//! builds failed).
 
 use std::time::Duration;
 
@@ -10,6 +13,8 @@ use crate::domain::bisect::{
     BisectError, BisectionState, adopt_regressions, advance, finish, running,
 };
 use crate::domain::leases::Round;
+
+const FALLBACK_ROUND: Duration = Duration::from_secs(2);
 
 /// Advances every running bisection, until `shutdown`. One server of a
 /// cluster at a time (the `bisect` lease): two would plan a step twice.
@@ -23,7 +28,11 @@ pub async fn worker(deps: Deps, shutdown: CancellationToken) {
     );
     loop {
         match lease
-            .next_round(Duration::from_millis(300), &shutdown)
+            .next_round_or(
+                FALLBACK_ROUND,
+                deps.work.until_bisections_may_move(),
+                &shutdown,
+            )
             .await
         {
             Round::Stop => return,

@@ -183,7 +183,10 @@ pub struct FromRegression {
 
 /// Starts a bisection; returns its id.
 pub async fn start(deps: &Deps, req: &StartRequest, actor: &str) -> Result<i64, BisectError> {
-    start_for(deps, req, actor, None).await
+    let id = start_for(deps, req, actor, None).await?;
+    // Its first step is planned by the bisection worker's next round.
+    deps.work.bisections_may_move();
+    Ok(id)
 }
 
 async fn start_for(
