@@ -35,9 +35,12 @@ fn synthetic_tree(dir: &Path, bug_probability: &str) -> Vec<String> {
     shas
 }
 
+/// Two boards of one family: a step's cycles are shared between them.
+const TWO_ALTRAS: [(&str, &str); 2] = [("altra-01", "ampere-altra"), ("altra-02", "ampere-altra")];
+
 async fn two_board_lab(cycles: u32) -> Lab {
     Lab::replay(
-        &[("altra-01", "ampere-altra"), ("altra-02", "ampere-altra")],
+        &TWO_ALTRAS,
         &format!("[plan.params]\ncycles = {cycles}\nreplay_cycle_ms = 1\n"),
     )
     .await
@@ -272,34 +275,23 @@ async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
     let repo = tempfile::tempdir().unwrap();
     let shas = synthetic_tree(repo.path(), "1.0");
     let tree = repo.path().display().to_string();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let k1 = keygen(&dir, "altra-01").await;
-    let k2 = keygen(&dir, "altra-02").await;
     // Triggered runs take "buggy" from the plan (commit 99 by prefix); the
     // bisection reads each commit's tree.
     let plan = format!(
         "[plan.params]\ncycles = 20\nreplay_cycle_ms = 1\n[plan.replay]\nbuggy_commits = [\"{}\"]\nabort_probability = 1.0\n",
         &shas[99][..12]
     );
-    let mut fleet = fleet_toml(
-        &[
-            ("altra-01", "ampere-altra", &k1.public),
-            ("altra-02", "ampere-altra", &k2.public),
-        ],
-        &plan,
-    );
-    fleet.push_str(&format!(
-        "\n[[tree]]\nname = \"synthetic\"\nurl = \"{tree}\"\nbranches = [\"master\"]\n"
-    ));
-    fleet.push_str(
-        "\n[report]\nreported_by = \"armfleet lab <lab@example.org>\"\nlink = \"https://armfleet.example.org\"\n",
-    );
-    let server = TestServer::start(&fleet).await;
-    let _a1 = server.agent("altra-01", &k1.path, &["--executor", "replay"]);
-    let _a2 = server.agent("altra-02", &k2.path, &["--executor", "replay"]);
-    for b in ["altra-01", "altra-02"] {
-        server.wait_board(b, "idle", Duration::from_secs(20)).await;
-    }
+    let lab = Lab::replay_edited(&TWO_ALTRAS, &plan, |mut fleet| {
+        fleet.push_str(&format!(
+            "\n[[tree]]\nname = \"synthetic\"\nurl = \"{tree}\"\nbranches = [\"master\"]\n"
+        ));
+        fleet.push_str(
+            "\n[report]\nreported_by = \"armfleet lab <lab@example.org>\"\nlink = \"https://armfleet.example.org\"\n",
+        );
+        fleet
+    })
+    .await;
+    let server = &lab.server;
     let t0 = Instant::now();
     let trigger = |commit: String, baseline: Option<String>| {
         let mut body = serde_json::json!({"tree": tree, "branch": "master", "commit": commit});
@@ -399,7 +391,7 @@ async fn a_confirmed_regression_on_a_watched_tree_is_bisected_automatically() {
         t0.elapsed()
     );
     lkml_report_is_pinned(&server, regression, &shas, &v).await;
-    server.stop().await;
+    lab.server.stop().await;
 }
 
 /// The bisected regression as a kernel bug report: its format, pinned.

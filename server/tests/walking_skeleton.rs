@@ -16,18 +16,7 @@ const PLAN: &str = "[plan.params]\ncycles = 8\nreplay_cycle_ms = 40\n\
 
 async fn three_board_lab() -> (TestServer, Vec<AgentKey>) {
     let keys_dir = tempfile::tempdir().unwrap().keep();
-    let mut keys = Vec::new();
-    for name in ["kunpeng-01", "altra-01", "rpi4-01"] {
-        keys.push(keygen(&keys_dir, name).await);
-    }
-    let fleet = fleet_toml(
-        &[
-            ("kunpeng-01", "kunpeng920", &keys[0].public),
-            ("altra-01", "ampere-altra", &keys[1].public),
-            ("rpi4-01", "rpi4", &keys[2].public),
-        ],
-        PLAN,
-    );
+    let (fleet, keys) = keyed_fleet(&keys_dir, &THREE_FAMILIES, PLAN).await;
     (TestServer::start(&fleet).await, keys)
 }
 

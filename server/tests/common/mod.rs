@@ -138,6 +138,25 @@ pub fn fleet_toml(boards: &[(&str, &str, &str)], plan_extra: &str) -> String {
     s
 }
 
+/// A key in `dir` for each board (name, family), and the fleet.toml that
+/// names them with `plan_extra` (as for [`fleet_toml`]).
+pub async fn keyed_fleet(
+    dir: &Path,
+    boards: &[(&str, &str)],
+    plan_extra: &str,
+) -> (String, Vec<AgentKey>) {
+    let mut keys = Vec::new();
+    for (name, _) in boards {
+        keys.push(keygen(dir, name).await);
+    }
+    let listed: Vec<(&str, &str, &str)> = boards
+        .iter()
+        .zip(&keys)
+        .map(|((name, family), key)| (*name, *family, key.public.as_str()))
+        .collect();
+    (fleet_toml(&listed, plan_extra), keys)
+}
+
 /// One board of each of three families, as (name, family): the usual lab.
 pub const THREE_FAMILIES: [(&str, &str); 3] = [
     ("kunpeng-01", "kunpeng920"),
@@ -149,7 +168,6 @@ pub const THREE_FAMILIES: [(&str, &str); 3] = [
 /// every board connected and idle: how most end-to-end tests begin.
 pub struct Lab {
     pub server: TestServer,
-    pub keys: Vec<AgentKey>,
     pub agents: Vec<TestAgent>,
     _keys_dir: tempfile::TempDir,
 }
@@ -168,16 +186,8 @@ impl Lab {
         edit: impl FnOnce(String) -> String,
     ) -> Lab {
         let keys_dir = tempfile::tempdir().unwrap();
-        let mut keys = Vec::new();
-        for (name, _) in boards {
-            keys.push(keygen(keys_dir.path(), name).await);
-        }
-        let listed: Vec<(&str, &str, &str)> = boards
-            .iter()
-            .zip(&keys)
-            .map(|((name, family), key)| (*name, *family, key.public.as_str()))
-            .collect();
-        let server = TestServer::start(&edit(fleet_toml(&listed, plan_extra))).await;
+        let (fleet, keys) = keyed_fleet(keys_dir.path(), boards, plan_extra).await;
+        let server = TestServer::start(&edit(fleet)).await;
         let agents = boards
             .iter()
             .zip(&keys)
@@ -190,7 +200,6 @@ impl Lab {
         }
         Lab {
             server,
-            keys,
             agents,
             _keys_dir: keys_dir,
         }
