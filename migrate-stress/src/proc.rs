@@ -301,6 +301,8 @@ async fn spawn_remote(
     let mut ch = board.spawn(&cmd).await.map_err(std::io::Error::other)?;
     let mut early_err = Vec::new();
     let mut out = Vec::new();
+    // How the board's shell ended, when it says so.
+    let mut ended = None;
     let pid = loop {
         match tokio::time::timeout(Duration::from_secs(60), ch.wait()).await {
             Err(_) => return Err(std::io::Error::other("no pid from the board within 60 s")),
@@ -316,11 +318,26 @@ async fn spawn_remote(
             Ok(Some(russh::ChannelMsg::ExtendedData { data, .. })) => {
                 early_err.extend_from_slice(&data)
             }
+            Ok(Some(russh::ChannelMsg::ExitStatus { exit_status })) => {
+                ended = Some(format!("exit status {exit_status}"))
+            }
+            Ok(Some(russh::ChannelMsg::ExitSignal { signal_name, .. })) => {
+                ended = Some(format!("signal {signal_name:?}"))
+            }
             Ok(Some(_)) => {}
+            // A shell that could not exec says how it ended; a channel
+            // closed without a word lost its sshd, which is not the binary's fault.
+            Ok(None) if ended.is_none() => {
+                return Err(std::io::Error::other(format!(
+                    "the SSH link to the board {} is gone",
+                    board.config().addr()
+                )));
+            }
             Ok(None) => {
                 return Err(std::io::Error::other(format!(
-                    "the board did not start {}: {}",
+                    "the board did not start {} ({}): {}",
                     binary.display(),
+                    ended.unwrap_or_default(),
                     String::from_utf8_lossy(&early_err).trim()
                 )));
             }

@@ -134,7 +134,7 @@ impl client::Handler for Pinning {
 /// What a command run to completion left behind.
 #[derive(Debug, Clone, Default)]
 pub struct Output {
-    /// `None`: killed by a signal, or the link closed first.
+    /// `None`: killed by a signal.
     pub status: Option<u32>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -266,13 +266,24 @@ impl SshBoard {
         let work = async {
             let mut ch = self.spawn(cmd).await?;
             let mut out = Output::default();
+            let mut signalled = false;
             while let Some(msg) = ch.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
                     ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
                     ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                    ChannelMsg::ExitSignal { .. } => signalled = true,
                     _ => {}
                 }
+            }
+            // sshd reports how every command ended; a channel that closes
+            // without saying so lost its sshd, and half an output read as a
+            // whole one would misreport the board (a QEMU "not installed").
+            if out.status.is_none() && !signalled {
+                return Err(self.link_error(format!(
+                    "`{}` ended without an exit status",
+                    cmd.trim().lines().next().unwrap_or_default()
+                )));
             }
             Ok(out)
         };

@@ -13,6 +13,11 @@
 //! `ARMFLEET_CHAOS_FAULTS` (faults of every kind): the schedule then goes on
 //! until every kind has been injected that often, and the runs are
 //! submitted in step with it so that the jobs meet the faults throughout.
+//! A soak adds a seventh board and a sixth fault kind: an SSH-driven board
+//! (this machine behind a private `sshd`, its controller agent running real
+//! arm64 guests under TCG there, one job after another on a plan of its
+//! own) whose `sshd` is killed with SIGKILL and restarted. Its jobs must end
+//! once, as passed or as a lab failure, and leave nothing on the board.
 
 mod common;
 
@@ -23,13 +28,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use armfleet_server::wiring::db::embedded::EmbeddedPostgres;
+use common::board_sshd::{self, BoardSshd, qemus_under, walkdir};
 use common::*;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 const BOARDS: usize = 6;
 const SERVERS: usize = 2;
 const DEFAULT_RUNS: usize = 34; // × 6 boards = 204 jobs
 const SEED: u64 = 0x5eed_c4a0;
+/// The plan of the six simulated boards.
+const PLAN: &str = "smoke";
+/// The soak's SSH-driven board and its plan (TCG guests: ~20 s a job).
+const SSH_BOARD: &str = "chaos-sshd";
+const SSH_PLAN: &str = "sshd";
 
 /// How big a run of the suite is (see the module comment).
 struct Size {
@@ -61,18 +73,82 @@ enum Fault {
     AgentKill,
     ServerKill,
     PostgresRestart,
+    /// The SSH-driven board's sshd (listener and sessions) SIGKILLed.
+    SshdKill,
 }
 
 impl Fault {
-    const ALL: [Fault; 5] = [
+    const ALL: [Fault; 6] = [
         Fault::Partition,
         Fault::PacketLoss,
         Fault::AgentKill,
         Fault::ServerKill,
         Fault::PostgresRestart,
+        Fault::SshdKill,
     ];
     fn needs_netns(self) -> bool {
         matches!(self, Fault::Partition | Fault::PacketLoss)
+    }
+}
+
+/// The soak's SSH-driven board: its sshd, where its jobs keep their files,
+/// and its controller agent.
+struct SshBoard {
+    sshd: BoardSshd,
+    work_dir: PathBuf,
+    controller: Proc,
+}
+
+/// Submits runs through whichever server answers.
+#[derive(Clone)]
+struct Submitter {
+    client: reqwest::Client,
+    bases: Vec<String>,
+}
+
+impl Submitter {
+    async fn run(&self, plan: &str, commit: u64) {
+        let body = serde_json::json!({"tree": "chaos", "branch": "master", "commit": format!("{commit:040x}"), "plan": plan});
+        for attempt in 0.. {
+            let base = &self.bases[attempt % self.bases.len()];
+            if let Ok(resp) = self
+                .client
+                .post(format!("{base}/api/v1/runs"))
+                .bearer_auth("test-token")
+                .json(&body)
+                .send()
+                .await
+            {
+                assert_eq!(resp.status(), 201, "{plan} run {commit:x} through {base}");
+                return;
+            }
+            assert!(attempt < 200, "no server took {plan} run {commit:x}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Keeps one job queued or running on the SSH-driven board until `stop`:
+/// a run of its plan whenever the last one ended. Returns how many.
+async fn feed_ssh_board(submitter: Submitter, pool: PgPool, stop: CancellationToken) -> usize {
+    let mut fed = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return fed,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        // Unanswered while PostgreSQL restarts: ask again next round.
+        let open: Option<i64> = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE board = $1 AND state IN ('queued', 'assigned', 'running')",
+        )
+        .bind(SSH_BOARD)
+        .fetch_one(&pool)
+        .await
+        .ok();
+        if open == Some(0) {
+            submitter.run(SSH_PLAN, 0x55d0_c000 + fed as u64).await;
+            fed += 1;
+        }
     }
 }
 
@@ -284,6 +360,10 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     // Kept when the test fails: the servers' and agents' logs are the
     // evidence.
     let work = KeptDir(tempfile::tempdir().unwrap().keep());
+    let size = Size::from_env();
+    // Only a soak has the SSH-driven board; CI's chaos stays as it was (the
+    // sshd fault has its own test there).
+    let with_ssh_board = size.faults_per_kind.is_some() && board_sshd::ready();
     let mut keys = Vec::new();
     for i in 0..BOARDS {
         keys.push(keygen(work.path(), &format!("c{i}")).await);
@@ -295,7 +375,7 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         .iter()
         .map(|(n, k)| (n.as_str(), "generic-arm64", *k))
         .collect();
-    let fleet = fleet_toml(
+    let mut fleet = fleet_toml(
         &board_refs,
         "[plan.params]\ncycles = 25\nreplay_cycle_ms = 40\n",
     )
@@ -303,6 +383,20 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         "heartbeat_interval_ms = 300\nheartbeat_deadline_ms = 1500",
         "heartbeat_interval_ms = 500\nheartbeat_deadline_ms = 4000\nboot_deadline_s = 30",
     );
+    let mut ssh_keys = None;
+    if with_ssh_board {
+        let agent = keygen(work.path(), "sshd-agent").await;
+        let controller = keygen(work.path(), "sshd-controller").await;
+        fleet.push_str(&format!(
+            "\n[[board]]\nname = \"{SSH_BOARD}\"\nfamily = \"generic-arm64\"\nlabels = [\"sshd-board\"]\nkey = \"{}\"\n\n\
+             [[plan]]\nname = \"{SSH_PLAN}\"\ntype = \"migrate-cancel\"\nlabels = [\"sshd-board\"]\ntimeout_s = 600\n\
+             [plan.params]\ncycles = 20\nmemory_mib = 128\nvcpus = 1\nguest_arch = \"arm64\"\naccel = \"tcg\"\n\
+             cancel_delay_ms_min = 200\ncancel_delay_ms_max = 400\n\
+             [plan.verdict]\nmax_extensions = 0\nmax_infra_retries = 0\n",
+            agent.public
+        ));
+        ssh_keys = Some((agent, controller));
+    }
     let fleet_path = work.path().join("fleet.toml");
     std::fs::write(&fleet_path, &fleet).unwrap();
     // Two servers on one database; boards 0, 2, 4 dial the first, the
@@ -402,41 +496,70 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     for a in &mut agents {
         a.start();
     }
+    // The SSH-driven board's controller is on the host side (no namespace)
+    // and dials the first server.
+    let mut ssh_board = ssh_keys.map(|(agent, controller)| {
+        let dir = work.path().join("board-sshd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let work_dir = dir.join("work");
+        std::fs::create_dir_all(&work_dir).unwrap();
+        let sshd = BoardSshd::start(&dir, &controller.public);
+        let config = work.path().join("agent-sshd.toml");
+        std::fs::write(&config, sshd.ssh_board_toml(&controller.path, &work_dir)).unwrap();
+        let mut controller = Proc {
+            child: None,
+            cmd: vec![
+                bin("armfleet-agent").display().to_string(),
+                "--server".into(),
+                format!("127.0.0.1:{}", ssh_ports[0]),
+                "--board".into(),
+                SSH_BOARD.into(),
+                "--key".into(),
+                agent.path.display().to_string(),
+                "--server-key".into(),
+                fingerprints[0].clone(),
+                "--state-dir".into(),
+                work.path().join("agent-sshd").display().to_string(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            env: vec![(
+                "ARMFLEET_LEDGER".into(),
+                work.path().join("ledger-sshd.jsonl").display().to_string(),
+            )],
+            log: work.path().join("agent-sshd.log"),
+        };
+        controller.start();
+        SshBoard {
+            sshd,
+            work_dir,
+            controller,
+        }
+    });
+    let boards_total = BOARDS + usize::from(ssh_board.is_some());
     let pool = PgPool::connect(&db).await.unwrap();
-    wait_for("all boards online", Duration::from_secs(60), || async {
+    wait_for("all boards online", Duration::from_secs(120), || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM boards WHERE state <> 'offline'")
             .fetch_one(&pool)
             .await
             .ok()?;
-        (n == BOARDS as i64).then_some(())
+        (n == boards_total as i64).then_some(())
     })
     .await;
-    let size = Size::from_env();
-    let client = reqwest::Client::new();
-    let mut submitted = 0;
-    // Submits the next run through whichever server answers.
-    let submit = |r: usize| {
-        let client = client.clone();
-        let bases = bases.clone();
-        async move {
-            let body = serde_json::json!({"tree": "chaos", "branch": "master", "commit": format!("{:040x}", 0xc4a05000u64 + r as u64)});
-            for attempt in 0.. {
-                let base = &bases[attempt % bases.len()];
-                if let Ok(resp) = client
-                    .post(format!("{base}/api/v1/runs"))
-                    .bearer_auth("test-token")
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    assert_eq!(resp.status(), 201, "run {r} through {base}");
-                    return;
-                }
-                assert!(attempt < 200, "no server took run {r}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
+    let submitter = Submitter {
+        client: reqwest::Client::new(),
+        bases: bases.clone(),
     };
+    let mut submitted = 0;
+    let submit = |r: usize| submitter.run(PLAN, 0xc4a05000u64 + r as u64);
+    let stop_feeding = CancellationToken::new();
+    let feeder = ssh_board.as_ref().map(|_| {
+        tokio::spawn(feed_ssh_board(
+            submitter.clone(),
+            pool.clone(),
+            stop_feeding.clone(),
+        ))
+    });
     if size.faults_per_kind.is_none() {
         while submitted < size.runs {
             submit(submitted).await;
@@ -448,9 +571,12 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     let kinds: Vec<Fault> = Fault::ALL
         .into_iter()
         .filter(|k| netns.is_some() || !k.needs_netns())
+        .filter(|k| ssh_board.is_some() || *k != Fault::SshdKill)
         .collect();
     let mut rng = Rng(SEED);
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
+    let mut sshd_processes_killed = 0;
+    let mut sshd_kills_while_guests_ran = 0;
     let started = Instant::now();
     loop {
         let kind = match size.faults_per_kind {
@@ -540,6 +666,13 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
                         .unwrap(),
                 );
             }
+            Fault::SshdKill => {
+                let board = ssh_board.as_mut().expect("only scheduled with the board");
+                sshd_kills_while_guests_ran += usize::from(qemus_under(&board.work_dir) > 0);
+                sshd_processes_killed += board.sshd.kill9_all();
+                tokio::time::sleep(rng.millis(200, 2200)).await;
+                board.sshd.listen();
+            }
         }
         *injected.entry(kind).or_default() += 1;
         if size.faults_per_kind.is_some() {
@@ -558,9 +691,14 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         submitted += 1;
     }
     let faults: usize = injected.values().sum();
+    stop_feeding.cancel();
+    let ssh_board_jobs = match feeder {
+        Some(task) => task.await.expect("the SSH-driven board's feeder"),
+        None => 0,
+    };
 
     // Quiet: everything must settle.
-    let jobs_total = (size.runs * BOARDS) as i64;
+    let jobs_total = (size.runs * BOARDS + ssh_board_jobs) as i64;
     wait_for(
         "every job to reach a terminal state",
         Duration::from_secs(240 + jobs_total as u64 / 2),
@@ -601,7 +739,10 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     .await
     .unwrap();
     let mut ledger = Ledger::default();
-    for a in &agents {
+    for a in agents
+        .iter()
+        .chain(ssh_board.as_ref().map(|b| &b.controller))
+    {
         read_ledger(Path::new(&a.env[0].1), &mut ledger);
     }
     let by_id: HashMap<i64, String> = states.into_iter().collect();
@@ -635,10 +776,43 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         }
     }
     let lost_jobs = by_id.values().filter(|s| *s == "lost").count();
+    // The SSH-driven board: how its jobs ended, and its dead-man switch
+    // left none of their QEMUs and files.
+    let ssh_board_ends: BTreeMap<String, i64> =
+        sqlx::query_as("SELECT state, count(*) FROM jobs WHERE board = $1 GROUP BY state")
+            .bind(SSH_BOARD)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let ssh_board_reasons: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT id, state, reason FROM jobs WHERE board = $1 ORDER BY id")
+            .bind(SSH_BOARD)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (job, state, reason) in &ssh_board_reasons {
+        eprintln!("chaos: {SSH_BOARD} job {job}: {state} {reason:?}");
+    }
+    let (mut qemus_left, mut files_left) = (0, Vec::new());
+    if let Some(board) = &ssh_board {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            qemus_left = qemus_under(&board.work_dir);
+            files_left = walkdir(&board.work_dir);
+            if (qemus_left == 0 && files_left.is_empty()) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     println!(
         "chaos: jobs={jobs_total} terminal={terminal} lost_results={lost_results} duplicate_results={duplicate_results} \
          assigned_twice={assigned_twice} log_bytes_missing={log_bytes_missing} log_bytes={log_bytes_produced} faults={faults} \
-         results_produced={} jobs_lost_with_killed_agents={lost_jobs} netns={} servers={SERVERS} faults_by_kind={injected:?} schedule={:?}",
+         results_produced={} jobs_lost_with_killed_agents={lost_jobs} netns={} servers={SERVERS} faults_by_kind={injected:?} \
+         ssh_board_jobs={ssh_board_jobs} ssh_board_ends={ssh_board_ends:?} sshd_processes_killed={sshd_processes_killed} \
+         sshd_kills_while_guests_ran={sshd_kills_while_guests_ran} ssh_board_qemus_left={qemus_left} schedule={:?}",
         ledger.results.len(),
         netns.is_some(),
         started.elapsed()
@@ -662,6 +836,23 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         "most jobs ran to the end despite the faults"
     );
     assert!(faults >= 15, "the schedule injected faults: {faults}");
+    if ssh_board.is_some() {
+        assert!(
+            ssh_board_ends
+                .keys()
+                .all(|s| s == "passed" || s == "infra_error"),
+            "the SSH-driven board's jobs end passed or as a lab failure, never the kernel's: {ssh_board_ends:?}"
+        );
+        assert_eq!(
+            (qemus_left, files_left),
+            (0, vec![]),
+            "the SSH-driven board still holds QEMUs or files of ended jobs"
+        );
+        assert!(
+            sshd_kills_while_guests_ran > 0,
+            "no sshd kill landed while guests ran"
+        );
+    }
     if let Some(quota) = size.faults_per_kind {
         for kind in &kinds {
             assert!(
@@ -674,6 +865,7 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     for a in &mut agents {
         a.kill9();
     }
+    drop(ssh_board);
     for s in &mut servers {
         s.kill9();
     }

@@ -119,3 +119,69 @@ async fn a_log_flood_is_capped_with_a_marker_and_the_job_still_ends() {
     );
     lab.server.stop().await;
 }
+
+/// An agent that reconnects lists the jobs it still holds, and the board's
+/// other in-flight jobs are lost with its previous agent. Work handed out
+/// between its hello and that reconciliation would be counted among them
+/// (the chaos soak caught a job lost 20 ms after its assignment while the
+/// agent ran it to `passed`), so a session gets work only once its
+/// handshake is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_gets_no_work_until_its_handshake_has_reconciled_the_jobs_it_holds() {
+    use armfleet_protocol::{HostKind, ServerMessage};
+    use armfleet_server::domain::config::{Fleet, SharedFleet};
+    use armfleet_server::wiring::metrics::Metrics;
+    use armfleet_server::workers::dispatch::Dispatcher;
+    use armfleet_server::workers::scheduler::Claims;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "b").await;
+    let fleet_text = fleet_toml(&[("board-1", "ampere-altra", &key.public)], "");
+    let server = TestServer::start(&fleet_text).await;
+    let run = server
+        .trigger("abcabc0000000000000000000000000000000002")
+        .await;
+    let job = server.get_json(&format!("/api/v1/runs/{run}")).await["jobs"][0]["id"]
+        .as_i64()
+        .unwrap();
+    // A dispatcher of its own on the server's database: the board is not
+    // connected to the server, so only this one can hand out its job.
+    let fleet = Fleet::parse(&dir.path().join("fleet.toml"), &fleet_text).unwrap();
+    let dispatcher = Dispatcher::new(
+        server.pool.clone(),
+        SharedFleet::new(fleet),
+        Arc::new(Metrics::new()),
+    );
+    let (tx, mut to_agent) = tokio::sync::mpsc::channel(8);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ticket = dispatcher.register(
+        "board-1",
+        key.public.clone().into_bytes(),
+        tx,
+        "replay",
+        HostKind::Simulated,
+        &shutdown,
+    );
+
+    dispatcher.clone().claim("board-1".into()).await;
+    assert!(
+        to_agent.try_recv().is_err(),
+        "work was handed to a session still in its handshake"
+    );
+    assert_eq!(
+        server.get_json(&format!("/api/v1/jobs/{job}")).await["state"],
+        "queued"
+    );
+
+    dispatcher.open_for_work("board-1", ticket.id);
+    dispatcher.clone().claim("board-1".into()).await;
+    match to_agent.try_recv() {
+        Ok(ServerMessage::AssignJob { job_id, .. }) => assert_eq!(job_id, job),
+        other => panic!("the open session gets the job, got {other:?}"),
+    }
+    assert_eq!(
+        server.get_json(&format!("/api/v1/jobs/{job}")).await["state"],
+        "assigned"
+    );
+}

@@ -52,7 +52,7 @@ impl Launcher {
             &self.shared,
         )
         .await
-        .map_err(|e| format!("cannot execute {}: {e}", self.binary.display()))?;
+        .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
         let died = |proc: &QemuProc, what: &str| {
             format!(
                 "{name} exited before {what} ({}); stderr: {}",

@@ -351,8 +351,9 @@ async fn agent_session(
         }
     });
 
-    // Only now that frames are read (and liveness noted) may claiming work
-    // take its time.
+    // Only now that the agent's jobs are reconciled and frames are read
+    // (and liveness noted) may claiming work take its time.
+    state.dispatcher.open_for_work(&board, ticket.id);
     state
         .work
         .send(crate::domain::work::Event::BoardConnected(board.clone()))

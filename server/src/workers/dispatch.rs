@@ -37,6 +37,10 @@ struct Session {
     key: Vec<u8>,
     /// Cancelled to close the connection from the server side.
     close: CancellationToken,
+    /// Set once the handshake has reconciled the jobs the agent holds: a
+    /// job assigned before that would be counted among the jobs that "died
+    /// with the previous agent" and lost while the agent runs it.
+    open_for_work: bool,
 }
 
 pub struct Dispatcher {
@@ -71,8 +75,9 @@ impl Dispatcher {
         self.fleet.current()
     }
 
-    /// A board's agent completed its handshake. An older session of the
-    /// same board (a half-dead connection) is closed.
+    /// A board's agent said hello. An older session of the same board (a
+    /// half-dead connection) is closed. The board gets work only once the
+    /// handshake calls [`Dispatcher::open_for_work`].
     pub fn register(
         &self,
         board: &str,
@@ -95,6 +100,7 @@ impl Dispatcher {
                 host,
                 key,
                 close: close.clone(),
+                open_for_work: false,
             },
         );
         match old {
@@ -107,6 +113,15 @@ impl Dispatcher {
             }
         };
         SessionTicket { id, close }
+    }
+
+    /// The handshake of session `id` is done: the board may be given work.
+    pub fn open_for_work(&self, board: &str, id: u64) {
+        if let Some(s) = self.sessions.lock().unwrap().get_mut(board) {
+            if s.id == id {
+                s.open_for_work = true;
+            }
+        }
     }
 
     pub fn touch(&self, board: &str, id: u64) {
@@ -213,8 +228,8 @@ impl Dispatcher {
         let (tx, executor, host) = {
             let sessions = self.sessions.lock().unwrap();
             match sessions.get(board) {
-                Some(s) => (s.tx.clone(), s.executor, s.host),
-                None => return,
+                Some(s) if s.open_for_work => (s.tx.clone(), s.executor, s.host),
+                _ => return,
             }
         };
         let deadline = self.fleet().server.assign_deadline_s;

@@ -2,6 +2,8 @@
 //! over real SSH, each in a line or two.
 #![allow(dead_code)]
 
+pub mod board_sshd;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
