@@ -254,8 +254,16 @@ async fn a_job_runs_migrate_cancel_under_kvm_inside_the_virtual_board_and_cleans
         "the job's QEMUs run on the board"
     );
     // Every sshd, the listener and the sessions: the board's init restarts
-    // the listener a few seconds later.
-    let _ = tokio::time::timeout(Duration::from_secs(20), vboard.sh("pkill -9 sshd")).await;
+    // the listener a few seconds later. The command's own session dies
+    // with them, so its answer is a lost link, not an exit status.
+    let killer = armfleet_migrate_stress::ssh_board::SshBoard::connect(&vboard.ssh_config())
+        .await
+        .expect("SSH to the virtual board");
+    let killed = killer.run("pkill -9 sshd", Duration::from_secs(20)).await;
+    assert!(
+        killed.is_err(),
+        "killing the board's sshd ends the session that asked: {killed:?}"
+    );
     let done = server.wait_job_end(job, Duration::from_secs(300)).await;
     assert_eq!(
         done["state"], "infra_error",
