@@ -99,6 +99,11 @@ async fn a_board_whose_sshd_is_killed_mid_job_ends_each_job_once_as_a_lab_failur
             end["state"], "infra_error",
             "round {round}: a board whose sshd died is a lab failure, never the kernel's: {end}"
         );
+        let reason = end["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("SSH link") || reason.contains("cannot reach the board"),
+            "round {round}: the lab failure names the lost link, not a symptom: {reason}"
+        );
         // The dead-man switch: nothing of the job is left on the board.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
