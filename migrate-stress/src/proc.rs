@@ -328,10 +328,10 @@ async fn spawn_remote(
             // A shell that could not exec says how it ended; a channel
             // closed without a word lost its sshd, which is not the binary's fault.
             Ok(None) if ended.is_none() => {
-                return Err(std::io::Error::other(format!(
-                    "the SSH link to the board {} is gone",
-                    board.config().addr()
-                )));
+                return Err(std::io::Error::other(board.link_error(format!(
+                    "the channel starting {} closed without an exit status",
+                    binary.display()
+                ))));
             }
             Ok(None) => {
                 return Err(std::io::Error::other(format!(

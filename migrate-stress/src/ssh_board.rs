@@ -243,11 +243,24 @@ impl SshBoard {
         self.handle.is_closed()
     }
 
-    fn link_error(&self, e: impl std::fmt::Display) -> SshBoardError {
+    /// The link to this board is gone; `e` says where that showed.
+    pub fn link_error(&self, e: impl std::fmt::Display) -> SshBoardError {
         SshBoardError::Link {
             addr: self.config.addr(),
             msg: e.to_string(),
         }
+    }
+
+    /// When this link is gone, why a job failed is the link, whatever step
+    /// met it (a QMP socket closing, a QEMU not starting): `reason` told
+    /// that way, unless it says so already. `None`: `reason` stands.
+    pub fn blame_lost_link(&self, reason: &str) -> Option<String> {
+        if !self.is_closed() {
+            return None;
+        }
+        let gone = self.link_error("").to_string();
+        let gone = gone.trim_end_matches(": ");
+        (!reason.contains(gone)).then(|| format!("{gone} ({reason})"))
     }
 
     /// Opens an exec channel running `cmd` under the board's shell.

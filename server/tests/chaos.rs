@@ -28,7 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use armfleet_server::wiring::db::embedded::EmbeddedPostgres;
-use common::board_sshd::{self, BoardSshd, qemus_under, walkdir};
+use common::board_sshd::{self, BoardSshd, leftovers, qemus_under};
 use common::*;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -291,6 +291,41 @@ impl Drop for Proc {
     }
 }
 
+/// An agent of `board` dialing `server` (whose host key is `fingerprint`),
+/// with `extra` arguments; its state, log and ledger in `work`, named after
+/// `tag`.
+fn agent_proc(
+    work: &Path,
+    tag: &str,
+    server: String,
+    board: &str,
+    key: &Path,
+    fingerprint: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut cmd = vec![
+        bin("armfleet-agent").display().to_string(),
+        "--server".into(),
+        server,
+        "--board".into(),
+        board.into(),
+        "--key".into(),
+        key.display().to_string(),
+        "--server-key".into(),
+        fingerprint.into(),
+        "--state-dir".into(),
+        work.join(format!("agent-{tag}")).display().to_string(),
+    ];
+    cmd.extend(extra.iter().map(|a| a.to_string()));
+    let ledger = work.join(format!("ledger-{tag}.jsonl"));
+    Proc {
+        child: None,
+        cmd,
+        env: vec![("ARMFLEET_LEDGER".into(), ledger.display().to_string())],
+        log: work.join(format!("agent-{tag}.log")),
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -456,41 +491,20 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
             } else {
                 format!("127.0.0.1:{ssh_port}")
             };
-            let mut cmd = vec![];
-            if let Some(ns) = &netns {
-                cmd.extend([
-                    "ip".to_owned(),
-                    "netns".into(),
-                    "exec".into(),
-                    ns.names[i].clone(),
-                ]);
-            }
-            cmd.extend([
-                bin("armfleet-agent").display().to_string(),
-                "--server".into(),
+            let mut agent = agent_proc(
+                work.path(),
+                &i.to_string(),
                 server_addr,
-                "--board".into(),
-                boards[i].0.clone(),
-                "--key".into(),
-                keys[i].path.display().to_string(),
-                "--server-key".into(),
-                fingerprints[home].clone(),
-                "--state-dir".into(),
-                work.path().join(format!("agent-{i}")).display().to_string(),
-                "--executor".into(),
-                "replay".into(),
-            ]);
-            let ledger = work
-                .path()
-                .join(format!("ledger-{i}.jsonl"))
-                .display()
-                .to_string();
-            Proc {
-                child: None,
-                cmd,
-                env: vec![("ARMFLEET_LEDGER".into(), ledger)],
-                log: work.path().join(format!("agent-{i}.log")),
+                &boards[i].0,
+                &keys[i].path,
+                &fingerprints[home],
+                &["--executor", "replay"],
+            );
+            if let Some(ns) = &netns {
+                let enter = ["ip", "netns", "exec", &ns.names[i]];
+                agent.cmd.splice(0..0, enter.map(String::from));
             }
+            agent
         })
         .collect();
     for a in &mut agents {
@@ -506,29 +520,15 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         let sshd = BoardSshd::start(&dir, &controller.public);
         let config = work.path().join("agent-sshd.toml");
         std::fs::write(&config, sshd.ssh_board_toml(&controller.path, &work_dir)).unwrap();
-        let mut controller = Proc {
-            child: None,
-            cmd: vec![
-                bin("armfleet-agent").display().to_string(),
-                "--server".into(),
-                format!("127.0.0.1:{}", ssh_ports[0]),
-                "--board".into(),
-                SSH_BOARD.into(),
-                "--key".into(),
-                agent.path.display().to_string(),
-                "--server-key".into(),
-                fingerprints[0].clone(),
-                "--state-dir".into(),
-                work.path().join("agent-sshd").display().to_string(),
-                "--config".into(),
-                config.display().to_string(),
-            ],
-            env: vec![(
-                "ARMFLEET_LEDGER".into(),
-                work.path().join("ledger-sshd.jsonl").display().to_string(),
-            )],
-            log: work.path().join("agent-sshd.log"),
-        };
+        let mut controller = agent_proc(
+            work.path(),
+            "sshd",
+            format!("127.0.0.1:{}", ssh_ports[0]),
+            SSH_BOARD,
+            &agent.path,
+            &fingerprints[0],
+            &["--config", &config.display().to_string()],
+        );
         controller.start();
         SshBoard {
             sshd,
@@ -778,35 +778,21 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
     let lost_jobs = by_id.values().filter(|s| *s == "lost").count();
     // The SSH-driven board: how its jobs ended, and its dead-man switch
     // left none of their QEMUs and files.
-    let ssh_board_ends: BTreeMap<String, i64> =
-        sqlx::query_as("SELECT state, count(*) FROM jobs WHERE board = $1 GROUP BY state")
-            .bind(SSH_BOARD)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
     let ssh_board_reasons: Vec<(i64, String, Option<String>)> =
         sqlx::query_as("SELECT id, state, reason FROM jobs WHERE board = $1 ORDER BY id")
             .bind(SSH_BOARD)
             .fetch_all(&pool)
             .await
             .unwrap();
+    let mut ssh_board_ends: BTreeMap<&str, usize> = BTreeMap::new();
     for (job, state, reason) in &ssh_board_reasons {
         eprintln!("chaos: {SSH_BOARD} job {job}: {state} {reason:?}");
+        *ssh_board_ends.entry(state).or_default() += 1;
     }
-    let (mut qemus_left, mut files_left) = (0, Vec::new());
-    if let Some(board) = &ssh_board {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            qemus_left = qemus_under(&board.work_dir);
-            files_left = walkdir(&board.work_dir);
-            if (qemus_left == 0 && files_left.is_empty()) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let (qemus_left, files_left) = match &ssh_board {
+        Some(board) => leftovers(&board.work_dir, Duration::from_secs(60)).await,
+        None => (0, Vec::new()),
+    };
     println!(
         "chaos: jobs={jobs_total} terminal={terminal} lost_results={lost_results} duplicate_results={duplicate_results} \
          assigned_twice={assigned_twice} log_bytes_missing={log_bytes_missing} log_bytes={log_bytes_produced} faults={faults} \
@@ -840,7 +826,7 @@ async fn two_hundred_jobs_under_faults_end_once_with_nothing_lost() {
         assert!(
             ssh_board_ends
                 .keys()
-                .all(|s| s == "passed" || s == "infra_error"),
+                .all(|s| *s == "passed" || *s == "infra_error"),
             "the SSH-driven board's jobs end passed or as a lab failure, never the kernel's: {ssh_board_ends:?}"
         );
         assert_eq!(

@@ -18,8 +18,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use armfleet_migrate_stress::ssh_board::{SshBoard, SshBoardConfig, SshBoardError};
-use common::board_sshd::{BoardSshd, qemus_under, ready, sshd_ready, walkdir};
+use armfleet_migrate_stress::ssh_board::{SshBoard, SshBoardError};
+use common::board_sshd::{BoardSshd, leftovers, qemus_under, ready, sshd_ready};
 use common::*;
 
 const BOARD: &str = "sshd-board";
@@ -105,20 +105,12 @@ async fn a_board_whose_sshd_is_killed_mid_job_ends_each_job_once_as_a_lab_failur
             "round {round}: the lab failure names the lost link, not a symptom: {reason}"
         );
         // The dead-man switch: nothing of the job is left on the board.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let files: Vec<_> = walkdir(&work_dir);
-            let qemus = qemus_under(&work_dir);
-            if qemus == 0 && files.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: 60 s after job {job} ended the board still holds {qemus} of its \
-                 QEMUs and these files: {files:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let (qemus, files) = leftovers(&work_dir, Duration::from_secs(60)).await;
+        assert!(
+            qemus == 0 && files.is_empty(),
+            "round {round}: 60 s after job {job} ended the board still holds {qemus} of its \
+             QEMUs and these files: {files:?}"
+        );
         server
             .wait_board(BOARD, "idle", Duration::from_secs(120))
             .await;
@@ -174,9 +166,9 @@ async fn a_command_cut_short_by_sshds_death_is_a_lost_link_not_the_boards_answer
     let dir = tempfile::tempdir().unwrap();
     let controller = keygen(dir.path(), "controller").await;
     let mut sshd = BoardSshd::start(dir.path(), &controller.public);
-    let config: std::collections::HashMap<String, SshBoardConfig> =
-        toml::from_str(&sshd.ssh_board_toml(&controller.path, dir.path())).unwrap();
-    let board = SshBoard::connect(&config["ssh_board"]).await.unwrap();
+    let board = SshBoard::connect(&sshd.ssh_config(&controller.path, dir.path()))
+        .await
+        .unwrap();
 
     let whole = board
         .run("echo machine=$(uname -m)", Duration::from_secs(10))

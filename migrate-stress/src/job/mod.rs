@@ -271,15 +271,10 @@ async fn run_job(
     };
     let mut result = run_on_host(env, params, logs, cancel, &host).await;
     if let Host::Ssh(b) = &host {
-        // Whatever step met the dead link (a QMP socket closing, a QEMU
-        // not starting) is the symptom; the lab failure is the link.
         if let JobResult::InfraError { reason, .. } = &mut result {
-            if b.is_closed() && !reason.contains("SSH link") {
-                *reason = format!(
-                    "the SSH link to the board at {} is gone ({reason})",
-                    b.config().addr()
-                );
-                logs.agent(format!("infra error: {reason}"));
+            if let Some(told) = b.blame_lost_link(reason) {
+                logs.agent(format!("infra error: {told}"));
+                *reason = told;
             }
         }
         // The board's dead-man switches fire as the connection goes.

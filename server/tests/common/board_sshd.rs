@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use armfleet_migrate_stress::ssh_board::SshBoardConfig;
+
 use super::skip_loudly;
 
 const SSHD: &str = "/usr/sbin/sshd";
@@ -158,17 +160,26 @@ impl BoardSshd {
         doomed.len()
     }
 
+    /// How a controller holding `controller_key` reaches this board, its
+    /// jobs' files under `work_dir`.
+    pub fn ssh_config(&self, controller_key: &Path, work_dir: &Path) -> SshBoardConfig {
+        SshBoardConfig {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: "root".into(),
+            host_key: self.host_key_line.clone(),
+            key: controller_key.to_owned(),
+            guest_dir: armfleet_migrate_stress::StressEnv::default_guest_dir()
+                .display()
+                .to_string(),
+            work_dir: work_dir.display().to_string(),
+            emulated: false,
+        }
+    }
+
+    /// [`BoardSshd::ssh_config`] as the controller's agent.toml has it.
     pub fn ssh_board_toml(&self, controller_key: &Path, work_dir: &Path) -> String {
-        let guest_dir = armfleet_migrate_stress::StressEnv::default_guest_dir();
-        format!(
-            "[ssh_board]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nhost_key = \"{}\"\n\
-             key = \"{}\"\nguest_dir = \"{}\"\nwork_dir = \"{}\"\n",
-            self.port,
-            self.host_key_line,
-            controller_key.display(),
-            guest_dir.display(),
-            work_dir.display()
-        )
+        super::ssh_board_toml(&self.ssh_config(controller_key, work_dir))
     }
 }
 
@@ -217,7 +228,7 @@ fn descendants(root: u32) -> Vec<u32> {
 }
 
 /// Every path under `dir`.
-pub fn walkdir(dir: &Path) -> Vec<PathBuf> {
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -243,4 +254,18 @@ pub fn qemus_under(work_dir: &Path) -> usize {
                     .unwrap_or(false)
         })
         .count()
+}
+
+/// What ended jobs left on the board under `work_dir` (their QEMUs, their
+/// files), once nothing is left or `within` has passed: the board's
+/// dead-man switch cleans up a moment after the link drops.
+pub async fn leftovers(work_dir: &Path, within: Duration) -> (usize, Vec<PathBuf>) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (qemus, files) = (qemus_under(work_dir), walkdir(work_dir));
+        if (qemus == 0 && files.is_empty()) || Instant::now() >= deadline {
+            return (qemus, files);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -159,6 +159,15 @@ pub async fn keyed_fleet(
     (fleet_toml(&listed, plan_extra), keys)
 }
 
+/// The `[ssh_board]` table of a controller's agent.toml that drives `board`.
+pub fn ssh_board_toml(board: &armfleet_migrate_stress::ssh_board::SshBoardConfig) -> String {
+    #[derive(serde::Serialize)]
+    struct AgentToml<'a> {
+        ssh_board: &'a armfleet_migrate_stress::ssh_board::SshBoardConfig,
+    }
+    toml::to_string(&AgentToml { ssh_board: board }).expect("an [ssh_board] table")
+}
+
 /// One board of each of three families, as (name, family): the usual lab.
 pub const THREE_FAMILIES: [(&str, &str); 3] = [
     ("kunpeng-01", "kunpeng920"),
@@ -630,13 +639,13 @@ impl VirtualBoard {
         }
     }
 
-    /// The `[ssh_board]` table an agent needs to drive it.
+    /// The `[ssh_board]` table an agent needs to drive it, pinning
+    /// `host_key`.
     pub fn ssh_board_toml(&self, host_key: &str) -> String {
-        format!(
-            "[ssh_board]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nhost_key = \"{host_key}\"\nkey = \"{}\"\nemulated = true\n",
-            self.port,
-            self.controller_key.display()
-        )
+        ssh_board_toml(&armfleet_migrate_stress::ssh_board::SshBoardConfig {
+            host_key: host_key.into(),
+            ..self.ssh_config()
+        })
     }
 
     pub fn host_key(&self) -> String {
